@@ -1,0 +1,5 @@
+"""``python -m archiver`` runs the ``exotel-archiver`` command."""
+
+from archiver.cli import main
+
+main()

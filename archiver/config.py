@@ -1,0 +1,450 @@
+"""Settings: every option is a CLI flag, an environment variable and a TOML key.
+
+One table, ``OPTIONS``, names each setting once; the CLI builds its flags from it, the loader reads
+the environment and the TOML file with it, and docs/configuration.md lists it. Precedence, highest
+first: command-line flag, environment variable, config file (``--config`` / ``ARCHIVER_CONFIG``),
+built-in default.
+
+Secrets (the Exotel API key and token) have no CLI flag — a flag would show in ``ps`` and shell
+history — and are held in ``Secret`` objects whose repr is masked, so a settings object can be
+printed or logged without leaking them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from archiver.errors import ConfigError
+from archiver.retry import RetryPolicy
+
+REGIONS: dict[str, tuple[str, str]] = {
+    # region: (v3 "ccm-api" base, v1 base)
+    "singapore": ("https://ccm-api.exotel.com", "https://api.exotel.com"),
+    "mumbai": ("https://ccm-api.in.exotel.com", "https://api.in.exotel.com"),
+}
+
+_ACCOUNT_SID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class Secret:
+    """A string that does not show itself. ``reveal()`` is the only way to read it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('********')" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: its TOML place, environment variable, CLI flag (None for secrets) and help."""
+
+    section: str
+    key: str
+    env: str
+    flag: str | None
+    help: str
+    default: Any = None
+    kind: str = "str"  # str | int | float | path | choice
+    choices: tuple[str, ...] = ()
+    minimum: float | None = None
+    maximum: float | None = None
+    secret: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.section}.{self.key}"
+
+    @property
+    def dest(self) -> str:
+        """The keyword a click command receives for this option."""
+        return self.key
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        "exotel",
+        "account_sid",
+        "EXOTEL_ACCOUNT_SID",
+        "--account-sid",
+        "Exotel account SID (Dashboard → Settings → API Settings).",
+    ),
+    Option(
+        "exotel",
+        "api_key",
+        "EXOTEL_API_KEY",
+        None,
+        "Exotel API key (HTTP Basic user). Environment or config file only.",
+        secret=True,
+    ),
+    Option(
+        "exotel",
+        "api_token",
+        "EXOTEL_API_TOKEN",
+        None,
+        "Exotel API token (HTTP Basic password). Environment or config file only.",
+        secret=True,
+    ),
+    Option(
+        "exotel",
+        "region",
+        "EXOTEL_REGION",
+        "--region",
+        "Exotel data centre: singapore (ccm-api.exotel.com) or mumbai (ccm-api.in.exotel.com).",
+        default="singapore",
+        kind="choice",
+        choices=tuple(REGIONS),
+    ),
+    Option(
+        "exotel",
+        "api_url",
+        "EXOTEL_API_URL",
+        "--api-url",
+        "Override the v3 API base URL, e.g. http://127.0.0.1:8080 for the simulator.",
+    ),
+    Option(
+        "exotel",
+        "v1_api_url",
+        "EXOTEL_V1_API_URL",
+        "--v1-api-url",
+        "Override the v1 API base URL (bulk call listing).",
+    ),
+    Option(
+        "exotel",
+        "rate_limit",
+        "EXOTEL_RATE_LIMIT",
+        "--rate-limit",
+        "Exotel API requests per minute, shared by every request of this worker. "
+        "Exotel allows 200 per account; set lower if other systems use the same account.",
+        default=200,
+        kind="int",
+        minimum=1,
+        maximum=10_000,
+    ),
+    Option(
+        "archiver",
+        "destination",
+        "ARCHIVER_DESTINATION",
+        "--destination",
+        "Where to archive: s3://bucket/prefix, file:///path or a directory path. S3 endpoint "
+        "and credentials come from the standard AWS settings (AWS_ENDPOINT_URL, AWS_PROFILE...).",
+    ),
+    Option(
+        "archiver",
+        "state_dir",
+        "ARCHIVER_STATE_DIR",
+        "--state-dir",
+        "Directory for the ledger and manifest. Default: $STATE_DIRECTORY (systemd), else "
+        "$XDG_STATE_HOME/exotel-archiver, else ~/.local/state/exotel-archiver.",
+        kind="path",
+    ),
+    Option(
+        "archiver",
+        "concurrency",
+        "ARCHIVER_CONCURRENCY",
+        "--concurrency",
+        "Calls archived at the same time.",
+        default=8,
+        kind="int",
+        minimum=1,
+        maximum=256,
+    ),
+    Option(
+        "archiver",
+        "attempts",
+        "ARCHIVER_ATTEMPTS",
+        "--attempts",
+        "Attempts per request (Exotel API, recording download, storage write) before giving up.",
+        default=5,
+        kind="int",
+        minimum=1,
+        maximum=50,
+    ),
+    Option(
+        "archiver",
+        "max_wait",
+        "ARCHIVER_MAX_WAIT",
+        "--max-wait",
+        "Longest wait in seconds between two attempts (Retry-After included).",
+        default=30.0,
+        kind="float",
+        minimum=0,
+        maximum=3600,
+    ),
+    Option(
+        "archiver",
+        "url_refreshes",
+        "ARCHIVER_URL_REFRESHES",
+        "--url-refreshes",
+        "Fresh recording URLs fetched per recording when one has expired.",
+        default=3,
+        kind="int",
+        minimum=0,
+        maximum=100,
+    ),
+    Option(
+        "archiver",
+        "s3_addressing_style",
+        "ARCHIVER_S3_ADDRESSING_STYLE",
+        "--s3-addressing-style",
+        "S3 bucket addressing: auto, path or virtual (some S3-compatible stores need path).",
+        default="auto",
+        kind="choice",
+        choices=("auto", "path", "virtual"),
+    ),
+    Option(
+        "archiver",
+        "s3_conditional_writes",
+        "ARCHIVER_S3_CONDITIONAL_WRITES",
+        "--s3-conditional-writes",
+        "Use If-None-Match: * on uploads (write-once enforced by the store): on or off. Turn "
+        "off only for stores that reject it; the worker then checks before writing.",
+        default="on",
+        kind="choice",
+        choices=("on", "off"),
+    ),
+    Option(
+        "archiver",
+        "log_level",
+        "ARCHIVER_LOG_LEVEL",
+        "--log-level",
+        "Log level.",
+        default="info",
+        kind="choice",
+        choices=("debug", "info", "warning", "error"),
+    ),
+)
+
+OPTIONS_BY_KEY: dict[str, Option] = {o.key: o for o in OPTIONS}
+
+
+@dataclass(frozen=True)
+class ExotelSettings:
+    account_sid: str
+    api_key: Secret
+    api_token: Secret
+    region: str
+    api_url: str
+    v1_api_url: str
+    rate_limit: int
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a command needs, validated. Safe to print: secrets are masked."""
+
+    exotel: ExotelSettings
+    destination: str | None
+    state_dir: Path
+    concurrency: int
+    retry: RetryPolicy
+    url_refreshes: int
+    s3_addressing_style: str | None
+    s3_conditional_writes: bool
+    log_level: str
+    secrets: tuple[str, ...] = field(default=(), repr=False)
+    """The secret values themselves, for the log redactor. Not shown in repr."""
+
+    def require_destination(self) -> str:
+        if not self.destination:
+            raise ConfigError(
+                "no destination set: pass --destination s3://bucket/prefix (or a directory), "
+                "or set ARCHIVER_DESTINATION"
+            )
+        return self.destination
+
+    def require_exotel_credentials(self) -> None:
+        missing = [
+            f"{opt.env} (or {opt.key} under [exotel] in the config file)"
+            for opt, value in (
+                (OPTIONS_BY_KEY["account_sid"], self.exotel.account_sid),
+                (OPTIONS_BY_KEY["api_key"], self.exotel.api_key),
+                (OPTIONS_BY_KEY["api_token"], self.exotel.api_token),
+            )
+            if not value
+        ]
+        if missing:
+            raise ConfigError("Exotel credentials missing: set " + "; ".join(missing))
+
+
+def default_state_dir(env: Mapping[str, str]) -> Path:
+    if env.get("STATE_DIRECTORY"):
+        # systemd may pass several, colon-separated; the first is ours.
+        return Path(env["STATE_DIRECTORY"].split(":")[0])
+    if env.get("XDG_STATE_HOME"):
+        return Path(env["XDG_STATE_HOME"]) / "exotel-archiver"
+    return Path.home() / ".local" / "state" / "exotel-archiver"
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The TOML file as {key: value}, refusing unknown sections and keys (typos are errors)."""
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(
+            f"config file {path} does not exist: fix --config / ARCHIVER_CONFIG"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    values: dict[str, Any] = {}
+    known = {(o.section, o.key) for o in OPTIONS}
+    for section, table in data.items():
+        if not isinstance(table, dict):
+            raise ConfigError(
+                f"config file {path}: '{section}' must be a table such as [exotel] or [archiver]"
+            )
+        for key, value in table.items():
+            if (section, key) not in known:
+                valid = ", ".join(o.name for o in OPTIONS)
+                raise ConfigError(
+                    f"config file {path}: unknown key {section}.{key}; valid keys: {valid}"
+                )
+            values[key] = value
+    return values
+
+
+def _convert(opt: Option, raw: Any, origin: str) -> Any:
+    """Turn a raw value from ``origin`` into the option's type, or explain what is wrong."""
+    where = f"{opt.name} ({origin})"
+    if opt.kind in ("int", "float"):
+        try:
+            number: float = int(raw) if opt.kind == "int" else float(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"{where} must be a {'whole ' if opt.kind == 'int' else ''}number, got {raw!r}"
+            ) from None
+        if isinstance(raw, bool):
+            raise ConfigError(f"{where} must be a number, got {raw!r}")
+        if (opt.minimum is not None and number < opt.minimum) or (
+            opt.maximum is not None and number > opt.maximum
+        ):
+            raise ConfigError(
+                f"{where} must be between {opt.minimum:g} and {opt.maximum:g}, got {raw!r}"
+            )
+        return number
+    if not isinstance(raw, str):
+        raise ConfigError(f"{where} must be a string, got {raw!r}")
+    if opt.kind == "choice":
+        value = raw.strip().lower()
+        if value not in opt.choices:
+            raise ConfigError(f"{where} must be one of {', '.join(opt.choices)}; got {raw!r}")
+        return value
+    if opt.kind == "path":
+        return Path(raw).expanduser()
+    return raw.strip()
+
+
+def _check_base_url(name: str, url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(
+            f"{name} must be an http(s) URL such as https://ccm-api.exotel.com; got {url!r}"
+        )
+    if parts.username or parts.password:
+        raise ConfigError(
+            f"{name} must not contain credentials: set EXOTEL_API_KEY/EXOTEL_API_TOKEN instead"
+        )
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        raise ConfigError(
+            f"{name} uses plain http to {parts.hostname}: the API credentials would travel "
+            "unencrypted. Use https (plain http is accepted only for loopback simulators)."
+        )
+    return url.rstrip("/")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def load_settings(
+    cli: Mapping[str, Any] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    config_file: Path | None = None,
+) -> Settings:
+    """Merge flags, environment, config file and defaults into validated ``Settings``.
+
+    ``cli`` maps option keys (``OPTIONS[i].key``) to values given on the command line; None
+    values count as not given. A ``config_file`` of None falls back to ``$ARCHIVER_CONFIG``.
+    """
+    cli = cli or {}
+    env = os.environ if env is None else env
+    if config_file is None and env.get("ARCHIVER_CONFIG"):
+        config_file = Path(env["ARCHIVER_CONFIG"]).expanduser()
+    from_file = read_config_file(config_file) if config_file else {}
+
+    values: dict[str, Any] = {}
+    for opt in OPTIONS:
+        if opt.flag and cli.get(opt.key) is not None:
+            values[opt.key] = _convert(opt, cli[opt.key], f"flag {opt.flag}")
+        elif env.get(opt.env, "") != "":
+            values[opt.key] = _convert(opt, env[opt.env], f"environment {opt.env}")
+        elif opt.key in from_file:
+            values[opt.key] = _convert(opt, from_file[opt.key], f"config file {config_file}")
+        else:
+            values[opt.key] = opt.default
+
+    account_sid = values["account_sid"] or ""
+    if account_sid and not _ACCOUNT_SID.match(account_sid):
+        raise ConfigError(
+            f"account SID {account_sid!r} is not valid: letters, digits, '-' and '_' only, "
+            "as shown in Exotel's Dashboard → Settings → API Settings"
+        )
+    v3_default, v1_default = REGIONS[values["region"]]
+    api_key = values["api_key"] or ""
+    api_token = values["api_token"] or ""
+    exotel = ExotelSettings(
+        account_sid=account_sid,
+        api_key=Secret(api_key),
+        api_token=Secret(api_token),
+        region=values["region"],
+        api_url=_check_base_url("EXOTEL_API_URL", values["api_url"] or v3_default),
+        v1_api_url=_check_base_url("EXOTEL_V1_API_URL", values["v1_api_url"] or v1_default),
+        rate_limit=values["rate_limit"],
+    )
+    style = values["s3_addressing_style"]
+    return Settings(
+        exotel=exotel,
+        destination=values["destination"] or None,
+        state_dir=values["state_dir"] or default_state_dir(env),
+        concurrency=values["concurrency"],
+        retry=RetryPolicy(attempts=values["attempts"], max_wait=values["max_wait"]),
+        url_refreshes=values["url_refreshes"],
+        s3_addressing_style=None if style == "auto" else style,
+        s3_conditional_writes=values["s3_conditional_writes"] == "on",
+        log_level=values["log_level"],
+        secrets=tuple(s for s in (api_key, api_token) if s),
+    )

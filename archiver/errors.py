@@ -1,0 +1,173 @@
+"""Every error the archiver raises on purpose, and whether trying again can help.
+
+The tree::
+
+    ArchiverError                 base; ``retryable`` says whether the same request may succeed later
+    ├── ConfigError               bad settings or arguments (CLI exit code 2); never retryable
+    ├── InvalidCallSid            a call SID that cannot safely become part of an object key
+    ├── ExotelError               the Exotel API (v1/v3) answered with an error, or not at all
+    │   ├── ExotelBadRequest      400: our request was wrong; not retryable
+    │   ├── ExotelAuthError       401/403: API key/token or account SID wrong; not retryable
+    │   ├── ExotelNotFound        404: no such call (or endpoint not enabled); not retryable
+    │   ├── ExotelRateLimited     429: retryable, honouring ``retry_after``
+    │   ├── ExotelServerError     5xx: retryable
+    │   ├── ExotelConnectionError network failure or timeout: retryable
+    │   └── ExotelProtocolError   a 2xx answer not in the documented shape; not retryable
+    ├── RecordingError            the pre-signed recording URL (not the API)
+    │   ├── RecordingExpired      403 "Request has expired"/AccessDenied: not retried as is; the
+    │   │                         worker fetches a fresh URL from the call details (bounded)
+    │   ├── RecordingUnavailable  any other refusal (404, 400, bad signature); not retryable as is
+    │   ├── RecordingTransferError body cut off, length mismatch, network failure: retryable
+    │   └── NotARecording         an HTML/XML page or empty body where audio was expected
+    └── StorageError              the destination (S3-compatible bucket or local directory)
+        ├── StorageConflict       an object already exists at the key with other bytes; never
+        │                         overwritten, reported loudly; not retryable
+        ├── StorageUnavailable    retryable: 5xx, SlowDown, timeouts, connection resets
+        └── StoragePermanent      bucket missing, access denied, bad credentials; not retryable
+
+Errors are classified where the wire protocol is spoken (``archiver.exotel.client``,
+``archiver.transfer``, ``archiver.sinks.*``); everything else looks only at ``retryable``.
+Messages never contain secrets: URLs in them are passed through ``archiver.redact`` first.
+"""
+
+from __future__ import annotations
+
+
+class ArchiverError(Exception):
+    """Base of all errors the archiver raises on purpose."""
+
+    retryable: bool = False
+
+    def __init__(self, message: str, *, retryable: bool | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if retryable is not None:
+            self.retryable = retryable
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r})"
+
+
+class ConfigError(ArchiverError):
+    """A setting or argument is missing or wrong. The message names it and the fix."""
+
+
+class InvalidCallSid(ArchiverError):
+    """A call SID that is not of the expected shape (slashes, '..', control characters, empty)."""
+
+
+# --- Exotel API ------------------------------------------------------------------------------
+
+
+class ExotelError(ArchiverError):
+    """The Exotel API answered with an error (or did not answer)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        exotel_code: int | str | None = None,
+        retryable: bool | None = None,
+    ) -> None:
+        super().__init__(message, retryable=retryable)
+        self.status = status
+        self.exotel_code = exotel_code
+
+
+class ExotelBadRequest(ExotelError):
+    """HTTP 400: the request was not accepted as sent."""
+
+
+class ExotelAuthError(ExotelError):
+    """HTTP 401/403: the API key, token or account SID is wrong."""
+
+
+class ExotelNotFound(ExotelError):
+    """HTTP 404: no such call, or the endpoint is not enabled for the account."""
+
+
+class ExotelRateLimited(ExotelError):
+    """HTTP 429: too many requests. ``retry_after`` is the server's hint in seconds, if any."""
+
+    retryable = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = 429,
+        exotel_code: int | str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, status=status, exotel_code=exotel_code)
+        self.retry_after = retry_after
+
+
+class ExotelServerError(ExotelError):
+    """HTTP 5xx: Exotel failed; the same request may succeed later."""
+
+    retryable = True
+
+
+class ExotelConnectionError(ExotelError):
+    """No usable answer: connection refused or reset, DNS failure, timeout."""
+
+    retryable = True
+
+
+class ExotelProtocolError(ExotelError):
+    """A successful status, but a body that is not in the documented shape."""
+
+
+# --- recording host --------------------------------------------------------------------------
+
+
+class RecordingError(ArchiverError):
+    """Fetching a recording from its pre-signed URL failed."""
+
+
+class RecordingExpired(RecordingError):
+    """The pre-signed URL was refused (403: expired, or its signature no longer valid).
+
+    Retrying the same URL cannot help, so ``retryable`` is False; a fresh URL from the call
+    details can, and the worker fetches one (a bounded number of times).
+    """
+
+
+class RecordingUnavailable(RecordingError):
+    """The recording host refused for a reason a fresh URL would not fix."""
+
+
+class RecordingTransferError(RecordingError):
+    """The body was cut off, was shorter or longer than announced, or the connection failed."""
+
+    retryable = True
+
+
+class NotARecording(RecordingError):
+    """The body is not audio: an HTML/XML error page with status 200, or empty."""
+
+
+# --- destination -----------------------------------------------------------------------------
+
+
+class StorageError(ArchiverError):
+    """Writing to or reading from the destination failed."""
+
+
+class StorageConflict(StorageError):
+    """An object already exists at the key with different content. It is kept, never replaced."""
+
+
+class StorageUnavailable(StorageError):
+    """A transient failure of the destination (5xx, SlowDown, timeout, reset)."""
+
+    retryable = True
+
+
+class StoragePermanent(StorageError):
+    """The destination refuses for good: no such bucket, access denied, bad credentials."""

@@ -1,0 +1,103 @@
+"""Settings: flags over environment over config file over defaults; secrets never shown."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from archiver.config import OPTIONS, load_settings
+from archiver.errors import ConfigError
+
+ENV = {"EXOTEL_ACCOUNT_SID": "acct", "EXOTEL_API_KEY": "key-123456", "EXOTEL_API_TOKEN": "tok-abcdef"}
+
+
+def test_region_selects_the_hosts() -> None:
+    s = load_settings(env={**ENV, "EXOTEL_REGION": "mumbai"})
+    assert s.exotel.api_url == "https://ccm-api.in.exotel.com"
+    assert s.exotel.v1_api_url == "https://api.in.exotel.com"
+    assert load_settings(env=ENV).exotel.api_url == "https://ccm-api.exotel.com"
+
+
+def test_precedence_flag_env_file_default(tmp_path: Path) -> None:
+    cfg = tmp_path / "a.toml"
+    cfg.write_text('[exotel]\nrate_limit = 50\n[archiver]\nconcurrency = 3\nattempts = 7\n')
+    s = load_settings({"concurrency": 5}, env={**ENV, "EXOTEL_RATE_LIMIT": "120"}, config_file=cfg)
+    assert s.concurrency == 5  # flag beats file
+    assert s.exotel.rate_limit == 120  # env beats file
+    assert s.retry.attempts == 7  # file beats default
+    assert load_settings(env=ENV).exotel.rate_limit == 200  # default
+
+
+def test_config_file_from_environment(tmp_path: Path) -> None:
+    cfg = tmp_path / "a.toml"
+    cfg.write_text('[exotel]\napi_token = "from-file-token"\n')
+    s = load_settings(env={"ARCHIVER_CONFIG": str(cfg), "EXOTEL_API_KEY": "k"})
+    assert s.exotel.api_token.reveal() == "from-file-token"
+
+
+def test_secrets_never_in_repr() -> None:
+    s = load_settings(env=ENV)
+    text = repr(s) + str(s) + repr(s.exotel)
+    assert "key-123456" not in text and "tok-abcdef" not in text
+    assert s.exotel.api_token.reveal() == "tok-abcdef"
+
+
+def test_secrets_have_no_flags() -> None:
+    assert {o.key for o in OPTIONS if o.secret} == {"api_key", "api_token"}
+    assert all(o.flag is None for o in OPTIONS if o.secret)
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"EXOTEL_REGION": "mars"}, "must be one of singapore, mumbai"),
+        ({"EXOTEL_RATE_LIMIT": "fast"}, "EXOTEL_RATE_LIMIT.*whole number"),
+        ({"EXOTEL_RATE_LIMIT": "0"}, "between 1 and"),
+        ({"EXOTEL_API_URL": "ftp://x"}, "must be an http"),
+        ({"EXOTEL_API_URL": "http://ccm-api.exotel.com"}, "unencrypted"),
+        ({"EXOTEL_API_URL": "https://k:t@ccm-api.exotel.com"}, "must not contain credentials"),
+        ({"EXOTEL_ACCOUNT_SID": "a/b"}, "account SID"),
+    ],
+)
+def test_bad_values_name_the_problem(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(env={**ENV, **env})
+
+
+def test_loopback_http_is_fine_for_simulators() -> None:
+    s = load_settings(env={**ENV, "EXOTEL_API_URL": "http://127.0.0.1:8080/"})
+    assert s.exotel.api_url == "http://127.0.0.1:8080"
+
+
+def test_missing_credentials_are_named() -> None:
+    s = load_settings(env={"EXOTEL_ACCOUNT_SID": "acct"})
+    with pytest.raises(ConfigError, match="EXOTEL_API_KEY.*EXOTEL_API_TOKEN"):
+        s.require_exotel_credentials()
+    with pytest.raises(ConfigError, match="ARCHIVER_DESTINATION"):
+        s.require_destination()
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("[exotel]\nregoin = 'mumbai'\n", "unknown key exotel.regoin"),
+        ("not toml at all [", "not valid TOML"),
+        ("exotel = 3\n", "must be a table"),
+    ],
+)
+def test_bad_config_files(tmp_path: Path, content: str, message: str) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        load_settings(env=ENV, config_file=cfg)
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(env=ENV, config_file=tmp_path / "nope.toml")
+
+
+def test_state_dir_defaults_follow_systemd_then_xdg(tmp_path: Path) -> None:
+    assert load_settings(env={"STATE_DIRECTORY": "/var/lib/x"}).state_dir == Path("/var/lib/x")
+    assert load_settings(env={"XDG_STATE_HOME": str(tmp_path)}).state_dir == tmp_path / "exotel-archiver"
