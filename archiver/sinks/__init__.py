@@ -1,0 +1,59 @@
+"""Destinations: the storage contract (``Sink``), its backends, and ``open_sink``.
+
+``open_sink(destination, retry=...)`` turns ``ARCHIVER_DESTINATION`` into a ready ``Sink``:
+``s3://bucket/prefix`` → ``S3Sink``; ``file:///abs/path`` or a plain path → ``LocalSink``; each
+wrapped in ``RetryingSink``. Anything else is a ``ConfigError`` that names the accepted forms.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from archiver.errors import ConfigError
+from archiver.retry import RetryPolicy
+from archiver.sinks.base import ObjectInfo, PutResult, Sink, validate_key
+from archiver.sinks.retrying import RetryingSink
+
+__all__ = ["ObjectInfo", "PutResult", "RetryingSink", "Sink", "open_sink", "validate_key"]
+
+_FORMS = "use s3://bucket/prefix, file:///absolute/path or a directory path"
+
+
+def open_sink(
+    destination: str,
+    *,
+    retry: RetryPolicy,
+    addressing_style: str | None = None,
+    conditional_writes: bool = True,
+) -> Sink:
+    """The sink for ``destination``, wrapped in the retry policy."""
+    destination = destination.strip()
+    if not destination:
+        raise ConfigError(f"empty destination: {_FORMS}")
+    backend: Sink
+    if destination.startswith("s3://"):
+        from archiver.sinks.s3 import S3Sink, parse_s3_url
+
+        bucket, prefix = parse_s3_url(destination)
+        backend = S3Sink(
+            bucket, prefix, addressing_style=addressing_style, conditional_writes=conditional_writes
+        )
+    elif destination.startswith("file:"):
+        from archiver.sinks.local import LocalSink
+
+        parts = urlsplit(destination)
+        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
+            raise ConfigError(
+                f"destination {destination!r}: a file URL needs an absolute path, as in "
+                "file:///srv/recordings (three slashes)"
+            )
+        backend = LocalSink(Path(unquote(parts.path)))
+    elif "://" in destination:
+        scheme = destination.split("://", 1)[0]
+        raise ConfigError(f"destination {destination!r}: unsupported scheme '{scheme}': {_FORMS}")
+    else:
+        from archiver.sinks.local import LocalSink
+
+        backend = LocalSink(Path(destination))
+    return RetryingSink(backend, retry)

@@ -1,0 +1,117 @@
+"""The storage contract: what every destination promises the rest of the archiver.
+
+A destination ("sink") stores objects under relative keys such as
+``2022/11/03/cabfb1dfa8c5e1c7f2c458423b7716b3/recording-1.mp3``. The sink adds its own prefix
+(the ``prefix`` of ``s3://bucket/prefix``, or the root directory of a local destination).
+
+Every implementation keeps these promises; ``tests/test_sinks.py`` runs one test body against
+each backend to hold them to it.
+
+1. **Whole or nothing.** When ``put`` returns, the object at the key holds exactly the ``size``
+   bytes whose SHA-256 is ``sha256``. When it raises, nothing that claims to be that object was
+   left at the key (a local sink's temporary file never has the key's name; an S3 PUT is atomic).
+2. **Verified by the store.** The SHA-256 is sent with the bytes where the store can check it
+   (``x-amz-checksum-sha256``), so corrupted bytes are refused by the server itself, and the stored
+   size (and checksum, where the store reports it) is confirmed before ``put`` returns.
+3. **Write-once.** ``put`` never replaces an existing object. If one exists at the key with the
+   same SHA-256 and size, ``put`` succeeds with ``created=False`` and writes nothing (so a retry
+   never archives twice). If it exists with other content, ``put`` raises ``StorageConflict`` and
+   the existing object is left untouched.
+4. **Rewindable input.** ``body`` is a seekable binary file. ``put`` reads it from offset 0 and may
+   rewind it and read it again; retries never need the source to be downloaded again.
+5. **Classified errors.** Failures raise ``StorageError`` subclasses: ``StorageUnavailable``
+   (retryable), ``StoragePermanent`` or ``StorageConflict`` (not). Messages name the bucket or
+   directory and never contain credentials.
+6. **Never blocks the event loop.** Every method is a coroutine (or async iterator); blocking
+   clients run in the sink's own thread pool.
+7. **No retries inside.** A backend makes one attempt per call; retrying is the job of
+   ``archiver.sinks.retrying.RetryingSink``, which wraps any backend with the one retry policy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import BinaryIO, Protocol, runtime_checkable
+
+from archiver.errors import StoragePermanent
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What the store says about one object."""
+
+    key: str
+    size: int
+    sha256: str | None = None
+    """Lower-case hex SHA-256, when the store can tell without reading the object."""
+    version_id: str | None = None
+
+
+@dataclass(frozen=True)
+class PutResult:
+    """The outcome of a successful ``put``."""
+
+    key: str
+    size: int
+    sha256: str
+    created: bool
+    """False when an identical object was already at the key and nothing was written."""
+    location: str
+    """Where the object is, for people: ``s3://bucket/prefix/key`` or an absolute path."""
+    version_id: str | None = None
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """A destination for archived objects. See the module docstring for the promises."""
+
+    def describe(self) -> str:
+        """The destination for people, without secrets: ``s3://bucket/prefix`` or a path."""
+        ...
+
+    def location(self, key: str) -> str:
+        """Where ``key`` is (or would be) stored, for people."""
+        ...
+
+    async def check(self) -> None:
+        """Preflight: the destination exists and can be written. Raises ``StorageError``."""
+        ...
+
+    async def put(
+        self, key: str, body: BinaryIO, *, size: int, sha256: str, content_type: str
+    ) -> PutResult:
+        """Store ``size`` bytes from ``body`` at ``key``, write-once and verified."""
+        ...
+
+    async def stat(self, key: str) -> ObjectInfo | None:
+        """The object at ``key``, or None if there is none."""
+        ...
+
+    def read(self, key: str) -> AsyncIterator[bytes]:
+        """The object's bytes in chunks. Raises ``StoragePermanent`` if it does not exist."""
+        ...
+
+    def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
+        """Every object whose key starts with ``prefix``, in key order."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections and threads. The sink is not used after this."""
+        ...
+
+
+def validate_key(key: str) -> str:
+    """Refuse keys that could escape the destination or confuse a file system.
+
+    A key is one or more ``/``-separated segments, none empty, ``.`` or ``..``, with no control
+    characters or backslashes. Returns the key unchanged.
+    """
+    if not key or key.startswith("/") or key.endswith("/"):
+        raise StoragePermanent(f"invalid object key {key!r}: must be a relative path")
+    for segment in key.split("/"):
+        if segment in ("", ".", ".."):
+            raise StoragePermanent(f"invalid object key {key!r}: empty, '.' or '..' segment")
+    if any(ord(ch) < 0x20 or ch in "\x7f\\" for ch in key):
+        raise StoragePermanent(f"invalid object key {key!r}: control character or backslash")
+    return key

@@ -1,0 +1,181 @@
+"""A local directory as the destination, written with aiofiles: temp file, fsync, link, fsync dir.
+
+``put`` writes to ``.{name}.part-{random}`` in the object's folder (a name no key can have: key
+segments never start with ``.part``-style temp names we create, and ``list`` skips them), hashes
+while writing, fsyncs, then ``os.link``s it to the final name. ``link`` is atomic and fails if the
+name exists, so write-once holds even against another process; the folder is fsynced so the new
+name survives a power loss. A local store cannot report a checksum without reading the file, so
+``stat`` leaves ``sha256`` empty and ``put`` reads an existing file to compare.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hashlib
+import os
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import BinaryIO
+
+import aiofiles
+import aiofiles.os
+
+from archiver.errors import StorageConflict, StorageError, StoragePermanent, StorageUnavailable
+from archiver.sinks.base import ObjectInfo, PutResult, validate_key
+
+_CHUNK = 1024 * 1024
+_TEMP_MARK = ".part-"
+
+
+def _is_temp(name: str) -> bool:
+    return name.startswith(".") and _TEMP_MARK in name
+
+
+def _classify(exc: OSError, what: str) -> StorageError:
+    if isinstance(exc, PermissionError):
+        return StoragePermanent(f"{what}: permission denied: let the worker's user write there")
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StoragePermanent(f"{what}: the disk is full: free space or choose another directory")
+    if exc.errno == errno.EROFS:
+        return StoragePermanent(f"{what}: the file system is read-only")
+    return StorageUnavailable(f"{what}: {exc.strerror or type(exc).__name__}")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _hash_file(path: Path) -> tuple[int, str]:
+    digest, size = hashlib.sha256(), 0
+    with path.open("rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
+class LocalSink:
+    """A directory tree. See ``archiver.sinks.base`` for the promises."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.expanduser().resolve()
+
+    def describe(self) -> str:
+        return str(self.root)
+
+    def _path(self, key: str) -> Path:
+        return self.root.joinpath(*validate_key(key).split("/"))
+
+    def location(self, key: str) -> str:
+        return str(self._path(key))
+
+    async def check(self) -> None:
+        what = f"check directory {self.root}"
+        try:
+            await asyncio.to_thread(self.root.mkdir, parents=True, exist_ok=True)
+            probe = self.root / f".probe{_TEMP_MARK}{uuid.uuid4().hex}"
+            async with aiofiles.open(probe, "wb") as fh:
+                await fh.write(b"probe")
+            await aiofiles.os.remove(probe)
+        except OSError as exc:
+            raise _classify(exc, what) from None
+
+    async def put(
+        self, key: str, body: BinaryIO, *, size: int, sha256: str, content_type: str
+    ) -> PutResult:
+        final = self._path(key)
+        what = f"write {final}"
+        if await aiofiles.os.path.exists(final):
+            return await self._existing(key, final, size, sha256)
+        temp = final.parent / f".{final.name}{_TEMP_MARK}{uuid.uuid4().hex}"
+        try:
+            await asyncio.to_thread(final.parent.mkdir, parents=True, exist_ok=True)
+            digest, written = hashlib.sha256(), 0
+            body.seek(0)
+            async with aiofiles.open(temp, "wb") as out:
+                while written < size:
+                    chunk = await asyncio.to_thread(body.read, min(_CHUNK, size - written))
+                    if not chunk:
+                        break
+                    digest.update(chunk)
+                    written += len(chunk)
+                    await out.write(chunk)
+                await out.flush()
+                await asyncio.to_thread(os.fsync, out.fileno())
+            if written != size or digest.hexdigest() != sha256:
+                raise StorageUnavailable(
+                    f"{what}: the bytes read ({written}, sha256 {digest.hexdigest()}) are not the "
+                    f"ones announced ({size}, sha256 {sha256})"
+                )
+            try:
+                await asyncio.to_thread(os.link, temp, final)
+            except FileExistsError:  # someone else stored it meanwhile
+                return await self._existing(key, final, size, sha256)
+            await asyncio.to_thread(_fsync_dir, final.parent)
+        except OSError as exc:
+            raise _classify(exc, what) from None
+        finally:
+            try:
+                await aiofiles.os.remove(temp)
+            except FileNotFoundError:
+                pass
+        return PutResult(key=key, size=size, sha256=sha256, created=True, location=str(final))
+
+    async def _existing(self, key: str, path: Path, size: int, sha256: str) -> PutResult:
+        try:
+            have_size, have_sha = await asyncio.to_thread(_hash_file, path)
+        except OSError as exc:
+            raise _classify(exc, f"read {path}") from None
+        if have_size == size and have_sha == sha256:
+            return PutResult(key=key, size=size, sha256=sha256, created=False, location=str(path))
+        raise StorageConflict(
+            f"conflict at {path}: a file with other content is already there ({have_size} bytes, "
+            f"sha256 {have_sha}; ours: {size} bytes, sha256 {sha256}). It was kept, not "
+            "replaced: investigate before archiving this call"
+        )
+
+    async def stat(self, key: str) -> ObjectInfo | None:
+        try:
+            st = await aiofiles.os.stat(self._path(key))
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise _classify(exc, f"stat {key}") from None
+        return ObjectInfo(key=key, size=st.st_size)
+
+    async def read(self, key: str) -> AsyncIterator[bytes]:
+        path = self._path(key)
+        try:
+            async with aiofiles.open(path, "rb") as fh:
+                while chunk := await fh.read(_CHUNK):
+                    yield chunk
+        except FileNotFoundError:
+            raise StoragePermanent(f"read {path}: no such object") from None
+        except OSError as exc:
+            raise _classify(exc, f"read {path}") from None
+
+    async def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
+        def walk() -> list[ObjectInfo]:
+            found = []
+            for dirpath, dirnames, filenames in os.walk(self.root):
+                dirnames.sort()
+                for name in filenames:
+                    if _is_temp(name) or name.startswith(".probe"):
+                        continue
+                    path = Path(dirpath) / name
+                    key = path.relative_to(self.root).as_posix()
+                    if key.startswith(prefix):
+                        found.append(ObjectInfo(key=key, size=path.stat().st_size))
+            return sorted(found, key=lambda o: o.key)
+
+        for info in await asyncio.to_thread(walk):
+            yield info
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,59 @@
+"""The retry wrapper: the only place storage operations are tried again.
+
+``RetryingSink(inner, policy)`` is a ``Sink`` that runs ``check``, ``put`` and ``stat`` of any
+backend through ``archiver.retry.retrying``: a ``StorageUnavailable`` (5xx, SlowDown, reset,
+timeout, a store that refused corrupted bytes) is retried with backoff; ``StoragePermanent`` and
+``StorageConflict`` are not. ``put`` may be retried safely because its input is rewindable and
+the backend's write is whole-or-nothing and write-once. ``read`` and ``list`` are streams and are
+passed through unretried: a caller that needs them whole starts again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import BinaryIO
+
+from archiver.retry import RetryPolicy, retrying
+from archiver.sinks.base import ObjectInfo, PutResult, Sink
+
+
+class RetryingSink:
+    def __init__(self, inner: Sink, policy: RetryPolicy) -> None:
+        self.inner = inner
+        self.policy = policy
+
+    def describe(self) -> str:
+        return self.inner.describe()
+
+    def location(self, key: str) -> str:
+        return self.inner.location(key)
+
+    async def check(self) -> None:
+        async for attempt in retrying(self.policy, what=f"check {self.describe()}"):
+            with attempt:
+                await self.inner.check()
+
+    async def put(
+        self, key: str, body: BinaryIO, *, size: int, sha256: str, content_type: str
+    ) -> PutResult:
+        async for attempt in retrying(self.policy, what=f"store {self.location(key)}"):
+            with attempt:
+                return await self.inner.put(
+                    key, body, size=size, sha256=sha256, content_type=content_type
+                )
+        raise AssertionError("unreachable: retrying re-raises the last error")
+
+    async def stat(self, key: str) -> ObjectInfo | None:
+        async for attempt in retrying(self.policy, what=f"stat {self.location(key)}"):
+            with attempt:
+                return await self.inner.stat(key)
+        raise AssertionError("unreachable: retrying re-raises the last error")
+
+    def read(self, key: str) -> AsyncIterator[bytes]:
+        return self.inner.read(key)
+
+    def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
+        return self.inner.list(prefix)
+
+    async def close(self) -> None:
+        await self.inner.close()

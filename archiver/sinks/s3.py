@@ -1,0 +1,282 @@
+"""S3 and S3-compatible stores, through boto3 in the sink's own thread pool.
+
+boto3 is synchronous: every call runs in a dedicated ``ThreadPoolExecutor`` so the event loop is
+never blocked. botocore's own retries are off (one attempt per call); retrying is the job of
+``RetryingSink``. Credentials, endpoint (``AWS_ENDPOINT_URL``/``AWS_ENDPOINT_URL_S3``) and region
+come from the standard AWS chain.
+
+Uploads send ``x-amz-checksum-sha256`` (the store refuses bytes that do not match) and
+``If-None-Match: *`` (the store refuses to replace an existing object), and store the hex SHA-256
+as ``x-amz-meta-sha256`` too, for stores that do not report checksums. After the upload the
+object is read back with HEAD: size and checksum must match, or the put fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import re
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, BinaryIO, TypeVar
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    ReadTimeoutError,
+)
+
+from archiver.errors import ConfigError, StorageConflict, StorageError, StoragePermanent, StorageUnavailable
+from archiver.sinks.base import ObjectInfo, PutResult, validate_key
+
+T = TypeVar("T")
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_PERMANENT_CODES = {
+    "NoSuchBucket": "bucket '{bucket}' does not exist at {endpoint}: create it, or fix ARCHIVER_DESTINATION",
+    "AccessDenied": "access denied to bucket '{bucket}' at {endpoint}: grant the permissions in "
+    "docs/storage.md to these credentials",
+    "AllAccessDisabled": "all access to bucket '{bucket}' is disabled",
+    "InvalidAccessKeyId": "the AWS access key id is not known to {endpoint}: check "
+    "AWS_ACCESS_KEY_ID / AWS_PROFILE",
+    "SignatureDoesNotMatch": "the AWS secret key does not match the access key id at {endpoint}: "
+    "check AWS_SECRET_ACCESS_KEY / AWS_PROFILE",
+    "InvalidBucketName": "'{bucket}' is not a valid bucket name: fix ARCHIVER_DESTINATION",
+    "PermanentRedirect": "bucket '{bucket}' is in another region: set AWS_DEFAULT_REGION to it",
+    "AuthorizationHeaderMalformed": "bucket '{bucket}' is in another region: set "
+    "AWS_DEFAULT_REGION to it",
+    "InvalidToken": "the AWS session token is invalid: refresh AWS_SESSION_TOKEN",
+    "ExpiredToken": "the AWS session token has expired: refresh the credentials",
+}
+_MISSING = frozenset({"404", "NoSuchKey", "NotFound"})
+_EXISTS = frozenset({"PreconditionFailed", "412"})
+_RETRYABLE_CODES = {
+    "SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "RequestTimeTooSkewed",
+    "BadDigest", "XAmzContentSHA256Mismatch", "IncompleteBody", "OperationAborted",
+}
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/some/prefix`` → ("bucket", "some/prefix")."""
+    if not url.startswith("s3://"):
+        raise ConfigError(f"not an s3:// URL: {url!r}")
+    bucket, _, prefix = url[len("s3://") :].partition("/")
+    if not _BUCKET.match(bucket):
+        raise ConfigError(
+            f"destination {url!r}: '{bucket}' is not a valid bucket name (3-63 characters: "
+            "lower-case letters, digits, '.', '-'); use s3://bucket/prefix"
+        )
+    prefix = prefix.strip("/")
+    if prefix:
+        validate_key(prefix)
+    return bucket, prefix
+
+
+def _sha256_hex(head: dict[str, Any]) -> str | None:
+    checksum = head.get("ChecksumSHA256")
+    if checksum and "-" not in checksum:  # "...-N" would be a multipart checksum of checksums
+        try:
+            return base64.b64decode(checksum).hex()
+        except ValueError:
+            pass
+    meta = head.get("Metadata") or {}
+    value = meta.get("sha256")
+    return value.lower() if isinstance(value, str) else None
+
+
+class S3Sink:
+    """A bucket (and prefix) of an S3-compatible store. See ``archiver.sinks.base``."""
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        addressing_style: str | None = None,
+        conditional_writes: bool = True,
+        max_workers: int = 16,
+    ) -> None:
+        self.bucket, self.prefix = bucket, prefix.strip("/")
+        self.conditional_writes = conditional_writes
+        config = Config(
+            retries={"total_max_attempts": 1},
+            connect_timeout=10,
+            read_timeout=120,
+            max_pool_connections=max_workers,
+            s3={"addressing_style": addressing_style} if addressing_style else None,
+        )
+        session = boto3.session.Session()
+        self._client = session.client(
+            "s3", endpoint_url=endpoint_url, region_name=region, config=config
+        )
+        self.endpoint = self._client.meta.endpoint_url
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="s3-sink")
+
+    def describe(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+
+    def _full(self, key: str) -> str:
+        validate_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def location(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self._full(key)}"
+
+    async def _call(self, what: str, fn: Callable[..., T], /, **kwargs: Any) -> T:
+        """Run one boto3 call in the pool; classify its failure."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._pool, lambda: fn(**kwargs))
+        except (ClientError, BotoCoreError) as exc:
+            raise self._classify(exc, what) from None
+
+    async def _call_unless(
+        self, codes: frozenset[str], what: str, fn: Callable[..., T], /, **kwargs: Any
+    ) -> T | None:
+        """Like ``_call``, but None when the store answers with one of ``codes``."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._pool, lambda: fn(**kwargs))
+        except ClientError as exc:
+            if str(exc.response.get("Error", {}).get("Code", "")) in codes:
+                return None
+            raise self._classify(exc, what) from None
+        except BotoCoreError as exc:
+            raise self._classify(exc, what) from None
+
+    def _classify(self, exc: Exception, what: str) -> StorageError:
+        where = f"{what} ({self.describe()} at {self.endpoint})"
+        if isinstance(exc, NoCredentialsError):
+            return StoragePermanent(
+                f"{where}: no AWS credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
+                "or AWS_PROFILE"
+            )
+        if isinstance(exc, EndpointConnectionError | ConnectionClosedError | ReadTimeoutError
+                      | ConnectTimeoutError):
+            return StorageUnavailable(f"{where}: cannot reach the store ({type(exc).__name__})")
+        if isinstance(exc, ClientError):
+            error = exc.response.get("Error", {})
+            code = str(error.get("Code", ""))
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+            message = str(error.get("Message", ""))[:200]
+            if code in _PERMANENT_CODES:
+                hint = _PERMANENT_CODES[code].format(bucket=self.bucket, endpoint=self.endpoint)
+                return StoragePermanent(f"{what}: {hint}")
+            if code == "404" and what.startswith("check"):
+                return StoragePermanent(
+                    f"{what}: bucket '{self.bucket}' does not exist at {self.endpoint}: create "
+                    "it, or fix ARCHIVER_DESTINATION"
+                )
+            if code == "403" and what.startswith("check"):
+                return StoragePermanent(
+                    f"{what}: access denied to bucket '{self.bucket}' at {self.endpoint}: check "
+                    "the credentials and the permissions in docs/storage.md"
+                )
+            if code in _RETRYABLE_CODES or status >= 500 or status == 429:
+                return StorageUnavailable(f"{where}: {code or status} {message}".rstrip())
+            return StoragePermanent(f"{where}: {code or status} {message}".rstrip())
+        return StorageUnavailable(f"{where}: {type(exc).__name__}")
+
+    async def check(self) -> None:
+        await self._call("check the bucket", self._client.head_bucket, Bucket=self.bucket)
+
+    async def stat(self, key: str) -> ObjectInfo | None:
+        full = self._full(key)
+        head = await self._call_unless(
+            _MISSING, f"HEAD {full}", self._client.head_object,
+            Bucket=self.bucket, Key=full, ChecksumMode="ENABLED",
+        )
+        if head is None:
+            return None
+        return ObjectInfo(
+            key=key,
+            size=int(head["ContentLength"]),
+            sha256=_sha256_hex(head),
+            version_id=head.get("VersionId"),
+        )
+
+    async def put(
+        self, key: str, body: BinaryIO, *, size: int, sha256: str, content_type: str
+    ) -> PutResult:
+        full = self._full(key)
+        if not self.conditional_writes:
+            existing = await self.stat(key)
+            if existing is not None:
+                return self._existing(key, existing, size, sha256)
+        body.seek(0)
+        params: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Key": full,
+            "Body": body,
+            "ContentLength": size,
+            "ContentType": content_type,
+            "ChecksumSHA256": base64.b64encode(bytes.fromhex(sha256)).decode(),
+            "Metadata": {"sha256": sha256},
+        }
+        if self.conditional_writes:
+            params["IfNoneMatch"] = "*"
+        answer = await self._call_unless(
+            _EXISTS, f"PUT {full}", self._client.put_object, **params
+        )
+        if answer is None:  # If-None-Match: * refused: something is already at the key
+            existing = await self.stat(key)
+            if existing is None:
+                raise StorageUnavailable(f"PUT {full}: precondition failed, then nothing there")
+            return self._existing(key, existing, size, sha256)
+        stored = await self.stat(key)
+        if stored is None or stored.size != size or (stored.sha256 not in (None, sha256)):
+            raise StoragePermanent(
+                f"PUT {full}: the store accepted the upload but reports "
+                f"{'no object' if stored is None else f'{stored.size} bytes, sha256 {stored.sha256}'}"
+                f" instead of {size} bytes, sha256 {sha256}"
+            )
+        return PutResult(key=key, size=size, sha256=sha256, created=True,
+                         location=self.location(key), version_id=answer.get("VersionId"))
+
+    def _existing(self, key: str, existing: ObjectInfo, size: int, sha256: str) -> PutResult:
+        if existing.size == size and existing.sha256 == sha256:
+            return PutResult(key=key, size=size, sha256=sha256, created=False,
+                             location=self.location(key), version_id=existing.version_id)
+        raise StorageConflict(
+            f"conflict at {self.location(key)}: an object with other content is already there "
+            f"({existing.size} bytes, sha256 {existing.sha256 or 'unknown'}; ours: {size} bytes, "
+            f"sha256 {sha256}). It was kept, not replaced: investigate before archiving this call"
+        )
+
+    async def read(self, key: str) -> AsyncIterator[bytes]:
+        full = self._full(key)
+        answer = await self._call(f"GET {full}", self._client.get_object, Bucket=self.bucket, Key=full)
+        stream = answer["Body"]
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                chunk = await loop.run_in_executor(self._pool, stream.read, 1024 * 1024)
+                if not chunk:
+                    break
+                yield chunk
+        finally:
+            stream.close()
+
+    async def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
+        base = f"{self.prefix}/" if self.prefix else ""
+        token: str | None = None
+        while True:
+            params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": base + prefix}
+            if token:
+                params["ContinuationToken"] = token
+            page = await self._call("LIST", self._client.list_objects_v2, **params)
+            for item in page.get("Contents", []):
+                yield ObjectInfo(key=item["Key"][len(base):], size=int(item["Size"]))
+            if not page.get("IsTruncated"):
+                break
+            token = page.get("NextContinuationToken")
+
+    async def close(self) -> None:
+        self._pool.shutdown(wait=True)
