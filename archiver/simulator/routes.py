@@ -1,0 +1,350 @@
+"""The simulator's HTTP handlers (see ``archiver.simulator.server`` for what each route does)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import secrets
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
+
+from aiohttp import web
+
+from archiver.exotel.models import IST
+from archiver.simulator.calls import V1_STATUS, SimCall, fmt_v1, fmt_v3, recording_body
+
+if TYPE_CHECKING:
+    from archiver.simulator.server import Simulator
+
+_SENTINEL_END = "1970-01-01 05:30:00+05:30"
+
+
+def _s3_error(status: int, code: str, message: str, **extra: str) -> web.Response:
+    fields = "".join(f"<{k}>{v}</{k}>" for k, v in extra.items())
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f"<Error><Code>{code}</Code><Message>{message}</Message>{fields}"
+        f"<RequestId>{secrets.token_hex(8).upper()}</RequestId><HostId>{secrets.token_hex(24)}</HostId>"
+        "</Error>"
+    )
+    return web.Response(status=status, text=body, content_type="application/xml")
+
+
+def add_routes(app: web.Application, sim: Simulator) -> None:
+    from archiver.simulator.server import error_envelope
+
+    def base_url(request: web.Request) -> str:
+        return f"{request.scheme}://{request.host}"
+
+    def api_error(status: int, message: str | None = None) -> web.Response:
+        headers = {}
+        if status == 429:
+            sim.count("rate_limited")
+            headers = {
+                "Retry-After": f"{sim.faults.retry_after:g}",
+                "X-RateLimit-Limit": "200",
+                "X-RateLimit-Remaining": "0",
+                "X-RateLimit-Reset": str(int(sim.clock()) + int(sim.faults.retry_after) + 1),
+            }
+        elif status >= 500:
+            sim.count("server_errors")
+        return web.json_response(error_envelope(status, message), status=status, headers=headers)
+
+    def check_api(request: web.Request) -> web.Response | None:
+        """Auth, account, rate limit and injected faults, common to every API route."""
+        sim.count("api_requests")
+        expected = "Basic " + base64.b64encode(f"{sim.api_key}:{sim.api_token}".encode()).decode()
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            return api_error(401)
+        if request.match_info["account"] != sim.account_sid:
+            return api_error(401, "Authentication failed: unknown account")
+        if sim.over_rate_limit():
+            return api_error(429)
+        fault = sim.faults.next_api()
+        if fault is not None:
+            return api_error(fault)
+        return None
+
+    def envelope(payload: dict[str, Any]) -> web.Response:
+        return web.json_response({
+            "request_id": secrets.token_hex(16),
+            "method": "GET",
+            "http_code": 200,
+            "response": {"code": 200, "status": "success", **payload},
+        })
+
+    def v3_details(call: SimCall, request: web.Request) -> dict[str, Any]:
+        now = sim.now()
+        common = {
+            "sid": call.sid,
+            "direction": call.direction,
+            "virtual_number": call.virtual_number,
+        }
+        if call.state(now) == "active":
+            return {
+                **common,
+                "state": "active",
+                "status": None,
+                "created_time": fmt_v3(call.created),
+                "updated_time": fmt_v3(min(now, call.end)),
+                "start_time": fmt_v3(call.start),
+                "end_time": _SENTINEL_END,
+            }
+        recordings = [
+            {"url": sim.presign(base_url(request), call, i)} for i in range(1, len(call.recordings) + 1)
+        ]
+        duration = int((call.end - call.created).total_seconds())
+        return {
+            **common,
+            "state": "terminal",
+            "status": call.status,
+            "legs": f"/v3/accounts/{sim.account_sid}/calls/{call.sid}/legs",
+            "created_time": fmt_v3(call.created),
+            "updated_time": fmt_v3(call.ready_at),
+            "start_time": fmt_v3(call.start),
+            "end_time": fmt_v3(call.end),
+            "total_duration": duration,
+            "total_talk_time": int((call.end - call.start).total_seconds()) if call.recordings else 0,
+            "custom_field": call.custom_field,
+            "app_id": call.app_id,
+            "app_name": call.app_name,
+            "digits": call.digits,
+            "recordings": recordings or None,
+        }
+
+    async def call_details(request: web.Request) -> web.Response:
+        refused = check_api(request)
+        if refused is not None:
+            return refused
+        sim.count("v3_call_details")
+        call = sim.calls.get(request.match_info["call_sid"])
+        if call is None:
+            return api_error(404)
+        return envelope({"call_details": v3_details(call, request)})
+
+    async def active_calls(request: web.Request) -> web.Response:
+        refused = check_api(request)
+        if refused is not None:
+            return refused
+        sim.count("active")
+        now = sim.now()
+        active = [
+            {
+                "call_sid": c.sid,
+                "status": "in-progress" if now >= c.start else "ringing",
+                "from": c.from_number,
+                "to": c.to_number,
+                "start_time": c.start.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "duration": max(0, int((now - c.start).total_seconds())),
+                "recording_enabled": bool(c.recordings),
+            }
+            for c in list(sim.calls.values())
+            if c.state(now) == "active"
+        ]
+        return envelope({"active_calls": active, "total_active": len(active)})
+
+    async def bulk_calls(request: web.Request) -> web.Response:
+        refused = check_api(request)
+        if refused is not None:
+            return refused
+        sim.count("v1_bulk")
+        q = request.query
+        now = sim.now()
+        try:
+            page_size = int(q.get("PageSize", "50"))
+            if not 1 <= page_size <= 100:
+                raise ValueError("PageSize must be between 1 and 100")
+            gte, lte = _date_range(q.get("DateCreated"), now)
+            validity = q.get("RecordingUrlValidity")
+            ttl = None
+            if validity is not None:
+                minutes = int(validity)
+                if not 5 <= minutes <= 60:
+                    raise ValueError("RecordingUrlValidity must be between 5 and 60")
+                ttl = minutes * 60.0
+        except ValueError as exc:
+            return api_error(400, str(exc))
+        ascending = q.get("SortBy", "DateCreated:desc").lower().endswith(":asc")
+        wanted = set(q["Sid"].split(",")) if q.get("Sid") else None
+        calls = sorted(
+            (c for c in list(sim.calls.values())
+             if c.state(now) == "terminal" and gte <= c.created <= lte
+             and (wanted is None or c.sid in wanted)),
+            key=lambda c: (c.created, c.sid),
+            reverse=not ascending,
+        )
+        after = q.get("After")
+        if after:
+            position = next((i for i, c in enumerate(calls) if c.sid == after), None)
+            if position is None:
+                return api_error(400, "invalid After cursor")
+            calls_after = calls[position + 1:]
+        else:
+            calls_after = calls
+        page = calls_after[:page_size]
+        params = {k: v for k, v in q.items() if k != "After"}
+        path = request.path
+        next_uri = (
+            f"{path}?{urlencode({**params, 'After': page[-1].sid})}"
+            if len(calls_after) > page_size else None
+        )
+        items = [_v1_item(sim, c, base_url(request), ttl) for c in page]
+        return web.json_response({
+            "Metadata": {
+                "Total": len(calls),
+                "PageSize": page_size,
+                "FirstPageUri": f"{path}?{urlencode(params)}",
+                "PrevPageUri": None,
+                "NextPageUri": next_uri,
+            },
+            "Calls": items,
+        })
+
+    async def recording(request: web.Request) -> web.StreamResponse:
+        sim.count("recording_requests")
+        if "Authorization" in request.headers:
+            return _s3_error(400, "InvalidArgument", "Only one auth mechanism allowed; only the "
+                             "X-Amz-Algorithm query parameter, Signature query string parameter or "
+                             "the Authorization header should be specified")
+        name = request.match_info["name"].rsplit(".", 1)[0]
+        located = sim._tokens.get(name)
+        if located is None or request.match_info["account"] != sim.account_sid:
+            return _s3_error(404, "NoSuchKey", "The specified key does not exist.")
+        call_sid, index = located
+        call = sim.calls[call_sid]
+        q = request.query
+        try:
+            amz_date, expires = q["X-Amz-Date"], int(q["X-Amz-Expires"])
+            signed_at = datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+        except (KeyError, ValueError):
+            return _s3_error(403, "AccessDenied", "Query-string authentication requires the "
+                             "X-Amz-Date and X-Amz-Expires parameters")
+        if not hmac.compare_digest(q.get("X-Amz-Signature", ""),
+                                   sim._sign(request.path, amz_date, expires)):
+            return _s3_error(403, "SignatureDoesNotMatch", "The request signature we calculated "
+                             "does not match the signature you provided.")
+        fault = sim.faults.next_recording(call_sid)
+        now = sim.now()
+        deadline = signed_at + timedelta(seconds=expires)
+        if now > deadline or fault == "expired":
+            sim.count("expired_refusals")
+            return _s3_error(403, "AccessDenied", "Request has expired",
+                             **{"X-Amz-Expires": str(expires),
+                                "Expires": deadline.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                                "ServerTime": now.strftime("%Y-%m-%dT%H:%M:%SZ")})
+        if fault == "html":
+            return web.Response(text="<html><body><h1>Recording unavailable</h1></body></html>",
+                                content_type="text/html")
+        if fault == "xml200":
+            return web.Response(
+                text='<?xml version="1.0"?><Error><Code>NoSuchKey</Code></Error>',
+                content_type="application/xml")
+        if fault == "empty":
+            return web.Response(body=b"", content_type=call.content_type)
+        return await _stream(request, sim, call, index, fault)
+
+    account = r"{account:[^/]+}"
+    app.router.add_get(f"/v3/accounts/{account}/calls/active", active_calls)
+    app.router.add_get(f"/v3/accounts/{account}/calls/{{call_sid}}", call_details)
+    app.router.add_get(f"/v1/Accounts/{account}/Calls.json", bulk_calls)
+    app.router.add_get(f"/exotel-recordings/{account}/{{name}}", recording)
+
+
+async def _stream(request: web.Request, sim: Simulator, call: SimCall, index: int,
+                  fault: str | None) -> web.StreamResponse:
+    size = call.recordings[index - 1]
+    start, end, status = 0, size, 200
+    range_header = request.headers.get("Range")
+    if range_header and fault != "no_range":
+        try:
+            unit, spec = range_header.split("=", 1)
+            first, _, last = spec.partition("-")
+            start = int(first)
+            end = int(last) + 1 if last else size
+            if unit.strip() != "bytes" or not 0 <= start < size or end <= start:
+                raise ValueError
+            end, status = min(end, size), 206
+        except ValueError:
+            return _s3_error(416, "InvalidRange", "The requested range is not satisfiable")
+    length = end - start
+    headers = {
+        "Content-Type": call.content_type,
+        "Accept-Ranges": "bytes",
+        "Content-Length": str(length + (1000 if fault == "short_length" else 0)),
+    }
+    if status == 206:
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+    response = web.StreamResponse(status=status, headers=headers)
+    await response.prepare(request)
+    sent = 0
+    cut_at = length // 2 if fault == "cut" else None
+    for chunk in recording_body(f"{call.sid}/{index}", size, start, end, call.content_type):
+        if cut_at is not None and sent + len(chunk) > cut_at:
+            await response.write(chunk[: cut_at - sent])
+            if request.transport is not None:
+                request.transport.abort()  # a connection reset mid-body
+            return response
+        await response.write(chunk)
+        sent += len(chunk)
+        if sim.faults.bandwidth:
+            await asyncio.sleep(len(chunk) / sim.faults.bandwidth)
+        elif fault == "slow":
+            await asyncio.sleep(0.05)
+    if fault == "short_length":
+        if request.transport is not None:
+            request.transport.close()
+        return response
+    sim.count("recordings_served_ok")
+    await response.write_eof()
+    return response
+
+
+def _date_range(raw: str | None, now: datetime) -> tuple[datetime, datetime]:
+    """``gte:YYYY-MM-DD HH:MM:SS;lte:YYYY-MM-DD HH:MM:SS`` (IST) → aware bounds."""
+    if not raw:
+        return now - timedelta(days=31), now
+    bounds: dict[str, datetime] = {}
+    for part in raw.split(";"):
+        op, _, value = part.partition(":")
+        if op not in ("gte", "lte"):
+            raise ValueError(f"DateCreated: unknown operator {op!r}")
+        bounds[op] = datetime.strptime(value.strip(), "%Y-%m-%d %H:%M:%S").replace(tzinfo=IST)
+    gte = bounds.get("gte", now - timedelta(days=31))
+    lte = bounds.get("lte", now)
+    if lte < gte:
+        raise ValueError("DateCreated: lte is before gte")
+    if lte - gte > timedelta(days=31):
+        raise ValueError("DateCreated range is longer than one month")
+    if gte < now - timedelta(days=183):
+        raise ValueError("DateCreated is older than six months")
+    return gte, lte
+
+
+def _v1_item(sim: Simulator, call: SimCall, base_url: str, ttl: float | None) -> dict[str, Any]:
+    has_recording = bool(call.recordings)
+    return {
+        "Sid": call.sid,
+        "ParentCallSid": None,
+        "DateCreated": fmt_v1(call.created),
+        "DateUpdated": fmt_v1(call.ready_at),
+        "AccountSid": sim.account_sid,
+        "To": call.to_number,
+        "From": call.from_number,
+        "PhoneNumberSid": call.virtual_number,
+        "Status": V1_STATUS.get(call.status, "completed"),
+        "StartTime": fmt_v1(call.start),
+        "EndTime": fmt_v1(call.end),
+        "Duration": int((call.end - call.start).total_seconds()),
+        "Price": "1.500",
+        "Direction": call.direction,
+        "AnsweredBy": "human" if call.status == "completed" else None,
+        "RecordingUrl": (
+            f"{base_url}/exotel-recordings/{sim.account_sid}/{call.tokens[0]}.mp3"
+            if has_recording else None
+        ),
+        "PreSignedRecordingUrl": sim.presign(base_url, call, 1, ttl) if has_recording else None,
+        "Uri": f"/v1/Accounts/{sim.account_sid}/Calls/{call.sid}.json",
+    }

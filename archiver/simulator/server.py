@@ -1,0 +1,262 @@
+"""The built-in Exotel simulator: v3 call details, active calls, v1 bulk listing, recordings.
+
+One aiohttp application serves, on one host:
+
+* ``GET /v3/accounts/{sid}/calls/{call_sid}`` — call details in the documented envelope; every
+  answer mints fresh pre-signed recording URLs, as Exotel does.
+* ``GET /v3/accounts/{sid}/calls/active`` — ``response.active_calls[]`` and ``total_active``.
+* ``GET /v1/Accounts/{sid}/Calls.json`` — Bulk Call Details: ``DateCreated=gte:..;lte:..`` (IST,
+  no offset; at most 31 days, at most 183 days back), ``PageSize`` ≤ 100, ``SortBy``, cursor
+  paging through ``Metadata.NextPageUri`` (a relative path with ``After=``), terminal calls only.
+* ``GET /exotel-recordings/{account}/{token}.mp3?X-Amz-...`` — the recordings, behaving like S3
+  pre-signed URLs: 403 XML after X-Amz-Date + X-Amz-Expires, 403 on a bad signature, 400 when an
+  ``Authorization`` header is sent too, Range support.
+
+Decisions where Exotel's pages are silent: a wrong account SID in the path answers 401 (Exotel
+treats it as an authentication failure); a 400 carries Exotel code 10200 (invented).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import random
+import secrets
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from aiohttp import web
+
+from archiver.exotel.models import IST
+from archiver.simulator.calls import SimCall, day_of_calls, make_sid, recording_body
+from archiver.simulator.faults import Faults
+
+_CODES = {400: 10200, 401: 1010, 404: 10744, 429: 10724, 500: 10715, 503: 10743}
+_MESSAGES = {
+    400: "Bad Request", 401: "Authentication failed", 404: "Call not found",
+    429: "Too many requests", 500: "Internal server error", 503: "Service unavailable",
+}
+
+
+class Simulator:
+    """The simulated Exotel account: its calls, clock, credentials, faults and counters."""
+
+    def __init__(
+        self,
+        account_sid: str = "simaccount",
+        api_key: str = "sim-key",
+        api_token: str = "sim-token",
+        *,
+        url_ttl: float = 300.0,
+        seed: int = 0,
+        clock: Callable[[], float] = time.time,
+        rate_limit_per_minute: int | None = None,
+    ) -> None:
+        self.account_sid, self.api_key, self.api_token = account_sid, api_key, api_token
+        self.url_ttl = url_ttl
+        self.clock = clock
+        self.rate_limit_per_minute = rate_limit_per_minute
+        self.calls: dict[str, SimCall] = {}
+        self.faults = Faults(seed)
+        self.counters: dict[str, int] = dict.fromkeys(
+            ("api_requests", "v3_call_details", "v1_bulk", "active", "recording_requests",
+             "recordings_served_ok", "expired_refusals", "rate_limited", "server_errors"), 0)
+        self._rng = random.Random(seed)
+        self._signing_key = secrets.token_bytes(32)
+        self._tokens: dict[str, tuple[str, int]] = {}
+        self._api_times: list[float] = []
+        self._lock = threading.Lock()
+
+    # --- data --------------------------------------------------------------------------------
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self.clock(), UTC)
+
+    def _register(self, call: SimCall) -> SimCall:
+        with self._lock:
+            if not call.tokens:
+                call.tokens = [make_sid(self._rng) for _ in call.recordings]
+            for i, token in enumerate(call.tokens, start=1):
+                self._tokens[token] = (call.sid, i)
+            self.calls[call.sid] = call
+        return call
+
+    def add_call(
+        self,
+        sid: str | None = None,
+        *,
+        state: str = "terminal",
+        status: str = "completed",
+        recordings: int | list[int] = 1,
+        size: int = 64 * 1024,
+        created: datetime | None = None,
+        content_type: str = "audio/mpeg",
+        **fields: Any,
+    ) -> SimCall:
+        """Add one call; ``recordings`` is a count (each of ``size`` bytes) or a list of sizes."""
+        now = self.now()
+        created = created or now - timedelta(minutes=10)
+        start = created + timedelta(seconds=5)
+        sizes = [size] * recordings if isinstance(recordings, int) else list(recordings)
+        call = SimCall(
+            sid=sid or make_sid(self._rng),
+            created=created,
+            start=start,
+            end=start + timedelta(seconds=84),
+            ready_at=now - timedelta(seconds=1) if state == "terminal" else now + timedelta(days=365),
+            status=status,
+            recordings=sizes,
+            content_type=content_type,
+            **fields,
+        )
+        return self._register(call)
+
+    def finish(self, sid: str, status: str = "completed") -> None:
+        """Turn an active call terminal now."""
+        call = self.calls[sid]
+        call.status, call.ready_at = status, self.now() - timedelta(seconds=1)
+
+    def populate(self, n_calls: int, *, day: date, sizes: tuple[int, int] = (32 * 1024, 256 * 1024),
+                 seed: int | None = None) -> list[SimCall]:
+        """A realistic day of ``n_calls`` calls (IST), registered and returned."""
+        rng = random.Random(seed) if seed is not None else self._rng
+        start = datetime(day.year, day.month, day.day, tzinfo=IST)
+        return [self._register(c) for c in day_of_calls(rng, n_calls, start, sizes, self.now())]
+
+    def recording_bytes(self, sid: str, index: int) -> bytes:
+        call = self.calls[sid]
+        return b"".join(recording_body(f"{sid}/{index}", call.recordings[index - 1],
+                                       content_type=call.content_type))
+
+    # --- URLs --------------------------------------------------------------------------------
+
+    def _sign(self, path: str, amz_date: str, expires: int) -> str:
+        message = f"{path}\n{amz_date}\n{expires}".encode()
+        return hmac.new(self._signing_key, message, hashlib.sha256).hexdigest()
+
+    def presign(self, base_url: str, call: SimCall, index: int, ttl: float | None = None) -> str:
+        now = self.now()
+        amz_date = now.strftime("%Y%m%dT%H%M%SZ")
+        expires = int(ttl if ttl is not None else self.url_ttl)
+        ext = "wav" if "wav" in call.content_type else "mp3"
+        path = f"/exotel-recordings/{self.account_sid}/{call.tokens[index - 1]}.{ext}"
+        query = urlencode({
+            "X-Amz-Algorithm": "AWS4-HMAC-SHA256",
+            "X-Amz-Credential": f"SIMAKIAEXAMPLE/{now:%Y%m%d}/ap-south-1/s3/aws4_request",
+            "X-Amz-Date": amz_date,
+            "X-Amz-Expires": str(expires),
+            "X-Amz-SignedHeaders": "host",
+            "X-Amz-Signature": self._sign(path, amz_date, expires),
+        }, quote_via=quote)
+        return f"{base_url}{path}?{query}"
+
+    # --- the app -----------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        from archiver.simulator.routes import add_routes
+
+        application = web.Application()
+        add_routes(application, self)
+        return application
+
+    def count(self, name: str) -> None:
+        with self._lock:
+            self.counters[name] = self.counters.get(name, 0) + 1
+
+    def over_rate_limit(self) -> bool:
+        if self.rate_limit_per_minute is None:
+            return False
+        with self._lock:
+            now = self.clock()
+            self._api_times = [t for t in self._api_times if now - t < 60]
+            if len(self._api_times) >= self.rate_limit_per_minute:
+                return True
+            self._api_times.append(now)
+            return False
+
+
+def error_envelope(status: int, message: str | None = None) -> dict[str, Any]:
+    return {
+        "request_id": secrets.token_hex(16),
+        "method": "GET",
+        "http_code": status,
+        "response": {
+            "code": status,
+            "status": "failure",
+            "error_data": {
+                "code": _CODES.get(status, 10715),
+                "message": message or _MESSAGES.get(status, "Error"),
+                "description": message or _MESSAGES.get(status, "Error"),
+            },
+        },
+    }
+
+
+@contextlib.asynccontextmanager
+async def serve(sim: Simulator, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
+    """Serve ``sim`` on the current event loop; yields the base URL."""
+    runner = web.AppRunner(sim.app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    server = site._server  # the bound socket tells the real port when port=0
+    sockets = getattr(server, "sockets", None) or []
+    bound = sockets[0].getsockname()[1] if sockets else port
+    try:
+        yield f"http://{host}:{bound}"
+    finally:
+        await runner.cleanup()
+
+
+async def run_simulator(sim: Simulator, host: str, port: int, *,
+                        on_ready: Callable[[str], None]) -> None:
+    """Serve until cancelled (Ctrl-C)."""
+    async with serve(sim, host, port) as base_url:
+        on_ready(base_url)
+        await asyncio.Event().wait()
+
+
+class SimulatorServer:
+    """Runs the simulator in a background thread with its own event loop (for tests)."""
+
+    def __init__(self, sim: Simulator, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.sim, self.host, self.port = sim, host, port
+        self.base_url = ""
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="exotel-simulator")
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._error: BaseException | None = None
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(self._main())
+
+    async def _main(self) -> None:
+        self._stop = asyncio.Event()
+        try:
+            async with serve(self.sim, self.host, self.port) as url:
+                self.base_url = url
+                self._ready.set()
+                await self._stop.wait()
+        except BaseException as exc:  # surfaced to the starting thread
+            self._error = exc
+            self._ready.set()
+
+    def __enter__(self) -> SimulatorServer:
+        self._thread.start()
+        self._ready.wait(30)
+        if self._error is not None:
+            raise RuntimeError(f"simulator failed to start: {self._error}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
