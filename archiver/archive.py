@@ -1,0 +1,305 @@
+"""Archiving calls by SID: call details → recordings → destination → ledger and manifest.
+
+``archive_calls(settings, call_sids)`` is the plain function behind ``exotel-archiver archive``
+(and the demo). For each call it:
+
+1. skips it if the ledger says it is archived already (no API request spent);
+2. fetches the v3 call details (rate-limited, retried);
+3. leaves an ``active`` call for later (outcome ``not_ready``: recorded, not lost);
+4. for a ``terminal`` call, streams each recording into a spool file while hashing, stores it
+   write-once with its SHA-256 (the store verifies the bytes), and only then records the object
+   in the ledger and the manifest. An expired URL is refreshed through the call details (a new API
+   request) up to ``url_refreshes`` times; a cut-off body is downloaded again;
+5. marks the call ``archived`` once every recording is stored — or ``failed`` with the reason.
+
+Errors that concern every call (bad Exotel credentials, a missing bucket, denied access) stop the
+run with that error instead of failing each call in turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+import aiohttp
+
+from archiver.config import Settings
+from archiver.errors import (
+    ArchiverError,
+    ExotelAuthError,
+    InvalidCallSid,
+    RecordingExpired,
+    RecordingUnavailable,
+    StoragePermanent,
+)
+from archiver.exotel.client import ExotelClient
+from archiver.exotel.models import CallDetails, validate_call_sid
+from archiver.keys import extension_for, recording_key
+from archiver.ledger import Ledger, ObjectRecord, utc_now
+from archiver.manifest import ManifestWriter
+from archiver.ratelimit import RateLimiter
+from archiver.redact import strip_url
+from archiver.retry import retrying
+from archiver.sinks import Sink, open_sink
+from archiver.transfer import Downloaded, download, recording_session
+
+log = logging.getLogger("archiver.archive")
+
+ARCHIVED = "archived"
+ALREADY_ARCHIVED = "already_archived"
+NOT_READY = "not_ready"
+NO_RECORDING = "no_recording"
+FAILED = "failed"
+OUTCOMES = (ARCHIVED, ALREADY_ARCHIVED, NOT_READY, NO_RECORDING, FAILED)
+
+
+@dataclass
+class CallResult:
+    """What happened to one call in this run."""
+
+    call_sid: str
+    outcome: str
+    objects: list[ObjectRecord] = field(default_factory=list)
+    stored: int = 0
+    """Objects written by this run (the rest were already in the destination)."""
+    detail: str | None = None
+
+    @property
+    def bytes(self) -> int:
+        return sum(o.size for o in self.objects)
+
+
+@dataclass
+class Report:
+    """The outcome of a run: per call, and the counters a summary needs."""
+
+    results: list[CallResult] = field(default_factory=list)
+    api_requests: int = 0
+    destination: str = ""
+    manifest: str = ""
+
+    def count(self, outcome: str) -> int:
+        return sum(1 for r in self.results if r.outcome == outcome)
+
+    @property
+    def failed(self) -> list[CallResult]:
+        return [r for r in self.results if r.outcome == FAILED]
+
+    @property
+    def bytes_archived(self) -> int:
+        return sum(r.bytes for r in self.results if r.outcome == ARCHIVED)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "destination": self.destination,
+            "manifest": self.manifest,
+            "counts": {o: self.count(o) for o in OUTCOMES},
+            "bytes_archived": self.bytes_archived,
+            "api_requests": self.api_requests,
+            "calls": [
+                {
+                    "call_sid": r.call_sid,
+                    "outcome": r.outcome,
+                    "detail": r.detail,
+                    "objects": [
+                        {"key": o.key, "size": o.size, "sha256": o.sha256} for o in r.objects
+                    ],
+                }
+                for r in self.results
+            ],
+        }
+
+
+class Archiver:
+    """The resources of one run (clients, sink, ledger, manifest) and the per-call logic."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        sink: Sink,
+        ledger: Ledger,
+        manifest: ManifestWriter,
+        exotel: ExotelClient,
+        http: aiohttp.ClientSession,
+    ) -> None:
+        self.settings = settings
+        self.sink = sink
+        self.ledger = ledger
+        self.manifest = manifest
+        self.exotel = exotel
+        self.http = http
+        self.worker = socket.gethostname()
+        self.spool_dir = settings.state_dir / "spool"
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
+
+    async def archive_call(self, call_sid: str) -> CallResult:
+        """Archive one call. Never raises for a per-call failure: the result says ``failed``."""
+        try:
+            validate_call_sid(call_sid)
+            if self.ledger.call_outcome(call_sid) == ARCHIVED:
+                return CallResult(call_sid, ALREADY_ARCHIVED, self.ledger.objects_of(call_sid))
+            details, _raw = await self.exotel.call_details(call_sid)
+            return await self._archive_details(details)
+        except (ExotelAuthError, StoragePermanent):
+            raise  # concerns every call: the run stops
+        except InvalidCallSid as exc:
+            return CallResult(call_sid, FAILED, detail=str(exc))
+        except ArchiverError as exc:
+            log.error("call %s failed: %s", call_sid, exc)
+            self.ledger.set_call(call_sid, FAILED, detail=str(exc))
+            return CallResult(call_sid, FAILED, self.ledger.objects_of(call_sid), detail=str(exc))
+
+    async def _archive_details(self, details: CallDetails) -> CallResult:
+        sid, created = details.sid, details.created_time.isoformat()
+        if not details.is_terminal:
+            self.ledger.set_call(
+                sid, NOT_READY, created_time=created, detail="call is still active"
+            )
+            log.info("call %s is still active: not ready, try again later", sid)
+            return CallResult(sid, NOT_READY, detail="call is still active (state 'active')")
+        if not details.recordings:
+            self.ledger.set_call(sid, NO_RECORDING, created_time=created, recordings=0)
+            return CallResult(sid, NO_RECORDING, detail=f"status {details.status}, no recordings")
+        result = CallResult(sid, ARCHIVED)
+        for recording in details.recordings:
+            record = self.ledger.object_for(sid, "recording", recording.index)
+            if record is None:
+                record = await self._archive_recording(details, recording.index, recording.url)
+                result.stored += 1
+            result.objects.append(record)
+        self.ledger.set_call(
+            sid, ARCHIVED, created_time=created, recordings=len(details.recordings)
+        )
+        log.info("call %s archived: %d recording(s)", sid, len(result.objects))
+        return result
+
+    async def _archive_recording(self, details: CallDetails, index: int, url: str) -> ObjectRecord:
+        what = f"recording {index} of call {details.sid}"
+        with tempfile.TemporaryFile(dir=self.spool_dir, prefix="spool-") as spool:
+            got, url = await self._fetch(details, index, url, spool, what=what)
+            ext = extension_for(got.content_type, got.head)
+            key = recording_key(details.sid, details.created_time, index, ext)
+            put = await self.sink.put(
+                key,
+                spool,
+                size=got.size,
+                sha256=got.sha256,
+                content_type=got.content_type.split(";")[0].strip() or "application/octet-stream",
+            )
+        record = self.ledger.add_object(
+            ObjectRecord(
+                call_sid=details.sid,
+                kind="recording",
+                idx=index,
+                key=key,
+                location=put.location,
+                size=put.size,
+                sha256=put.sha256,
+                content_type=got.content_type,
+                source=strip_url(url),
+                call_created=details.created_time.isoformat(),
+                archived_at=utc_now(),
+                worker=self.worker,
+            )
+        )
+        self.manifest.sync(self.ledger)
+        log.info("%s stored at %s (%d bytes, sha256 %s)", what, put.location, put.size, put.sha256)
+        return record
+
+    async def _fetch(
+        self, details: CallDetails, index: int, url: str, spool: BinaryIO, *, what: str
+    ) -> tuple[Downloaded, str]:
+        """Download into ``spool``, refreshing an expired URL; returns the body and the URL used."""
+        refreshes = 0
+        while True:
+            try:
+                async for attempt in retrying(self.settings.retry, what=f"download {what}"):
+                    with attempt:
+                        return await download(self.http, url, spool, what=what), url
+            except RecordingExpired:
+                if refreshes >= self.settings.url_refreshes:
+                    raise RecordingExpired(
+                        f"{what}: the URL was still refused after {refreshes} fresh URL(s)"
+                    ) from None
+                refreshes += 1
+                log.info("%s: URL expired, fetching a fresh one (%d)", what, refreshes)
+                fresh, _raw = await self.exotel.call_details(details.sid)
+                recordings = fresh.recordings or ()
+                if len(recordings) < index:
+                    raise RecordingUnavailable(
+                        f"{what}: the refreshed call details no longer list it"
+                    ) from None
+                url = recordings[index - 1].url
+        raise AssertionError("unreachable")
+
+
+async def archive_calls(
+    settings: Settings,
+    call_sids: Iterable[str],
+    *,
+    on_result: Callable[[CallResult], None] | None = None,
+    sink: Sink | None = None,
+) -> Report:
+    """Archive the given calls with ``settings``; returns the report (never raises per call).
+
+    Raises ``ConfigError``/``ExotelAuthError``/``StoragePermanent`` for problems that concern the
+    whole run. ``sink`` overrides the destination of ``settings`` (used by the demo and tests).
+    """
+    settings.require_exotel_credentials()
+    if sink is None:
+        sink = open_sink(
+            settings.require_destination(),
+            retry=settings.retry,
+            addressing_style=settings.s3_addressing_style,
+            conditional_writes=settings.s3_conditional_writes,
+        )
+    manifest_path = settings.state_dir / "manifest.jsonl"
+    report = Report(destination=sink.describe(), manifest=str(manifest_path))
+    ledger: Ledger | None = None
+    try:
+        ledger = Ledger(settings.state_dir / "ledger.sqlite3")
+        await sink.check()
+        manifest = ManifestWriter(manifest_path)
+        manifest.sync(ledger)  # catch up after a crash between ledger commit and manifest append
+        limiter = RateLimiter(settings.exotel.rate_limit, 60.0)
+        async with (
+            ExotelClient(settings.exotel, limiter=limiter, retry=settings.retry) as exotel,
+            recording_session() as http,
+        ):
+            worker = Archiver(
+                settings, sink=sink, ledger=ledger, manifest=manifest, exotel=exotel, http=http
+            )
+            gate = asyncio.Semaphore(settings.concurrency)
+
+            async def one(sid: str) -> CallResult:
+                async with gate:
+                    result = await worker.archive_call(sid)
+                if on_result is not None:
+                    on_result(result)
+                return result
+
+            try:
+                async with asyncio.TaskGroup() as group:
+                    tasks = [group.create_task(one(s)) for s in dict.fromkeys(call_sids)]
+            except BaseExceptionGroup as group_error:
+                raise _first_error(group_error) from None
+            finally:
+                report.api_requests = exotel.requests
+            report.results = [t.result() for t in tasks]
+    finally:
+        if ledger is not None:
+            ledger.close()
+        await sink.close()
+    return report
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error that stopped the run (the others are the cancellations it caused)."""
+    first = group.exceptions[0]
+    return _first_error(first) if isinstance(first, BaseExceptionGroup) else first

@@ -1,0 +1,190 @@
+"""The local ledger: the worker's memory of what it has archived, in SQLite (WAL mode).
+
+The ledger is what makes a re-run idempotent. Two tables:
+
+* ``calls`` — one row per call the worker has looked at, with its outcome: ``archived``,
+  ``not_ready`` (still active), ``no_recording`` or ``failed`` (with the reason). Only
+  ``archived`` is final; the others are looked at again next time.
+* ``objects`` — one row per object stored in the destination: key, size, SHA-256, content type,
+  signature-free source URL, times. ``seq`` orders them; the checksum manifest is these rows, in
+  this order (``archiver.manifest`` writes them out).
+
+Every state change is one transaction, so a crash leaves either the old state or the new one. An
+object row is written only after the destination has confirmed the object (size and checksum):
+the ledger never claims bytes that are not stored.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from archiver.errors import ConfigError
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS calls (
+    call_sid     TEXT PRIMARY KEY,
+    outcome      TEXT NOT NULL,
+    created_time TEXT,
+    recordings   INTEGER,
+    detail       TEXT,
+    updated_at   TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS objects (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    call_sid     TEXT NOT NULL,
+    kind         TEXT NOT NULL,
+    idx          INTEGER NOT NULL,
+    key          TEXT NOT NULL UNIQUE,
+    location     TEXT NOT NULL,
+    size         INTEGER NOT NULL,
+    sha256       TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    source       TEXT NOT NULL,
+    call_created TEXT NOT NULL,
+    archived_at  TEXT NOT NULL,
+    worker       TEXT NOT NULL,
+    UNIQUE (call_sid, kind, idx)
+);
+"""
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class ObjectRecord:
+    """One stored object, as the ledger and the manifest know it."""
+
+    call_sid: str
+    kind: str
+    idx: int
+    key: str
+    location: str
+    size: int
+    sha256: str
+    content_type: str
+    source: str
+    call_created: str
+    archived_at: str
+    worker: str
+    seq: int | None = None
+
+
+class Ledger:
+    """The SQLite ledger at ``state_dir/ledger.sqlite3``. Single writer: one worker per state dir."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigError(
+                f"cannot open the ledger at {path}: {exc}; set --state-dir / ARCHIVER_STATE_DIR "
+                "to a writable directory"
+            ) from None
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise ConfigError(
+                f"the ledger at {path} was written by a newer exotel-archiver (schema {version}); "
+                "upgrade exotel-archiver"
+            )
+        with self._transaction():
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    self._db.execute(statement)
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _transaction(self) -> _Tx:
+        return _Tx(self._db)
+
+    # --- calls ---------------------------------------------------------------------------------
+
+    def call_outcome(self, call_sid: str) -> str | None:
+        row = self._db.execute(
+            "SELECT outcome FROM calls WHERE call_sid = ?", (call_sid,)
+        ).fetchone()
+        return None if row is None else str(row["outcome"])
+
+    def set_call(
+        self,
+        call_sid: str,
+        outcome: str,
+        *,
+        created_time: str | None = None,
+        recordings: int | None = None,
+        detail: str | None = None,
+    ) -> None:
+        with self._transaction():
+            self._db.execute(
+                """INSERT INTO calls (call_sid, outcome, created_time, recordings, detail, updated_at)
+                   VALUES (?, ?, ?, ?, ?, ?)
+                   ON CONFLICT (call_sid) DO UPDATE SET
+                     outcome = excluded.outcome,
+                     created_time = COALESCE(excluded.created_time, calls.created_time),
+                     recordings = COALESCE(excluded.recordings, calls.recordings),
+                     detail = excluded.detail,
+                     updated_at = excluded.updated_at""",
+                (call_sid, outcome, created_time, recordings, detail, utc_now()),
+            )
+
+    def call_counts(self) -> dict[str, int]:
+        rows = self._db.execute("SELECT outcome, COUNT(*) AS n FROM calls GROUP BY outcome")
+        return {str(r["outcome"]): int(r["n"]) for r in rows}
+
+    # --- objects -------------------------------------------------------------------------------
+
+    def object_for(self, call_sid: str, kind: str, idx: int) -> ObjectRecord | None:
+        row = self._db.execute(
+            "SELECT * FROM objects WHERE call_sid = ? AND kind = ? AND idx = ?",
+            (call_sid, kind, idx),
+        ).fetchone()
+        return None if row is None else ObjectRecord(**dict(row))
+
+    def add_object(self, record: ObjectRecord) -> ObjectRecord:
+        """Record a stored object; returns it with its manifest sequence number."""
+        fields = {k: v for k, v in record.__dict__.items() if k != "seq"}
+        with self._transaction():
+            cursor = self._db.execute(
+                f"INSERT INTO objects ({', '.join(fields)}) VALUES ({', '.join('?' * len(fields))})",
+                tuple(fields.values()),
+            )
+        return ObjectRecord(**fields, seq=cursor.lastrowid)
+
+    def objects_after(self, seq: int) -> Iterator[ObjectRecord]:
+        """Objects with a sequence number greater than ``seq``, in order."""
+        for row in self._db.execute("SELECT * FROM objects WHERE seq > ? ORDER BY seq", (seq,)):
+            yield ObjectRecord(**dict(row))
+
+    def objects_of(self, call_sid: str) -> list[ObjectRecord]:
+        rows = self._db.execute(
+            "SELECT * FROM objects WHERE call_sid = ? ORDER BY seq", (call_sid,)
+        )
+        return [ObjectRecord(**dict(r)) for r in rows]
+
+
+class _Tx:
+    """``with`` block = one IMMEDIATE transaction, committed on success, rolled back on error."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, et: object, e: object, tb: object) -> None:
+        self._db.execute("COMMIT" if et is None else "ROLLBACK")

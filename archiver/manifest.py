@@ -1,0 +1,114 @@
+"""The checksum manifest: one JSON line per archived object, append-only.
+
+This is the first, simple format (``format: 1``): ``manifest.jsonl`` in the state directory, each
+line a JSON object with these fields, in ledger order::
+
+    seq           1, 2, 3 ... (gap-free, the ledger's sequence)
+    call_sid      Exotel call SID
+    kind          "recording"
+    index         position in the call's recordings[] (1-based)
+    key           object key relative to the destination
+    location      where it is: s3://bucket/prefix/key or an absolute path
+    size          bytes
+    sha256        lower-case hex SHA-256 of the stored bytes
+    content_type  as served by the recording host
+    source        the recording URL without its query string (no signature)
+    call_created  the call's created_time as Exotel reported it (ISO 8601 with offset)
+    archived_at   when the destination confirmed the object (UTC, ISO 8601)
+    worker        host name of the worker that archived it
+
+The ledger is the source of truth and the file is written from it: after each stored object the
+writer appends every ledger row whose ``seq`` is past the file's last line, then fsyncs. A crash
+between the ledger commit and the append loses nothing: the next write catches up, and never
+writes a line twice, because it starts from the file's own last ``seq``. A torn last line (power
+loss mid-append) is cut off and rewritten.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from archiver.ledger import Ledger, ObjectRecord
+
+FORMAT = 1
+
+
+def entry(record: ObjectRecord) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "seq": record.seq,
+        "call_sid": record.call_sid,
+        "kind": record.kind,
+        "index": record.idx,
+        "key": record.key,
+        "location": record.location,
+        "size": record.size,
+        "sha256": record.sha256,
+        "content_type": record.content_type,
+        "source": record.source,
+        "call_created": record.call_created,
+        "archived_at": record.archived_at,
+        "worker": record.worker,
+    }
+
+
+def read_manifest(path: Path) -> list[dict[str, Any]]:
+    """Every complete entry of the manifest file (a torn last line is ignored)."""
+    if not path.exists():
+        return []
+    entries = []
+    for line in path.read_bytes().splitlines():
+        try:
+            entries.append(json.loads(line))
+        except ValueError:
+            break
+    return entries
+
+
+class ManifestWriter:
+    """Appends ledger rows to ``manifest.jsonl``; see the module docstring for the guarantees."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._last_seq = self._recover()
+
+    def _recover(self) -> int:
+        """The last complete line's seq; a torn tail is truncated away."""
+        if not self.path.exists():
+            return 0
+        data = self.path.read_bytes()
+        good_end, last_seq = 0, 0
+        pos = 0
+        while pos < len(data):
+            nl = data.find(b"\n", pos)
+            if nl < 0:
+                break
+            try:
+                last_seq = int(json.loads(data[pos:nl])["seq"])
+            except (ValueError, KeyError, TypeError):
+                break
+            good_end = pos = nl + 1
+        if good_end != len(data):
+            with self.path.open("r+b") as fh:
+                fh.truncate(good_end)
+                os.fsync(fh.fileno())
+        return last_seq
+
+    def sync(self, ledger: Ledger) -> int:
+        """Append every ledger object not yet in the file; returns how many lines were written."""
+        lines = [
+            json.dumps(entry(r), separators=(",", ":"), ensure_ascii=True) + "\n"
+            for r in ledger.objects_after(self._last_seq)
+        ]
+        if not lines:
+            return 0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("ab") as fh:
+            fh.write("".join(lines).encode())
+            fh.flush()
+            os.fsync(fh.fileno())
+        self._last_seq = int(json.loads(lines[-1])["seq"])
+        return len(lines)

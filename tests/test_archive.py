@@ -1,0 +1,325 @@
+"""End to end: the simulator over real HTTP → the worker → SeaweedFS; bucket and manifest checked.
+
+Every test asserts on what ended up in the bucket (byte for byte) and in the manifest, not only on
+what the worker says.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from archiver.archive import (
+    ALREADY_ARCHIVED,
+    ARCHIVED,
+    FAILED,
+    NO_RECORDING,
+    NOT_READY,
+    archive_calls,
+)
+from archiver.config import Settings, load_settings
+from archiver.errors import ExotelAuthError
+from archiver.manifest import read_manifest
+from archiver.simulator import Simulator, SimulatorServer
+
+PREFIX = "archive"
+
+
+@pytest.fixture
+def sim() -> Simulator:
+    return Simulator(seed=7)
+
+
+@pytest.fixture
+def server(sim: Simulator) -> Iterator[SimulatorServer]:
+    with SimulatorServer(sim, host="127.0.0.1", port=0) as srv:
+        yield srv
+
+
+def make_settings(sim: Simulator, base_url: str, destination: str, state: Path, **env: str) -> Settings:
+    return load_settings(
+        env={
+            "EXOTEL_ACCOUNT_SID": sim.account_sid,
+            "EXOTEL_API_KEY": sim.api_key,
+            "EXOTEL_API_TOKEN": sim.api_token,
+            "EXOTEL_API_URL": base_url,
+            "EXOTEL_V1_API_URL": base_url,
+            "ARCHIVER_DESTINATION": destination,
+            "ARCHIVER_STATE_DIR": str(state),
+            "ARCHIVER_ATTEMPTS": "3",
+            **env,
+        }
+    )
+
+
+@pytest.fixture
+def settings(sim: Simulator, server: SimulatorServer, s3_env: None, bucket: str, tmp_path: Path) -> Settings:
+    return make_settings(sim, server.base_url, f"s3://{bucket}/{PREFIX}", tmp_path / "state")
+
+
+def bucket_objects(seaweed: Any, bucket: str) -> dict[str, bytes]:
+    """Every object in the bucket, key → bytes (read straight from SeaweedFS)."""
+    client = seaweed.client()
+    out: dict[str, bytes] = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for item in page.get("Contents", []):
+            out[item["Key"]] = client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+    return out
+
+
+def manifest_of(settings: Settings) -> list[dict[str, Any]]:
+    return read_manifest(settings.state_dir / "manifest.jsonl")
+
+
+def expected_key(sim: Simulator, sid: str, index: int, ext: str = "mp3") -> str:
+    created = sim.calls[sid].created
+    return f"{PREFIX}/{created:%Y/%m/%d}/{sid}/recording-{index}.{ext}"
+
+
+async def test_terminal_call_with_one_recording(sim: Simulator, settings: Settings, seaweed: Any, bucket: str) -> None:
+    call = sim.add_call(recordings=1, size=100_000)
+    report = await archive_calls(settings, [call.sid])
+
+    assert [r.outcome for r in report.results] == [ARCHIVED]
+    body = sim.recording_bytes(call.sid, 1)
+    key = expected_key(sim, call.sid, 1)
+    assert bucket_objects(seaweed, bucket) == {key: body}
+    [entry] = manifest_of(settings)
+    assert entry["call_sid"] == call.sid and entry["seq"] == 1
+    assert entry["key"] == key.removeprefix(PREFIX + "/")
+    assert entry["location"] == f"s3://{bucket}/{key}"
+    assert entry["size"] == len(body)
+    assert entry["sha256"] == hashlib.sha256(body).hexdigest()
+    assert "?" not in entry["source"] and "Signature" not in json.dumps(entry)
+    head = seaweed.client().head_object(Bucket=bucket, Key=key)
+    assert head["ContentType"] == "audio/mpeg"
+
+
+async def test_terminal_call_with_several_recordings(sim: Simulator, settings: Settings, seaweed: Any, bucket: str) -> None:
+    call = sim.add_call(recordings=[10_000, 250_000, 3_000])
+    report = await archive_calls(settings, [call.sid])
+
+    assert report.results[0].outcome == ARCHIVED
+    stored = bucket_objects(seaweed, bucket)
+    assert stored == {expected_key(sim, call.sid, i): sim.recording_bytes(call.sid, i) for i in (1, 2, 3)}
+    entries = manifest_of(settings)
+    assert [e["index"] for e in entries] == [1, 2, 3]
+    assert [e["seq"] for e in entries] == [1, 2, 3]
+    for e in entries:
+        assert e["sha256"] == hashlib.sha256(sim.recording_bytes(call.sid, e["index"])).hexdigest()
+
+
+async def test_active_call_is_not_ready_then_archived_when_terminal(sim: Simulator, settings: Settings, seaweed: Any, bucket: str) -> None:
+    call = sim.add_call(state="active")
+    report = await archive_calls(settings, [call.sid])
+    assert report.results[0].outcome == NOT_READY
+    assert bucket_objects(seaweed, bucket) == {}
+    assert manifest_of(settings) == []
+
+    sim.finish(call.sid)
+    report = await archive_calls(settings, [call.sid])
+    assert report.results[0].outcome == ARCHIVED
+    assert list(bucket_objects(seaweed, bucket)) == [expected_key(sim, call.sid, 1)]
+
+
+async def test_call_without_recording(sim: Simulator, settings: Settings, seaweed: Any, bucket: str) -> None:
+    call = sim.add_call(recordings=0, status="to_leg_unanswered")
+    report = await archive_calls(settings, [call.sid])
+    assert report.results[0].outcome == NO_RECORDING
+    assert bucket_objects(seaweed, bucket) == {}
+
+
+async def test_rerun_archives_nothing_twice(sim: Simulator, settings: Settings, seaweed: Any, bucket: str) -> None:
+    calls = [sim.add_call(recordings=2), sim.add_call(recordings=1)]
+    sids = [c.sid for c in calls]
+    first = await archive_calls(settings, sids)
+    assert [r.outcome for r in first.results] == [ARCHIVED, ARCHIVED]
+    objects, manifest = bucket_objects(seaweed, bucket), manifest_of(settings)
+    before = sim.counters["api_requests"]
+
+    second = await archive_calls(settings, sids)
+    assert [r.outcome for r in second.results] == [ALREADY_ARCHIVED, ALREADY_ARCHIVED]
+    assert second.api_requests == 0 and sim.counters["api_requests"] == before
+    assert bucket_objects(seaweed, bucket) == objects
+    assert manifest_of(settings) == manifest
+    assert len(manifest) == 3
+
+
+async def test_rerun_with_a_lost_ledger_finds_the_objects_already_stored(
+    sim: Simulator, server: SimulatorServer, s3_env: None, seaweed: Any, bucket: str, tmp_path: Path
+) -> None:
+    call = sim.add_call(recordings=1)
+    first = make_settings(sim, server.base_url, f"s3://{bucket}/{PREFIX}", tmp_path / "a")
+    await archive_calls(first, [call.sid])
+    objects = bucket_objects(seaweed, bucket)
+    last_modified = seaweed.client().head_object(Bucket=bucket, Key=next(iter(objects)))["LastModified"]
+
+    fresh = make_settings(sim, server.base_url, f"s3://{bucket}/{PREFIX}", tmp_path / "b")
+    report = await archive_calls(fresh, [call.sid])
+    assert report.results[0].outcome == ARCHIVED
+    assert report.results[0].stored == 1  # recorded again in the new ledger...
+    assert bucket_objects(seaweed, bucket) == objects  # ...but not written again
+    assert seaweed.client().head_object(Bucket=bucket, Key=next(iter(objects)))["LastModified"] == last_modified
+    assert [e["sha256"] for e in manifest_of(fresh)] == [e["sha256"] for e in manifest_of(first)]
+
+
+async def test_a_different_object_at_the_key_is_a_conflict_and_is_kept(
+    sim: Simulator, settings: Settings, seaweed: Any, bucket: str
+) -> None:
+    call = sim.add_call(recordings=1)
+    key = expected_key(sim, call.sid, 1)
+    seaweed.client().put_object(Bucket=bucket, Key=key, Body=b"someone else's bytes")
+
+    report = await archive_calls(settings, [call.sid])
+    assert report.results[0].outcome == FAILED
+    assert "conflict" in (report.results[0].detail or "").lower() or "exists" in (report.results[0].detail or "")
+    assert bucket_objects(seaweed, bucket) == {key: b"someone else's bytes"}
+    assert manifest_of(settings) == []
+
+
+async def test_bad_credentials_stop_the_run(sim: Simulator, server: SimulatorServer, s3_env: None, bucket: str, tmp_path: Path) -> None:
+    call = sim.add_call()
+    bad = make_settings(
+        sim, server.base_url, f"s3://{bucket}/{PREFIX}", tmp_path / "s", EXOTEL_API_TOKEN="wrong-token-value"
+    )
+    with pytest.raises(ExotelAuthError) as info:
+        await archive_calls(bad, [call.sid])
+    assert "401" in str(info.value) and "EXOTEL_API_TOKEN" in str(info.value)
+    assert "wrong-token-value" not in str(info.value)
+
+
+async def test_unknown_call_fails_with_404_and_others_still_archive(
+    sim: Simulator, settings: Settings, seaweed: Any, bucket: str
+) -> None:
+    call = sim.add_call()
+    report = await archive_calls(settings, ["0123456789abcdef0123456789abcdef", call.sid])
+    outcomes = {r.call_sid: r for r in report.results}
+    assert outcomes["0123456789abcdef0123456789abcdef"].outcome == FAILED
+    assert "404" in (outcomes["0123456789abcdef0123456789abcdef"].detail or "")
+    assert outcomes[call.sid].outcome == ARCHIVED
+    assert len(bucket_objects(seaweed, bucket)) == 1
+
+
+@pytest.mark.parametrize("status", [429, 500])
+async def test_transient_api_errors_are_retried(
+    sim: Simulator, settings: Settings, seaweed: Any, bucket: str, status: int
+) -> None:
+    call = sim.add_call()
+    sim.faults.retry_after = 1
+    sim.faults.api_script.extend([status, status])
+    report = await archive_calls(settings, [call.sid])
+    assert report.results[0].outcome == ARCHIVED
+    assert report.api_requests == 3  # two refused, one answered
+    assert bucket_objects(seaweed, bucket) == {expected_key(sim, call.sid, 1): sim.recording_bytes(call.sid, 1)}
+
+
+async def test_persistent_server_errors_fail_the_call_after_the_attempts(
+    sim: Simulator, settings: Settings, seaweed: Any, bucket: str
+) -> None:
+    call = sim.add_call()
+    sim.faults.api_script.extend([500] * 3)
+    report = await archive_calls(settings, [call.sid])
+    assert report.results[0].outcome == FAILED and "500" in (report.results[0].detail or "")
+    assert report.api_requests == 3
+    assert bucket_objects(seaweed, bucket) == {} and manifest_of(settings) == []
+
+
+async def test_expired_url_is_refreshed(sim: Simulator, settings: Settings, seaweed: Any, bucket: str) -> None:
+    call = sim.add_call()
+    sim.faults.recording_script.append("expired")
+    report = await archive_calls(settings, [call.sid])
+    assert report.results[0].outcome == ARCHIVED
+    assert sim.counters["v3_call_details"] == 2  # the first fetch and one refresh
+    assert bucket_objects(seaweed, bucket) == {expected_key(sim, call.sid, 1): sim.recording_bytes(call.sid, 1)}
+
+
+async def test_url_that_stays_expired_fails_and_records_nothing(
+    sim: Simulator, settings: Settings, seaweed: Any, bucket: str
+) -> None:
+    call = sim.add_call()
+    sim.faults.recording_script.extend(["expired"] * 10)
+    report = await archive_calls(settings, [call.sid])
+    assert report.results[0].outcome == FAILED
+    assert "fresh URL" in (report.results[0].detail or "")
+    assert sim.counters["v3_call_details"] == 1 + settings.url_refreshes
+    assert bucket_objects(seaweed, bucket) == {} and manifest_of(settings) == []
+
+
+async def test_body_cut_off_once_is_downloaded_again(sim: Simulator, settings: Settings, seaweed: Any, bucket: str) -> None:
+    call = sim.add_call(size=300_000)
+    sim.faults.recording_script.append("cut")
+    report = await archive_calls(settings, [call.sid])
+    assert report.results[0].outcome == ARCHIVED
+    assert bucket_objects(seaweed, bucket) == {expected_key(sim, call.sid, 1): sim.recording_bytes(call.sid, 1)}
+    [entry] = manifest_of(settings)
+    assert entry["sha256"] == hashlib.sha256(sim.recording_bytes(call.sid, 1)).hexdigest()
+
+
+async def test_body_always_cut_off_records_nothing(sim: Simulator, settings: Settings, seaweed: Any, bucket: str) -> None:
+    call = sim.add_call(size=300_000)
+    sim.faults.always_cut.add(call.sid)
+    report = await archive_calls(settings, [call.sid])
+    assert report.results[0].outcome == FAILED
+    assert bucket_objects(seaweed, bucket) == {}
+    assert manifest_of(settings) == []
+    assert list((settings.state_dir / "spool").iterdir()) == []  # spool files are gone
+
+
+@pytest.mark.parametrize("fault", ["html", "empty", "short_length"])
+async def test_bodies_that_are_not_recordings_are_refused(
+    sim: Simulator, settings: Settings, seaweed: Any, bucket: str, fault: str
+) -> None:
+    call = sim.add_call()
+    sim.faults.recording_script.extend([fault] * 5)
+    report = await archive_calls(settings, [call.sid])
+    assert report.results[0].outcome == FAILED
+    assert bucket_objects(seaweed, bucket) == {} and manifest_of(settings) == []
+
+
+async def test_local_directory_destination(sim: Simulator, server: SimulatorServer, tmp_path: Path) -> None:
+    calls = [sim.add_call(recordings=2), sim.add_call(recordings=1)]
+    root = tmp_path / "archive"
+    settings = make_settings(sim, server.base_url, f"file://{root}", tmp_path / "state")
+    report = await archive_calls(settings, [c.sid for c in calls])
+    assert [r.outcome for r in report.results] == [ARCHIVED, ARCHIVED]
+
+    files = {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    expected = {
+        expected_key(sim, c.sid, i).removeprefix(PREFIX + "/"): sim.recording_bytes(c.sid, i)
+        for c in calls
+        for i in range(1, len(c.recordings) + 1)
+    }
+    assert files == expected  # and no temporary files left behind
+    assert {e["location"] for e in manifest_of(settings)} == {str(root / k) for k in expected}
+
+
+async def test_no_secret_reaches_the_logs_or_the_manifest(
+    sim: Simulator, settings: Settings, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from archiver.log import setup_logging
+
+    caplog.set_level(logging.DEBUG)  # the raw records, before any redaction
+    handler = setup_logging("debug", secrets=settings.secrets)  # the real one, on captured stderr
+    calls = [sim.add_call() for _ in range(3)]
+    sim.faults.recording_script.extend(["expired", "cut"])
+    sim.faults.api_script.append(500)
+    try:
+        report = await archive_calls(
+            settings, [c.sid for c in calls] + ["0123456789abcdef0123456789abcdef"]
+        )
+    finally:
+        logging.getLogger().removeHandler(handler)
+
+    written = "\n".join(
+        [caplog.text, capsys.readouterr().err, (settings.state_dir / "manifest.jsonl").read_text(),
+         json.dumps(report.as_dict())]
+    )
+    assert "archived" in written  # the logs were really captured
+    for secret in (sim.api_token, sim.api_key, "X-Amz-Signature=", "X-Amz-Credential="):
+        assert secret not in written
