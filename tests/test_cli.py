@@ -1,0 +1,135 @@
+"""The command line as a user meets it: help, exit codes, clean errors, the demo."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from archiver.cli import main
+from archiver.manifest import read_manifest
+from archiver.simulator import Simulator, SimulatorServer
+
+
+@pytest.fixture
+def sim() -> Simulator:
+    return Simulator(seed=11)
+
+
+@pytest.fixture
+def server(sim: Simulator) -> Iterator[SimulatorServer]:
+    with SimulatorServer(sim, host="127.0.0.1", port=0) as srv:
+        yield srv
+
+
+def env_for(sim: Simulator, server: SimulatorServer, tmp_path: Path, **extra: str) -> dict[str, str]:
+    return {
+        "EXOTEL_ACCOUNT_SID": sim.account_sid,
+        "EXOTEL_API_KEY": sim.api_key,
+        "EXOTEL_API_TOKEN": sim.api_token,
+        "EXOTEL_API_URL": server.base_url,
+        "ARCHIVER_DESTINATION": str(tmp_path / "archive"),
+        "ARCHIVER_STATE_DIR": str(tmp_path / "state"),
+        "ARCHIVER_CONFIG": "",
+        **extra,
+    }
+
+
+def invoke(args: list[str], env: dict[str, str] | None = None) -> Any:
+    return CliRunner().invoke(main, args, env=env, catch_exceptions=False)
+
+
+@pytest.mark.parametrize("command", [[], ["archive"], ["demo"], ["simulate"]])
+def test_help_everywhere(command: list[str]) -> None:
+    result = invoke([*command, "--help"])
+    assert result.exit_code == 0
+    assert "Usage:" in result.output
+
+
+def test_archive_help_names_every_environment_variable_but_no_secret_flag() -> None:
+    out = invoke(["archive", "--help"]).output
+    for name in ("EXOTEL_ACCOUNT_SID", "EXOTEL_REGION", "EXOTEL_API_URL", "ARCHIVER_DESTINATION",
+                 "ARCHIVER_STATE_DIR", "EXOTEL_API_KEY", "EXOTEL_API_TOKEN"):
+        assert name in out
+    assert "--api-token" not in out and "--api-key" not in out
+
+
+def test_archive_success_writes_a_report_and_exits_0(sim: Simulator, server: SimulatorServer, tmp_path: Path) -> None:
+    calls = [sim.add_call(recordings=2), sim.add_call(state="active")]
+    report_path = tmp_path / "report.json"
+    result = invoke(["archive", *(c.sid for c in calls), "--report", str(report_path)],
+                    env_for(sim, server, tmp_path))
+    assert result.exit_code == 0, result.output
+    assert "archived: 1 calls" in result.output and "not ready (still active): 1" in result.output
+    report = json.loads(report_path.read_text())
+    assert report["counts"]["archived"] == 1 and report["counts"]["not_ready"] == 1
+    entries = read_manifest(tmp_path / "state" / "manifest.jsonl")
+    for entry in entries:
+        data = (tmp_path / "archive" / entry["key"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == entry["sha256"]
+        assert data == sim.recording_bytes(calls[0].sid, entry["index"])
+
+
+def test_a_failed_call_exits_1(sim: Simulator, server: SimulatorServer, tmp_path: Path) -> None:
+    good = sim.add_call()
+    result = invoke(["archive", good.sid, "ffffffffffffffffffffffffffffffff"], env_for(sim, server, tmp_path))
+    assert result.exit_code == 1
+    assert "FAILED" in result.output and "404" in result.output
+
+
+def test_missing_credentials_exit_2_without_traceback(tmp_path: Path) -> None:
+    result = invoke(["archive", "abc"], {"EXOTEL_API_KEY": "", "EXOTEL_API_TOKEN": "", "EXOTEL_ACCOUNT_SID": "a",
+                                          "ARCHIVER_DESTINATION": str(tmp_path), "ARCHIVER_CONFIG": ""})
+    assert result.exit_code == 2
+    assert "EXOTEL_API_KEY" in result.output and "Traceback" not in result.output
+
+
+def test_wrong_token_exits_2_and_never_shows_it(sim: Simulator, server: SimulatorServer, tmp_path: Path) -> None:
+    call = sim.add_call()
+    result = invoke(["archive", call.sid], env_for(sim, server, tmp_path, EXOTEL_API_TOKEN="s3cr3t-wrong-token"))
+    assert result.exit_code == 2
+    assert "401" in result.output and "Traceback" not in result.output
+    assert "s3cr3t-wrong-token" not in result.output
+
+
+@pytest.mark.parametrize("sid", ["../../etc/passwd", "a/b", "x\x00y"])
+def test_hostile_call_sid_is_a_usage_error(sid: str, tmp_path: Path) -> None:
+    result = invoke(["archive", sid], {"ARCHIVER_CONFIG": ""})
+    assert result.exit_code == 2 and "invalid call SID" in result.output
+
+
+def test_bad_setting_is_a_usage_error(tmp_path: Path) -> None:
+    result = invoke(["archive", "abc"], {"EXOTEL_REGION": "mars", "ARCHIVER_CONFIG": ""})
+    assert result.exit_code == 2 and "singapore, mumbai" in result.output
+
+
+def test_missing_bucket_exits_2_naming_it(
+    sim: Simulator, server: SimulatorServer, seaweed: Any, s3_env: None, tmp_path: Path
+) -> None:
+    call = sim.add_call()
+    env = {**env_for(sim, server, tmp_path), **seaweed.env(), "ARCHIVER_DESTINATION": "s3://no-such-bucket-here/x"}
+    result = invoke(["archive", call.sid], env)
+    assert result.exit_code == 2, result.output
+    assert "no-such-bucket-here" in result.output and "Traceback" not in result.output
+
+
+def test_demo_archives_a_day_and_is_idempotent(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    first = invoke(["demo", "--dir", str(out), "--calls", "12"])
+    assert first.exit_code == 0, first.output
+    assert "Manifest:" in first.output and str(out / "state" / "manifest.jsonl") in first.output
+    entries = read_manifest(out / "state" / "manifest.jsonl")
+    assert entries, "the demo archived nothing"
+    for entry in entries:
+        data = (out / "recordings" / entry["key"]).read_bytes()
+        assert len(data) == entry["size"] and hashlib.sha256(data).hexdigest() == entry["sha256"]
+
+    second = invoke(["demo", "--dir", str(out), "--calls", "12"])
+    assert second.exit_code == 0
+    assert "archived: 0 calls" in second.output
+    assert read_manifest(out / "state" / "manifest.jsonl") == entries
