@@ -1,0 +1,33 @@
+"""docs/configuration.md lists every option exactly as archiver.config.OPTIONS defines it.
+
+If this fails after changing an option, replace the table in docs/configuration.md with the
+output of: python tests/test_docs.py
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from archiver.config import OPTIONS
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
+
+
+def options_table() -> str:
+    rows = [
+        "| TOML key | Environment | Flag | Default | Meaning |",
+        "|---|---|---|---|---|",
+    ]
+    for o in OPTIONS:
+        flag = f"`{o.flag}`" if o.flag else "— (secret)"
+        default = "" if o.default is None else f"`{o.default}`"
+        rows.append(f"| `{o.name}` | `{o.env}` | {flag} | {default} | {o.help} |")
+    return "\n".join(rows)
+
+
+def test_configuration_reference_matches_the_code() -> None:
+    assert options_table() in DOC.read_text(), "docs/configuration.md is out of date: " + __doc__
+
+
+if __name__ == "__main__":
+    print(options_table())
