@@ -210,6 +210,9 @@ class S3Sink:
             existing = await self.stat(key)
             if existing is not None:
                 return self._existing(key, existing, size, sha256)
+        actual = body.seek(0, 2)
+        if actual != size:  # a short body would leave the store waiting for bytes that never come
+            raise StoragePermanent(f"PUT {full}: the body has {actual} bytes, not the {size} announced")
         body.seek(0)
         params: dict[str, Any] = {
             "Bucket": self.bucket,
