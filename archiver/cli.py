@@ -54,7 +54,7 @@ def settings_options(func: F) -> F:
     for opt in reversed(OPTIONS):
         if opt.flag is None:
             continue
-        kind: click.ParamType | type | None = None
+        kind: click.ParamType[Any] | type | None = None
         if opt.kind == "choice":
             kind = click.Choice(opt.choices, case_sensitive=False)
         elif opt.kind == "int":
@@ -83,7 +83,9 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_FAILURES)
     except KeyboardInterrupt:
-        click.echo("interrupted: nothing half-done was recorded; run the same command again", err=True)
+        click.echo(
+            "interrupted: nothing half-done was recorded; run the same command again", err=True
+        )
         sys.exit(130)
 
 
@@ -126,7 +128,9 @@ def main(ctx: click.Context, config: Path | None) -> None:
 )
 @settings_options
 @click.pass_context
-def archive(ctx: click.Context, call_sids: tuple[str, ...], report: Path | None, **cli: Any) -> None:
+def archive(
+    ctx: click.Context, /, call_sids: tuple[str, ...], report: Path | None, **cli: Any
+) -> None:
     """Archive the recordings of the given calls.
 
     For each CALL_SID: fetch its v3 call details; if the call is terminal, stream every recording
@@ -157,10 +161,20 @@ def archive(ctx: click.Context, call_sids: tuple[str, ...], report: Path | None,
     show_default=True,
     help="Where the demo archives to (recordings/ and state/ inside it).",
 )
-@click.option("--calls", type=click.IntRange(1, 10_000), default=24, show_default=True,
-              help="How many simulated calls the day has.")
-@click.option("--seed", type=int, default=1, show_default=True,
-              help="Seed of the simulated day (same seed, same calls).")
+@click.option(
+    "--calls",
+    type=click.IntRange(1, 10_000),
+    default=24,
+    show_default=True,
+    help="How many simulated calls the day has.",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Seed of the simulated day (same seed, same calls).",
+)
 def demo(directory: Path, calls: int, seed: int) -> None:
     """Archive a simulated day of calls into a local directory: no account, no bucket needed.
 
@@ -181,30 +195,84 @@ def demo(directory: Path, calls: int, seed: int) -> None:
 
 
 @main.command()
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to listen on. Keep loopback unless you need it elsewhere.")
-@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True,
-              help="Port (0 picks a free one).")
-@click.option("--calls", type=click.IntRange(0, 1_000_000), default=100, show_default=True,
-              help="Calls of yesterday (IST) to serve.")
-@click.option("--min-size", type=click.IntRange(1), default=32 * 1024, show_default=True,
-              help="Smallest recording, in bytes.")
-@click.option("--max-size", type=click.IntRange(1), default=256 * 1024, show_default=True,
-              help="Largest recording, in bytes.")
-@click.option("--url-ttl", type=click.FloatRange(1), default=300.0, show_default=True,
-              help="Lifetime of pre-signed recording URLs, in seconds (Exotel's default: 300).")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on. Keep loopback unless you need it elsewhere.",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8080,
+    show_default=True,
+    help="Port (0 picks a free one).",
+)
+@click.option(
+    "--calls",
+    type=click.IntRange(0, 1_000_000),
+    default=100,
+    show_default=True,
+    help="Calls of yesterday (IST) to serve.",
+)
+@click.option(
+    "--min-size",
+    type=click.IntRange(1),
+    default=32 * 1024,
+    show_default=True,
+    help="Smallest recording, in bytes.",
+)
+@click.option(
+    "--max-size",
+    type=click.IntRange(1),
+    default=256 * 1024,
+    show_default=True,
+    help="Largest recording, in bytes.",
+)
+@click.option(
+    "--url-ttl",
+    type=click.FloatRange(1),
+    default=300.0,
+    show_default=True,
+    help="Lifetime of pre-signed recording URLs, in seconds (Exotel's default: 300).",
+)
 @click.option("--seed", type=int, default=1, show_default=True, help="Seed of the data set.")
-@click.option("--fail-429", type=click.FloatRange(0, 1), default=0.0,
-              help="Fraction of API requests answered 429 (with Retry-After).")
-@click.option("--fail-500", type=click.FloatRange(0, 1), default=0.0,
-              help="Fraction of API requests answered 500.")
-@click.option("--cut", type=click.FloatRange(0, 1), default=0.0,
-              help="Fraction of recording downloads cut off mid-body.")
-@click.option("--bandwidth", type=click.IntRange(1), default=None,
-              help="Cap each recording download at this many bytes/s.")
+@click.option(
+    "--fail-429",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    help="Fraction of API requests answered 429 (with Retry-After).",
+)
+@click.option(
+    "--fail-500",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    help="Fraction of API requests answered 500.",
+)
+@click.option(
+    "--cut",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    help="Fraction of recording downloads cut off mid-body.",
+)
+@click.option(
+    "--bandwidth",
+    type=click.IntRange(1),
+    default=None,
+    help="Cap each recording download at this many bytes/s.",
+)
 def simulate(
-    host: str, port: int, calls: int, min_size: int, max_size: int, url_ttl: float, seed: int,
-    fail_429: float, fail_500: float, cut: float, bandwidth: int | None,
+    host: str,
+    port: int,
+    calls: int,
+    min_size: int,
+    max_size: int,
+    url_ttl: float,
+    seed: int,
+    fail_429: float,
+    fail_500: float,
+    cut: float,
+    bandwidth: int | None,
 ) -> None:
     """Run the built-in Exotel simulator until interrupted (v3 call details, v1 bulk listing,
     expiring pre-signed recording URLs)."""
@@ -216,7 +284,9 @@ def simulate(
     if min_size > max_size:
         raise click.BadParameter("--min-size must not exceed --max-size", param_hint="--min-size")
     sim = Simulator(url_ttl=url_ttl, seed=seed)
-    sim.populate(calls, day=(datetime.now(IST) - timedelta(days=1)).date(), sizes=(min_size, max_size))
+    sim.populate(
+        calls, day=(datetime.now(IST) - timedelta(days=1)).date(), sizes=(min_size, max_size)
+    )
     sim.faults.api_429_rate, sim.faults.api_500_rate, sim.faults.cut_rate = fail_429, fail_500, cut
     sim.faults.bandwidth = bandwidth
 
@@ -276,7 +346,9 @@ def _print_report(report: Report, *, details: bool = False) -> None:
     if details:
         for r in report.results:
             if r.outcome == ARCHIVED:
-                click.echo(f"  archived  {r.call_sid}  {len(r.objects)} recording(s), {_human(r.bytes)}")
+                click.echo(
+                    f"  archived  {r.call_sid}  {len(r.objects)} recording(s), {_human(r.bytes)}"
+                )
     click.echo(
         f"archived: {report.count(ARCHIVED)} calls ({_human(report.bytes_archived)}), "
         f"already archived: {report.count(ALREADY_ARCHIVED)}, "

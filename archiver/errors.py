@@ -2,7 +2,7 @@
 
 The tree::
 
-    ArchiverError                 base; ``retryable`` says whether the same request may succeed later
+    ArchiverError                 base; ``retryable``: may the same request succeed later?
     ├── ConfigError               bad settings or arguments (CLI exit code 2); never retryable
     ├── InvalidCallSid            a call SID that cannot safely become part of an object key
     ├── ExotelError               the Exotel API (v1/v3) answered with an error, or not at all

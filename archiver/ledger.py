@@ -78,7 +78,7 @@ class ObjectRecord:
 
 
 class Ledger:
-    """The SQLite ledger at ``state_dir/ledger.sqlite3``. Single writer: one worker per state dir."""
+    """The ledger at ``state_dir/ledger.sqlite3``. Single writer: one worker per state dir."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -131,7 +131,8 @@ class Ledger:
     ) -> None:
         with self._transaction():
             self._db.execute(
-                """INSERT INTO calls (call_sid, outcome, created_time, recordings, detail, updated_at)
+                """INSERT INTO calls
+                     (call_sid, outcome, created_time, recordings, detail, updated_at)
                    VALUES (?, ?, ?, ?, ?, ?)
                    ON CONFLICT (call_sid) DO UPDATE SET
                      outcome = excluded.outcome,
@@ -158,9 +159,10 @@ class Ledger:
     def add_object(self, record: ObjectRecord) -> ObjectRecord:
         """Record a stored object; returns it with its manifest sequence number."""
         fields = {k: v for k, v in record.__dict__.items() if k != "seq"}
+        columns, marks = ", ".join(fields), ", ".join("?" * len(fields))
         with self._transaction():
             cursor = self._db.execute(
-                f"INSERT INTO objects ({', '.join(fields)}) VALUES ({', '.join('?' * len(fields))})",
+                f"INSERT INTO objects ({columns}) VALUES ({marks})",
                 tuple(fields.values()),
             )
         return ObjectRecord(**fields, seq=cursor.lastrowid)

@@ -5,8 +5,8 @@ SHA-256 and size are computed; the spool file is the rewindable input the storag
 from, so an upload retry never downloads again. Errors are classified here, where the recording
 host's HTTP is spoken:
 
-* 403 (``AccessDenied`` "Request has expired", or any other S3-style refusal) → ``RecordingExpired``:
-  the worker fetches a fresh URL from the call details.
+* 403 (``AccessDenied`` "Request has expired", or any other S3-style refusal) →
+  ``RecordingExpired``: the worker fetches a fresh URL from the call details.
 * 5xx, 429, a body cut off, shorter or longer than its Content-Length, a reset or a timeout →
   ``RecordingTransferError`` (retryable).
 * other 4xx → ``RecordingUnavailable``.

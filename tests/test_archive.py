@@ -42,7 +42,9 @@ def server(sim: Simulator) -> Iterator[SimulatorServer]:
         yield srv
 
 
-def make_settings(sim: Simulator, base_url: str, destination: str, state: Path, **env: str) -> Settings:
+def make_settings(
+    sim: Simulator, base_url: str, destination: str, state: Path, **env: str
+) -> Settings:
     return load_settings(
         env={
             "EXOTEL_ACCOUNT_SID": sim.account_sid,
@@ -59,7 +61,9 @@ def make_settings(sim: Simulator, base_url: str, destination: str, state: Path, 
 
 
 @pytest.fixture
-def settings(sim: Simulator, server: SimulatorServer, s3_env: None, bucket: str, tmp_path: Path) -> Settings:
+def settings(
+    sim: Simulator, server: SimulatorServer, s3_env: None, bucket: str, tmp_path: Path
+) -> Settings:
     return make_settings(sim, server.base_url, f"s3://{bucket}/{PREFIX}", tmp_path / "state")
 
 
@@ -82,7 +86,9 @@ def expected_key(sim: Simulator, sid: str, index: int, ext: str = "mp3") -> str:
     return f"{PREFIX}/{created:%Y/%m/%d}/{sid}/recording-{index}.{ext}"
 
 
-async def test_terminal_call_with_one_recording(sim: Simulator, settings: Settings, seaweed: Any, bucket: str) -> None:
+async def test_terminal_call_with_one_recording(
+    sim: Simulator, settings: Settings, seaweed: Any, bucket: str
+) -> None:
     call = sim.add_call(recordings=1, size=100_000)
     report = await archive_calls(settings, [call.sid])
 
@@ -101,13 +107,17 @@ async def test_terminal_call_with_one_recording(sim: Simulator, settings: Settin
     assert head["ContentType"] == "audio/mpeg"
 
 
-async def test_terminal_call_with_several_recordings(sim: Simulator, settings: Settings, seaweed: Any, bucket: str) -> None:
+async def test_terminal_call_with_several_recordings(
+    sim: Simulator, settings: Settings, seaweed: Any, bucket: str
+) -> None:
     call = sim.add_call(recordings=[10_000, 250_000, 3_000])
     report = await archive_calls(settings, [call.sid])
 
     assert report.results[0].outcome == ARCHIVED
     stored = bucket_objects(seaweed, bucket)
-    assert stored == {expected_key(sim, call.sid, i): sim.recording_bytes(call.sid, i) for i in (1, 2, 3)}
+    assert stored == {
+        expected_key(sim, call.sid, i): sim.recording_bytes(call.sid, i) for i in (1, 2, 3)
+    }
     entries = manifest_of(settings)
     assert [e["index"] for e in entries] == [1, 2, 3]
     assert [e["seq"] for e in entries] == [1, 2, 3]
@@ -115,7 +125,9 @@ async def test_terminal_call_with_several_recordings(sim: Simulator, settings: S
         assert e["sha256"] == hashlib.sha256(sim.recording_bytes(call.sid, e["index"])).hexdigest()
 
 
-async def test_active_call_is_not_ready_then_archived_when_terminal(sim: Simulator, settings: Settings, seaweed: Any, bucket: str) -> None:
+async def test_active_call_is_not_ready_then_archived_when_terminal(
+    sim: Simulator, settings: Settings, seaweed: Any, bucket: str
+) -> None:
     call = sim.add_call(state="active")
     report = await archive_calls(settings, [call.sid])
     assert report.results[0].outcome == NOT_READY
@@ -128,14 +140,18 @@ async def test_active_call_is_not_ready_then_archived_when_terminal(sim: Simulat
     assert list(bucket_objects(seaweed, bucket)) == [expected_key(sim, call.sid, 1)]
 
 
-async def test_call_without_recording(sim: Simulator, settings: Settings, seaweed: Any, bucket: str) -> None:
+async def test_call_without_recording(
+    sim: Simulator, settings: Settings, seaweed: Any, bucket: str
+) -> None:
     call = sim.add_call(recordings=0, status="to_leg_unanswered")
     report = await archive_calls(settings, [call.sid])
     assert report.results[0].outcome == NO_RECORDING
     assert bucket_objects(seaweed, bucket) == {}
 
 
-async def test_rerun_archives_nothing_twice(sim: Simulator, settings: Settings, seaweed: Any, bucket: str) -> None:
+async def test_rerun_archives_nothing_twice(
+    sim: Simulator, settings: Settings, seaweed: Any, bucket: str
+) -> None:
     calls = [sim.add_call(recordings=2), sim.add_call(recordings=1)]
     sids = [c.sid for c in calls]
     first = await archive_calls(settings, sids)
@@ -158,14 +174,19 @@ async def test_rerun_with_a_lost_ledger_finds_the_objects_already_stored(
     first = make_settings(sim, server.base_url, f"s3://{bucket}/{PREFIX}", tmp_path / "a")
     await archive_calls(first, [call.sid])
     objects = bucket_objects(seaweed, bucket)
-    last_modified = seaweed.client().head_object(Bucket=bucket, Key=next(iter(objects)))["LastModified"]
+    last_modified = seaweed.client().head_object(Bucket=bucket, Key=next(iter(objects)))[
+        "LastModified"
+    ]
 
     fresh = make_settings(sim, server.base_url, f"s3://{bucket}/{PREFIX}", tmp_path / "b")
     report = await archive_calls(fresh, [call.sid])
     assert report.results[0].outcome == ARCHIVED
     assert report.results[0].stored == 1  # recorded again in the new ledger...
     assert bucket_objects(seaweed, bucket) == objects  # ...but not written again
-    assert seaweed.client().head_object(Bucket=bucket, Key=next(iter(objects)))["LastModified"] == last_modified
+    assert (
+        seaweed.client().head_object(Bucket=bucket, Key=next(iter(objects)))["LastModified"]
+        == last_modified
+    )
     assert [e["sha256"] for e in manifest_of(fresh)] == [e["sha256"] for e in manifest_of(first)]
 
 
@@ -178,15 +199,23 @@ async def test_a_different_object_at_the_key_is_a_conflict_and_is_kept(
 
     report = await archive_calls(settings, [call.sid])
     assert report.results[0].outcome == FAILED
-    assert "conflict" in (report.results[0].detail or "").lower() or "exists" in (report.results[0].detail or "")
+    assert "conflict" in (report.results[0].detail or "").lower() or "exists" in (
+        report.results[0].detail or ""
+    )
     assert bucket_objects(seaweed, bucket) == {key: b"someone else's bytes"}
     assert manifest_of(settings) == []
 
 
-async def test_bad_credentials_stop_the_run(sim: Simulator, server: SimulatorServer, s3_env: None, bucket: str, tmp_path: Path) -> None:
+async def test_bad_credentials_stop_the_run(
+    sim: Simulator, server: SimulatorServer, s3_env: None, bucket: str, tmp_path: Path
+) -> None:
     call = sim.add_call()
     bad = make_settings(
-        sim, server.base_url, f"s3://{bucket}/{PREFIX}", tmp_path / "s", EXOTEL_API_TOKEN="wrong-token-value"
+        sim,
+        server.base_url,
+        f"s3://{bucket}/{PREFIX}",
+        tmp_path / "s",
+        EXOTEL_API_TOKEN="wrong-token-value",
     )
     with pytest.raises(ExotelAuthError) as info:
         await archive_calls(bad, [call.sid])
@@ -216,7 +245,9 @@ async def test_transient_api_errors_are_retried(
     report = await archive_calls(settings, [call.sid])
     assert report.results[0].outcome == ARCHIVED
     assert report.api_requests == 3  # two refused, one answered
-    assert bucket_objects(seaweed, bucket) == {expected_key(sim, call.sid, 1): sim.recording_bytes(call.sid, 1)}
+    assert bucket_objects(seaweed, bucket) == {
+        expected_key(sim, call.sid, 1): sim.recording_bytes(call.sid, 1)
+    }
 
 
 async def test_persistent_server_errors_fail_the_call_after_the_attempts(
@@ -230,13 +261,17 @@ async def test_persistent_server_errors_fail_the_call_after_the_attempts(
     assert bucket_objects(seaweed, bucket) == {} and manifest_of(settings) == []
 
 
-async def test_expired_url_is_refreshed(sim: Simulator, settings: Settings, seaweed: Any, bucket: str) -> None:
+async def test_expired_url_is_refreshed(
+    sim: Simulator, settings: Settings, seaweed: Any, bucket: str
+) -> None:
     call = sim.add_call()
     sim.faults.recording_script.append("expired")
     report = await archive_calls(settings, [call.sid])
     assert report.results[0].outcome == ARCHIVED
     assert sim.counters["v3_call_details"] == 2  # the first fetch and one refresh
-    assert bucket_objects(seaweed, bucket) == {expected_key(sim, call.sid, 1): sim.recording_bytes(call.sid, 1)}
+    assert bucket_objects(seaweed, bucket) == {
+        expected_key(sim, call.sid, 1): sim.recording_bytes(call.sid, 1)
+    }
 
 
 async def test_url_that_stays_expired_fails_and_records_nothing(
@@ -251,17 +286,23 @@ async def test_url_that_stays_expired_fails_and_records_nothing(
     assert bucket_objects(seaweed, bucket) == {} and manifest_of(settings) == []
 
 
-async def test_body_cut_off_once_is_downloaded_again(sim: Simulator, settings: Settings, seaweed: Any, bucket: str) -> None:
+async def test_body_cut_off_once_is_downloaded_again(
+    sim: Simulator, settings: Settings, seaweed: Any, bucket: str
+) -> None:
     call = sim.add_call(size=300_000)
     sim.faults.recording_script.append("cut")
     report = await archive_calls(settings, [call.sid])
     assert report.results[0].outcome == ARCHIVED
-    assert bucket_objects(seaweed, bucket) == {expected_key(sim, call.sid, 1): sim.recording_bytes(call.sid, 1)}
+    assert bucket_objects(seaweed, bucket) == {
+        expected_key(sim, call.sid, 1): sim.recording_bytes(call.sid, 1)
+    }
     [entry] = manifest_of(settings)
     assert entry["sha256"] == hashlib.sha256(sim.recording_bytes(call.sid, 1)).hexdigest()
 
 
-async def test_body_always_cut_off_records_nothing(sim: Simulator, settings: Settings, seaweed: Any, bucket: str) -> None:
+async def test_body_always_cut_off_records_nothing(
+    sim: Simulator, settings: Settings, seaweed: Any, bucket: str
+) -> None:
     call = sim.add_call(size=300_000)
     sim.faults.always_cut.add(call.sid)
     report = await archive_calls(settings, [call.sid])
@@ -282,7 +323,9 @@ async def test_bodies_that_are_not_recordings_are_refused(
     assert bucket_objects(seaweed, bucket) == {} and manifest_of(settings) == []
 
 
-async def test_local_directory_destination(sim: Simulator, server: SimulatorServer, tmp_path: Path) -> None:
+async def test_local_directory_destination(
+    sim: Simulator, server: SimulatorServer, tmp_path: Path
+) -> None:
     calls = [sim.add_call(recordings=2), sim.add_call(recordings=1)]
     root = tmp_path / "archive"
     settings = make_settings(sim, server.base_url, f"file://{root}", tmp_path / "state")
@@ -300,7 +343,10 @@ async def test_local_directory_destination(sim: Simulator, server: SimulatorServ
 
 
 async def test_no_secret_reaches_the_logs_or_the_manifest(
-    sim: Simulator, settings: Settings, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+    sim: Simulator,
+    settings: Settings,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     from archiver.log import setup_logging
 
@@ -317,8 +363,12 @@ async def test_no_secret_reaches_the_logs_or_the_manifest(
         logging.getLogger().removeHandler(handler)
 
     written = "\n".join(
-        [caplog.text, capsys.readouterr().err, (settings.state_dir / "manifest.jsonl").read_text(),
-         json.dumps(report.as_dict())]
+        [
+            caplog.text,
+            capsys.readouterr().err,
+            (settings.state_dir / "manifest.jsonl").read_text(),
+            json.dumps(report.as_dict()),
+        ]
     )
     assert "archived" in written  # the logs were really captured
     for secret in (sim.api_token, sim.api_key, "X-Amz-Signature=", "X-Amz-Credential="):

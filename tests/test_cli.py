@@ -27,7 +27,9 @@ def server(sim: Simulator) -> Iterator[SimulatorServer]:
         yield srv
 
 
-def env_for(sim: Simulator, server: SimulatorServer, tmp_path: Path, **extra: str) -> dict[str, str]:
+def env_for(
+    sim: Simulator, server: SimulatorServer, tmp_path: Path, **extra: str
+) -> dict[str, str]:
     return {
         "EXOTEL_ACCOUNT_SID": sim.account_sid,
         "EXOTEL_API_KEY": sim.api_key,
@@ -53,17 +55,28 @@ def test_help_everywhere(command: list[str]) -> None:
 
 def test_archive_help_names_every_environment_variable_but_no_secret_flag() -> None:
     out = invoke(["archive", "--help"]).output
-    for name in ("EXOTEL_ACCOUNT_SID", "EXOTEL_REGION", "EXOTEL_API_URL", "ARCHIVER_DESTINATION",
-                 "ARCHIVER_STATE_DIR", "EXOTEL_API_KEY", "EXOTEL_API_TOKEN"):
+    for name in (
+        "EXOTEL_ACCOUNT_SID",
+        "EXOTEL_REGION",
+        "EXOTEL_API_URL",
+        "ARCHIVER_DESTINATION",
+        "ARCHIVER_STATE_DIR",
+        "EXOTEL_API_KEY",
+        "EXOTEL_API_TOKEN",
+    ):
         assert name in out
     assert "--api-token" not in out and "--api-key" not in out
 
 
-def test_archive_success_writes_a_report_and_exits_0(sim: Simulator, server: SimulatorServer, tmp_path: Path) -> None:
+def test_archive_success_writes_a_report_and_exits_0(
+    sim: Simulator, server: SimulatorServer, tmp_path: Path
+) -> None:
     calls = [sim.add_call(recordings=2), sim.add_call(state="active")]
     report_path = tmp_path / "report.json"
-    result = invoke(["archive", *(c.sid for c in calls), "--report", str(report_path)],
-                    env_for(sim, server, tmp_path))
+    result = invoke(
+        ["archive", *(c.sid for c in calls), "--report", str(report_path)],
+        env_for(sim, server, tmp_path),
+    )
     assert result.exit_code == 0, result.output
     assert "archived: 1 calls" in result.output and "not ready (still active): 1" in result.output
     report = json.loads(report_path.read_text())
@@ -77,21 +90,35 @@ def test_archive_success_writes_a_report_and_exits_0(sim: Simulator, server: Sim
 
 def test_a_failed_call_exits_1(sim: Simulator, server: SimulatorServer, tmp_path: Path) -> None:
     good = sim.add_call()
-    result = invoke(["archive", good.sid, "ffffffffffffffffffffffffffffffff"], env_for(sim, server, tmp_path))
+    result = invoke(
+        ["archive", good.sid, "ffffffffffffffffffffffffffffffff"], env_for(sim, server, tmp_path)
+    )
     assert result.exit_code == 1
     assert "FAILED" in result.output and "404" in result.output
 
 
 def test_missing_credentials_exit_2_without_traceback(tmp_path: Path) -> None:
-    result = invoke(["archive", "abc"], {"EXOTEL_API_KEY": "", "EXOTEL_API_TOKEN": "", "EXOTEL_ACCOUNT_SID": "a",
-                                          "ARCHIVER_DESTINATION": str(tmp_path), "ARCHIVER_CONFIG": ""})
+    result = invoke(
+        ["archive", "abc"],
+        {
+            "EXOTEL_API_KEY": "",
+            "EXOTEL_API_TOKEN": "",
+            "EXOTEL_ACCOUNT_SID": "a",
+            "ARCHIVER_DESTINATION": str(tmp_path),
+            "ARCHIVER_CONFIG": "",
+        },
+    )
     assert result.exit_code == 2
     assert "EXOTEL_API_KEY" in result.output and "Traceback" not in result.output
 
 
-def test_wrong_token_exits_2_and_never_shows_it(sim: Simulator, server: SimulatorServer, tmp_path: Path) -> None:
+def test_wrong_token_exits_2_and_never_shows_it(
+    sim: Simulator, server: SimulatorServer, tmp_path: Path
+) -> None:
     call = sim.add_call()
-    result = invoke(["archive", call.sid], env_for(sim, server, tmp_path, EXOTEL_API_TOKEN="s3cr3t-wrong-token"))
+    result = invoke(
+        ["archive", call.sid], env_for(sim, server, tmp_path, EXOTEL_API_TOKEN="s3cr3t-wrong-token")
+    )
     assert result.exit_code == 2
     assert "401" in result.output and "Traceback" not in result.output
     assert "s3cr3t-wrong-token" not in result.output
@@ -112,7 +139,11 @@ def test_missing_bucket_exits_2_naming_it(
     sim: Simulator, server: SimulatorServer, seaweed: Any, s3_env: None, tmp_path: Path
 ) -> None:
     call = sim.add_call()
-    env = {**env_for(sim, server, tmp_path), **seaweed.env(), "ARCHIVER_DESTINATION": "s3://no-such-bucket-here/x"}
+    env = {
+        **env_for(sim, server, tmp_path),
+        **seaweed.env(),
+        "ARCHIVER_DESTINATION": "s3://no-such-bucket-here/x",
+    }
     result = invoke(["archive", call.sid], env)
     assert result.exit_code == 2, result.output
     assert "no-such-bucket-here" in result.output and "Traceback" not in result.output

@@ -9,7 +9,11 @@ import pytest
 from archiver.config import OPTIONS, load_settings
 from archiver.errors import ConfigError
 
-ENV = {"EXOTEL_ACCOUNT_SID": "acct", "EXOTEL_API_KEY": "key-123456", "EXOTEL_API_TOKEN": "tok-abcdef"}
+ENV = {
+    "EXOTEL_ACCOUNT_SID": "acct",
+    "EXOTEL_API_KEY": "key-123456",
+    "EXOTEL_API_TOKEN": "tok-abcdef",
+}
 
 
 def test_region_selects_the_hosts() -> None:
@@ -21,7 +25,7 @@ def test_region_selects_the_hosts() -> None:
 
 def test_precedence_flag_env_file_default(tmp_path: Path) -> None:
     cfg = tmp_path / "a.toml"
-    cfg.write_text('[exotel]\nrate_limit = 50\n[archiver]\nconcurrency = 3\nattempts = 7\n')
+    cfg.write_text("[exotel]\nrate_limit = 50\n[archiver]\nconcurrency = 3\nattempts = 7\n")
     s = load_settings({"concurrency": 5}, env={**ENV, "EXOTEL_RATE_LIMIT": "120"}, config_file=cfg)
     assert s.concurrency == 5  # flag beats file
     assert s.exotel.rate_limit == 120  # env beats file
@@ -72,7 +76,7 @@ def test_loopback_http_is_fine_for_simulators() -> None:
 
 def test_missing_credentials_are_named() -> None:
     s = load_settings(env={"EXOTEL_ACCOUNT_SID": "acct"})
-    with pytest.raises(ConfigError, match="EXOTEL_API_KEY.*EXOTEL_API_TOKEN"):
+    with pytest.raises(ConfigError, match=r"EXOTEL_API_KEY.*EXOTEL_API_TOKEN"):
         s.require_exotel_credentials()
     with pytest.raises(ConfigError, match="ARCHIVER_DESTINATION"):
         s.require_destination()
@@ -100,4 +104,7 @@ def test_missing_config_file(tmp_path: Path) -> None:
 
 def test_state_dir_defaults_follow_systemd_then_xdg(tmp_path: Path) -> None:
     assert load_settings(env={"STATE_DIRECTORY": "/var/lib/x"}).state_dir == Path("/var/lib/x")
-    assert load_settings(env={"XDG_STATE_HOME": str(tmp_path)}).state_dir == tmp_path / "exotel-archiver"
+    assert (
+        load_settings(env={"XDG_STATE_HOME": str(tmp_path)}).state_dir
+        == tmp_path / "exotel-archiver"
+    )

@@ -14,10 +14,18 @@ from archiver.manifest import ManifestWriter, read_manifest
 
 def record(call: str, idx: int) -> ObjectRecord:
     return ObjectRecord(
-        call_sid=call, kind="recording", idx=idx, key=f"2022/11/03/{call}/recording-{idx}.mp3",
-        location=f"s3://b/p/2022/11/03/{call}/recording-{idx}.mp3", size=10 * idx, sha256="ab" * 32,
-        content_type="audio/mpeg", source="https://h/x.mp3", call_created="2022-11-03T22:54:40+05:30",
-        archived_at="2022-11-03T17:30:00.000Z", worker="test",
+        call_sid=call,
+        kind="recording",
+        idx=idx,
+        key=f"2022/11/03/{call}/recording-{idx}.mp3",
+        location=f"s3://b/p/2022/11/03/{call}/recording-{idx}.mp3",
+        size=10 * idx,
+        sha256="ab" * 32,
+        content_type="audio/mpeg",
+        source="https://h/x.mp3",
+        call_created="2022-11-03T22:54:40+05:30",
+        archived_at="2022-11-03T17:30:00.000Z",
+        worker="test",
     )
 
 
@@ -29,7 +37,11 @@ def test_manifest_follows_the_ledger_in_order(tmp_path: Path) -> None:
     assert writer.sync(ledger) == 3
     assert writer.sync(ledger) == 0  # nothing twice
     entries = read_manifest(tmp_path / "manifest.jsonl")
-    assert [(e["seq"], e["index"], e["size"]) for e in entries] == [(1, 1, 10), (2, 2, 20), (3, 3, 30)]
+    assert [(e["seq"], e["index"], e["size"]) for e in entries] == [
+        (1, 1, 10),
+        (2, 2, 20),
+        (3, 3, 30),
+    ]
 
 
 def test_crash_between_ledger_commit_and_append_is_caught_up_once(tmp_path: Path) -> None:

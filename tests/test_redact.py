@@ -16,8 +16,14 @@ SIGNED = (
 
 
 def test_strip_url_drops_query_and_userinfo() -> None:
-    assert strip_url(SIGNED) == "https://s3-ap-south-1.amazonaws.com/exotel-mum1-recordings/Exotel/a.mp3"
-    assert strip_url("https://key:token@ccm-api.exotel.com:443/v3/x?y=1") == "https://ccm-api.exotel.com:443/v3/x"
+    assert (
+        strip_url(SIGNED)
+        == "https://s3-ap-south-1.amazonaws.com/exotel-mum1-recordings/Exotel/a.mp3"
+    )
+    assert (
+        strip_url("https://key:token@ccm-api.exotel.com:443/v3/x?y=1")
+        == "https://ccm-api.exotel.com:443/v3/x"
+    )
 
 
 @pytest.mark.parametrize("secret", ["0123456789abcdef", "AKIAEXAMPLE"])

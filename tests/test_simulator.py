@@ -66,7 +66,9 @@ def v3(server: SimulatorServer, path: str) -> str:
     return f"{server.base_url}/v3/accounts/simaccount{path}"
 
 
-async def test_terminal_call_matches_the_documented_shape(sim: Simulator, server: SimulatorServer) -> None:
+async def test_terminal_call_matches_the_documented_shape(
+    sim: Simulator, server: SimulatorServer
+) -> None:
     call = sim.add_call(recordings=2, digits="1-2")
     status, _, body = await get(v3(server, f"/calls/{call.sid}"))
     data = json.loads(body)
@@ -74,22 +76,42 @@ async def test_terminal_call_matches_the_documented_shape(sim: Simulator, server
     assert data["http_code"] == 200 and data["response"]["status"] == "success"
     details = data["response"]["call_details"]
     assert set(details) == {
-        "sid", "direction", "virtual_number", "state", "status", "legs", "created_time",
-        "updated_time", "start_time", "end_time", "total_duration", "total_talk_time",
-        "custom_field", "app_id", "app_name", "digits", "recordings",
+        "sid",
+        "direction",
+        "virtual_number",
+        "state",
+        "status",
+        "legs",
+        "created_time",
+        "updated_time",
+        "start_time",
+        "end_time",
+        "total_duration",
+        "total_talk_time",
+        "custom_field",
+        "app_id",
+        "app_name",
+        "digits",
+        "recordings",
     }
     for field in ("created_time", "updated_time", "start_time", "end_time"):
         assert V3_TIME.match(details[field]), details[field]
     urls = [r["url"] for r in details["recordings"]]
-    assert len(urls) == 2 and all("X-Amz-Signature=" in u and "X-Amz-Expires=300" in u for u in urls)
+    assert len(urls) == 2 and all(
+        "X-Amz-Signature=" in u and "X-Amz-Expires=300" in u for u in urls
+    )
     assert call.sid not in urlsplit(urls[0]).path  # file names are not the call SID
     parsed = parse_call_details(details)
     assert parsed.digits == ("1", "2") and parsed.is_terminal
 
 
-async def test_active_call_has_only_the_documented_fields(sim: Simulator, server: SimulatorServer) -> None:
+async def test_active_call_has_only_the_documented_fields(
+    sim: Simulator, server: SimulatorServer
+) -> None:
     call = sim.add_call(state="active")
-    details = json.loads((await get(v3(server, f"/calls/{call.sid}")))[2])["response"]["call_details"]
+    details = json.loads((await get(v3(server, f"/calls/{call.sid}")))[2])["response"][
+        "call_details"
+    ]
     assert details["state"] == "active" and details["status"] is None
     assert details["end_time"] == "1970-01-01 05:30:00+05:30"
     assert "recordings" not in details
@@ -98,14 +120,18 @@ async def test_active_call_has_only_the_documented_fields(sim: Simulator, server
 
 
 @pytest.mark.parametrize("auth", [None, basic("sim-key", "wrong")])
-async def test_bad_auth_is_401_with_exotel_code(sim: Simulator, server: SimulatorServer, auth: Any) -> None:
+async def test_bad_auth_is_401_with_exotel_code(
+    sim: Simulator, server: SimulatorServer, auth: Any
+) -> None:
     status, _, body = await get(v3(server, f"/calls/{sim.add_call().sid}"), auth=auth)
     assert status == 401
     data = json.loads(body)["response"]
     assert data["status"] == "failure" and data["error_data"]["code"] == 1010
 
 
-async def test_unknown_call_is_404_and_scripted_429_has_retry_after(sim: Simulator, server: SimulatorServer) -> None:
+async def test_unknown_call_is_404_and_scripted_429_has_retry_after(
+    sim: Simulator, server: SimulatorServer
+) -> None:
     status, _, _ = await get(v3(server, "/calls/ffffffffffffffffffffffffffffffff"))
     assert status == 404
     sim.faults.retry_after = 7
@@ -139,16 +165,22 @@ async def test_urls_expire_like_s3(sim: Simulator, server: SimulatorServer, cloc
     assert headers["Content-Type"].startswith("application/xml")
 
 
-async def test_credentials_or_a_bad_signature_are_refused(sim: Simulator, server: SimulatorServer) -> None:
+async def test_credentials_or_a_bad_signature_are_refused(
+    sim: Simulator, server: SimulatorServer
+) -> None:
     call = sim.add_call()
     url = await recording_url(sim, server, call.sid)
     status, _, body = await get(url, auth=AUTH)
     assert status == 400 and b"Only one auth mechanism" in body
-    status, _, body = await get(re.sub(r"X-Amz-Signature=\w+", "X-Amz-Signature=00", url), auth=None)
+    status, _, body = await get(
+        re.sub(r"X-Amz-Signature=\w+", "X-Amz-Signature=00", url), auth=None
+    )
     assert status == 403 and b"SignatureDoesNotMatch" in body
 
 
-async def test_cut_fault_is_an_error_not_a_short_success(sim: Simulator, server: SimulatorServer) -> None:
+async def test_cut_fault_is_an_error_not_a_short_success(
+    sim: Simulator, server: SimulatorServer
+) -> None:
     call = sim.add_call(size=600_000)
     url = await recording_url(sim, server, call.sid)
     sim.faults.recording_script.append("cut")
@@ -156,10 +188,15 @@ async def test_cut_fault_is_an_error_not_a_short_success(sim: Simulator, server:
         await get(url, auth=None)
 
 
-async def test_v1_bulk_pages_every_terminal_call_once_in_order(sim: Simulator, server: SimulatorServer) -> None:
+async def test_v1_bulk_pages_every_terminal_call_once_in_order(
+    sim: Simulator, server: SimulatorServer
+) -> None:
     day = (datetime.now(IST) - timedelta(days=2)).date()
     calls = sim.populate(250, day=day)
-    active = sim.add_call(state="active", created=datetime.combine(day, datetime.min.time(), IST) + timedelta(hours=12))
+    active = sim.add_call(
+        state="active",
+        created=datetime.combine(day, datetime.min.time(), IST) + timedelta(hours=12),
+    )
     query = f"DateCreated=gte:{day} 00:00:00;lte:{day} 23:59:59&PageSize=100&SortBy=DateCreated:asc"
     url: str | None = f"/v1/Accounts/simaccount/Calls.json?{query}"
     seen: list[dict[str, Any]] = []

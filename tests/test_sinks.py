@@ -15,7 +15,13 @@ from typing import Any, BinaryIO
 
 import pytest
 
-from archiver.errors import ConfigError, StorageConflict, StorageError, StoragePermanent, StorageUnavailable
+from archiver.errors import (
+    ConfigError,
+    StorageConflict,
+    StorageError,
+    StoragePermanent,
+    StorageUnavailable,
+)
 from archiver.retry import RetryPolicy
 from archiver.sinks import ObjectInfo, PutResult, RetryingSink, Sink, open_sink
 from archiver.sinks.local import LocalSink
@@ -33,7 +39,9 @@ def sha(data: bytes) -> str:
 class Store:
     """A backend under test, plus a way to look at its contents that bypasses the sink."""
 
-    def __init__(self, sink: Sink, raw: Callable[[str], bytes | None], raw_keys: Callable[[], list[str]]):
+    def __init__(
+        self, sink: Sink, raw: Callable[[str], bytes | None], raw_keys: Callable[[], list[str]]
+    ):
         self.sink, self.raw, self.raw_keys = sink, raw, raw_keys
 
 
@@ -72,9 +80,16 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     await sink.close()
 
 
-async def put(sink: Sink, key: str, data: bytes, *, digest: str | None = None, size: int | None = None) -> PutResult:
-    return await sink.put(key, io.BytesIO(data), size=len(data) if size is None else size,
-                          sha256=digest or sha(data), content_type="audio/mpeg")
+async def put(
+    sink: Sink, key: str, data: bytes, *, digest: str | None = None, size: int | None = None
+) -> PutResult:
+    return await sink.put(
+        key,
+        io.BytesIO(data),
+        size=len(data) if size is None else size,
+        sha256=digest or sha(data),
+        content_type="audio/mpeg",
+    )
 
 
 @pytest.mark.parametrize("data", [SMALL, LARGE], ids=["5KB", "9MB"])
@@ -116,7 +131,11 @@ async def test_a_wrong_size_leaves_nothing(store: Store) -> None:
 
 
 async def test_list_gives_relative_keys_in_order(store: Store) -> None:
-    keys = ["2022/11/04/b/recording-1.mp3", "2022/11/03/a/recording-2.mp3", "2022/11/03/a/recording-1.mp3"]
+    keys = [
+        "2022/11/04/b/recording-1.mp3",
+        "2022/11/03/a/recording-2.mp3",
+        "2022/11/03/a/recording-1.mp3",
+    ]
     for key in keys:
         await put(store.sink, key, SMALL)
     listed = [info async for info in store.sink.list()]
@@ -151,13 +170,14 @@ async def _collect(items: AsyncIterator[ObjectInfo]) -> list[ObjectInfo]:
 
 async def test_missing_bucket_is_permanent_and_named(seaweed: Any, s3_env: None) -> None:
     sink = S3Sink("no-such-bucket-anywhere")
-    with pytest.raises(StoragePermanent, match="no-such-bucket-anywhere.*create it"):
+    with pytest.raises(StoragePermanent, match=r"no-such-bucket-anywhere.*create it"):
         await sink.check()
     await sink.close()
 
 
-async def test_wrong_secret_is_permanent_and_never_shown(seaweed: Any, s3_env: None, bucket: str,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_wrong_secret_is_permanent_and_never_shown(
+    seaweed: Any, s3_env: None, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "definitely-the-wrong-secret")
     sink = S3Sink(bucket)
     with pytest.raises(StoragePermanent) as info:
@@ -181,7 +201,9 @@ class Flaky:
     async def check(self) -> None:
         await self.inner.check()
 
-    async def put(self, key: str, body: BinaryIO, *, size: int, sha256: str, content_type: str) -> PutResult:
+    async def put(
+        self, key: str, body: BinaryIO, *, size: int, sha256: str, content_type: str
+    ) -> PutResult:
         self.calls += 1
         body.read(100)  # a failed attempt may leave the body anywhere: put must rewind
         if self.failures:
@@ -205,7 +227,9 @@ FAST = RetryPolicy(attempts=3, initial_wait=0.01, max_wait=0.05)
 
 
 async def test_retrying_sink_retries_transient_failures(tmp_path: Path) -> None:
-    flaky = Flaky(LocalSink(tmp_path), [StorageUnavailable("503 SlowDown"), StorageUnavailable("reset")])
+    flaky = Flaky(
+        LocalSink(tmp_path), [StorageUnavailable("503 SlowDown"), StorageUnavailable("reset")]
+    )
     result = await put(RetryingSink(flaky, FAST), KEY, SMALL)
     assert result.created and flaky.calls == 3
     assert (tmp_path / KEY).read_bytes() == SMALL
@@ -229,7 +253,9 @@ async def test_retrying_sink_does_not_retry_permanent_errors(tmp_path: Path) -> 
     "destination, kind",
     [("s3://my-bucket/some/prefix", "s3"), ("file:///srv/rec", "local"), ("./rel/dir", "local")],
 )
-def test_open_sink_accepts_the_documented_forms(destination: str, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_open_sink_accepts_the_documented_forms(
+    destination: str, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     sink = open_sink(destination, retry=FAST)
     assert isinstance(sink, RetryingSink)

@@ -53,7 +53,7 @@ V2_STATUS_NAMES = {"agent_unanswered": CallStatus.FROM_LEG_UNANSWERED}
 def validate_call_sid(sid: object) -> str:
     """A call SID safe to put in a URL path and an object key, or ``InvalidCallSid``.
 
-    ASCII letters, digits, ``-`` and ``_``, 1–64 characters. This refuses ``/``, ``..``, NUL and
+    ASCII letters, digits, ``-`` and ``_``, 1 to 64 characters. This refuses ``/``, ``..``, NUL and
     other control characters, spaces and Unicode look-alikes.
     """
     if not isinstance(sid, str) or not _CALL_SID.match(sid):

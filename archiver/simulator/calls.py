@@ -71,15 +71,26 @@ def fmt_v1(t: datetime) -> str:
 def _header(content_type: str, size: int) -> bytes:
     if "wav" in content_type:
         riff = (max(size, 44) - 8).to_bytes(4, "little")
-        return b"RIFF" + riff + b"WAVEfmt " + (16).to_bytes(4, "little") + bytes.fromhex(
-            "01000100401f0000803e000002001000"
-        ) + b"data" + (max(size, 44) - 44).to_bytes(4, "little")
+        return (
+            b"RIFF"
+            + riff
+            + b"WAVEfmt "
+            + (16).to_bytes(4, "little")
+            + bytes.fromhex("01000100401f0000803e000002001000")
+            + b"data"
+            + (max(size, 44) - 44).to_bytes(4, "little")
+        )
     # ID3v2.4 header (10 bytes, tag size 0) followed by an MPEG-1 Layer III frame header
     return b"ID3\x04\x00\x00\x00\x00\x00\x00" + b"\xff\xfb\x90\x64"
 
 
-def recording_body(seed_key: str, size: int, start: int = 0, end: int | None = None,
-                   content_type: str = "audio/mpeg") -> Iterator[bytes]:
+def recording_body(
+    seed_key: str,
+    size: int,
+    start: int = 0,
+    end: int | None = None,
+    content_type: str = "audio/mpeg",
+) -> Iterator[bytes]:
     """The bytes ``[start, end)`` of a recording of ``size`` bytes, in chunks of ≤ 256 KiB.
 
     Deterministic and seekable: one 64 KiB pseudo-random block per recording, chunk ``i`` of it
@@ -104,7 +115,7 @@ def recording_body(seed_key: str, size: int, start: int = 0, end: int | None = N
 
 
 def make_sid(rng: random.Random) -> str:
-    return "%032x" % rng.getrandbits(128)
+    return f"{rng.getrandbits(128):032x}"
 
 
 def day_of_calls(

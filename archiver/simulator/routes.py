@@ -69,12 +69,14 @@ def add_routes(app: web.Application, sim: Simulator) -> None:
         return None
 
     def envelope(payload: dict[str, Any]) -> web.Response:
-        return web.json_response({
-            "request_id": secrets.token_hex(16),
-            "method": "GET",
-            "http_code": 200,
-            "response": {"code": 200, "status": "success", **payload},
-        })
+        return web.json_response(
+            {
+                "request_id": secrets.token_hex(16),
+                "method": "GET",
+                "http_code": 200,
+                "response": {"code": 200, "status": "success", **payload},
+            }
+        )
 
     def v3_details(call: SimCall, request: web.Request) -> dict[str, Any]:
         now = sim.now()
@@ -94,7 +96,8 @@ def add_routes(app: web.Application, sim: Simulator) -> None:
                 "end_time": _SENTINEL_END,
             }
         recordings = [
-            {"url": sim.presign(base_url(request), call, i)} for i in range(1, len(call.recordings) + 1)
+            {"url": sim.presign(base_url(request), call, i)}
+            for i in range(1, len(call.recordings) + 1)
         ]
         duration = int((call.end - call.created).total_seconds())
         return {
@@ -107,7 +110,9 @@ def add_routes(app: web.Application, sim: Simulator) -> None:
             "start_time": fmt_v3(call.start),
             "end_time": fmt_v3(call.end),
             "total_duration": duration,
-            "total_talk_time": int((call.end - call.start).total_seconds()) if call.recordings else 0,
+            "total_talk_time": int((call.end - call.start).total_seconds())
+            if call.recordings
+            else 0,
             "custom_field": call.custom_field,
             "app_id": call.app_id,
             "app_name": call.app_name,
@@ -170,9 +175,13 @@ def add_routes(app: web.Application, sim: Simulator) -> None:
         ascending = q.get("SortBy", "DateCreated:desc").lower().endswith(":asc")
         wanted = set(q["Sid"].split(",")) if q.get("Sid") else None
         calls = sorted(
-            (c for c in list(sim.calls.values())
-             if c.state(now) == "terminal" and gte <= c.created <= lte
-             and (wanted is None or c.sid in wanted)),
+            (
+                c
+                for c in list(sim.calls.values())
+                if c.state(now) == "terminal"
+                and gte <= c.created <= lte
+                and (wanted is None or c.sid in wanted)
+            ),
             key=lambda c: (c.created, c.sid),
             reverse=not ascending,
         )
@@ -181,7 +190,7 @@ def add_routes(app: web.Application, sim: Simulator) -> None:
             position = next((i for i, c in enumerate(calls) if c.sid == after), None)
             if position is None:
                 return api_error(400, "invalid After cursor")
-            calls_after = calls[position + 1:]
+            calls_after = calls[position + 1 :]
         else:
             calls_after = calls
         page = calls_after[:page_size]
@@ -189,26 +198,33 @@ def add_routes(app: web.Application, sim: Simulator) -> None:
         path = request.path
         next_uri = (
             f"{path}?{urlencode({**params, 'After': page[-1].sid})}"
-            if len(calls_after) > page_size else None
+            if len(calls_after) > page_size
+            else None
         )
         items = [_v1_item(sim, c, base_url(request), ttl) for c in page]
-        return web.json_response({
-            "Metadata": {
-                "Total": len(calls),
-                "PageSize": page_size,
-                "FirstPageUri": f"{path}?{urlencode(params)}",
-                "PrevPageUri": None,
-                "NextPageUri": next_uri,
-            },
-            "Calls": items,
-        })
+        return web.json_response(
+            {
+                "Metadata": {
+                    "Total": len(calls),
+                    "PageSize": page_size,
+                    "FirstPageUri": f"{path}?{urlencode(params)}",
+                    "PrevPageUri": None,
+                    "NextPageUri": next_uri,
+                },
+                "Calls": items,
+            }
+        )
 
     async def recording(request: web.Request) -> web.StreamResponse:
         sim.count("recording_requests")
         if "Authorization" in request.headers:
-            return _s3_error(400, "InvalidArgument", "Only one auth mechanism allowed; only the "
-                             "X-Amz-Algorithm query parameter, Signature query string parameter or "
-                             "the Authorization header should be specified")
+            return _s3_error(
+                400,
+                "InvalidArgument",
+                "Only one auth mechanism allowed; only the "
+                "X-Amz-Algorithm query parameter, Signature query string parameter or "
+                "the Authorization header should be specified",
+            )
         name = request.match_info["name"].rsplit(".", 1)[0]
         located = sim._tokens.get(name)
         if located is None or request.match_info["account"] != sim.account_sid:
@@ -220,28 +236,44 @@ def add_routes(app: web.Application, sim: Simulator) -> None:
             amz_date, expires = q["X-Amz-Date"], int(q["X-Amz-Expires"])
             signed_at = datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
         except (KeyError, ValueError):
-            return _s3_error(403, "AccessDenied", "Query-string authentication requires the "
-                             "X-Amz-Date and X-Amz-Expires parameters")
-        if not hmac.compare_digest(q.get("X-Amz-Signature", ""),
-                                   sim._sign(request.path, amz_date, expires)):
-            return _s3_error(403, "SignatureDoesNotMatch", "The request signature we calculated "
-                             "does not match the signature you provided.")
+            return _s3_error(
+                403,
+                "AccessDenied",
+                "Query-string authentication requires the X-Amz-Date and X-Amz-Expires parameters",
+            )
+        if not hmac.compare_digest(
+            q.get("X-Amz-Signature", ""), sim._sign(request.path, amz_date, expires)
+        ):
+            return _s3_error(
+                403,
+                "SignatureDoesNotMatch",
+                "The request signature we calculated does not match the signature you provided.",
+            )
         fault = sim.faults.next_recording(call_sid)
         now = sim.now()
         deadline = signed_at + timedelta(seconds=expires)
         if now > deadline or fault == "expired":
             sim.count("expired_refusals")
-            return _s3_error(403, "AccessDenied", "Request has expired",
-                             **{"X-Amz-Expires": str(expires),
-                                "Expires": deadline.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                                "ServerTime": now.strftime("%Y-%m-%dT%H:%M:%SZ")})
+            return _s3_error(
+                403,
+                "AccessDenied",
+                "Request has expired",
+                **{
+                    "X-Amz-Expires": str(expires),
+                    "Expires": deadline.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    "ServerTime": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                },
+            )
         if fault == "html":
-            return web.Response(text="<html><body><h1>Recording unavailable</h1></body></html>",
-                                content_type="text/html")
+            return web.Response(
+                text="<html><body><h1>Recording unavailable</h1></body></html>",
+                content_type="text/html",
+            )
         if fault == "xml200":
             return web.Response(
                 text='<?xml version="1.0"?><Error><Code>NoSuchKey</Code></Error>',
-                content_type="application/xml")
+                content_type="application/xml",
+            )
         if fault == "empty":
             return web.Response(body=b"", content_type=call.content_type)
         return await _stream(request, sim, call, index, fault)
@@ -253,8 +285,9 @@ def add_routes(app: web.Application, sim: Simulator) -> None:
     app.router.add_get(f"/exotel-recordings/{account}/{{name}}", recording)
 
 
-async def _stream(request: web.Request, sim: Simulator, call: SimCall, index: int,
-                  fault: str | None) -> web.StreamResponse:
+async def _stream(
+    request: web.Request, sim: Simulator, call: SimCall, index: int, fault: str | None
+) -> web.StreamResponse:
     size = call.recordings[index - 1]
     start, end, status = 0, size, 200
     range_header = request.headers.get("Range")
@@ -343,7 +376,8 @@ def _v1_item(sim: Simulator, call: SimCall, base_url: str, ttl: float | None) ->
         "AnsweredBy": "human" if call.status == "completed" else None,
         "RecordingUrl": (
             f"{base_url}/exotel-recordings/{sim.account_sid}/{call.tokens[0]}.mp3"
-            if has_recording else None
+            if has_recording
+            else None
         ),
         "PreSignedRecordingUrl": sim.presign(base_url, call, 1, ttl) if has_recording else None,
         "Uri": f"/v1/Accounts/{sim.account_sid}/Calls/{call.sid}.json",

@@ -39,8 +39,12 @@ from archiver.simulator.faults import Faults
 
 _CODES = {400: 10200, 401: 1010, 404: 10744, 429: 10724, 500: 10715, 503: 10743}
 _MESSAGES = {
-    400: "Bad Request", 401: "Authentication failed", 404: "Call not found",
-    429: "Too many requests", 500: "Internal server error", 503: "Service unavailable",
+    400: "Bad Request",
+    401: "Authentication failed",
+    404: "Call not found",
+    429: "Too many requests",
+    500: "Internal server error",
+    503: "Service unavailable",
 }
 
 
@@ -65,8 +69,19 @@ class Simulator:
         self.calls: dict[str, SimCall] = {}
         self.faults = Faults(seed)
         self.counters: dict[str, int] = dict.fromkeys(
-            ("api_requests", "v3_call_details", "v1_bulk", "active", "recording_requests",
-             "recordings_served_ok", "expired_refusals", "rate_limited", "server_errors"), 0)
+            (
+                "api_requests",
+                "v3_call_details",
+                "v1_bulk",
+                "active",
+                "recording_requests",
+                "recordings_served_ok",
+                "expired_refusals",
+                "rate_limited",
+                "server_errors",
+            ),
+            0,
+        )
         self._rng = random.Random(seed)
         self._signing_key = secrets.token_bytes(32)
         self._tokens: dict[str, tuple[str, int]] = {}
@@ -109,7 +124,9 @@ class Simulator:
             created=created,
             start=start,
             end=start + timedelta(seconds=84),
-            ready_at=now - timedelta(seconds=1) if state == "terminal" else now + timedelta(days=365),
+            ready_at=now - timedelta(seconds=1)
+            if state == "terminal"
+            else now + timedelta(days=365),
             status=status,
             recordings=sizes,
             content_type=content_type,
@@ -122,8 +139,14 @@ class Simulator:
         call = self.calls[sid]
         call.status, call.ready_at = status, self.now() - timedelta(seconds=1)
 
-    def populate(self, n_calls: int, *, day: date, sizes: tuple[int, int] = (32 * 1024, 256 * 1024),
-                 seed: int | None = None) -> list[SimCall]:
+    def populate(
+        self,
+        n_calls: int,
+        *,
+        day: date,
+        sizes: tuple[int, int] = (32 * 1024, 256 * 1024),
+        seed: int | None = None,
+    ) -> list[SimCall]:
         """A realistic day of ``n_calls`` calls (IST), registered and returned."""
         rng = random.Random(seed) if seed is not None else self._rng
         start = datetime(day.year, day.month, day.day, tzinfo=IST)
@@ -131,8 +154,11 @@ class Simulator:
 
     def recording_bytes(self, sid: str, index: int) -> bytes:
         call = self.calls[sid]
-        return b"".join(recording_body(f"{sid}/{index}", call.recordings[index - 1],
-                                       content_type=call.content_type))
+        return b"".join(
+            recording_body(
+                f"{sid}/{index}", call.recordings[index - 1], content_type=call.content_type
+            )
+        )
 
     # --- URLs --------------------------------------------------------------------------------
 
@@ -146,14 +172,17 @@ class Simulator:
         expires = int(ttl if ttl is not None else self.url_ttl)
         ext = "wav" if "wav" in call.content_type else "mp3"
         path = f"/exotel-recordings/{self.account_sid}/{call.tokens[index - 1]}.{ext}"
-        query = urlencode({
-            "X-Amz-Algorithm": "AWS4-HMAC-SHA256",
-            "X-Amz-Credential": f"SIMAKIAEXAMPLE/{now:%Y%m%d}/ap-south-1/s3/aws4_request",
-            "X-Amz-Date": amz_date,
-            "X-Amz-Expires": str(expires),
-            "X-Amz-SignedHeaders": "host",
-            "X-Amz-Signature": self._sign(path, amz_date, expires),
-        }, quote_via=quote)
+        query = urlencode(
+            {
+                "X-Amz-Algorithm": "AWS4-HMAC-SHA256",
+                "X-Amz-Credential": f"SIMAKIAEXAMPLE/{now:%Y%m%d}/ap-south-1/s3/aws4_request",
+                "X-Amz-Date": amz_date,
+                "X-Amz-Expires": str(expires),
+                "X-Amz-SignedHeaders": "host",
+                "X-Amz-Signature": self._sign(path, amz_date, expires),
+            },
+            quote_via=quote,
+        )
         return f"{base_url}{path}?{query}"
 
     # --- the app -----------------------------------------------------------------------------
@@ -214,8 +243,9 @@ async def serve(sim: Simulator, host: str = "127.0.0.1", port: int = 0) -> Async
         await runner.cleanup()
 
 
-async def run_simulator(sim: Simulator, host: str, port: int, *,
-                        on_ready: Callable[[str], None]) -> None:
+async def run_simulator(
+    sim: Simulator, host: str, port: int, *, on_ready: Callable[[str], None]
+) -> None:
     """Serve until cancelled (Ctrl-C)."""
     async with serve(sim, host, port) as base_url:
         on_ready(base_url)

@@ -11,6 +11,7 @@ name survives a power loss. A local store cannot report a checksum without readi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import hashlib
 import os
@@ -121,10 +122,8 @@ class LocalSink:
         except OSError as exc:
             raise _classify(exc, what) from None
         finally:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 await aiofiles.os.remove(temp)
-            except FileNotFoundError:
-                pass
         return PutResult(key=key, size=size, sha256=sha256, created=True, location=str(final))
 
     async def _existing(self, key: str, path: Path, size: int, sha256: str) -> PutResult:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO, TypeVar
 
@@ -32,13 +32,20 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from archiver.errors import ConfigError, StorageConflict, StorageError, StoragePermanent, StorageUnavailable
+from archiver.errors import (
+    ConfigError,
+    StorageConflict,
+    StorageError,
+    StoragePermanent,
+    StorageUnavailable,
+)
 from archiver.sinks.base import ObjectInfo, PutResult, validate_key
 
 T = TypeVar("T")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _PERMANENT_CODES = {
-    "NoSuchBucket": "bucket '{bucket}' does not exist at {endpoint}: create it, or fix ARCHIVER_DESTINATION",
+    "NoSuchBucket": "bucket '{bucket}' does not exist at {endpoint}: create it, or fix "
+    "ARCHIVER_DESTINATION",
     "AccessDenied": "access denied to bucket '{bucket}' at {endpoint}: grant the permissions in "
     "docs/storage.md to these credentials",
     "AllAccessDisabled": "all access to bucket '{bucket}' is disabled",
@@ -56,8 +63,15 @@ _PERMANENT_CODES = {
 _MISSING = frozenset({"404", "NoSuchKey", "NotFound"})
 _EXISTS = frozenset({"PreconditionFailed", "412"})
 _RETRYABLE_CODES = {
-    "SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "RequestTimeTooSkewed",
-    "BadDigest", "XAmzContentSHA256Mismatch", "IncompleteBody", "OperationAborted",
+    "SlowDown",
+    "InternalError",
+    "ServiceUnavailable",
+    "RequestTimeout",
+    "RequestTimeTooSkewed",
+    "BadDigest",
+    "XAmzContentSHA256Mismatch",
+    "IncompleteBody",
+    "OperationAborted",
 }
 
 
@@ -77,7 +91,7 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     return bucket, prefix
 
 
-def _sha256_hex(head: dict[str, Any]) -> str | None:
+def _sha256_hex(head: Mapping[str, Any]) -> str | None:
     checksum = head.get("ChecksumSHA256")
     if checksum and "-" not in checksum:  # "...-N" would be a multipart checksum of checksums
         try:
@@ -110,7 +124,7 @@ class S3Sink:
             connect_timeout=10,
             read_timeout=120,
             max_pool_connections=max_workers,
-            s3={"addressing_style": addressing_style} if addressing_style else None,
+            s3={"addressing_style": addressing_style} if addressing_style else None,  # type: ignore[arg-type]
         )
         session = boto3.session.Session()
         self._client = session.client(
@@ -158,8 +172,13 @@ class S3Sink:
                 f"{where}: no AWS credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
                 "or AWS_PROFILE"
             )
-        if isinstance(exc, EndpointConnectionError | ConnectionClosedError | ReadTimeoutError
-                      | ConnectTimeoutError):
+        if isinstance(
+            exc,
+            EndpointConnectionError
+            | ConnectionClosedError
+            | ReadTimeoutError
+            | ConnectTimeoutError,
+        ):
             return StorageUnavailable(f"{where}: cannot reach the store ({type(exc).__name__})")
         if isinstance(exc, ClientError):
             error = exc.response.get("Error", {})
@@ -190,8 +209,12 @@ class S3Sink:
     async def stat(self, key: str) -> ObjectInfo | None:
         full = self._full(key)
         head = await self._call_unless(
-            _MISSING, f"HEAD {full}", self._client.head_object,
-            Bucket=self.bucket, Key=full, ChecksumMode="ENABLED",
+            _MISSING,
+            f"HEAD {full}",
+            self._client.head_object,
+            Bucket=self.bucket,
+            Key=full,
+            ChecksumMode="ENABLED",
         )
         if head is None:
             return None
@@ -212,7 +235,9 @@ class S3Sink:
                 return self._existing(key, existing, size, sha256)
         actual = body.seek(0, 2)
         if actual != size:  # a short body would leave the store waiting for bytes that never come
-            raise StoragePermanent(f"PUT {full}: the body has {actual} bytes, not the {size} announced")
+            raise StoragePermanent(
+                f"PUT {full}: the body has {actual} bytes, not the {size} announced"
+            )
         body.seek(0)
         params: dict[str, Any] = {
             "Bucket": self.bucket,
@@ -225,9 +250,7 @@ class S3Sink:
         }
         if self.conditional_writes:
             params["IfNoneMatch"] = "*"
-        answer = await self._call_unless(
-            _EXISTS, f"PUT {full}", self._client.put_object, **params
-        )
+        answer = await self._call_unless(_EXISTS, f"PUT {full}", self._client.put_object, **params)
         if answer is None:  # If-None-Match: * refused: something is already at the key
             existing = await self.stat(key)
             if existing is None:
@@ -235,18 +258,32 @@ class S3Sink:
             return self._existing(key, existing, size, sha256)
         stored = await self.stat(key)
         if stored is None or stored.size != size or (stored.sha256 not in (None, sha256)):
-            raise StoragePermanent(
-                f"PUT {full}: the store accepted the upload but reports "
-                f"{'no object' if stored is None else f'{stored.size} bytes, sha256 {stored.sha256}'}"
-                f" instead of {size} bytes, sha256 {sha256}"
+            found = (
+                "no object" if stored is None else f"{stored.size} bytes, sha256 {stored.sha256}"
             )
-        return PutResult(key=key, size=size, sha256=sha256, created=True,
-                         location=self.location(key), version_id=answer.get("VersionId"))
+            raise StoragePermanent(
+                f"PUT {full}: the store accepted the upload but reports {found} "
+                f"instead of {size} bytes, sha256 {sha256}"
+            )
+        return PutResult(
+            key=key,
+            size=size,
+            sha256=sha256,
+            created=True,
+            location=self.location(key),
+            version_id=answer.get("VersionId"),
+        )
 
     def _existing(self, key: str, existing: ObjectInfo, size: int, sha256: str) -> PutResult:
         if existing.size == size and existing.sha256 == sha256:
-            return PutResult(key=key, size=size, sha256=sha256, created=False,
-                             location=self.location(key), version_id=existing.version_id)
+            return PutResult(
+                key=key,
+                size=size,
+                sha256=sha256,
+                created=False,
+                location=self.location(key),
+                version_id=existing.version_id,
+            )
         raise StorageConflict(
             f"conflict at {self.location(key)}: an object with other content is already there "
             f"({existing.size} bytes, sha256 {existing.sha256 or 'unknown'}; ours: {size} bytes, "
@@ -255,7 +292,9 @@ class S3Sink:
 
     async def read(self, key: str) -> AsyncIterator[bytes]:
         full = self._full(key)
-        answer = await self._call(f"GET {full}", self._client.get_object, Bucket=self.bucket, Key=full)
+        answer = await self._call(
+            f"GET {full}", self._client.get_object, Bucket=self.bucket, Key=full
+        )
         stream = answer["Body"]
         loop = asyncio.get_running_loop()
         try:
@@ -276,7 +315,7 @@ class S3Sink:
                 params["ContinuationToken"] = token
             page = await self._call("LIST", self._client.list_objects_v2, **params)
             for item in page.get("Contents", []):
-                yield ObjectInfo(key=item["Key"][len(base):], size=int(item["Size"]))
+                yield ObjectInfo(key=item["Key"][len(base) :], size=int(item["Size"]))
             if not page.get("IsTruncated"):
                 break
             token = page.get("NextContinuationToken")
