@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from archiver.simulator import Simulator, SimulatorServer
 from tests.seaweed import SeaweedFS
 
 _bucket_numbers = itertools.count(1)
@@ -47,3 +48,16 @@ def bucket(seaweed: SeaweedFS) -> str:
     name = f"test-bucket-{next(_bucket_numbers)}"
     seaweed.client().create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture
+def sim() -> Simulator:
+    """A fresh simulated Exotel account (tests may override with their own clock or seed)."""
+    return Simulator(seed=7)
+
+
+@pytest.fixture
+def server(sim: Simulator) -> Iterator[SimulatorServer]:
+    """``sim`` served over real HTTP on loopback, from a background thread."""
+    with SimulatorServer(sim, host="127.0.0.1", port=0) as srv:
+        yield srv

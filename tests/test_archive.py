@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,36 +26,16 @@ from archiver.config import Settings, load_settings
 from archiver.errors import ExotelAuthError
 from archiver.manifest import read_manifest
 from archiver.simulator import Simulator, SimulatorServer
+from tests.support import exotel_env
 
 PREFIX = "archive"
-
-
-@pytest.fixture
-def sim() -> Simulator:
-    return Simulator(seed=7)
-
-
-@pytest.fixture
-def server(sim: Simulator) -> Iterator[SimulatorServer]:
-    with SimulatorServer(sim, host="127.0.0.1", port=0) as srv:
-        yield srv
 
 
 def make_settings(
     sim: Simulator, base_url: str, destination: str, state: Path, **env: str
 ) -> Settings:
     return load_settings(
-        env={
-            "EXOTEL_ACCOUNT_SID": sim.account_sid,
-            "EXOTEL_API_KEY": sim.api_key,
-            "EXOTEL_API_TOKEN": sim.api_token,
-            "EXOTEL_API_URL": base_url,
-            "EXOTEL_V1_API_URL": base_url,
-            "ARCHIVER_DESTINATION": destination,
-            "ARCHIVER_STATE_DIR": str(state),
-            "ARCHIVER_ATTEMPTS": "3",
-            **env,
-        }
+        env={**exotel_env(sim, base_url, destination, state), "ARCHIVER_ATTEMPTS": "3", **env}
     )
 
 

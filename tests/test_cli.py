@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,32 +13,14 @@ from click.testing import CliRunner
 from archiver.cli import main
 from archiver.manifest import read_manifest
 from archiver.simulator import Simulator, SimulatorServer
-
-
-@pytest.fixture
-def sim() -> Simulator:
-    return Simulator(seed=11)
-
-
-@pytest.fixture
-def server(sim: Simulator) -> Iterator[SimulatorServer]:
-    with SimulatorServer(sim, host="127.0.0.1", port=0) as srv:
-        yield srv
+from tests.support import exotel_env
 
 
 def env_for(
     sim: Simulator, server: SimulatorServer, tmp_path: Path, **extra: str
 ) -> dict[str, str]:
-    return {
-        "EXOTEL_ACCOUNT_SID": sim.account_sid,
-        "EXOTEL_API_KEY": sim.api_key,
-        "EXOTEL_API_TOKEN": sim.api_token,
-        "EXOTEL_API_URL": server.base_url,
-        "ARCHIVER_DESTINATION": str(tmp_path / "archive"),
-        "ARCHIVER_STATE_DIR": str(tmp_path / "state"),
-        "ARCHIVER_CONFIG": "",
-        **extra,
-    }
+    env = exotel_env(sim, server.base_url, str(tmp_path / "archive"), tmp_path / "state")
+    return {**env, **extra}
 
 
 def invoke(args: list[str], env: dict[str, str] | None = None) -> Any:
