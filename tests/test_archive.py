@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -219,11 +220,15 @@ async def test_transient_api_errors_are_retried(
     sim: Simulator, settings: Settings, seaweed: Any, bucket: str, status: int
 ) -> None:
     call = sim.add_call()
-    sim.faults.retry_after = 1
+    sim.faults.retry_after = 1.5
     sim.faults.api_script.extend([status, status])
+    started = time.monotonic()
     report = await archive_calls(settings, [call.sid])
+    elapsed = time.monotonic() - started
     assert report.results[0].outcome == ARCHIVED
     assert report.api_requests == 3  # two refused, one answered
+    if status == 429:  # Retry-After was honoured (a lower bound: noise only makes it slower)
+        assert elapsed >= 3.0
     assert bucket_objects(seaweed, bucket) == {
         expected_key(sim, call.sid, 1): sim.recording_bytes(call.sid, 1)
     }
