@@ -24,7 +24,6 @@ import socket
 import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import BinaryIO
 
 import aiohttp
 
@@ -39,14 +38,14 @@ from archiver.errors import (
 )
 from archiver.exotel.client import ExotelClient
 from archiver.exotel.models import CallDetails, validate_call_sid
-from archiver.keys import extension_for, recording_key
+from archiver.keys import recording_key
 from archiver.ledger import Ledger, ObjectRecord, utc_now
 from archiver.manifest import ManifestWriter
 from archiver.ratelimit import RateLimiter
 from archiver.redact import strip_url
 from archiver.retry import retrying
 from archiver.sinks import Sink, open_sink
-from archiver.transfer import Downloaded, download, recording_session
+from archiver.transfer import Downloaded, Partial, download, recording_session
 
 log = logging.getLogger("archiver.archive")
 
@@ -182,9 +181,8 @@ class Archiver:
     async def _archive_recording(self, details: CallDetails, index: int, url: str) -> ObjectRecord:
         what = f"recording {index} of call {details.sid}"
         with tempfile.TemporaryFile(dir=self.spool_dir, prefix="spool-") as spool:
-            got, url = await self._fetch(details, index, url, spool, what=what)
-            ext = extension_for(got.content_type, got.head)
-            key = recording_key(details.sid, details.created_time, index, ext)
+            got, url = await self._fetch(details, index, url, Partial(spool), what=what)
+            key = recording_key(details.sid, details.created_time, index, got.format)
             put = await self.sink.put(
                 key,
                 spool,
@@ -202,6 +200,7 @@ class Archiver:
                 size=put.size,
                 sha256=put.sha256,
                 content_type=got.content_type,
+                format=got.format,
                 source=strip_url(url),
                 call_created=details.created_time.isoformat(),
                 archived_at=utc_now(),
@@ -213,15 +212,18 @@ class Archiver:
         return record
 
     async def _fetch(
-        self, details: CallDetails, index: int, url: str, spool: BinaryIO, *, what: str
+        self, details: CallDetails, index: int, url: str, partial: Partial, *, what: str
     ) -> tuple[Downloaded, str]:
-        """Download into ``spool``, refreshing an expired URL; returns the body and the URL used."""
+        """Download into ``partial``, resuming cut-off bodies and refreshing expired URLs.
+
+        Returns the body and the URL it finally came from.
+        """
         refreshes = 0
         while True:
             try:
                 async for attempt in retrying(self.settings.retry, what=f"download {what}"):
                     with attempt:
-                        return await download(self.http, url, spool, what=what), url
+                        return await download(self.http, url, partial, what=what), url
             except RecordingExpired:
                 if refreshes >= self.settings.url_refreshes:
                     raise RecordingExpired(

@@ -5,10 +5,11 @@ reported it in (IST for Indian accounts)::
 
     {yyyy}/{mm}/{dd}/{call_sid}/recording-{n}.{ext}
 
-``n`` is the recording's 1-based position in the call details' ``recordings[]``; ``ext`` comes from
-the recording's format (``mp3``, ``wav``, else ``bin``), never from the URL's file name (Exotel's
-file names are not always the call SID). The destination's own prefix (``s3://bucket/prefix``) is
-added by the sink. Call SIDs are validated before they become part of a key.
+``n`` is the recording's 1-based position in the call details' ``recordings[]``; ``ext`` is the
+format the content gate found in the bytes (``mp3`` or ``wav``), never the URL's file name
+(Exotel's file names are not always the call SID). The destination's own prefix
+(``s3://bucket/prefix``) is added by the sink. Call SIDs are validated before they become part
+of a key.
 """
 
 from __future__ import annotations
@@ -16,29 +17,6 @@ from __future__ import annotations
 from datetime import datetime
 
 from archiver.exotel.models import validate_call_sid
-
-_EXTENSIONS = {
-    "audio/mpeg": "mp3",
-    "audio/mp3": "mp3",
-    "audio/mpeg3": "mp3",
-    "audio/x-mpeg-3": "mp3",
-    "audio/wav": "wav",
-    "audio/x-wav": "wav",
-    "audio/wave": "wav",
-    "audio/vnd.wave": "wav",
-}
-
-
-def extension_for(content_type: str, head: bytes) -> str:
-    """File extension for a recording, from its Content-Type, else its first bytes."""
-    ext = _EXTENSIONS.get(content_type.split(";")[0].strip().lower())
-    if ext:
-        return ext
-    if head.startswith(b"ID3") or (len(head) > 1 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0):
-        return "mp3"
-    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
-        return "wav"
-    return "bin"
 
 
 def call_prefix(call_sid: str, created_time: datetime) -> str:

@@ -45,6 +45,7 @@ CREATE TABLE IF NOT EXISTS objects (
     size         INTEGER NOT NULL,
     sha256       TEXT NOT NULL,
     content_type TEXT NOT NULL,
+    format       TEXT NOT NULL,
     source       TEXT NOT NULL,
     call_created TEXT NOT NULL,
     archived_at  TEXT NOT NULL,
@@ -70,6 +71,7 @@ class ObjectRecord:
     size: int
     sha256: str
     content_type: str
+    format: str
     source: str
     call_created: str
     archived_at: str

@@ -1,8 +1,9 @@
 """The checksum manifest: one JSON line per archived object, append-only.
 
-This is the first, simple format (``format: 1``): ``manifest.jsonl`` in the state directory, each
+This is the first, simple format (``"schema": 1``): ``manifest.jsonl`` in the state directory, each
 line a JSON object with these fields, in ledger order::
 
+    schema        1: the version of this line format
     seq           1, 2, 3 ... (gap-free, the ledger's sequence)
     call_sid      Exotel call SID
     kind          "recording"
@@ -12,6 +13,7 @@ line a JSON object with these fields, in ledger order::
     size          bytes
     sha256        lower-case hex SHA-256 of the stored bytes
     content_type  as served by the recording host
+    format        "mp3" or "wav", from the bytes themselves (the content gate)
     source        the recording URL without its query string (no signature)
     call_created  the call's created_time as Exotel reported it (ISO 8601 with offset)
     archived_at   when the destination confirmed the object (UTC, ISO 8601)
@@ -33,12 +35,13 @@ from typing import Any
 
 from archiver.ledger import Ledger, ObjectRecord
 
-FORMAT = 1
+SCHEMA = 1
+"""Version of the line format, in every line as ``schema``."""
 
 
 def entry(record: ObjectRecord) -> dict[str, Any]:
     return {
-        "format": FORMAT,
+        "schema": SCHEMA,
         "seq": record.seq,
         "call_sid": record.call_sid,
         "kind": record.kind,
@@ -48,6 +51,7 @@ def entry(record: ObjectRecord) -> dict[str, Any]:
         "size": record.size,
         "sha256": record.sha256,
         "content_type": record.content_type,
+        "format": record.format,
         "source": record.source,
         "call_created": record.call_created,
         "archived_at": record.archived_at,

@@ -270,18 +270,61 @@ async def test_url_that_stays_expired_fails_and_records_nothing(
     assert bucket_objects(seaweed, bucket) == {} and manifest_of(settings) == []
 
 
-async def test_body_cut_off_once_is_downloaded_again(
+async def test_body_cut_off_resumes_with_a_range_request(
     sim: Simulator, settings: Settings, seaweed: Any, bucket: str
 ) -> None:
-    call = sim.add_call(size=300_000)
+    size = 3_000_000
+    call = sim.add_call(size=size)
     sim.faults.recording_script.append("cut")
     report = await archive_calls(settings, [call.sid])
     assert report.results[0].outcome == ARCHIVED
+    body = sim.recording_bytes(call.sid, 1)
+    assert bucket_objects(seaweed, bucket) == {expected_key(sim, call.sid, 1): body}
+    [entry] = manifest_of(settings)
+    assert entry["sha256"] == hashlib.sha256(body).hexdigest()  # the hash spans both requests
+    assert sim.counters["range_requests"] == 1
+    assert sim.counters["bytes_served"] == size  # the first half was not downloaded again
+
+
+async def test_source_that_ignores_range_is_restarted_cleanly(
+    sim: Simulator, settings: Settings, seaweed: Any, bucket: str
+) -> None:
+    size = 3_000_000
+    call = sim.add_call(size=size)
+    sim.faults.recording_script.extend(["cut", "no_range"])
+    report = await archive_calls(settings, [call.sid])
+    assert report.results[0].outcome == ARCHIVED
+    assert sim.counters["range_requests"] == 0
+    assert sim.counters["recording_requests"] == 2  # the cut one, then one clean restart
     assert bucket_objects(seaweed, bucket) == {
         expected_key(sim, call.sid, 1): sim.recording_bytes(call.sid, 1)
     }
     [entry] = manifest_of(settings)
+    assert entry["size"] == size
     assert entry["sha256"] == hashlib.sha256(sim.recording_bytes(call.sid, 1)).hexdigest()
+
+
+async def test_cut_off_then_expired_resumes_on_a_fresh_url(
+    sim: Simulator, settings: Settings, seaweed: Any, bucket: str
+) -> None:
+    call = sim.add_call(size=2_000_000)
+    sim.faults.recording_script.extend(["cut", "expired"])
+    report = await archive_calls(settings, [call.sid])
+    assert report.results[0].outcome == ARCHIVED
+    assert sim.counters["v3_call_details"] == 2 and sim.counters["range_requests"] == 1
+    assert bucket_objects(seaweed, bucket) == {
+        expected_key(sim, call.sid, 1): sim.recording_bytes(call.sid, 1)
+    }
+
+
+async def test_wav_recordings_keep_their_format(
+    sim: Simulator, settings: Settings, seaweed: Any, bucket: str
+) -> None:
+    call = sim.add_call(content_type="audio/wav", size=50_000)
+    await archive_calls(settings, [call.sid])
+    key = expected_key(sim, call.sid, 1, ext="wav")
+    assert bucket_objects(seaweed, bucket) == {key: sim.recording_bytes(call.sid, 1)}
+    assert manifest_of(settings)[0]["format"] == "wav"
 
 
 async def test_body_always_cut_off_records_nothing(
@@ -296,14 +339,24 @@ async def test_body_always_cut_off_records_nothing(
     assert list((settings.state_dir / "spool").iterdir()) == []  # spool files are gone
 
 
-@pytest.mark.parametrize("fault", ["html", "empty", "short_length"])
+@pytest.mark.parametrize(
+    "fault, message",
+    [
+        ("html", "text/html, not audio"),
+        ("xml200", "application/xml, not audio"),
+        ("empty", "the body is empty"),
+        ("short_length", "bytes"),
+        ("noise", "not MP3 or WAV"),
+    ],
+)
 async def test_bodies_that_are_not_recordings_are_refused(
-    sim: Simulator, settings: Settings, seaweed: Any, bucket: str, fault: str
+    sim: Simulator, settings: Settings, seaweed: Any, bucket: str, fault: str, message: str
 ) -> None:
     call = sim.add_call()
     sim.faults.recording_script.extend([fault] * 5)
     report = await archive_calls(settings, [call.sid])
     assert report.results[0].outcome == FAILED
+    assert message in (report.results[0].detail or "")
     assert bucket_objects(seaweed, bucket) == {} and manifest_of(settings) == []
 
 

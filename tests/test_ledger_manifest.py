@@ -22,6 +22,7 @@ def record(call: str, idx: int) -> ObjectRecord:
         size=10 * idx,
         sha256="ab" * 32,
         content_type="audio/mpeg",
+        format="mp3",
         source="https://h/x.mp3",
         call_created="2022-11-03T22:54:40+05:30",
         archived_at="2022-11-03T17:30:00.000Z",

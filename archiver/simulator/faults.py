@@ -14,6 +14,7 @@ Recording faults:
 ``short_length``        Content-Length larger than the body sent, connection then closed
 ``no_range``            a Range header is ignored: 200 with the whole body
 ``slow``                a pause between chunks
+``noise``               200 audio/mpeg whose bytes are not MP3 (no ID3 tag, no frame sync)
 ======================  ========================================================================
 """
 
@@ -23,7 +24,17 @@ import random
 import threading
 from collections import deque
 
-RECORDING_FAULTS = ("cut", "expired", "html", "xml200", "empty", "short_length", "no_range", "slow")
+RECORDING_FAULTS = (
+    "cut",
+    "expired",
+    "html",
+    "xml200",
+    "empty",
+    "short_length",
+    "no_range",
+    "slow",
+    "noise",
+)
 
 
 class Faults:

@@ -310,18 +310,24 @@ async def _stream(
     }
     if status == 206:
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+    if status == 206:
+        sim.count("range_requests")
     response = web.StreamResponse(status=status, headers=headers)
     await response.prepare(request)
     sent = 0
     cut_at = length // 2 if fault == "cut" else None
     for chunk in recording_body(f"{call.sid}/{index}", size, start, end, call.content_type):
+        if fault == "noise" and sent == 0:
+            chunk = b"\x00NOTAUDIO" + chunk[9:]
         if cut_at is not None and sent + len(chunk) > cut_at:
+            sim.count("bytes_served", cut_at - sent)
             await response.write(chunk[: cut_at - sent])
             if request.transport is not None:
                 request.transport.abort()  # a connection reset mid-body
             return response
         await response.write(chunk)
         sent += len(chunk)
+        sim.count("bytes_served", len(chunk))
         if sim.faults.bandwidth:
             await asyncio.sleep(len(chunk) / sim.faults.bandwidth)
         elif fault == "slow":

@@ -79,6 +79,8 @@ class Simulator:
                 "expired_refusals",
                 "rate_limited",
                 "server_errors",
+                "range_requests",
+                "bytes_served",
             ),
             0,
         )
@@ -194,9 +196,9 @@ class Simulator:
         add_routes(application, self)
         return application
 
-    def count(self, name: str) -> None:
+    def count(self, name: str, amount: int = 1) -> None:
         with self._lock:
-            self.counters[name] = self.counters.get(name, 0) + 1
+            self.counters[name] = self.counters.get(name, 0) + amount
 
     def over_rate_limit(self) -> bool:
         if self.rate_limit_per_minute is None:
