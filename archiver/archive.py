@@ -22,7 +22,7 @@ import asyncio
 import logging
 import socket
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -31,6 +31,7 @@ from archiver.config import Settings
 from archiver.errors import (
     ArchiverError,
     ExotelAuthError,
+    ExotelNotFound,
     InvalidCallSid,
     RecordingExpired,
     RecordingUnavailable,
@@ -38,10 +39,11 @@ from archiver.errors import (
 )
 from archiver.exotel.client import ExotelClient
 from archiver.exotel.models import CallDetails, validate_call_sid
-from archiver.keys import recording_key
-from archiver.ledger import Ledger, ObjectRecord, utc_now
+from archiver.keys import CALL_JSON, LEGS_JSON, VOICE_LOG_JSON, call_prefix
+from archiver.ledger import Ledger, ObjectRecord
 from archiver.manifest import ManifestWriter
 from archiver.ratelimit import RateLimiter
+from archiver.recorder import Recorder
 from archiver.redact import strip_url
 from archiver.retry import retrying
 from archiver.sinks import Sink, open_sink
@@ -67,6 +69,11 @@ class CallResult:
     stored: int = 0
     """Objects written by this run (the rest were already in the destination)."""
     detail: str | None = None
+
+    def note(self, text: str) -> None:
+        """Add a remark (an optional artifact that could not be had, ...) to ``detail``."""
+        log.info("call %s: %s", self.call_sid, text)
+        self.detail = f"{self.detail}; {text}" if self.detail else text
 
     @property
     def bytes(self) -> int:
@@ -128,12 +135,10 @@ class Archiver:
         http: aiohttp.ClientSession,
     ) -> None:
         self.settings = settings
-        self.sink = sink
         self.ledger = ledger
-        self.manifest = manifest
         self.exotel = exotel
         self.http = http
-        self.worker = socket.gethostname()
+        self.recorder = Recorder(sink, ledger, manifest, socket.gethostname())
         self.spool_dir = settings.state_dir / "spool"
         self.spool_dir.mkdir(parents=True, exist_ok=True)
 
@@ -143,8 +148,8 @@ class Archiver:
             validate_call_sid(call_sid)
             if self.ledger.call_outcome(call_sid) == ARCHIVED:
                 return CallResult(call_sid, ALREADY_ARCHIVED, self.ledger.objects_of(call_sid))
-            details, _raw = await self.exotel.call_details(call_sid)
-            return await self._archive_details(details)
+            details, raw = await self.exotel.call_details(call_sid)
+            return await self._archive_details(details, raw)
         except (ExotelAuthError, StoragePermanent):
             raise  # concerns every call: the run stops
         except InvalidCallSid as exc:
@@ -154,7 +159,7 @@ class Archiver:
             self.ledger.set_call(call_sid, FAILED, detail=str(exc))
             return CallResult(call_sid, FAILED, self.ledger.objects_of(call_sid), detail=str(exc))
 
-    async def _archive_details(self, details: CallDetails) -> CallResult:
+    async def _archive_details(self, details: CallDetails, raw: bytes) -> CallResult:
         sid, created = details.sid, details.created_time.isoformat()
         if not details.is_terminal:
             self.ledger.set_call(
@@ -172,47 +177,168 @@ class Archiver:
                 record = await self._archive_recording(details, recording.index, recording.url)
                 result.stored += 1
             result.objects.append(record)
+        await self._snapshot(result, details, "call_details", CALL_JSON, self._source(sid), raw)
+        if self.settings.legs:
+            await self._archive_legs(result, details)
+        if self.settings.voice_logs != "off" and not await self._archive_voice_log(result, details):
+            self.ledger.set_call(sid, NOT_READY, created_time=created, detail=result.detail)
+            result.outcome = NOT_READY
+            return result
         self.ledger.set_call(
-            sid, ARCHIVED, created_time=created, recordings=len(details.recordings)
+            sid,
+            ARCHIVED,
+            created_time=created,
+            recordings=len(details.recordings),
+            detail=result.detail,
         )
-        log.info("call %s archived: %d recording(s)", sid, len(result.objects))
+        log.info("call %s archived: %d object(s)", sid, len(result.objects))
         return result
 
+    def _source(self, sid: str, tail: str = "") -> str:
+        """The API URL a JSON snapshot came from (no credentials in it), for the manifest."""
+        exotel = self.settings.exotel
+        return f"{exotel.api_url}/v3/accounts/{exotel.account_sid}/calls/{sid}{tail}"
+
+    async def _snapshot(
+        self,
+        result: CallResult,
+        details: CallDetails,
+        kind: str,
+        name: str,
+        source: str,
+        data: bytes | None,
+    ) -> None:
+        """Store a JSON response once per call (skipped if the ledger has it already)."""
+        record = self.ledger.object_for(details.sid, kind, 0)
+        if record is None and data is not None:
+            key = f"{call_prefix(details.sid, details.created_time)}/{name}"
+            record = await self.recorder.store_bytes(
+                details, kind=kind, key=key, data=data, source=source
+            )
+            result.stored += 1
+        if record is not None:
+            result.objects.append(record)
+
+    async def _archive_legs(self, result: CallResult, details: CallDetails) -> None:
+        if self.ledger.object_for(details.sid, "legs", 0) is None:
+            try:
+                data: bytes | None = await self.exotel.legs(details.sid)
+            except ExotelNotFound as exc:
+                result.note(f"legs not archived: the legs API answered 404 ({exc.exotel_code})")
+                return
+        else:
+            data = None
+        await self._snapshot(
+            result, details, "legs", LEGS_JSON, self._source(details.sid, "/legs"), data
+        )
+
+    async def _archive_voice_log(self, result: CallResult, details: CallDetails) -> bool:
+        """The voice log (JSON, and the file if asked); False if it is still processing."""
+        sid = details.sid
+        want_audio = self.settings.voice_logs == "audio"
+        have_json = self.ledger.object_for(sid, "voice_log", 0)
+        have_audio = self.ledger.object_for(sid, "voice_log_audio", 0)
+        if have_json and (have_audio or not want_audio):
+            result.objects += [r for r in (have_json, have_audio) if r is not None]
+            return True
+        try:
+            voice_log, raw = await self._voice_log(sid)
+        except ExotelNotFound as exc:
+            result.note(f"voice log not archived: the endpoint answered 404 ({exc.exotel_code})")
+            return True
+        status = voice_log.get("status")
+        if status == "processing":
+            result.note("voice log still processing at Exotel: run again later")
+            return False
+        source = self._source(sid, "/voice-logs")
+        await self._snapshot(result, details, "voice_log", VOICE_LOG_JSON, source, raw)
+        if not want_audio:
+            return True
+        if have_audio is not None:
+            result.objects.append(have_audio)
+            return True
+        url = voice_log.get("recording_url")
+        if status not in (None, "available") or not isinstance(url, str) or not url:
+            result.note(f"voice log file not archived: status {status!r}")
+            return True
+        record = await self._archive_file(
+            details, "voice_log_audio", 0, url, self._voice_log_url, stem="voice-log"
+        )
+        result.objects.append(record)
+        result.stored += 1
+        return True
+
+    async def _voice_log(self, sid: str) -> tuple[dict[str, object], bytes]:
+        return await self.exotel.voice_log(
+            sid, fmt=self.settings.voice_log_format, channel=self.settings.voice_log_channel
+        )
+
+    async def _voice_log_url(self, details: CallDetails, _idx: int) -> str:
+        voice_log, _raw = await self._voice_log(details.sid)
+        url = voice_log.get("recording_url")
+        if not isinstance(url, str) or not url:
+            raise RecordingUnavailable(f"voice log of {details.sid}: no recording_url any more")
+        return url
+
+    async def _recording_url(self, details: CallDetails, index: int) -> str:
+        fresh, _raw = await self.exotel.call_details(details.sid)
+        recordings = fresh.recordings or ()
+        if len(recordings) < index:
+            raise RecordingUnavailable(
+                f"recording {index} of call {details.sid}: the refreshed call details no longer "
+                "list it"
+            )
+        return recordings[index - 1].url
+
     async def _archive_recording(self, details: CallDetails, index: int, url: str) -> ObjectRecord:
-        what = f"recording {index} of call {details.sid}"
+        return await self._archive_file(
+            details, "recording", index, url, self._recording_url, stem=f"recording-{index}"
+        )
+
+    async def _archive_file(
+        self,
+        details: CallDetails,
+        kind: str,
+        idx: int,
+        url: str,
+        refresh: Callable[[CallDetails, int], Awaitable[str]],
+        *,
+        stem: str,
+    ) -> ObjectRecord:
+        """Download an audio file into a spool file and store it under ``{stem}.{format}``."""
+        what = f"{stem} of call {details.sid}"
         with tempfile.TemporaryFile(dir=self.spool_dir, prefix="spool-") as spool:
-            got, url = await self._fetch(details, index, url, Partial(spool), what=what)
-            key = recording_key(details.sid, details.created_time, index, got.format)
-            put = await self.sink.put(
-                key,
-                spool,
+            got, url = await self._fetch(details, idx, url, Partial(spool), refresh, what=what)
+            record = await self.recorder.store(
+                details,
+                kind=kind,
+                idx=idx,
+                key=f"{call_prefix(details.sid, details.created_time)}/{stem}.{got.format}",
+                body=spool,
                 size=got.size,
                 sha256=got.sha256,
-                content_type=got.content_type.split(";")[0].strip() or "application/octet-stream",
-            )
-        record = self.ledger.add_object(
-            ObjectRecord(
-                call_sid=details.sid,
-                kind="recording",
-                idx=index,
-                key=key,
-                location=put.location,
-                size=put.size,
-                sha256=put.sha256,
                 content_type=got.content_type,
-                format=got.format,
+                fmt=got.format,
                 source=strip_url(url),
-                call_created=details.created_time.isoformat(),
-                archived_at=utc_now(),
-                worker=self.worker,
             )
+        log.info(
+            "%s stored at %s (%d bytes, sha256 %s)",
+            what,
+            record.location,
+            record.size,
+            record.sha256,
         )
-        self.manifest.sync(self.ledger)
-        log.info("%s stored at %s (%d bytes, sha256 %s)", what, put.location, put.size, put.sha256)
         return record
 
     async def _fetch(
-        self, details: CallDetails, index: int, url: str, partial: Partial, *, what: str
+        self,
+        details: CallDetails,
+        idx: int,
+        url: str,
+        partial: Partial,
+        refresh: Callable[[CallDetails, int], Awaitable[str]],
+        *,
+        what: str,
     ) -> tuple[Downloaded, str]:
         """Download into ``partial``, resuming cut-off bodies and refreshing expired URLs.
 
@@ -231,13 +357,7 @@ class Archiver:
                     ) from None
                 refreshes += 1
                 log.info("%s: URL expired, fetching a fresh one (%d)", what, refreshes)
-                fresh, _raw = await self.exotel.call_details(details.sid)
-                recordings = fresh.recordings or ()
-                if len(recordings) < index:
-                    raise RecordingUnavailable(
-                        f"{what}: the refreshed call details no longer list it"
-                    ) from None
-                url = recordings[index - 1].url
+                url = await refresh(details, idx)
         raise AssertionError("unreachable")
 
 

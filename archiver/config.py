@@ -209,6 +209,49 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "archiver",
+        "voice_logs",
+        "ARCHIVER_VOICE_LOGS",
+        "--voice-logs",
+        "Also archive each call's voice log (GET .../voice-logs): off, json (its JSON) or audio "
+        "(its JSON and the file it points to, in --voice-log-format/--voice-log-channel). Each "
+        "costs one more API request per call.",
+        default="off",
+        kind="choice",
+        choices=("off", "json", "audio"),
+    ),
+    Option(
+        "archiver",
+        "voice_log_format",
+        "ARCHIVER_VOICE_LOG_FORMAT",
+        "--voice-log-format",
+        "Format of the voice-log file to archive: mp3 or wav.",
+        default="wav",
+        kind="choice",
+        choices=("mp3", "wav"),
+    ),
+    Option(
+        "archiver",
+        "voice_log_channel",
+        "ARCHIVER_VOICE_LOG_CHANNEL",
+        "--voice-log-channel",
+        "Channels of the voice-log file: single or dual (agent and customer apart, for QA).",
+        default="dual",
+        kind="choice",
+        choices=("single", "dual"),
+    ),
+    Option(
+        "archiver",
+        "legs",
+        "ARCHIVER_LEGS",
+        "--legs",
+        "Also archive each call's legs (GET .../legs, enabled per account by Exotel): on or off. "
+        "Costs one more API request per call.",
+        default="off",
+        kind="choice",
+        choices=("on", "off"),
+    ),
+    Option(
+        "archiver",
         "s3_addressing_style",
         "ARCHIVER_S3_ADDRESSING_STYLE",
         "--s3-addressing-style",
@@ -264,6 +307,10 @@ class Settings:
     concurrency: int
     retry: RetryPolicy
     url_refreshes: int
+    voice_logs: str
+    voice_log_format: str
+    voice_log_channel: str
+    legs: bool
     s3_addressing_style: str | None
     s3_conditional_writes: bool
     log_level: str
@@ -443,6 +490,10 @@ def load_settings(
         concurrency=values["concurrency"],
         retry=RetryPolicy(attempts=values["attempts"], max_wait=values["max_wait"]),
         url_refreshes=values["url_refreshes"],
+        voice_logs=values["voice_logs"],
+        voice_log_format=values["voice_log_format"],
+        voice_log_channel=values["voice_log_channel"],
+        legs=values["legs"] == "on",
         s3_addressing_style=None if style == "auto" else style,
         s3_conditional_writes=values["s3_conditional_writes"] == "on",
         log_level=values["log_level"],

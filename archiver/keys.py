@@ -18,6 +18,10 @@ from datetime import datetime
 
 from archiver.exotel.models import validate_call_sid
 
+CALL_JSON = "call.json"
+LEGS_JSON = "legs.json"
+VOICE_LOG_JSON = "voice-log.json"
+
 
 def call_prefix(call_sid: str, created_time: datetime) -> str:
     """``yyyy/mm/dd/{call_sid}``: the folder of every artifact of one call."""

@@ -47,18 +47,21 @@ def settings(
     return make_settings(sim, server.base_url, f"s3://{bucket}/{PREFIX}", tmp_path / "state")
 
 
-def bucket_objects(seaweed: Any, bucket: str) -> dict[str, bytes]:
-    """Every object in the bucket, key → bytes (read straight from SeaweedFS)."""
+def bucket_objects(seaweed: Any, bucket: str, *, everything: bool = False) -> dict[str, bytes]:
+    """Objects in the bucket, key → bytes, read straight from SeaweedFS (recordings only, unless
+    ``everything``: the call's JSON snapshots are tested on their own)."""
     client = seaweed.client()
     out: dict[str, bytes] = {}
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
         for item in page.get("Contents", []):
-            out[item["Key"]] = client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+            if everything or "/recording-" in item["Key"]:
+                out[item["Key"]] = client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
     return out
 
 
-def manifest_of(settings: Settings) -> list[dict[str, Any]]:
-    return read_manifest(settings.state_dir / "manifest.jsonl")
+def manifest_of(settings: Settings, kind: str | None = "recording") -> list[dict[str, Any]]:
+    entries = read_manifest(settings.state_dir / "manifest.jsonl")
+    return [e for e in entries if kind is None or e["kind"] == kind]
 
 
 def expected_key(sim: Simulator, sid: str, index: int, ext: str = "mp3") -> str:
@@ -153,21 +156,23 @@ async def test_rerun_with_a_lost_ledger_finds_the_objects_already_stored(
     call = sim.add_call(recordings=1)
     first = make_settings(sim, server.base_url, f"s3://{bucket}/{PREFIX}", tmp_path / "a")
     await archive_calls(first, [call.sid])
-    objects = bucket_objects(seaweed, bucket)
-    last_modified = seaweed.client().head_object(Bucket=bucket, Key=next(iter(objects)))[
-        "LastModified"
-    ]
+    objects = bucket_objects(seaweed, bucket, everything=True)  # the recording and call.json
+    assert len(objects) == 2
+    last_modified = {
+        key: seaweed.client().head_object(Bucket=bucket, Key=key)["LastModified"] for key in objects
+    }
 
     fresh = make_settings(sim, server.base_url, f"s3://{bucket}/{PREFIX}", tmp_path / "b")
     report = await archive_calls(fresh, [call.sid])
     assert report.results[0].outcome == ARCHIVED
-    assert report.results[0].stored == 1  # recorded again in the new ledger...
-    assert bucket_objects(seaweed, bucket) == objects  # ...but not written again
-    assert (
-        seaweed.client().head_object(Bucket=bucket, Key=next(iter(objects)))["LastModified"]
-        == last_modified
-    )
-    assert [e["sha256"] for e in manifest_of(fresh)] == [e["sha256"] for e in manifest_of(first)]
+    assert report.results[0].stored == 2  # recorded again in the new ledger...
+    assert bucket_objects(seaweed, bucket, everything=True) == objects  # ...but not written again
+    for key, when in last_modified.items():
+        assert seaweed.client().head_object(Bucket=bucket, Key=key)["LastModified"] == when
+    # call.json is a snapshot: the one stored first is kept and recorded as it is
+    assert [(e["kind"], e["sha256"]) for e in manifest_of(fresh, kind=None)] == [
+        (e["kind"], e["sha256"]) for e in manifest_of(first, kind=None)
+    ]
 
 
 async def test_a_different_object_at_the_key_is_a_conflict_and_is_kept(
@@ -375,7 +380,9 @@ async def test_local_directory_destination(
         for c in calls
         for i in range(1, len(c.recordings) + 1)
     }
-    assert files == expected  # and no temporary files left behind
+    call_json = {k for k in files if k.endswith("/call.json")}
+    assert len(call_json) == 2
+    assert {k: v for k, v in files.items() if k not in call_json} == expected  # no temp files
     assert {e["location"] for e in manifest_of(settings)} == {str(root / k) for k in expected}
 
 

@@ -63,10 +63,12 @@ def test_archive_success_writes_a_report_and_exits_0(
     report = json.loads(report_path.read_text())
     assert report["counts"]["archived"] == 1 and report["counts"]["not_ready"] == 1
     entries = read_manifest(tmp_path / "state" / "manifest.jsonl")
+    assert [e["kind"] for e in entries] == ["recording", "recording", "call_details"]
     for entry in entries:
         data = (tmp_path / "archive" / entry["key"]).read_bytes()
         assert hashlib.sha256(data).hexdigest() == entry["sha256"]
-        assert data == sim.recording_bytes(calls[0].sid, entry["index"])
+        if entry["kind"] == "recording":
+            assert data == sim.recording_bytes(calls[0].sid, entry["index"])
 
 
 def test_a_failed_call_exits_1(sim: Simulator, server: SimulatorServer, tmp_path: Path) -> None:

@@ -170,6 +170,36 @@ class ExotelClient:
             raise ExotelProtocolError(f"{what}: the answer is about another call ({details.sid})")
         return details, answer.body
 
+    async def voice_log(
+        self, call_sid: str, *, fmt: str, channel: str
+    ) -> tuple[dict[str, Any], bytes]:
+        """GET /v3/accounts/{sid}/calls/{call_sid}/voice-logs: ``response.voice_log`` and the body.
+
+        The endpoint exists only on Exotel's newer portal: a 404 means "not available here".
+        """
+        validate_call_sid(call_sid)
+        what = f"GET voice log of {call_sid}"
+        answer = await self.get_json(
+            self._v3(f"/calls/{call_sid}/voice-logs"),
+            what=what,
+            params={"format": fmt, "channel": channel},
+        )
+        response = answer.envelope.get("response")
+        voice_log = response.get("voice_log") if isinstance(response, dict) else None
+        if not isinstance(voice_log, dict):
+            raise ExotelProtocolError(f"{what}: the answer has no 'response.voice_log' object")
+        return voice_log, answer.body
+
+    async def legs(self, call_sid: str) -> bytes:
+        """GET /v3/accounts/{sid}/calls/{call_sid}/legs: the raw body (404: not enabled)."""
+        validate_call_sid(call_sid)
+        what = f"GET legs of {call_sid}"
+        answer = await self.get_json(self._v3(f"/calls/{call_sid}/legs"), what=what)
+        response = answer.envelope.get("response")
+        if not isinstance(response, dict) or not isinstance(response.get("leg_details"), dict):
+            raise ExotelProtocolError(f"{what}: the answer has no 'response.leg_details' object")
+        return answer.body
+
     async def get_json(
         self, url: str, *, what: str, params: dict[str, str] | None = None
     ) -> ApiResponse:

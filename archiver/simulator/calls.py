@@ -52,9 +52,28 @@ class SimCall:
     app_name: str | None = None
     digits: str | None = None
     content_type: str = "audio/mpeg"
+    voice_log_status: str | None = None
+    """Forces the voice log's status (e.g. ``processing``); None: derived from the call."""
 
     def state(self, now: datetime) -> str:
         return "terminal" if now >= self.ready_at else "active"
+
+
+@dataclass(frozen=True)
+class Asset:
+    """A file the recording host serves: its bytes are ``recording_body(seed_key, size, ...)``."""
+
+    call_sid: str
+    seed_key: str
+    size: int
+    content_type: str
+
+    @property
+    def ext(self) -> str:
+        return "wav" if "wav" in self.content_type else "mp3"
+
+    def body(self) -> bytes:
+        return b"".join(recording_body(self.seed_key, self.size, content_type=self.content_type))
 
 
 def fmt_v3(t: datetime) -> str:

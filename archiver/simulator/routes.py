@@ -13,7 +13,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from archiver.exotel.models import IST
-from archiver.simulator.calls import V1_STATUS, SimCall, fmt_v1, fmt_v3, recording_body
+from archiver.simulator.calls import V1_STATUS, Asset, SimCall, fmt_v1, fmt_v3, recording_body
 
 if TYPE_CHECKING:
     from archiver.simulator.server import Simulator
@@ -226,11 +226,9 @@ def add_routes(app: web.Application, sim: Simulator) -> None:
                 "the Authorization header should be specified",
             )
         name = request.match_info["name"].rsplit(".", 1)[0]
-        located = sim._tokens.get(name)
-        if located is None or request.match_info["account"] != sim.account_sid:
+        asset = sim.asset(name)
+        if asset is None or request.match_info["account"] != sim.account_sid:
             return _s3_error(404, "NoSuchKey", "The specified key does not exist.")
-        call_sid, index = located
-        call = sim.calls[call_sid]
         q = request.query
         try:
             amz_date, expires = q["X-Amz-Date"], int(q["X-Amz-Expires"])
@@ -249,7 +247,7 @@ def add_routes(app: web.Application, sim: Simulator) -> None:
                 "SignatureDoesNotMatch",
                 "The request signature we calculated does not match the signature you provided.",
             )
-        fault = sim.faults.next_recording(call_sid)
+        fault = sim.faults.next_recording(asset.call_sid)
         now = sim.now()
         deadline = signed_at + timedelta(seconds=expires)
         if now > deadline or fault == "expired":
@@ -275,10 +273,72 @@ def add_routes(app: web.Application, sim: Simulator) -> None:
                 content_type="application/xml",
             )
         if fault == "empty":
-            return web.Response(body=b"", content_type=call.content_type)
-        return await _stream(request, sim, call, index, fault)
+            return web.Response(body=b"", content_type=asset.content_type)
+        return await _stream(request, sim, asset, fault)
+
+    async def voice_logs(request: web.Request) -> web.Response:
+        refused = check_api(request)
+        if refused is not None:
+            return refused
+        sim.count("voice_logs")
+        call = sim.calls.get(request.match_info["call_sid"])
+        if not sim.voice_logs_enabled or call is None:
+            return api_error(404, "Voice logs are not available" if call else None)
+        fmt = request.query.get("format", "mp3")
+        channel = request.query.get("channel", "single")
+        if fmt not in ("mp3", "wav") or channel not in ("single", "dual"):
+            return api_error(400, "format must be mp3|wav and channel single|dual")
+        now = sim.now()
+        log: dict[str, Any] = {"call_sid": call.sid, "format": fmt, "channel": channel}
+        if call.voice_log_status is not None:
+            log["status"] = call.voice_log_status
+        elif call.state(now) == "active":
+            log["status"] = "processing"
+        elif not call.recordings:
+            log["status"] = "not_available"
+        else:
+            token, asset = sim.voice_log_asset(call, fmt, channel)
+            log.update(
+                status="available",
+                recording_url=sim.presign_token(base_url(request), token, asset.ext),
+                recording_duration=int((call.end - call.start).total_seconds()),
+                recording_size_bytes=asset.size,
+                created_at=call.ready_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                expires_at=(now + timedelta(seconds=sim.url_ttl)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            )
+        return envelope({"voice_log": log})
+
+    async def legs(request: web.Request) -> web.Response:
+        refused = check_api(request)
+        if refused is not None:
+            return refused
+        sim.count("legs")
+        call = sim.calls.get(request.match_info["call_sid"])
+        if not sim.legs_enabled or call is None:
+            return api_error(404, "Legs API is not enabled for this account" if call else None)
+
+        def leg(n: int, contact: str, **extra: str) -> dict[str, str]:
+            return {
+                "sid": f"{call.sid[:24]}leg{n:05d}",
+                "name": f"leg {n}",
+                "contact_uri": contact,
+                "date_created": fmt_v3(call.start),
+                "date_updated": fmt_v3(call.end),
+                "status": "completed" if call.status == "completed" else "no-answer",
+                **extra,
+            }
+
+        details = {
+            "call_sid": call.sid,
+            "account_sid": sim.account_sid,
+            "from": [leg(1, call.from_number)],
+            "to": [leg(2, call.to_number, group_id="1", group_name="Agents")],
+        }
+        return envelope({"leg_details": details})
 
     account = r"{account:[^/]+}"
+    app.router.add_get(f"/v3/accounts/{account}/calls/{{call_sid}}/voice-logs", voice_logs)
+    app.router.add_get(f"/v3/accounts/{account}/calls/{{call_sid}}/legs", legs)
     app.router.add_get(f"/v3/accounts/{account}/calls/active", active_calls)
     app.router.add_get(f"/v3/accounts/{account}/calls/{{call_sid}}", call_details)
     app.router.add_get(f"/v1/Accounts/{account}/Calls.json", bulk_calls)
@@ -286,9 +346,9 @@ def add_routes(app: web.Application, sim: Simulator) -> None:
 
 
 async def _stream(
-    request: web.Request, sim: Simulator, call: SimCall, index: int, fault: str | None
+    request: web.Request, sim: Simulator, asset: Asset, fault: str | None
 ) -> web.StreamResponse:
-    size = call.recordings[index - 1]
+    size = asset.size
     start, end, status = 0, size, 200
     range_header = request.headers.get("Range")
     if range_header and fault != "no_range":
@@ -304,7 +364,7 @@ async def _stream(
             return _s3_error(416, "InvalidRange", "The requested range is not satisfiable")
     length = end - start
     headers = {
-        "Content-Type": call.content_type,
+        "Content-Type": asset.content_type,
         "Accept-Ranges": "bytes",
         "Content-Length": str(length + (1000 if fault == "short_length" else 0)),
     }
@@ -316,7 +376,7 @@ async def _stream(
     await response.prepare(request)
     sent = 0
     cut_at = length // 2 if fault == "cut" else None
-    for chunk in recording_body(f"{call.sid}/{index}", size, start, end, call.content_type):
+    for chunk in recording_body(asset.seed_key, size, start, end, asset.content_type):
         if fault == "noise" and sent == 0:
             chunk = b"\x00NOTAUDIO" + chunk[9:]
         if cut_at is not None and sent + len(chunk) > cut_at:

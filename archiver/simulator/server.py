@@ -34,7 +34,7 @@ from urllib.parse import quote, urlencode
 from aiohttp import web
 
 from archiver.exotel.models import IST
-from archiver.simulator.calls import SimCall, day_of_calls, make_sid, recording_body
+from archiver.simulator.calls import Asset, SimCall, day_of_calls, make_sid
 from archiver.simulator.faults import Faults
 
 _CODES = {400: 10200, 401: 1010, 404: 10744, 429: 10724, 500: 10715, 503: 10743}
@@ -86,7 +86,11 @@ class Simulator:
         )
         self._rng = random.Random(seed)
         self._signing_key = secrets.token_bytes(32)
-        self._tokens: dict[str, tuple[str, int]] = {}
+        self._tokens: dict[str, Asset] = {}
+        self.voice_logs_enabled = True
+        """False: the voice-logs endpoint answers 404 (not on this account's portal)."""
+        self.legs_enabled = True
+        """False: the legs endpoint answers 404 (not enabled for this account)."""
         self._api_times: list[float] = []
         self._lock = threading.Lock()
 
@@ -100,7 +104,7 @@ class Simulator:
             if not call.tokens:
                 call.tokens = [make_sid(self._rng) for _ in call.recordings]
             for i, token in enumerate(call.tokens, start=1):
-                self._tokens[token] = (call.sid, i)
+                self._tokens[token] = self.recording_asset(call, i)
             self.calls[call.sid] = call
         return call
 
@@ -154,13 +158,29 @@ class Simulator:
         start = datetime(day.year, day.month, day.day, tzinfo=IST)
         return [self._register(c) for c in day_of_calls(rng, n_calls, start, sizes, self.now())]
 
+    @staticmethod
+    def recording_asset(call: SimCall, index: int) -> Asset:
+        return Asset(call.sid, f"{call.sid}/{index}", call.recordings[index - 1], call.content_type)
+
+    def voice_log_asset(self, call: SimCall, fmt: str, channel: str) -> tuple[str, Asset]:
+        """The voice-log file of ``call`` in ``fmt``/``channel`` (registered on first use)."""
+        base = sum(call.recordings)
+        size = base * (2 if channel == "dual" else 1) * (4 if fmt == "wav" else 1)
+        content_type = "audio/wav" if fmt == "wav" else "audio/mpeg"
+        asset = Asset(call.sid, f"{call.sid}/voice-log/{fmt}/{channel}", size, content_type)
+        token = hashlib.sha256(asset.seed_key.encode()).hexdigest()[:32]
+        with self._lock:
+            self._tokens[token] = asset
+        return token, asset
+
+    def asset(self, token: str) -> Asset | None:
+        return self._tokens.get(token)
+
     def recording_bytes(self, sid: str, index: int) -> bytes:
-        call = self.calls[sid]
-        return b"".join(
-            recording_body(
-                f"{sid}/{index}", call.recordings[index - 1], content_type=call.content_type
-            )
-        )
+        return self.recording_asset(self.calls[sid], index).body()
+
+    def voice_log_bytes(self, sid: str, fmt: str, channel: str) -> bytes:
+        return self.voice_log_asset(self.calls[sid], fmt, channel)[1].body()
 
     # --- URLs --------------------------------------------------------------------------------
 
@@ -169,11 +189,14 @@ class Simulator:
         return hmac.new(self._signing_key, message, hashlib.sha256).hexdigest()
 
     def presign(self, base_url: str, call: SimCall, index: int, ttl: float | None = None) -> str:
+        token = call.tokens[index - 1]
+        return self.presign_token(base_url, token, self.recording_asset(call, index).ext, ttl)
+
+    def presign_token(self, base_url: str, token: str, ext: str, ttl: float | None = None) -> str:
         now = self.now()
         amz_date = now.strftime("%Y%m%dT%H%M%SZ")
         expires = int(ttl if ttl is not None else self.url_ttl)
-        ext = "wav" if "wav" in call.content_type else "mp3"
-        path = f"/exotel-recordings/{self.account_sid}/{call.tokens[index - 1]}.{ext}"
+        path = f"/exotel-recordings/{self.account_sid}/{token}.{ext}"
         query = urlencode(
             {
                 "X-Amz-Algorithm": "AWS4-HMAC-SHA256",

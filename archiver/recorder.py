@@ -1,0 +1,114 @@
+"""Storing one artifact of a call and recording it: the only way an object enters the ledger.
+
+``Recorder.store`` puts the bytes into the destination (write-once, checksum-verified) and only
+then adds the ledger row and appends the manifest line. Nothing is recorded that the destination
+has not confirmed.
+
+Artifacts, all under the call's folder (see ``archiver.keys``):
+
+===============  ===========================  =============================================
+kind             key                          what
+===============  ===========================  =============================================
+recording        ``recording-{n}.{mp3|wav}``  the audio of ``recordings[n-1]``
+call_details     ``call.json``                the v3 call-details response, as received
+legs             ``legs.json``                the legs response, as received
+voice_log        ``voice-log.json``           the voice-logs response, as received
+voice_log_audio  ``voice-log.{mp3|wav}``      the file the voice log points to
+===============  ===========================  =============================================
+
+The JSON responses are snapshots: a later request gives other bytes (a new ``request_id``, fresh
+URLs). So if ``call.json`` (or another snapshot) is already in the destination with other bytes —
+a ledger lost and rebuilt, a second worker — the stored one is kept and recorded as it is,
+instead of failing the call with a conflict. Audio is never treated that way: other bytes at a
+recording's key are a conflict.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from typing import BinaryIO
+
+from archiver.errors import StorageConflict
+from archiver.exotel.models import CallDetails
+from archiver.ledger import Ledger, ObjectRecord, utc_now
+from archiver.manifest import ManifestWriter
+from archiver.sinks import Sink
+
+SNAPSHOT_KINDS = frozenset({"call_details", "legs", "voice_log"})
+
+
+class Recorder:
+    def __init__(self, sink: Sink, ledger: Ledger, manifest: ManifestWriter, worker: str) -> None:
+        self.sink, self.ledger, self.manifest, self.worker = sink, ledger, manifest, worker
+
+    async def store(
+        self,
+        details: CallDetails,
+        *,
+        kind: str,
+        idx: int,
+        key: str,
+        body: BinaryIO,
+        size: int,
+        sha256: str,
+        content_type: str,
+        fmt: str,
+        source: str,
+    ) -> ObjectRecord:
+        """Put ``body`` at ``key`` and record it; returns the ledger row (with its seq)."""
+        mime = content_type.split(";")[0].strip() or "application/octet-stream"
+        try:
+            put = await self.sink.put(key, body, size=size, sha256=sha256, content_type=mime)
+            location, size, sha256 = put.location, put.size, put.sha256
+        except StorageConflict:
+            if kind not in SNAPSHOT_KINDS:
+                raise
+            location, size, sha256 = await self._existing(key)
+        record = self.ledger.add_object(
+            ObjectRecord(
+                call_sid=details.sid,
+                kind=kind,
+                idx=idx,
+                key=key,
+                location=location,
+                size=size,
+                sha256=sha256,
+                content_type=content_type,
+                format=fmt,
+                source=source,
+                call_created=details.created_time.isoformat(),
+                archived_at=utc_now(),
+                worker=self.worker,
+            )
+        )
+        self.manifest.sync(self.ledger)
+        return record
+
+    async def store_bytes(
+        self, details: CallDetails, *, kind: str, key: str, data: bytes, source: str
+    ) -> ObjectRecord:
+        """Store a small JSON document (a response as received)."""
+        return await self.store(
+            details,
+            kind=kind,
+            idx=0,
+            key=key,
+            body=io.BytesIO(data),
+            size=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+            content_type="application/json",
+            fmt="json",
+            source=source,
+        )
+
+    async def _existing(self, key: str) -> tuple[str, int, str]:
+        """Location, size and SHA-256 of the object already at ``key``, read back if need be."""
+        info = await self.sink.stat(key)
+        digest, size = hashlib.sha256(), 0
+        if info is not None and info.sha256:
+            return self.sink.location(key), info.size, info.sha256
+        async for chunk in self.sink.read(key):
+            digest.update(chunk)
+            size += len(chunk)
+        return self.sink.location(key), size, digest.hexdigest()
