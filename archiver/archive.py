@@ -380,6 +380,7 @@ async def archive_calls(
             retry=settings.retry,
             addressing_style=settings.s3_addressing_style,
             conditional_writes=settings.s3_conditional_writes,
+            part_size=settings.part_size,
         )
     manifest_path = settings.state_dir / "manifest.jsonl"
     report = Report(destination=sink.describe(), manifest=str(manifest_path))

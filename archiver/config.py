@@ -252,6 +252,18 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "archiver",
+        "part_size",
+        "ARCHIVER_PART_SIZE",
+        "--part-size",
+        "Objects of this many MiB or more go to S3 in a multipart upload of parts this size; "
+        "memory use is about concurrency x part size.",
+        default=8,
+        kind="int",
+        minimum=5,
+        maximum=512,
+    ),
+    Option(
+        "archiver",
         "s3_addressing_style",
         "ARCHIVER_S3_ADDRESSING_STYLE",
         "--s3-addressing-style",
@@ -311,6 +323,8 @@ class Settings:
     voice_log_format: str
     voice_log_channel: str
     legs: bool
+    part_size: int
+    """Bytes."""
     s3_addressing_style: str | None
     s3_conditional_writes: bool
     log_level: str
@@ -494,6 +508,7 @@ def load_settings(
         voice_log_format=values["voice_log_format"],
         voice_log_channel=values["voice_log_channel"],
         legs=values["legs"] == "on",
+        part_size=values["part_size"] * 1024 * 1024,
         s3_addressing_style=None if style == "auto" else style,
         s3_conditional_writes=values["s3_conditional_writes"] == "on",
         log_level=values["log_level"],

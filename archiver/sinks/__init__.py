@@ -26,6 +26,7 @@ def open_sink(
     retry: RetryPolicy,
     addressing_style: str | None = None,
     conditional_writes: bool = True,
+    part_size: int = 8 * 1024 * 1024,
 ) -> Sink:
     """The sink for ``destination``, wrapped in the retry policy."""
     destination = destination.strip()
@@ -37,7 +38,12 @@ def open_sink(
 
         bucket, prefix = parse_s3_url(destination)
         backend = S3Sink(
-            bucket, prefix, addressing_style=addressing_style, conditional_writes=conditional_writes
+            bucket,
+            prefix,
+            addressing_style=addressing_style,
+            conditional_writes=conditional_writes,
+            part_size=part_size,
+            part_retry=retry,
         )
     elif destination.startswith("file:"):
         from archiver.sinks.local import LocalSink

@@ -24,8 +24,12 @@ each backend to hold them to it.
    directory and never contain credentials.
 6. **Never blocks the event loop.** Every method is a coroutine (or async iterator); blocking
    clients run in the sink's own thread pool.
-7. **No retries inside.** A backend makes one attempt per call; retrying is the job of
-   ``archiver.sinks.retrying.RetryingSink``, which wraps any backend with the one retry policy.
+7. **No retries inside**, with one exception. A backend makes one attempt per call; retrying is
+   the job of ``archiver.sinks.retrying.RetryingSink``, which wraps any backend with the one
+   retry policy. The exception: a multipart upload re-sends a failed part from its buffer (under
+   the same policy) instead of failing, and so re-sending, the whole object.
+8. **Bounded memory.** ``put`` holds at most one part (``part_size``) of the body in memory,
+   whatever the object's size; a failed upload leaves no multipart upload open.
 """
 
 from __future__ import annotations

@@ -39,6 +39,8 @@ from archiver.errors import (
     StoragePermanent,
     StorageUnavailable,
 )
+from archiver.retry import RetryPolicy
+from archiver.sinks import multipart
 from archiver.sinks.base import ObjectInfo, PutResult, validate_key
 
 T = TypeVar("T")
@@ -115,10 +117,14 @@ class S3Sink:
         region: str | None = None,
         addressing_style: str | None = None,
         conditional_writes: bool = True,
+        part_size: int = 8 * 1024 * 1024,
+        part_retry: RetryPolicy | None = None,
         max_workers: int = 16,
     ) -> None:
         self.bucket, self.prefix = bucket, prefix.strip("/")
         self.conditional_writes = conditional_writes
+        self.part_size = max(part_size, multipart.MIN_PART)
+        self.part_retry = part_retry or RetryPolicy()
         config = Config(
             retries={"total_max_attempts": 1},
             connect_timeout=10,
@@ -127,11 +133,11 @@ class S3Sink:
             s3={"addressing_style": addressing_style} if addressing_style else None,  # type: ignore[arg-type]
         )
         session = boto3.session.Session()
-        self._client = session.client(
+        self.client = session.client(
             "s3", endpoint_url=endpoint_url, region_name=region, config=config
         )
-        self.endpoint = self._client.meta.endpoint_url
-        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="s3-sink")
+        self.endpoint = self.client.meta.endpoint_url
+        self.pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="s3-sink")
 
     def describe(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
@@ -143,21 +149,21 @@ class S3Sink:
     def location(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._full(key)}"
 
-    async def _call(self, what: str, fn: Callable[..., T], /, **kwargs: Any) -> T:
+    async def call(self, what: str, fn: Callable[..., T], /, **kwargs: Any) -> T:
         """Run one boto3 call in the pool; classify its failure."""
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._pool, lambda: fn(**kwargs))
+            return await loop.run_in_executor(self.pool, lambda: fn(**kwargs))
         except (ClientError, BotoCoreError) as exc:
             raise self._classify(exc, what) from None
 
-    async def _call_unless(
+    async def call_unless(
         self, codes: frozenset[str], what: str, fn: Callable[..., T], /, **kwargs: Any
     ) -> T | None:
         """Like ``_call``, but None when the store answers with one of ``codes``."""
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._pool, lambda: fn(**kwargs))
+            return await loop.run_in_executor(self.pool, lambda: fn(**kwargs))
         except ClientError as exc:
             if str(exc.response.get("Error", {}).get("Code", "")) in codes:
                 return None
@@ -204,14 +210,14 @@ class S3Sink:
         return StorageUnavailable(f"{where}: {type(exc).__name__}")
 
     async def check(self) -> None:
-        await self._call("check the bucket", self._client.head_bucket, Bucket=self.bucket)
+        await self.call("check the bucket", self.client.head_bucket, Bucket=self.bucket)
 
     async def stat(self, key: str) -> ObjectInfo | None:
         full = self._full(key)
-        head = await self._call_unless(
+        head = await self.call_unless(
             _MISSING,
             f"HEAD {full}",
-            self._client.head_object,
+            self.client.head_object,
             Bucket=self.bucket,
             Key=full,
             ChecksumMode="ENABLED",
@@ -238,6 +244,8 @@ class S3Sink:
             raise StoragePermanent(
                 f"PUT {full}: the body has {actual} bytes, not the {size} announced"
             )
+        if size >= self.part_size:
+            return await self._put_multipart(key, full, body, size, sha256, content_type)
         body.seek(0)
         params: dict[str, Any] = {
             "Bucket": self.bucket,
@@ -250,7 +258,7 @@ class S3Sink:
         }
         if self.conditional_writes:
             params["IfNoneMatch"] = "*"
-        answer = await self._call_unless(_EXISTS, f"PUT {full}", self._client.put_object, **params)
+        answer = await self.call_unless(_EXISTS, f"PUT {full}", self.client.put_object, **params)
         if answer is None:  # If-None-Match: * refused: something is already at the key
             existing = await self.stat(key)
             if existing is None:
@@ -274,6 +282,46 @@ class S3Sink:
             version_id=answer.get("VersionId"),
         )
 
+    async def _put_multipart(
+        self, key: str, full: str, body: BinaryIO, size: int, sha256: str, content_type: str
+    ) -> PutResult:
+        done = await multipart.upload(
+            self,
+            full,
+            body,
+            size=size,
+            sha256=sha256,
+            content_type=content_type,
+            part_size=self.part_size,
+            retry=self.part_retry,
+        )
+        if done is None:  # If-None-Match: * refused the completion: something is already there
+            existing = await self.stat(key)
+            if existing is None:
+                raise StorageUnavailable(f"PUT {full}: precondition failed, then nothing there")
+            return self._existing(key, existing, size, sha256)
+        head = await self.call(
+            f"HEAD {full}",
+            self.client.head_object,
+            Bucket=self.bucket,
+            Key=full,
+            ChecksumMode="ENABLED",
+        )
+        reported = head.get("ChecksumSHA256")
+        if int(head["ContentLength"]) != size or (reported and reported != done.composite):
+            raise StoragePermanent(
+                f"PUT {full}: the store completed the upload but reports {head['ContentLength']} "
+                f"bytes, checksum {reported}, instead of {size} bytes, checksum {done.composite}"
+            )
+        return PutResult(
+            key=key,
+            size=size,
+            sha256=sha256,
+            created=True,
+            location=self.location(key),
+            version_id=done.answer.get("VersionId"),
+        )
+
     def _existing(self, key: str, existing: ObjectInfo, size: int, sha256: str) -> PutResult:
         if existing.size == size and existing.sha256 == sha256:
             return PutResult(
@@ -292,14 +340,14 @@ class S3Sink:
 
     async def read(self, key: str) -> AsyncIterator[bytes]:
         full = self._full(key)
-        answer = await self._call(
-            f"GET {full}", self._client.get_object, Bucket=self.bucket, Key=full
+        answer = await self.call(
+            f"GET {full}", self.client.get_object, Bucket=self.bucket, Key=full
         )
         stream = answer["Body"]
         loop = asyncio.get_running_loop()
         try:
             while True:
-                chunk = await loop.run_in_executor(self._pool, stream.read, 1024 * 1024)
+                chunk = await loop.run_in_executor(self.pool, stream.read, 1024 * 1024)
                 if not chunk:
                     break
                 yield chunk
@@ -313,7 +361,7 @@ class S3Sink:
             params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": base + prefix}
             if token:
                 params["ContinuationToken"] = token
-            page = await self._call("LIST", self._client.list_objects_v2, **params)
+            page = await self.call("LIST", self.client.list_objects_v2, **params)
             for item in page.get("Contents", []):
                 yield ObjectInfo(key=item["Key"][len(base) :], size=int(item["Size"]))
             if not page.get("IsTruncated"):
@@ -321,4 +369,4 @@ class S3Sink:
             token = page.get("NextContinuationToken")
 
     async def close(self) -> None:
-        self._pool.shutdown(wait=True)
+        self.pool.shutdown(wait=True)

@@ -1,0 +1,149 @@
+"""S3 multipart upload for large objects, with memory bounded by one part per upload.
+
+Used by ``S3Sink.put`` for objects of ``part_size`` bytes or more (default 8 MiB; S3 wants at
+least 5 MiB per part but the last). Each part is read from the rewindable body into memory only
+while it is sent, with its own ``x-amz-checksum-sha256`` so the store refuses a corrupted part. A
+part that fails transiently is re-sent from its buffer under the one retry policy: an upload
+retry never downloads again, and never re-sends the parts already accepted.
+
+The whole object is hashed as the parts are read; if that hash is not the SHA-256 the caller
+announced (the spool changed under us), nothing is completed. Completion carries
+``If-None-Match: *`` (write-once). Any failure — and cancellation — aborts the upload, so no
+orphaned parts are left in the bucket. The store's resulting checksum is the composite
+"SHA-256 of the part SHA-256s, -N"; ``composite_checksum`` computes the value to expect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import io
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from archiver.errors import StorageUnavailable
+from archiver.retry import RetryPolicy, retrying
+
+if TYPE_CHECKING:
+    from archiver.sinks.s3 import S3Sink
+
+log = logging.getLogger("archiver.sinks.multipart")
+
+MIN_PART = 5 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Completed:
+    answer: dict[str, Any]
+    composite: str
+    """The checksum the store should report: base64(SHA-256 of part digests) + "-N"."""
+
+
+def composite_checksum(part_digests: list[bytes]) -> str:
+    joined = hashlib.sha256(b"".join(part_digests)).digest()
+    return f"{base64.b64encode(joined).decode()}-{len(part_digests)}"
+
+
+def _read_at(body: BinaryIO, offset: int, length: int) -> bytes:
+    body.seek(offset)
+    return body.read(length)
+
+
+async def upload(
+    sink: S3Sink,
+    full_key: str,
+    body: BinaryIO,
+    *,
+    size: int,
+    sha256: str,
+    content_type: str,
+    part_size: int,
+    retry: RetryPolicy,
+) -> Completed | None:
+    """Upload ``body`` in parts; None if the completion found an object already at the key."""
+    loop = asyncio.get_running_loop()
+    client = sink.client
+    created = await sink.call(
+        f"start multipart upload of {full_key}",
+        client.create_multipart_upload,
+        Bucket=sink.bucket,
+        Key=full_key,
+        ContentType=content_type,
+        ChecksumAlgorithm="SHA256",
+        Metadata={"sha256": sha256},
+    )
+    upload_id = created["UploadId"]
+    try:
+        parts: list[dict[str, Any]] = []
+        digests: list[bytes] = []
+        whole = hashlib.sha256()
+        offset = 0
+        while offset < size:
+            number = len(parts) + 1
+            data = await loop.run_in_executor(
+                sink.pool, _read_at, body, offset, min(part_size, size - offset)
+            )
+            if not data:
+                raise StorageUnavailable(f"{full_key}: the body ended at {offset} of {size} bytes")
+            digest = hashlib.sha256(data).digest()
+            whole.update(data)
+            checksum = base64.b64encode(digest).decode()
+            async for attempt in retrying(retry, what=f"upload part {number} of {full_key}"):
+                with attempt:
+                    answer = await sink.call(
+                        f"upload part {number} of {full_key}",
+                        client.upload_part,
+                        Bucket=sink.bucket,
+                        Key=full_key,
+                        UploadId=upload_id,
+                        PartNumber=number,
+                        Body=io.BytesIO(data),
+                        ContentLength=len(data),
+                        ChecksumSHA256=checksum,
+                    )
+            parts.append({"PartNumber": number, "ETag": answer["ETag"], "ChecksumSHA256": checksum})
+            digests.append(digest)
+            offset += len(data)
+            del data
+        if whole.hexdigest() != sha256:
+            raise StorageUnavailable(
+                f"{full_key}: the bytes read ({whole.hexdigest()}) are not the ones announced "
+                f"({sha256}); nothing was completed"
+            )
+        params: dict[str, Any] = {
+            "Bucket": sink.bucket,
+            "Key": full_key,
+            "UploadId": upload_id,
+            "MultipartUpload": {"Parts": parts},
+        }
+        if sink.conditional_writes:
+            params["IfNoneMatch"] = "*"
+        done = await sink.call_unless(
+            frozenset({"PreconditionFailed", "412"}),
+            f"complete multipart upload of {full_key}",
+            client.complete_multipart_upload,
+            **params,
+        )
+    except BaseException:
+        await asyncio.shield(_abort(sink, full_key, upload_id))
+        raise
+    if done is None:
+        await _abort(sink, full_key, upload_id)
+        return None
+    return Completed(answer=dict(done), composite=composite_checksum(digests))
+
+
+async def _abort(sink: S3Sink, full_key: str, upload_id: str) -> None:
+    """Abort the upload so its parts are freed; a failure here is logged, not raised."""
+    try:
+        await sink.call(
+            f"abort multipart upload of {full_key}",
+            sink.client.abort_multipart_upload,
+            Bucket=sink.bucket,
+            Key=full_key,
+            UploadId=upload_id,
+        )
+    except Exception as exc:  # the original error matters more; a lifecycle rule cleans up
+        log.warning("could not abort the multipart upload of %s: %s", full_key, exc)
