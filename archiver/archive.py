@@ -22,8 +22,8 @@ import asyncio
 import logging
 import socket
 import tempfile
+import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
 
 import aiohttp
 
@@ -39,86 +39,27 @@ from archiver.errors import (
 )
 from archiver.exotel.client import ExotelClient
 from archiver.exotel.models import CallDetails, validate_call_sid
+from archiver.expiry import RateMeter, too_close, url_deadline
 from archiver.keys import CALL_JSON, LEGS_JSON, VOICE_LOG_JSON, call_prefix
 from archiver.ledger import Ledger, ObjectRecord
 from archiver.manifest import ManifestWriter
 from archiver.ratelimit import RateLimiter
 from archiver.recorder import Recorder
 from archiver.redact import strip_url
+from archiver.report import (
+    ALREADY_ARCHIVED,
+    ARCHIVED,
+    FAILED,
+    NO_RECORDING,
+    NOT_READY,
+    CallResult,
+    Report,
+)
 from archiver.retry import retrying
 from archiver.sinks import Sink, open_sink
 from archiver.transfer import Downloaded, Partial, download, recording_session
 
 log = logging.getLogger("archiver.archive")
-
-ARCHIVED = "archived"
-ALREADY_ARCHIVED = "already_archived"
-NOT_READY = "not_ready"
-NO_RECORDING = "no_recording"
-FAILED = "failed"
-OUTCOMES = (ARCHIVED, ALREADY_ARCHIVED, NOT_READY, NO_RECORDING, FAILED)
-
-
-@dataclass
-class CallResult:
-    """What happened to one call in this run."""
-
-    call_sid: str
-    outcome: str
-    objects: list[ObjectRecord] = field(default_factory=list)
-    stored: int = 0
-    """Objects written by this run (the rest were already in the destination)."""
-    detail: str | None = None
-
-    def note(self, text: str) -> None:
-        """Add a remark (an optional artifact that could not be had, ...) to ``detail``."""
-        log.info("call %s: %s", self.call_sid, text)
-        self.detail = f"{self.detail}; {text}" if self.detail else text
-
-    @property
-    def bytes(self) -> int:
-        return sum(o.size for o in self.objects)
-
-
-@dataclass
-class Report:
-    """The outcome of a run: per call, and the counters a summary needs."""
-
-    results: list[CallResult] = field(default_factory=list)
-    api_requests: int = 0
-    destination: str = ""
-    manifest: str = ""
-
-    def count(self, outcome: str) -> int:
-        return sum(1 for r in self.results if r.outcome == outcome)
-
-    @property
-    def failed(self) -> list[CallResult]:
-        return [r for r in self.results if r.outcome == FAILED]
-
-    @property
-    def bytes_archived(self) -> int:
-        return sum(r.bytes for r in self.results if r.outcome == ARCHIVED)
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "destination": self.destination,
-            "manifest": self.manifest,
-            "counts": {o: self.count(o) for o in OUTCOMES},
-            "bytes_archived": self.bytes_archived,
-            "api_requests": self.api_requests,
-            "calls": [
-                {
-                    "call_sid": r.call_sid,
-                    "outcome": r.outcome,
-                    "detail": r.detail,
-                    "objects": [
-                        {"key": o.key, "size": o.size, "sha256": o.sha256} for o in r.objects
-                    ],
-                }
-                for r in self.results
-            ],
-        }
 
 
 class Archiver:
@@ -141,6 +82,10 @@ class Archiver:
         self.recorder = Recorder(sink, ledger, manifest, socket.gethostname())
         self.spool_dir = settings.state_dir / "spool"
         self.spool_dir.mkdir(parents=True, exist_ok=True)
+        self.rates = RateMeter()
+        self.url_refreshes = 0
+        """Fresh URLs fetched, after a 403 or ahead of a deadline: API requests they cost."""
+        self._fetched_at: dict[str, float] = {}
 
     async def archive_call(self, call_sid: str) -> CallResult:
         """Archive one call. Never raises for a per-call failure: the result says ``failed``."""
@@ -149,7 +94,11 @@ class Archiver:
             if self.ledger.call_outcome(call_sid) == ARCHIVED:
                 return CallResult(call_sid, ALREADY_ARCHIVED, self.ledger.objects_of(call_sid))
             details, raw = await self.exotel.call_details(call_sid)
-            return await self._archive_details(details, raw)
+            self._fetched_at[call_sid] = time.time()
+            try:
+                return await self._archive_details(details, raw)
+            finally:
+                self._fetched_at.pop(call_sid, None)
         except (ExotelAuthError, StoragePermanent):
             raise  # concerns every call: the run stops
         except InvalidCallSid as exc:
@@ -261,6 +210,7 @@ class Archiver:
         if status not in (None, "available") or not isinstance(url, str) or not url:
             result.note(f"voice log file not archived: status {status!r}")
             return True
+        self._fetched_at[sid] = time.time()
         record = await self._archive_file(
             details, "voice_log_audio", 0, url, self._voice_log_url, stem="voice-log"
         )
@@ -345,11 +295,23 @@ class Archiver:
         Returns the body and the URL it finally came from.
         """
         refreshes = 0
+        fetched_at = self._fetched_at.get(details.sid, time.time())
         while True:
             try:
                 async for attempt in retrying(self.settings.retry, what=f"download {what}"):
                     with attempt:
-                        return await download(self.http, url, partial, what=what), url
+                        remaining = partial.total - partial.size if partial.total else None
+                        needed = self.rates.seconds_for(remaining)
+                        if refreshes < self.settings.url_refreshes and too_close(
+                            url_deadline(url, fetched_at), fetched_at, needed
+                        ):
+                            refreshes += 1
+                            log.info("%s: URL too close to its deadline, refreshing it", what)
+                            url, fetched_at = await self._refresh(refresh, details, idx)
+                        started, offset = time.monotonic(), partial.size
+                        got = await download(self.http, url, partial, what=what)
+                        self.rates.add(got.size - offset, time.monotonic() - started)
+                        return got, url
             except RecordingExpired:
                 if refreshes >= self.settings.url_refreshes:
                     raise RecordingExpired(
@@ -357,8 +319,18 @@ class Archiver:
                     ) from None
                 refreshes += 1
                 log.info("%s: URL expired, fetching a fresh one (%d)", what, refreshes)
-                url = await refresh(details, idx)
+                url, fetched_at = await self._refresh(refresh, details, idx)
         raise AssertionError("unreachable")
+
+    async def _refresh(
+        self,
+        refresh: Callable[[CallDetails, int], Awaitable[str]],
+        details: CallDetails,
+        idx: int,
+    ) -> tuple[str, float]:
+        self.url_refreshes += 1
+        url = await refresh(details, idx)
+        return url, time.time()
 
 
 async def archive_calls(
@@ -414,6 +386,7 @@ async def archive_calls(
                 raise _first_error(group_error) from None
             finally:
                 report.api_requests = exotel.requests
+                report.url_refreshes = worker.url_refreshes
             report.results = [t.result() for t in tasks]
     finally:
         if ledger is not None:

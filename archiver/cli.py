@@ -23,16 +23,7 @@ from typing import Any, TypeVar
 import click
 
 from archiver import __version__
-from archiver.archive import (
-    ALREADY_ARCHIVED,
-    ARCHIVED,
-    FAILED,
-    NO_RECORDING,
-    NOT_READY,
-    CallResult,
-    Report,
-    archive_calls,
-)
+from archiver.archive import archive_calls
 from archiver.config import OPTIONS, Settings, load_settings
 from archiver.errors import (
     ArchiverError,
@@ -43,6 +34,15 @@ from archiver.errors import (
 )
 from archiver.exotel.models import validate_call_sid
 from archiver.log import setup_logging
+from archiver.report import (
+    ALREADY_ARCHIVED,
+    ARCHIVED,
+    FAILED,
+    NO_RECORDING,
+    NOT_READY,
+    CallResult,
+    Report,
+)
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE = 0, 1, 2
 T = TypeVar("T")

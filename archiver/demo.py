@@ -19,9 +19,10 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from archiver.archive import CallResult, Report, archive_calls
+from archiver.archive import archive_calls
 from archiver.config import load_settings
 from archiver.exotel.models import IST
+from archiver.report import CallResult, Report
 from archiver.simulator import Simulator, serve
 
 

@@ -15,17 +15,11 @@ from typing import Any
 
 import pytest
 
-from archiver.archive import (
-    ALREADY_ARCHIVED,
-    ARCHIVED,
-    FAILED,
-    NO_RECORDING,
-    NOT_READY,
-    archive_calls,
-)
+from archiver.archive import archive_calls
 from archiver.config import Settings, load_settings
 from archiver.errors import ExotelAuthError
 from archiver.manifest import read_manifest
+from archiver.report import ALREADY_ARCHIVED, ARCHIVED, FAILED, NO_RECORDING, NOT_READY
 from archiver.simulator import Simulator, SimulatorServer
 from tests.support import exotel_env
 

@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from archiver.archive import ARCHIVED, NOT_READY, archive_calls
+from archiver.archive import archive_calls
 from archiver.config import Settings, load_settings
 from archiver.manifest import read_manifest
+from archiver.report import ARCHIVED, NOT_READY
 from archiver.simulator import Simulator, SimulatorServer
 from tests.support import exotel_env
 

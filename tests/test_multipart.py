@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
-from archiver.archive import ARCHIVED, archive_calls
+from archiver.archive import archive_calls
 from archiver.config import load_settings
 from archiver.errors import StorageUnavailable
+from archiver.report import ARCHIVED
 from archiver.retry import RetryPolicy
 from archiver.simulator import Simulator, SimulatorServer
 from archiver.sinks.multipart import composite_checksum

@@ -1,0 +1,88 @@
+"""What a run did: per call, an outcome; for the run, the counters a summary needs.
+
+Outcomes: ``archived`` (every recording — and every asked-for artifact — is stored and
+recorded), ``already_archived`` (the ledger had it: nothing fetched), ``not_ready`` (still active,
+or its voice log still processing: looked at again next run), ``no_recording`` (terminal with no
+recording: looked at again next run, as recordings can appear late), ``failed`` (with the
+reason; what was stored before the failure stays recorded).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from archiver.ledger import ObjectRecord
+
+log = logging.getLogger("archiver.archive")
+
+ARCHIVED = "archived"
+ALREADY_ARCHIVED = "already_archived"
+NOT_READY = "not_ready"
+NO_RECORDING = "no_recording"
+FAILED = "failed"
+OUTCOMES = (ARCHIVED, ALREADY_ARCHIVED, NOT_READY, NO_RECORDING, FAILED)
+
+
+@dataclass
+class CallResult:
+    """What happened to one call in this run."""
+
+    call_sid: str
+    outcome: str
+    objects: list[ObjectRecord] = field(default_factory=list)
+    stored: int = 0
+    """Objects written by this run (the rest were already in the destination)."""
+    detail: str | None = None
+
+    def note(self, text: str) -> None:
+        """Add a remark (an optional artifact that could not be had, ...) to ``detail``."""
+        log.info("call %s: %s", self.call_sid, text)
+        self.detail = f"{self.detail}; {text}" if self.detail else text
+
+    @property
+    def bytes(self) -> int:
+        return sum(o.size for o in self.objects)
+
+
+@dataclass
+class Report:
+    """The outcome of a run: per call, and the counters a summary needs."""
+
+    results: list[CallResult] = field(default_factory=list)
+    api_requests: int = 0
+    url_refreshes: int = 0
+    destination: str = ""
+    manifest: str = ""
+
+    def count(self, outcome: str) -> int:
+        return sum(1 for r in self.results if r.outcome == outcome)
+
+    @property
+    def failed(self) -> list[CallResult]:
+        return [r for r in self.results if r.outcome == FAILED]
+
+    @property
+    def bytes_archived(self) -> int:
+        return sum(r.bytes for r in self.results if r.outcome == ARCHIVED)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "destination": self.destination,
+            "manifest": self.manifest,
+            "counts": {o: self.count(o) for o in OUTCOMES},
+            "bytes_archived": self.bytes_archived,
+            "api_requests": self.api_requests,
+            "url_refreshes": self.url_refreshes,
+            "calls": [
+                {
+                    "call_sid": r.call_sid,
+                    "outcome": r.outcome,
+                    "detail": r.detail,
+                    "objects": [
+                        {"key": o.key, "size": o.size, "sha256": o.sha256} for o in r.objects
+                    ],
+                }
+                for r in self.results
+            ],
+        }
