@@ -40,7 +40,7 @@ from archiver.errors import (
 from archiver.exotel.client import ExotelClient
 from archiver.exotel.models import CallDetails, validate_call_sid
 from archiver.expiry import RateMeter, too_close, url_deadline
-from archiver.keys import CALL_JSON, LEGS_JSON, VOICE_LOG_JSON, call_prefix
+from archiver.keys import CALL_JSON, LEGS_JSON, VOICE_LOG_JSON
 from archiver.ledger import Ledger, ObjectRecord
 from archiver.manifest import ManifestWriter
 from archiver.ratelimit import RateLimiter
@@ -143,6 +143,14 @@ class Archiver:
         log.info("call %s archived: %d object(s)", sid, len(result.objects))
         return result
 
+    def _folder(self, details: CallDetails) -> str:
+        return self.settings.key_layout.folder(
+            details.sid,
+            details.created_time,
+            direction=details.direction,
+            account_sid=self.settings.exotel.account_sid,
+        )
+
     def _source(self, sid: str, tail: str = "") -> str:
         """The API URL a JSON snapshot came from (no credentials in it), for the manifest."""
         exotel = self.settings.exotel
@@ -160,7 +168,7 @@ class Archiver:
         """Store a JSON response once per call (skipped if the ledger has it already)."""
         record = self.ledger.object_for(details.sid, kind, 0)
         if record is None and data is not None:
-            key = f"{call_prefix(details.sid, details.created_time)}/{name}"
+            key = f"{self._folder(details)}/{name}"
             record = await self.recorder.store_bytes(
                 details, kind=kind, key=key, data=data, source=source
             )
@@ -263,7 +271,7 @@ class Archiver:
                 details,
                 kind=kind,
                 idx=idx,
-                key=f"{call_prefix(details.sid, details.created_time)}/{stem}.{got.format}",
+                key=f"{self._folder(details)}/{stem}.{got.format}",
                 body=spool,
                 size=got.size,
                 sha256=got.sha256,

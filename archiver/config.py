@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from archiver.errors import ConfigError
+from archiver.keys import DEFAULT_TEMPLATE, KeyLayout
 from archiver.retry import RetryPolicy
 
 REGIONS: dict[str, tuple[str, str]] = {
@@ -209,6 +210,15 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "archiver",
+        "key_template",
+        "ARCHIVER_KEY_TEMPLATE",
+        "--key-template",
+        "Folder of each call's objects inside the destination. Placeholders: {yyyy} {mm} {dd} "
+        "{hh} (call creation time), {call_sid} (required), {direction}, {account_sid}.",
+        default=DEFAULT_TEMPLATE,
+    ),
+    Option(
+        "archiver",
         "voice_logs",
         "ARCHIVER_VOICE_LOGS",
         "--voice-logs",
@@ -319,6 +329,7 @@ class Settings:
     concurrency: int
     retry: RetryPolicy
     url_refreshes: int
+    key_layout: KeyLayout
     voice_logs: str
     voice_log_format: str
     voice_log_channel: str
@@ -504,6 +515,7 @@ def load_settings(
         concurrency=values["concurrency"],
         retry=RetryPolicy(attempts=values["attempts"], max_wait=values["max_wait"]),
         url_refreshes=values["url_refreshes"],
+        key_layout=KeyLayout(values["key_template"]),
         voice_logs=values["voice_logs"],
         voice_log_format=values["voice_log_format"],
         voice_log_channel=values["voice_log_channel"],

@@ -411,3 +411,21 @@ async def test_no_secret_reaches_the_logs_or_the_manifest(
     assert "archived" in written  # the logs were really captured
     for secret in (sim.api_token, sim.api_key, "X-Amz-Signature=", "X-Amz-Credential="):
         assert secret not in written
+
+
+async def test_a_custom_key_template(
+    sim: Simulator, server: SimulatorServer, tmp_path: Path
+) -> None:
+    call = sim.add_call(direction="inbound", recordings=1)
+    root = tmp_path / "out"
+    settings = make_settings(
+        sim,
+        server.base_url,
+        str(root),
+        tmp_path / "state",
+        ARCHIVER_KEY_TEMPLATE="{account_sid}/{direction}/{yyyy}-{mm}/{call_sid}",
+    )
+    await archive_calls(settings, [call.sid])
+    folder = root / sim.account_sid / "inbound" / f"{sim.calls[call.sid].created:%Y-%m}" / call.sid
+    assert (folder / "recording-1.mp3").read_bytes() == sim.recording_bytes(call.sid, 1)
+    assert (folder / "call.json").exists()

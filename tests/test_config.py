@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -108,3 +109,17 @@ def test_state_dir_defaults_follow_systemd_then_xdg(tmp_path: Path) -> None:
         load_settings(env={"XDG_STATE_HOME": str(tmp_path)}).state_dir
         == tmp_path / "exotel-archiver"
     )
+
+
+@pytest.mark.parametrize(
+    "template, message",
+    [
+        ("{yyyy}/{mm}", "must contain {call_sid}"),
+        ("{yyyy}/{region}/{call_sid}", "unknown placeholder"),
+        ("../{call_sid}", "does not make a valid key"),
+        ("{call_sid", "does not make a valid key"),
+    ],
+)
+def test_bad_key_templates_are_refused(template: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_settings(env={**ENV, "ARCHIVER_KEY_TEMPLATE": template})
