@@ -311,7 +311,9 @@ class Archiver:
                         remaining = partial.total - partial.size if partial.total else None
                         needed = self.rates.seconds_for(remaining)
                         if refreshes < self.settings.url_refreshes and too_close(
-                            url_deadline(url, fetched_at), fetched_at, needed
+                            url_deadline(url, fetched_at, self.settings.url_validity),
+                            fetched_at,
+                            needed,
                         ):
                             refreshes += 1
                             log.info("%s: URL too close to its deadline, refreshing it", what)

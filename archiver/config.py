@@ -210,6 +210,18 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "archiver",
+        "url_validity",
+        "ARCHIVER_URL_VALIDITY",
+        "--url-validity",
+        "Minutes a recording URL is assumed to live when it does not say (no X-Amz-Date/"
+        "X-Amz-Expires); also the RecordingUrlValidity asked of v1 listings. Exotel allows 5-60.",
+        default=5,
+        kind="int",
+        minimum=5,
+        maximum=60,
+    ),
+    Option(
+        "archiver",
         "key_template",
         "ARCHIVER_KEY_TEMPLATE",
         "--key-template",
@@ -329,6 +341,8 @@ class Settings:
     concurrency: int
     retry: RetryPolicy
     url_refreshes: int
+    url_validity: float
+    """Seconds."""
     key_layout: KeyLayout
     voice_logs: str
     voice_log_format: str
@@ -515,6 +529,7 @@ def load_settings(
         concurrency=values["concurrency"],
         retry=RetryPolicy(attempts=values["attempts"], max_wait=values["max_wait"]),
         url_refreshes=values["url_refreshes"],
+        url_validity=values["url_validity"] * 60.0,
         key_layout=KeyLayout(values["key_template"]),
         voice_logs=values["voice_logs"],
         voice_log_format=values["voice_log_format"],

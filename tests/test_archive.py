@@ -429,3 +429,15 @@ async def test_a_custom_key_template(
     folder = root / sim.account_sid / "inbound" / f"{sim.calls[call.sid].created:%Y-%m}" / call.sid
     assert (folder / "recording-1.mp3").read_bytes() == sim.recording_bytes(call.sid, 1)
     assert (folder / "call.json").exists()
+
+
+async def test_a_hostile_call_sid_from_the_api_is_never_written(
+    sim: Simulator, settings: Settings, seaweed: Any, bucket: str
+) -> None:
+    call = sim.add_call()
+    sim.calls[call.sid].sid = "../../evil"  # the API now answers with a SID that is a path
+    report = await archive_calls(settings, [call.sid])
+    assert report.results[0].outcome == FAILED
+    assert "invalid call SID" in (report.results[0].detail or "")
+    assert bucket_objects(seaweed, bucket, everything=True) == {}
+    assert manifest_of(settings, kind=None) == []
