@@ -260,10 +260,7 @@ class S3Sink:
             params["IfNoneMatch"] = "*"
         answer = await self.call_unless(_EXISTS, f"PUT {full}", self.client.put_object, **params)
         if answer is None:  # If-None-Match: * refused: something is already at the key
-            existing = await self.stat(key)
-            if existing is None:
-                raise StorageUnavailable(f"PUT {full}: precondition failed, then nothing there")
-            return self._existing(key, existing, size, sha256)
+            return await self._already_there(key, full, size, sha256)
         stored = await self.stat(key)
         if stored is None or stored.size != size or (stored.sha256 not in (None, sha256)):
             found = (
@@ -273,14 +270,7 @@ class S3Sink:
                 f"PUT {full}: the store accepted the upload but reports {found} "
                 f"instead of {size} bytes, sha256 {sha256}"
             )
-        return PutResult(
-            key=key,
-            size=size,
-            sha256=sha256,
-            created=True,
-            location=self.location(key),
-            version_id=answer.get("VersionId"),
-        )
+        return self._created(key, size, sha256, answer.get("VersionId"))
 
     async def _put_multipart(
         self, key: str, full: str, body: BinaryIO, size: int, sha256: str, content_type: str
@@ -296,10 +286,7 @@ class S3Sink:
             retry=self.part_retry,
         )
         if done is None:  # If-None-Match: * refused the completion: something is already there
-            existing = await self.stat(key)
-            if existing is None:
-                raise StorageUnavailable(f"PUT {full}: precondition failed, then nothing there")
-            return self._existing(key, existing, size, sha256)
+            return await self._already_there(key, full, size, sha256)
         head = await self.call(
             f"HEAD {full}",
             self.client.head_object,
@@ -313,14 +300,24 @@ class S3Sink:
                 f"PUT {full}: the store completed the upload but reports {head['ContentLength']} "
                 f"bytes, checksum {reported}, instead of {size} bytes, checksum {done.composite}"
             )
+        return self._created(key, size, sha256, done.answer.get("VersionId"))
+
+    def _created(self, key: str, size: int, sha256: str, version_id: str | None) -> PutResult:
         return PutResult(
             key=key,
             size=size,
             sha256=sha256,
             created=True,
             location=self.location(key),
-            version_id=done.answer.get("VersionId"),
+            version_id=version_id,
         )
+
+    async def _already_there(self, key: str, full: str, size: int, sha256: str) -> PutResult:
+        """The store refused to overwrite (If-None-Match: *): same bytes, or a conflict."""
+        existing = await self.stat(key)
+        if existing is None:
+            raise StorageUnavailable(f"PUT {full}: precondition failed, then nothing there")
+        return self._existing(key, existing, size, sha256)
 
     def _existing(self, key: str, existing: ObjectInfo, size: int, sha256: str) -> PutResult:
         if existing.size == size and existing.sha256 == sha256:
