@@ -1,7 +1,8 @@
 """``exotel-archiver demo``: the whole product in one command, with no account and no bucket.
 
 It starts the built-in Exotel simulator on loopback, fills it with a day of calls (yesterday, in
-IST), and archives every one of them with the real worker — the same code path as
+IST), lists them through the v1 Bulk Call Details API as a backfill would, and archives every
+one of them with the real worker — the same code path as
 ``exotel-archiver archive`` — into a local directory::
 
     exotel-archive-demo/
@@ -16,12 +17,15 @@ the ledger already has them.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
 from pathlib import Path
 
 from archiver.archive import archive_calls
 from archiver.config import load_settings
+from archiver.exotel.client import ExotelClient
+from archiver.exotel.listing import list_calls
 from archiver.exotel.models import IST
+from archiver.ratelimit import RateLimiter
 from archiver.report import CallResult, Report
 from archiver.simulator import Simulator, serve
 
@@ -38,7 +42,7 @@ async def run_demo(
     directory = directory.resolve()
     sim = Simulator(seed=seed)
     yesterday = (datetime.now(IST) - timedelta(days=1)).date()
-    day = sim.populate(calls, day=yesterday, sizes=sizes)
+    sim.populate(calls, day=yesterday, sizes=sizes)
     async with serve(sim, host="127.0.0.1", port=0) as base_url:
         settings = load_settings(
             {
@@ -50,4 +54,11 @@ async def run_demo(
             },
             env={"EXOTEL_API_KEY": sim.api_key, "EXOTEL_API_TOKEN": sim.api_token},
         )
-        return await archive_calls(settings, [c.sid for c in day], on_result=on_result)
+        # Find the day's calls the way a backfill does: through the v1 listing, page by page.
+        start = datetime.combine(yesterday, time.min, IST)
+        limiter = RateLimiter(settings.exotel.rate_limit, 60.0)
+        async with ExotelClient(settings.exotel, limiter=limiter, retry=settings.retry) as client:
+            listed = [
+                c.sid async for c in list_calls(client, start, start + timedelta(days=1), tz=IST)
+            ]
+        return await archive_calls(settings, listed, on_result=on_result)

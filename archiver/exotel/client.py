@@ -152,6 +152,10 @@ class ExotelClient:
             await self._session.close()
             self._session = None
 
+    def v1_url(self, path: str) -> str:
+        """A v1 API URL of this account, e.g. ``v1_url("/Calls.json")``."""
+        return f"{self._settings.v1_api_url}/v1/Accounts/{self._settings.account_sid}{path}"
+
     def _v3(self, path: str) -> str:
         return f"{self._settings.api_url}/v3/accounts/{self._settings.account_sid}{path}"
 

@@ -50,6 +50,8 @@ class Faults:
         self.retry_after: float = 1
         self.bandwidth: int | None = None
         """Bytes per second per recording response, or None for no cap."""
+        self.next_page_uri: str | None = None
+        """When set, every v1 page answers with this NextPageUri (a loop, another host...)."""
         self.always_cut: set[str] = set()
         """Call SIDs whose recording downloads are always cut off."""
 

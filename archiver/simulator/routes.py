@@ -201,6 +201,8 @@ def add_routes(app: web.Application, sim: Simulator) -> None:
             if len(calls_after) > page_size
             else None
         )
+        if sim.faults.next_page_uri is not None:
+            next_uri = sim.faults.next_page_uri
         items = [_v1_item(sim, c, base_url(request), ttl) for c in page]
         return web.json_response(
             {

@@ -1,0 +1,109 @@
+"""Finding the calls of a date range: v1 Bulk Call Details (v3 has no list endpoint).
+
+``GET /v1/Accounts/{sid}/Calls.json`` with ``DateCreated=gte:...;lte:...`` (times in the account's
+time zone, no offset), ``SortBy=DateCreated:asc``, ``PageSize`` up to 100, and cursor paging
+through ``Metadata.NextPageUri`` (a relative path). Exotel accepts at most one month per query
+and six months back, so ``list_calls`` splits the range into windows of at most 30 days. Every
+page is an API request through the client (rate limiter, retries). Calls still in progress are
+never listed by Exotel.
+
+Guards against a misbehaving answer: a ``NextPageUri`` to another host or one already followed
+(a loop) is an ``ExotelProtocolError``, and so is an item whose ``Sid`` is not a valid call SID.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta, tzinfo
+from urllib.parse import urljoin, urlsplit
+
+from archiver.errors import ExotelProtocolError
+from archiver.exotel.client import ExotelClient
+from archiver.exotel.models import validate_call_sid
+
+WINDOW = timedelta(days=30)
+MAX_PAGES = 100_000
+
+
+@dataclass(frozen=True)
+class ListedCall:
+    """One item of a v1 listing: enough to decide what to archive."""
+
+    sid: str
+    date_created: datetime
+    status: str
+    has_recording: bool
+
+
+def _v1_time(value: object, tz: tzinfo, what: str) -> datetime:
+    if not isinstance(value, str):
+        raise ExotelProtocolError(f"{what}: DateCreated is not a string")
+    try:
+        return datetime.strptime(value.strip(), "%Y-%m-%d %H:%M:%S").replace(tzinfo=tz)
+    except ValueError:
+        raise ExotelProtocolError(
+            f"{what}: DateCreated {value[:30]!r} is not YYYY-MM-DD HH:MM:SS"
+        ) from None
+
+
+def windows(since: datetime, until: datetime) -> list[tuple[datetime, datetime]]:
+    """[since, until] cut into consecutive windows of at most 30 days."""
+    out, start = [], since
+    while start <= until:
+        end = min(start + WINDOW - timedelta(seconds=1), until)
+        out.append((start, end))
+        start = end + timedelta(seconds=1)
+    return out
+
+
+async def list_calls(
+    client: ExotelClient,
+    since: datetime,
+    until: datetime,
+    *,
+    tz: tzinfo,
+    page_size: int = 100,
+    url_validity_minutes: int = 5,
+) -> AsyncIterator[ListedCall]:
+    """Every call created in [since, until] (aware datetimes), oldest first."""
+    base = client.v1_url("/Calls.json")
+    host = urlsplit(base).netloc
+    for start, end in windows(since.astimezone(tz), until.astimezone(tz)):
+        params: dict[str, str] | None = {
+            "DateCreated": f"gte:{start:%Y-%m-%d %H:%M:%S};lte:{end:%Y-%m-%d %H:%M:%S}",
+            "SortBy": "DateCreated:asc",
+            "PageSize": str(page_size),
+            "RecordingUrlValidity": str(url_validity_minutes),
+        }
+        url, seen = base, set()
+        for page in range(MAX_PAGES):
+            what = f"GET call list {start:%Y-%m-%d}..{end:%Y-%m-%d} page {page + 1}"
+            answer = await client.get_json(url, what=what, params=params)
+            calls = answer.envelope.get("Calls")
+            metadata = answer.envelope.get("Metadata") or {}
+            if not isinstance(calls, list) or not isinstance(metadata, dict):
+                raise ExotelProtocolError(f"{what}: no 'Calls' list or 'Metadata' object")
+            for item in calls:
+                if not isinstance(item, dict):
+                    raise ExotelProtocolError(f"{what}: an item of 'Calls' is not an object")
+                yield ListedCall(
+                    sid=validate_call_sid(item.get("Sid")),
+                    date_created=_v1_time(item.get("DateCreated"), tz, what),
+                    status=str(item.get("Status") or ""),
+                    has_recording=bool(
+                        item.get("RecordingUrl") or item.get("PreSignedRecordingUrl")
+                    ),
+                )
+            next_uri = metadata.get("NextPageUri")
+            if not next_uri:
+                break
+            url = urljoin(base, str(next_uri))
+            if urlsplit(url).netloc != host:
+                raise ExotelProtocolError(f"{what}: NextPageUri points to another host")
+            if url in seen:
+                raise ExotelProtocolError(f"{what}: NextPageUri repeats a page (a loop)")
+            seen.add(url)
+            params = None  # the cursor URI carries the query
+        else:
+            raise ExotelProtocolError(f"listing stopped after {MAX_PAGES} pages")
