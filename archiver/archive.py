@@ -56,6 +56,7 @@ from archiver.report import (
     Report,
 )
 from archiver.retry import retrying
+from archiver.segments import seal
 from archiver.sinks import Sink, open_sink
 from archiver.transfer import Downloaded, Partial, download, recording_session
 
@@ -79,7 +80,9 @@ class Archiver:
         self.ledger = ledger
         self.exotel = exotel
         self.http = http
-        self.recorder = Recorder(sink, ledger, manifest, socket.gethostname())
+        self.recorder = Recorder(
+            sink, ledger, manifest, socket.gethostname(), segment_size=settings.segment_entries
+        )
         self.spool_dir = settings.state_dir / "spool"
         self.spool_dir.mkdir(parents=True, exist_ok=True)
         self.rates = RateMeter()
@@ -372,6 +375,7 @@ async def archive_calls(
         await sink.check()
         manifest = ManifestWriter(manifest_path)
         manifest.sync(ledger)  # catch up after a crash between ledger commit and manifest append
+        segments_before = len(ledger.segments())
         limiter = RateLimiter(settings.exotel.rate_limit, 60.0)
         async with (
             ExotelClient(settings.exotel, limiter=limiter, retry=settings.retry) as exotel,
@@ -398,6 +402,8 @@ async def archive_calls(
                 report.api_requests = exotel.requests
                 report.url_refreshes = worker.url_refreshes
             report.results = [t.result() for t in tasks]
+        await seal(ledger, sink)
+        report.segments_sealed = len(ledger.segments()) - segments_before
     finally:
         if ledger is not None:
             ledger.close()

@@ -222,6 +222,18 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "archiver",
+        "segment_entries",
+        "ARCHIVER_SEGMENT_ENTRIES",
+        "--segment-entries",
+        "Seal a manifest segment into the destination once this many entries wait (and at the "
+        "end of every run).",
+        default=1000,
+        kind="int",
+        minimum=1,
+        maximum=1_000_000,
+    ),
+    Option(
+        "archiver",
         "key_template",
         "ARCHIVER_KEY_TEMPLATE",
         "--key-template",
@@ -343,6 +355,7 @@ class Settings:
     url_refreshes: int
     url_validity: float
     """Seconds."""
+    segment_entries: int
     key_layout: KeyLayout
     voice_logs: str
     voice_log_format: str
@@ -530,6 +543,7 @@ def load_settings(
         retry=RetryPolicy(attempts=values["attempts"], max_wait=values["max_wait"]),
         url_refreshes=values["url_refreshes"],
         url_validity=values["url_validity"] * 60.0,
+        segment_entries=values["segment_entries"],
         key_layout=KeyLayout(values["key_template"]),
         voice_logs=values["voice_logs"],
         voice_log_format=values["voice_log_format"],

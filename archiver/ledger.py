@@ -50,7 +50,16 @@ CREATE TABLE IF NOT EXISTS objects (
     call_created TEXT NOT NULL,
     archived_at  TEXT NOT NULL,
     worker       TEXT NOT NULL,
+    segment      INTEGER,
     UNIQUE (call_sid, kind, idx)
+);
+CREATE TABLE IF NOT EXISTS segments (
+    number       INTEGER PRIMARY KEY,
+    key          TEXT NOT NULL,
+    sha256       TEXT NOT NULL,
+    prev_sha256  TEXT,
+    first_seq    INTEGER NOT NULL,
+    last_seq     INTEGER NOT NULL
 );
 """
 
@@ -77,6 +86,20 @@ class ObjectRecord:
     archived_at: str
     worker: str
     seq: int | None = None
+    segment: int | None = None
+    """Number of the sealed manifest segment in the destination that holds this entry."""
+
+
+@dataclass(frozen=True)
+class SegmentRecord:
+    """A sealed manifest segment stored in the destination."""
+
+    number: int
+    key: str
+    sha256: str
+    prev_sha256: str | None
+    first_seq: int
+    last_seq: int
 
 
 class Ledger:
@@ -160,19 +183,68 @@ class Ledger:
 
     def add_object(self, record: ObjectRecord) -> ObjectRecord:
         """Record a stored object; returns it with its manifest sequence number."""
-        fields = {k: v for k, v in record.__dict__.items() if k != "seq"}
-        columns, marks = ", ".join(fields), ", ".join("?" * len(fields))
+        fields = {k: v for k, v in record.__dict__.items() if k not in ("seq", "segment")}
         with self._transaction():
-            cursor = self._db.execute(
-                f"INSERT INTO objects ({columns}) VALUES ({marks})",
-                tuple(fields.values()),
-            )
-        return ObjectRecord(**fields, seq=cursor.lastrowid)
+            seq = self._insert("objects", fields)
+        return ObjectRecord(**fields, seq=seq)
+
+    def _insert(self, table: str, fields: dict[str, object]) -> int | None:
+        columns, marks = ", ".join(fields), ", ".join("?" * len(fields))
+        cursor = self._db.execute(
+            f"INSERT INTO {table} ({columns}) VALUES ({marks})", tuple(fields.values())
+        )
+        return cursor.lastrowid
 
     def objects_after(self, seq: int) -> Iterator[ObjectRecord]:
         """Objects with a sequence number greater than ``seq``, in order."""
         for row in self._db.execute("SELECT * FROM objects WHERE seq > ? ORDER BY seq", (seq,)):
             yield ObjectRecord(**dict(row))
+
+    def unsealed(self) -> list[ObjectRecord]:
+        """Objects not yet in a sealed segment, in order."""
+        rows = self._db.execute("SELECT * FROM objects WHERE segment IS NULL ORDER BY seq")
+        return [ObjectRecord(**dict(r)) for r in rows]
+
+    def unsealed_count(self) -> int:
+        return int(
+            self._db.execute("SELECT COUNT(*) FROM objects WHERE segment IS NULL").fetchone()[0]
+        )
+
+    def segments(self) -> list[SegmentRecord]:
+        rows = self._db.execute("SELECT * FROM segments ORDER BY number")
+        return [SegmentRecord(**dict(r)) for r in rows]
+
+    def add_segment(self, segment: SegmentRecord) -> None:
+        """Record a sealed segment and mark the entries it holds, in one transaction."""
+        with self._transaction():
+            self._db.execute(
+                "INSERT INTO segments (number, key, sha256, prev_sha256, first_seq, last_seq) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    segment.number,
+                    segment.key,
+                    segment.sha256,
+                    segment.prev_sha256,
+                    segment.first_seq,
+                    segment.last_seq,
+                ),
+            )
+            self._db.execute(
+                "UPDATE objects SET segment = ? WHERE seq BETWEEN ? AND ?",
+                (segment.number, segment.first_seq, segment.last_seq),
+            )
+
+    def restore(self, records: list[ObjectRecord], segments: list[SegmentRecord]) -> None:
+        """Fill an empty ledger from the destination's segments (``manifest rebuild``)."""
+        with self._transaction():
+            if self._db.execute("SELECT COUNT(*) FROM objects").fetchone()[0]:
+                raise ConfigError(
+                    f"the ledger at {self.path} is not empty: rebuild into a new --state-dir"
+                )
+            for record in records:
+                self._insert("objects", dict(record.__dict__))
+            for segment in segments:
+                self._insert("segments", dict(segment.__dict__))
 
     def objects_of(self, call_sid: str) -> list[ObjectRecord]:
         rows = self._db.execute(

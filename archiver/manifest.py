@@ -40,6 +40,7 @@ SCHEMA = 1
 
 
 def entry(record: ObjectRecord) -> dict[str, Any]:
+    """The manifest line of one stored object (the same in manifest.jsonl and in segments)."""
     return {
         "schema": SCHEMA,
         "seq": record.seq,

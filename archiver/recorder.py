@@ -25,6 +25,7 @@ recording's key are a conflict.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 from typing import BinaryIO
@@ -33,14 +34,25 @@ from archiver.errors import StorageConflict
 from archiver.exotel.models import CallDetails
 from archiver.ledger import Ledger, ObjectRecord, utc_now
 from archiver.manifest import ManifestWriter
+from archiver.segments import seal
 from archiver.sinks import Sink
 
 SNAPSHOT_KINDS = frozenset({"call_details", "legs", "voice_log"})
 
 
 class Recorder:
-    def __init__(self, sink: Sink, ledger: Ledger, manifest: ManifestWriter, worker: str) -> None:
+    def __init__(
+        self,
+        sink: Sink,
+        ledger: Ledger,
+        manifest: ManifestWriter,
+        worker: str,
+        *,
+        segment_size: int = 1000,
+    ) -> None:
         self.sink, self.ledger, self.manifest, self.worker = sink, ledger, manifest, worker
+        self.segment_size = segment_size
+        self._sealing = asyncio.Lock()
 
     async def store(
         self,
@@ -83,6 +95,9 @@ class Recorder:
             )
         )
         self.manifest.sync(self.ledger)
+        if self.ledger.unsealed_count() >= self.segment_size:
+            async with self._sealing:
+                await seal(self.ledger, self.sink)
         return record
 
     async def store_bytes(

@@ -52,6 +52,8 @@ class Report:
     results: list[CallResult] = field(default_factory=list)
     api_requests: int = 0
     url_refreshes: int = 0
+    segments_sealed: int = 0
+    """Manifest segments written to the destination by this run."""
     destination: str = ""
     manifest: str = ""
 
@@ -74,6 +76,7 @@ class Report:
             "bytes_archived": self.bytes_archived,
             "api_requests": self.api_requests,
             "url_refreshes": self.url_refreshes,
+            "segments_sealed": self.segments_sealed,
             "calls": [
                 {
                     "call_sid": r.call_sid,

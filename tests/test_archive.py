@@ -42,12 +42,14 @@ def settings(
 
 
 def bucket_objects(seaweed: Any, bucket: str, *, everything: bool = False) -> dict[str, bytes]:
-    """Objects in the bucket, key → bytes, read straight from SeaweedFS (recordings only, unless
-    ``everything``: the call's JSON snapshots are tested on their own)."""
+    """Objects in the bucket, key → bytes, read straight from SeaweedFS: recordings only, unless
+    ``everything`` (the call's JSON too). Manifest segments are tested on their own."""
     client = seaweed.client()
     out: dict[str, bytes] = {}
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
         for item in page.get("Contents", []):
+            if "/_manifest/" in item["Key"]:
+                continue
             if everything or "/recording-" in item["Key"]:
                 out[item["Key"]] = client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
     return out
@@ -368,7 +370,12 @@ async def test_local_directory_destination(
     report = await archive_calls(settings, [c.sid for c in calls])
     assert [r.outcome for r in report.results] == [ARCHIVED, ARCHIVED]
 
-    files = {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    files = {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in root.rglob("*")
+        if p.is_file() and not str(p.relative_to(root)).startswith("_manifest/")
+    }
+    assert (root / "_manifest" / "segments" / "00000001.jsonl").exists()
     expected = {
         expected_key(sim, c.sid, i).removeprefix(PREFIX + "/"): sim.recording_bytes(c.sid, i)
         for c in calls

@@ -26,7 +26,11 @@ def settings_for(
 
 def stored(seaweed: Any, bucket: str) -> dict[str, bytes]:
     client = seaweed.client()
-    listed = client.list_objects_v2(Bucket=bucket).get("Contents", [])
+    listed = [
+        o
+        for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])
+        if "/_manifest/" not in o["Key"]
+    ]
     return {
         o["Key"].split("/", 5)[-1]: client.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()
         for o in listed

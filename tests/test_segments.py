@@ -1,0 +1,99 @@
+"""The manifest in the destination: sealed, hash-chained segments, batched, crash-safe."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+from typing import Any
+
+from archiver.archive import archive_calls
+from archiver.config import load_settings
+from archiver.ledger import Ledger, ObjectRecord
+from archiver.segments import parse, seal, segment_key
+from archiver.simulator import Simulator, SimulatorServer
+from archiver.sinks.local import LocalSink
+from tests.support import exotel_env
+
+
+def segments_in(seaweed: Any, bucket: str, prefix: str) -> dict[str, bytes]:
+    client = seaweed.client()
+    listed = client.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/_manifest/").get(
+        "Contents", []
+    )
+    return {o["Key"]: client.get_object(Bucket=bucket, Key=o["Key"])["Body"].read() for o in listed}
+
+
+async def test_each_run_seals_one_chained_segment(
+    sim: Simulator, server: SimulatorServer, s3_env: None, seaweed: Any, bucket: str, tmp_path: Path
+) -> None:
+    settings = load_settings(env=exotel_env(sim, server.base_url, f"s3://{bucket}/m", tmp_path))
+    first = await archive_calls(settings, [sim.add_call(recordings=2).sid, sim.add_call().sid])
+    second = await archive_calls(settings, [sim.add_call().sid])
+    assert first.segments_sealed == 1 and second.segments_sealed == 1
+    stored = segments_in(seaweed, bucket, "m")
+    assert sorted(stored) == [
+        "m/_manifest/segments/00000001.jsonl",
+        "m/_manifest/segments/00000002.jsonl",
+    ]
+    one = parse(stored["m/_manifest/segments/00000001.jsonl"])
+    two = parse(stored["m/_manifest/segments/00000002.jsonl"])
+    assert one.header["prev_sha256"] is None and one.header["number"] == 1
+    assert (
+        two.header["prev_sha256"]
+        == hashlib.sha256(stored["m/_manifest/segments/00000001.jsonl"]).hexdigest()
+    )
+    assert [e["seq"] for e in one.entries + two.entries] == list(range(1, 8))  # 5 + 2 objects
+    client = seaweed.client()
+    for e in one.entries + two.entries:  # every entry names real bytes
+        body = client.get_object(Bucket=bucket, Key=f"m/{e['key']}")["Body"].read()
+        assert hashlib.sha256(body).hexdigest() == e["sha256"] and len(body) == e["size"]
+
+
+async def test_segments_are_cut_at_the_configured_size(
+    sim: Simulator, server: SimulatorServer, tmp_path: Path
+) -> None:
+    env = exotel_env(sim, server.base_url, str(tmp_path / "out"), tmp_path / "state")
+    settings = load_settings(env={**env, "ARCHIVER_SEGMENT_ENTRIES": "3"})
+    report = await archive_calls(settings, [sim.add_call().sid for _ in range(5)])  # 10 objects
+    assert report.segments_sealed == 4  # 3 + 3 + 3 while running, 1 at the end
+    files = sorted((tmp_path / "out" / "_manifest" / "segments").iterdir())
+    counts = [parse(f.read_bytes()).header["entries"] for f in files]
+    assert sum(counts) == 10 and max(counts) <= 3 + 1
+
+
+def record(seq_hint: int) -> ObjectRecord:
+    return ObjectRecord(
+        call_sid=f"c{seq_hint}",
+        kind="recording",
+        idx=1,
+        key=f"a/c{seq_hint}/recording-1.mp3",
+        location="x",
+        size=1,
+        sha256="ab" * 32,
+        content_type="audio/mpeg",
+        format="mp3",
+        source="https://h/x",
+        call_created="2026-11-21T10:00:00+05:30",
+        archived_at=f"2026-11-21T10:00:0{seq_hint}.000Z",
+        worker="w",
+    )
+
+
+async def test_a_crash_between_the_put_and_the_ledger_commit_is_adopted(tmp_path: Path) -> None:
+    sink = LocalSink(tmp_path / "dest")
+    ledger = Ledger(tmp_path / "a" / "ledger.sqlite3")
+    ledger.add_object(record(1))
+    ledger.add_object(record(2))
+    ledger.close()
+    shutil.copytree(tmp_path / "a", tmp_path / "b")  # the state as it was before sealing
+
+    sealed_a = await seal(Ledger(tmp_path / "a" / "ledger.sqlite3"), sink)
+    assert [s.number for s in sealed_a] == [1]
+
+    crashed = Ledger(tmp_path / "b" / "ledger.sqlite3")  # never learnt that segment 1 exists
+    crashed.add_object(record(3))
+    sealed_b = await seal(crashed, sink)
+    assert [(s.number, s.first_seq, s.last_seq) for s in sealed_b] == [(1, 1, 2), (2, 3, 3)]
+    two = parse((tmp_path / "dest" / segment_key(2)).read_bytes())
+    assert two.header["prev_sha256"] == sealed_a[0].sha256
