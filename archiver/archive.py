@@ -360,13 +360,7 @@ async def archive_calls(
     """
     settings.require_exotel_credentials()
     if sink is None:
-        sink = open_sink(
-            settings.require_destination(),
-            retry=settings.retry,
-            addressing_style=settings.s3_addressing_style,
-            conditional_writes=settings.s3_conditional_writes,
-            part_size=settings.part_size,
-        )
+        sink = sink_for(settings)
     manifest_path = settings.state_dir / "manifest.jsonl"
     report = Report(destination=sink.describe(), manifest=str(manifest_path))
     ledger: Ledger | None = None
@@ -415,3 +409,14 @@ def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """The error that stopped the run (the others are the cancellations it caused)."""
     first = group.exceptions[0]
     return _first_error(first) if isinstance(first, BaseExceptionGroup) else first
+
+
+def sink_for(settings: Settings) -> Sink:
+    """The destination of ``settings``, ready to use (ConfigError if there is none)."""
+    return open_sink(
+        settings.require_destination(),
+        retry=settings.retry,
+        addressing_style=settings.s3_addressing_style,
+        conditional_writes=settings.s3_conditional_writes,
+        part_size=settings.part_size,
+    )
