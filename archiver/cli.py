@@ -196,8 +196,8 @@ def verify(
         result = run(
             run_verify(
                 settings,
-                since=since.date() if since else None,
-                until=until.date() if until else None,
+                since=_day(since),
+                until=_day(until),
                 sample=sample,
                 seed=seed if seed is not None else date.today().isoformat(),
                 on_object=advance,
@@ -220,7 +220,7 @@ def verify(
 
 @main.group()
 def manifest() -> None:
-    """The checksum manifest: rebuild the local ledger from the destination."""
+    """The checksum manifest: rebuild the local ledger from the destination, or export it."""
 
 
 @manifest.command()
@@ -239,6 +239,56 @@ def rebuild(ctx: click.Context, /, **cli: Any) -> None:
         f"restored {len(chain.entries)} entries from {len(chain.segments)} segment(s) into "
         f"{settings.state_dir}"
     )
+
+
+@manifest.command("export")
+@click.option("--since", type=click.DateTime(["%Y-%m-%d"]), help="Only calls created on or after.")
+@click.option("--until", type=click.DateTime(["%Y-%m-%d"]), help="Only calls created on or before.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Directory for manifest.jsonl and SHA256SUMS.",
+)
+@settings_options
+@click.pass_context
+def export_manifest_cmd(
+    ctx: click.Context, /, since: Any, until: Any, out: Path, **cli: Any
+) -> None:
+    """Write the manifest of a date range as JSON lines and as a sha256sum listing.
+
+    In a downloaded mirror of the destination, `sha256sum -c SHA256SUMS` checks every object.
+    """
+    from archiver.export import export_manifest
+
+    settings = make_settings(ctx, cli)
+    done = run(export_manifest(settings, out, since=_day(since), until=_day(until)))
+    click.echo(
+        f"{done.entries} entries ({_human(done.bytes)}) written to {out}/manifest.jsonl "
+        f"and {out}/SHA256SUMS"
+    )
+
+
+@main.command("export-bag")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--since", type=click.DateTime(["%Y-%m-%d"]), help="Only calls created on or after.")
+@click.option("--until", type=click.DateTime(["%Y-%m-%d"]), help="Only calls created on or before.")
+@click.option("--sha512", is_flag=True, help="Also write manifest-sha512.txt.")
+@settings_options
+@click.pass_context
+def export_bag_cmd(
+    ctx: click.Context, /, directory: Path, since: Any, until: Any, sha512: bool, **cli: Any
+) -> None:
+    """Write a BagIt 1.0 bag (RFC 8493) of a date range into DIRECTORY (new or empty)."""
+    from archiver.export import export_bag
+
+    settings = make_settings(ctx, cli)
+    done = run(export_bag(settings, directory, since=_day(since), until=_day(until), sha512=sha512))
+    click.echo(f"bag written to {directory}: {done.entries} objects, {_human(done.bytes)}")
+
+
+def _day(value: Any) -> Any:
+    return value.date() if value is not None else None
 
 
 @main.command()
