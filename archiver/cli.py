@@ -293,6 +293,49 @@ def _day(value: Any) -> Any:
 
 @main.command()
 @click.option(
+    "--since",
+    type=click.DateTime(["%Y-%m-%d"]),
+    required=True,
+    help="First day (in the account's time zone).",
+)
+@click.option(
+    "--until",
+    type=click.DateTime(["%Y-%m-%d"]),
+    required=True,
+    help="Last day (in the account's time zone).",
+)
+@click.option(
+    "--report",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the result as JSON to this file.",
+)
+@settings_options
+@click.pass_context
+def reconcile(
+    ctx: click.Context, /, since: Any, until: Any, report: Path | None, **cli: Any
+) -> None:
+    """Compare Exotel's own list of calls (v1) for a date range with the archive: each call is
+    archived, missing, no_recording_at_source or still_active.
+
+    Exit code 0 only when nothing is missing.
+    """
+    from archiver.reconcile import reconcile as run_reconcile
+
+    if since > until:
+        raise click.BadParameter("--since is after --until", param_hint="--since")
+    settings = make_settings(ctx, cli)
+    result = run(run_reconcile(settings, since.date(), until.date()))
+    for call in result.calls:
+        if call["state"] == "missing":
+            click.echo(f"  MISSING    {call['call_sid']} (created {call['created']})", err=True)
+    counts = result.counts()
+    click.echo(", ".join(f"{state.replace('_', ' ')}: {n}" for state, n in counts.items()))
+    _write_json(result.as_dict(), report)
+    sys.exit(EXIT_OK if result.complete else EXIT_FAILURES)
+
+
+@main.command()
+@click.option(
     "--dir",
     "directory",
     type=click.Path(file_okay=False, path_type=Path),

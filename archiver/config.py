@@ -18,9 +18,11 @@ import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import tzinfo
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from archiver.errors import ConfigError
 from archiver.keys import DEFAULT_TEMPLATE, KeyLayout
@@ -134,6 +136,15 @@ OPTIONS: tuple[Option, ...] = (
         "EXOTEL_V1_API_URL",
         "--v1-api-url",
         "Override the v1 API base URL (bulk call listing).",
+    ),
+    Option(
+        "exotel",
+        "timezone",
+        "EXOTEL_TIMEZONE",
+        "--timezone",
+        "The account's time zone: v1 listings take and give times without an offset in it, and "
+        "--since/--until dates are days in it.",
+        default="Asia/Kolkata",
     ),
     Option(
         "exotel",
@@ -341,6 +352,7 @@ class ExotelSettings:
     api_url: str
     v1_api_url: str
     rate_limit: int
+    timezone: tzinfo
 
 
 @dataclass(frozen=True)
@@ -479,6 +491,16 @@ def _check_base_url(name: str, url: str) -> str:
     return url.rstrip("/")
 
 
+def _zone(name: str) -> tzinfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"time zone {name!r} is not known: use an IANA name such as Asia/Kolkata or "
+            "Asia/Singapore (install the tzdata package if none is known)"
+        ) from None
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -533,6 +555,7 @@ def load_settings(
         api_url=_check_base_url("EXOTEL_API_URL", values["api_url"] or v3_default),
         v1_api_url=_check_base_url("EXOTEL_V1_API_URL", values["v1_api_url"] or v1_default),
         rate_limit=values["rate_limit"],
+        timezone=_zone(values["timezone"]),
     )
     style = values["s3_addressing_style"]
     return Settings(

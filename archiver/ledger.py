@@ -168,6 +168,13 @@ class Ledger:
                 (call_sid, outcome, created_time, recordings, detail, utc_now()),
             )
 
+    def calls_with_outcome(self, outcome: str) -> list[tuple[str, str | None]]:
+        """(call SID, created time) of every call whose last outcome is ``outcome``."""
+        rows = self._db.execute(
+            "SELECT call_sid, created_time FROM calls WHERE outcome = ?", (outcome,)
+        )
+        return [(str(r["call_sid"]), r["created_time"]) for r in rows]
+
     def call_counts(self) -> dict[str, int]:
         rows = self._db.execute("SELECT outcome, COUNT(*) AS n FROM calls GROUP BY outcome")
         return {str(r["outcome"]): int(r["n"]) for r in rows}

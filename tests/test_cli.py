@@ -27,7 +27,21 @@ def invoke(args: list[str], env: dict[str, str] | None = None) -> Any:
     return CliRunner().invoke(main, args, env=env, catch_exceptions=False)
 
 
-@pytest.mark.parametrize("command", [[], ["archive"], ["demo"], ["simulate"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        [],
+        ["archive"],
+        ["demo"],
+        ["simulate"],
+        ["verify"],
+        ["reconcile"],
+        ["export-bag"],
+        ["manifest"],
+        ["manifest", "rebuild"],
+        ["manifest", "export"],
+    ],
+)
 def test_help_everywhere(command: list[str]) -> None:
     result = invoke([*command, "--help"])
     assert result.exit_code == 0
