@@ -398,6 +398,7 @@ async def archive_calls(
             report.results = [t.result() for t in tasks]
         await seal(ledger, sink)
         report.segments_sealed = len(ledger.segments()) - segments_before
+        report.storage_requests = sink.requests
     finally:
         if ledger is not None:
             ledger.close()

@@ -536,7 +536,9 @@ def _print_report(report: Report, *, details: bool = False) -> None:
         f"already archived: {report.count(ALREADY_ARCHIVED)}, "
         f"no recording: {report.count(NO_RECORDING)}, "
         f"not ready (still active): {report.count(NOT_READY)}, "
-        f"failed: {report.count(FAILED)}; Exotel API requests: {report.api_requests}"
+        f"failed: {report.count(FAILED)}; Exotel API requests: {report.api_requests}, "
+        f"storage requests: {report.storage_requests}, manifest segments sealed: "
+        f"{report.segments_sealed}"
     )
     for r in report.results:
         if r.outcome == NOT_READY:

@@ -52,6 +52,8 @@ class Report:
     results: list[CallResult] = field(default_factory=list)
     api_requests: int = 0
     url_refreshes: int = 0
+    storage_requests: int = 0
+    """Requests sent to the destination (S3): PUTs, HEADs, multipart calls, segments."""
     segments_sealed: int = 0
     """Manifest segments written to the destination by this run."""
     destination: str = ""
@@ -77,6 +79,7 @@ class Report:
             "api_requests": self.api_requests,
             "url_refreshes": self.url_refreshes,
             "segments_sealed": self.segments_sealed,
+            "storage_requests": self.storage_requests,
             "calls": [
                 {
                     "call_sid": r.call_sid,

@@ -99,3 +99,15 @@ async def test_a_crash_between_the_put_and_the_ledger_commit_is_adopted(tmp_path
     assert [(s.number, s.first_seq, s.last_seq) for s in sealed_b] == [(1, 1, 2), (2, 3, 3)]
     two = parse((tmp_path / "dest" / segment_key(2)).read_bytes())
     assert two.header["prev_sha256"] == sealed_a[0].sha256
+
+
+async def test_storage_requests_per_archived_call_are_counted_and_few(
+    sim: Simulator, server: SimulatorServer, s3_env: None, bucket: str, tmp_path: Path
+) -> None:
+    settings = load_settings(env=exotel_env(sim, server.base_url, f"s3://{bucket}/r", tmp_path))
+    report = await archive_calls(settings, [sim.add_call().sid for _ in range(5)])
+    objects = sum(len(r.objects) for r in report.results)  # 5 recordings + 5 call.json
+    # per object one PUT and one HEAD to confirm it; one bucket check; one segment (PUT + HEAD)
+    assert report.storage_requests == 2 * objects + 1 + 2 * report.segments_sealed
+    assert report.segments_sealed == 1  # the manifest costs 2 requests per run, not per entry
+    assert report.as_dict()["storage_requests"] == report.storage_requests

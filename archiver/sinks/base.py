@@ -70,6 +70,11 @@ class PutResult:
 class Sink(Protocol):
     """A destination for archived objects. See the module docstring for the promises."""
 
+    @property
+    def requests(self) -> int:
+        """Requests sent to the store so far (0 for a local directory): what archiving costs."""
+        ...
+
     def describe(self) -> str:
         """The destination for people, without secrets: ``s3://bucket/prefix`` or a path."""
         ...

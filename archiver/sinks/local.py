@@ -66,6 +66,7 @@ class LocalSink:
 
     def __init__(self, root: Path) -> None:
         self.root = root.expanduser().resolve()
+        self.requests = 0
 
     def describe(self) -> str:
         return str(self.root)

@@ -22,6 +22,10 @@ class RetryingSink:
         self.inner = inner
         self.policy = policy
 
+    @property
+    def requests(self) -> int:
+        return self.inner.requests
+
     def describe(self) -> str:
         return self.inner.describe()
 

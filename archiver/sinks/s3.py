@@ -125,6 +125,7 @@ class S3Sink:
         self.conditional_writes = conditional_writes
         self.part_size = max(part_size, multipart.MIN_PART)
         self.part_retry = part_retry or RetryPolicy()
+        self.requests = 0
         config = Config(
             retries={"total_max_attempts": 1},
             connect_timeout=10,
@@ -152,6 +153,7 @@ class S3Sink:
     async def call(self, what: str, fn: Callable[..., T], /, **kwargs: Any) -> T:
         """Run one boto3 call in the pool; classify its failure."""
         loop = asyncio.get_running_loop()
+        self.requests += 1
         try:
             return await loop.run_in_executor(self.pool, lambda: fn(**kwargs))
         except (ClientError, BotoCoreError) as exc:
@@ -162,6 +164,7 @@ class S3Sink:
     ) -> T | None:
         """Like ``_call``, but None when the store answers with one of ``codes``."""
         loop = asyncio.get_running_loop()
+        self.requests += 1
         try:
             return await loop.run_in_executor(self.pool, lambda: fn(**kwargs))
         except ClientError as exc:
