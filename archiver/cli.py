@@ -493,12 +493,16 @@ def simulate(
 
 
 class _progress:
-    """A click progress bar on a terminal; nothing otherwise (the log lines say enough)."""
+    """Progress on a terminal: a click progress bar when the total is known, a running count
+    otherwise; nothing when stderr is not a terminal (the log lines say enough)."""
 
     def __init__(self, total: int | None, label: str) -> None:
+        self._tty = sys.stderr.isatty()
+        self._label = label
+        self._done = 0
         self._bar: Any = (
             click.progressbar(length=total, label=label, file=sys.stderr, show_pos=True)
-            if sys.stderr.isatty()
+            if self._tty and total is not None
             else None
         )
 
@@ -508,12 +512,17 @@ class _progress:
         return self._advance
 
     def _advance(self, _item: Any) -> None:
+        self._done += 1
         if self._bar is not None:
             self._bar.update(1)
+        elif self._tty:
+            click.echo(f"\r{self._label}: {self._done}", nl=False, err=True)
 
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:
             self._bar.__exit__(None, None, None)
+        elif self._tty and self._done:
+            click.echo("", err=True)
 
 
 def _human(n: float) -> str:

@@ -50,6 +50,7 @@ CREATE TABLE IF NOT EXISTS objects (
     call_created TEXT NOT NULL,
     archived_at  TEXT NOT NULL,
     worker       TEXT NOT NULL,
+    version_id   TEXT,
     segment      INTEGER,
     UNIQUE (call_sid, kind, idx)
 );
@@ -85,6 +86,8 @@ class ObjectRecord:
     call_created: str
     archived_at: str
     worker: str
+    version_id: str | None = None
+    """The object's version in a versioned bucket, else None."""
     seq: int | None = None
     segment: int | None = None
     """Number of the sealed manifest segment in the destination that holds this entry."""

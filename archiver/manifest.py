@@ -18,6 +18,7 @@ line a JSON object with these fields, in ledger order::
     call_created  the call's created_time as Exotel reported it (ISO 8601 with offset)
     archived_at   when the destination confirmed the object (UTC, ISO 8601)
     worker        host name of the worker that archived it
+    version_id    the object's version id in a versioned bucket, else null
 
 The ledger is the source of truth and the file is written from it: after each stored object the
 writer appends every ledger row whose ``seq`` is past the file's last line, then fsyncs. A crash
@@ -57,6 +58,7 @@ def entry(record: ObjectRecord) -> dict[str, Any]:
         "call_created": record.call_created,
         "archived_at": record.archived_at,
         "worker": record.worker,
+        "version_id": record.version_id,
     }
 
 

@@ -72,11 +72,12 @@ class Recorder:
         mime = content_type.split(";")[0].strip() or "application/octet-stream"
         try:
             put = await self.sink.put(key, body, size=size, sha256=sha256, content_type=mime)
-            location, size, sha256 = put.location, put.size, put.sha256
+            location, size, sha256, version = put.location, put.size, put.sha256, put.version_id
         except StorageConflict:
             if kind not in SNAPSHOT_KINDS:
                 raise
             location, size, sha256 = await self._existing(key)
+            version = None
         record = self.ledger.add_object(
             ObjectRecord(
                 call_sid=details.sid,
@@ -92,6 +93,7 @@ class Recorder:
                 call_created=details.created_time.isoformat(),
                 archived_at=utc_now(),
                 worker=self.worker,
+                version_id=version,
             )
         )
         self.manifest.sync(self.ledger)

@@ -80,6 +80,11 @@ class Report:
             "url_refreshes": self.url_refreshes,
             "segments_sealed": self.segments_sealed,
             "storage_requests": self.storage_requests,
+            "storage_requests_per_archived_call": (
+                round(self.storage_requests / self.count(ARCHIVED), 2)
+                if self.count(ARCHIVED)
+                else None
+            ),
             "calls": [
                 {
                     "call_sid": r.call_sid,

@@ -225,6 +225,7 @@ def records_from(chain: Chain) -> list[ObjectRecord]:
                 call_created=e["call_created"],
                 archived_at=e["archived_at"],
                 worker=e["worker"],
+                version_id=e.get("version_id"),
                 seq=e["seq"],
                 segment=_segment_of(chain.segments, e["seq"]),
             )

@@ -111,3 +111,16 @@ async def test_storage_requests_per_archived_call_are_counted_and_few(
     assert report.storage_requests == 2 * objects + 1 + 2 * report.segments_sealed
     assert report.segments_sealed == 1  # the manifest costs 2 requests per run, not per entry
     assert report.as_dict()["storage_requests"] == report.storage_requests
+
+
+async def test_a_versioned_bucket_records_version_ids(
+    sim: Simulator, server: SimulatorServer, s3_env: None, seaweed: Any, bucket: str, tmp_path: Path
+) -> None:
+    client = seaweed.client()
+    client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    settings = load_settings(env=exotel_env(sim, server.base_url, f"s3://{bucket}/v", tmp_path))
+    await archive_calls(settings, [sim.add_call().sid])
+    [segment] = segments_in(seaweed, bucket, "v").values()
+    for e in parse(segment).entries:
+        head = client.head_object(Bucket=bucket, Key=f"v/{e['key']}")
+        assert e["version_id"] and e["version_id"] == head["VersionId"]
