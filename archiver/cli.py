@@ -99,6 +99,22 @@ def make_settings(ctx: click.Context, cli: dict[str, Any]) -> Settings:
     return settings
 
 
+def date_range_options(*, required: bool = False) -> Callable[[F], F]:
+    """--since/--until: days of the calls' creation, in the account's time zone (inclusive)."""
+
+    def decorate(func: F) -> F:
+        for name, word in (("--until", "before"), ("--since", "after")):
+            func = click.option(
+                name,
+                type=click.DateTime(["%Y-%m-%d"]),
+                required=required,
+                help=f"Only calls created on or {word} this day (YYYY-MM-DD, account time zone).",
+            )(func)
+        return func
+
+    return decorate
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="exotel-archiver")
 @click.option(
@@ -152,8 +168,7 @@ def archive(
 
 
 @main.command()
-@click.option("--since", type=click.DateTime(["%Y-%m-%d"]), help="Only calls created on or after.")
-@click.option("--until", type=click.DateTime(["%Y-%m-%d"]), help="Only calls created on or before.")
+@date_range_options()
 @click.option(
     "--sample",
     type=click.FloatRange(0, 1, min_open=True),
@@ -242,8 +257,7 @@ def rebuild(ctx: click.Context, /, **cli: Any) -> None:
 
 
 @manifest.command("export")
-@click.option("--since", type=click.DateTime(["%Y-%m-%d"]), help="Only calls created on or after.")
-@click.option("--until", type=click.DateTime(["%Y-%m-%d"]), help="Only calls created on or before.")
+@date_range_options()
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
@@ -271,8 +285,7 @@ def export_manifest_cmd(
 
 @main.command("export-bag")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--since", type=click.DateTime(["%Y-%m-%d"]), help="Only calls created on or after.")
-@click.option("--until", type=click.DateTime(["%Y-%m-%d"]), help="Only calls created on or before.")
+@date_range_options()
 @click.option("--sha512", is_flag=True, help="Also write manifest-sha512.txt.")
 @settings_options
 @click.pass_context
@@ -292,18 +305,7 @@ def _day(value: Any) -> Any:
 
 
 @main.command()
-@click.option(
-    "--since",
-    type=click.DateTime(["%Y-%m-%d"]),
-    required=True,
-    help="First day (in the account's time zone).",
-)
-@click.option(
-    "--until",
-    type=click.DateTime(["%Y-%m-%d"]),
-    required=True,
-    help="Last day (in the account's time zone).",
-)
+@date_range_options(required=True)
 @click.option(
     "--report",
     type=click.Path(dir_okay=False, path_type=Path),
