@@ -1,0 +1,48 @@
+"""The ``exotel-archiver`` command: a thin click shell over plain functions.
+
+Commands live beside this file: ``archive.py`` (archive), ``audit.py`` (verify, manifest,
+export-bag, reconcile), ``trial.py`` (demo, simulate); ``_shared.py`` has what they share.
+
+Each command turns its flags into ``Settings`` (``archiver.config``), calls one plain async
+function (``archive_calls``, ``run_demo``, ``run_simulator``) and turns the outcome into output
+and an exit code:
+
+* 0 — done (calls that are still active count as done for now: they are reported, not lost);
+* 1 — done, but some calls failed (each is listed with its reason);
+* 2 — usage or configuration error (bad flag, missing credentials, bucket missing or denied).
+
+Expected errors print one line naming the problem and the fix, never a traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from archiver import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="exotel-archiver")
+@click.option(
+    "--config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="ARCHIVER_CONFIG",
+    help="TOML config file with [exotel] and [archiver] tables. [env: ARCHIVER_CONFIG]",
+)
+@click.pass_context
+def main(ctx: click.Context, config: Path | None) -> None:
+    """Archive Exotel Voice v3 call recordings into S3-compatible storage, with a checksum
+    manifest.
+
+    Try it with no account: `exotel-archiver demo`.
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["config"] = config
+
+
+# The command modules register themselves on ``main``.
+from archiver.cli import archive, audit, trial  # noqa: E402
+
+__all__ = ["archive", "audit", "main", "trial"]

@@ -1,0 +1,185 @@
+"""What every command shares: settings flags, running a coroutine with clean errors, exit
+codes, progress and printing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from archiver.config import OPTIONS, Settings, load_settings
+from archiver.errors import (
+    ArchiverError,
+    ConfigError,
+    ExotelAuthError,
+    InvalidCallSid,
+    StoragePermanent,
+)
+from archiver.log import setup_logging
+from archiver.report import (
+    ALREADY_ARCHIVED,
+    ARCHIVED,
+    FAILED,
+    NO_RECORDING,
+    NOT_READY,
+    Report,
+)
+
+EXIT_OK, EXIT_FAILURES, EXIT_USAGE = 0, 1, 2
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def settings_options(func: F) -> F:
+    """Add a flag for every non-secret option of ``archiver.config.OPTIONS``."""
+    for opt in reversed(OPTIONS):
+        if opt.flag is None:
+            continue
+        kind: click.ParamType[Any] | type | None = None
+        if opt.kind == "choice":
+            kind = click.Choice(opt.choices, case_sensitive=False)
+        elif opt.kind == "int":
+            kind = int
+        elif opt.kind == "float":
+            kind = float
+        default = f" [default: {opt.default}]" if opt.default is not None else ""
+        func = click.option(
+            opt.flag,
+            opt.key,
+            type=kind,
+            default=None,
+            help=f"{opt.help}{default} [env: {opt.env}; config: {opt.name}]",
+        )(func)
+    return func
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro``; map expected errors to one clean line and exit code 2."""
+    try:
+        return asyncio.run(coro)
+    except (ConfigError, ExotelAuthError, StoragePermanent, InvalidCallSid) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    except ArchiverError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_FAILURES)
+    except KeyboardInterrupt:
+        click.echo(
+            "interrupted: nothing half-done was recorded; run the same command again", err=True
+        )
+        sys.exit(130)
+
+
+def make_settings(ctx: click.Context, cli: dict[str, Any]) -> Settings:
+    config_file: Path | None = ctx.obj.get("config") if ctx.obj else None
+    try:
+        settings = load_settings(cli, config_file=config_file)
+    except ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    setup_logging(settings.log_level, secrets=settings.secrets)
+    return settings
+
+
+def date_range_options(*, required: bool = False) -> Callable[[F], F]:
+    """--since/--until: days of the calls' creation, in the account's time zone (inclusive)."""
+
+    def decorate(func: F) -> F:
+        for name, word in (("--until", "before"), ("--since", "after")):
+            func = click.option(
+                name,
+                type=click.DateTime(["%Y-%m-%d"]),
+                required=required,
+                help=f"Only calls created on or {word} this day (YYYY-MM-DD, account time zone).",
+            )(func)
+        return func
+
+    return decorate
+
+
+class Progress:
+    """Progress on a terminal: a click progress bar when the total is known, a running count
+    otherwise; nothing when stderr is not a terminal (the log lines say enough)."""
+
+    def __init__(self, total: int | None, label: str) -> None:
+        self._tty = sys.stderr.isatty()
+        self._label = label
+        self._done = 0
+        self._bar: Any = (
+            click.progressbar(length=total, label=label, file=sys.stderr, show_pos=True)
+            if self._tty and total is not None
+            else None
+        )
+
+    def __enter__(self) -> Callable[[Any], None]:
+        if self._bar is not None:
+            self._bar.__enter__()
+        return self._advance
+
+    def _advance(self, _item: Any) -> None:
+        self._done += 1
+        if self._bar is not None:
+            self._bar.update(1)
+        elif self._tty:
+            click.echo(f"\r{self._label}: {self._done}", nl=False, err=True)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+        elif self._tty and self._done:
+            click.echo("", err=True)
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def print_report(report: Report, *, details: bool = False) -> None:
+    if details:
+        for r in report.results:
+            if r.outcome == ARCHIVED:
+                click.echo(
+                    f"  archived  {r.call_sid}  {len(r.objects)} recording(s), {human(r.bytes)}"
+                )
+    click.echo(
+        f"archived: {report.count(ARCHIVED)} calls ({human(report.bytes_archived)}), "
+        f"already archived: {report.count(ALREADY_ARCHIVED)}, "
+        f"no recording: {report.count(NO_RECORDING)}, "
+        f"not ready (still active): {report.count(NOT_READY)}, "
+        f"failed: {report.count(FAILED)}; Exotel API requests: {report.api_requests}, "
+        f"storage requests: {report.storage_requests}, manifest segments sealed: "
+        f"{report.segments_sealed}"
+    )
+    for r in report.results:
+        if r.outcome == NOT_READY:
+            click.echo(f"  not ready  {r.call_sid}: {r.detail}")
+    for r in report.failed:
+        click.echo(f"  FAILED     {r.call_sid}: {r.detail}", err=True)
+
+
+def write_report(report: Report, path: Path | None) -> None:
+    write_json(report.as_dict(), path)
+
+
+def write_json(data: object, path: Path | None) -> None:
+    if path is None:
+        return
+    try:
+        path.write_text(json.dumps(data, indent=2) + "\n")
+    except OSError as exc:
+        click.echo(f"error: cannot write the report to {path}: {exc.strerror}", err=True)
+        sys.exit(EXIT_USAGE)
+
+
+def day(value: Any) -> Any:
+    """A click DateTime as a date (or None)."""
+    return value.date() if value is not None else None

@@ -1,0 +1,188 @@
+"""Proving the archive: ``verify``, ``manifest rebuild|export``, ``export-bag``, ``reconcile``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from archiver.cli import main
+from archiver.cli._shared import (
+    EXIT_FAILURES,
+    EXIT_OK,
+    Progress,
+    date_range_options,
+    day,
+    human,
+    make_settings,
+    run,
+    settings_options,
+    write_json,
+)
+
+
+@main.command()
+@date_range_options()
+@click.option(
+    "--sample",
+    type=click.FloatRange(0, 1, min_open=True),
+    help="Re-read only this fraction of the objects (e.g. 0.05 for a cheap daily audit).",
+)
+@click.option(
+    "--seed",
+    default=None,
+    help="Which sample: the same seed picks the same objects. Default: today's date, so daily "
+    "samples rotate through the archive.",
+)
+@click.option(
+    "--report",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the result as JSON to this file.",
+)
+@settings_options
+@click.pass_context
+def verify(
+    ctx: click.Context,
+    /,
+    since: Any,
+    until: Any,
+    sample: float | None,
+    seed: str | None,
+    report: Path | None,
+    **cli: Any,
+) -> None:
+    """Fixity audit: check the manifest chain in the destination, re-read the objects it names
+    and compare size and SHA-256, and name every object no manifest entry names.
+
+    Exit code 0 only when everything checked is OK.
+    """
+    from datetime import date
+
+    from archiver.verify import ALTERED, MISSING, OK, UNEXPECTED, run_verify
+
+    settings = make_settings(ctx, cli)
+    with Progress(None, "Verifying") as advance:
+        result = run(
+            run_verify(
+                settings,
+                since=day(since),
+                until=day(until),
+                sample=sample,
+                seed=seed if seed is not None else date.today().isoformat(),
+                on_object=advance,
+            )
+        )
+    for problem in result.chain.problems:
+        click.echo(f"  CHAIN      {problem}", err=True)
+    for check in result.checks:
+        if check.status != OK:
+            click.echo(f"  {check.status.upper():10} {check.key}", err=True)
+    state = "intact" if not result.chain.problems else "BROKEN"
+    click.echo(
+        f"segments: {len(result.chain.segments)} ({state}); "
+        f"objects ok: {result.count(OK)}, missing: {result.count(MISSING)}, "
+        f"altered: {result.count(ALTERED)}, unexpected: {result.count(UNEXPECTED)}"
+    )
+    write_json(result.as_dict(), report)
+    sys.exit(EXIT_OK if result.ok else EXIT_FAILURES)
+
+
+@main.group()
+def manifest() -> None:
+    """The checksum manifest: rebuild the local ledger from the destination, or export it."""
+
+
+@manifest.command()
+@settings_options
+@click.pass_context
+def rebuild(ctx: click.Context, /, **cli: Any) -> None:
+    """Restore a lost ledger (and manifest.jsonl) from the manifest segments in the destination.
+
+    The state directory must not have a ledger with entries already; the chain must be intact.
+    """
+    from archiver.verify import run_rebuild
+
+    settings = make_settings(ctx, cli)
+    chain = run(run_rebuild(settings))
+    click.echo(
+        f"restored {len(chain.entries)} entries from {len(chain.segments)} segment(s) into "
+        f"{settings.state_dir}"
+    )
+
+
+@manifest.command("export")
+@date_range_options()
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Directory for manifest.jsonl and SHA256SUMS.",
+)
+@settings_options
+@click.pass_context
+def export_manifest_cmd(
+    ctx: click.Context, /, since: Any, until: Any, out: Path, **cli: Any
+) -> None:
+    """Write the manifest of a date range as JSON lines and as a sha256sum listing.
+
+    In a downloaded mirror of the destination, `sha256sum -c SHA256SUMS` checks every object.
+    """
+    from archiver.export import export_manifest
+
+    settings = make_settings(ctx, cli)
+    done = run(export_manifest(settings, out, since=day(since), until=day(until)))
+    click.echo(
+        f"{done.entries} entries ({human(done.bytes)}) written to {out}/manifest.jsonl "
+        f"and {out}/SHA256SUMS"
+    )
+
+
+@main.command("export-bag")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@date_range_options()
+@click.option("--sha512", is_flag=True, help="Also write manifest-sha512.txt.")
+@settings_options
+@click.pass_context
+def export_bag_cmd(
+    ctx: click.Context, /, directory: Path, since: Any, until: Any, sha512: bool, **cli: Any
+) -> None:
+    """Write a BagIt 1.0 bag (RFC 8493) of a date range into DIRECTORY (new or empty)."""
+    from archiver.export import export_bag
+
+    settings = make_settings(ctx, cli)
+    done = run(export_bag(settings, directory, since=day(since), until=day(until), sha512=sha512))
+    click.echo(f"bag written to {directory}: {done.entries} objects, {human(done.bytes)}")
+
+
+@main.command()
+@date_range_options(required=True)
+@click.option(
+    "--report",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the result as JSON to this file.",
+)
+@settings_options
+@click.pass_context
+def reconcile(
+    ctx: click.Context, /, since: Any, until: Any, report: Path | None, **cli: Any
+) -> None:
+    """Compare Exotel's own list of calls (v1) for a date range with the archive: each call is
+    archived, missing, no_recording_at_source or still_active.
+
+    Exit code 0 only when nothing is missing.
+    """
+    from archiver.reconcile import reconcile as run_reconcile
+
+    if since > until:
+        raise click.BadParameter("--since is after --until", param_hint="--since")
+    settings = make_settings(ctx, cli)
+    result = run(run_reconcile(settings, since.date(), until.date()))
+    for call in result.calls:
+        if call["state"] == "missing":
+            click.echo(f"  MISSING    {call['call_sid']} (created {call['created']})", err=True)
+    counts = result.counts()
+    click.echo(", ".join(f"{state.replace('_', ' ')}: {n}" for state, n in counts.items()))
+    write_json(result.as_dict(), report)
+    sys.exit(EXIT_OK if result.complete else EXIT_FAILURES)
