@@ -54,6 +54,17 @@ CREATE TABLE IF NOT EXISTS objects (
     segment      INTEGER,
     UNIQUE (call_sid, kind, idx)
 );
+CREATE TABLE IF NOT EXISTS listed_calls (
+    range_key     TEXT NOT NULL,
+    call_sid      TEXT NOT NULL,
+    created       TEXT NOT NULL,
+    has_recording INTEGER NOT NULL,
+    PRIMARY KEY (range_key, call_sid)
+);
+CREATE TABLE IF NOT EXISTS listings (
+    range_key    TEXT PRIMARY KEY,
+    listed_at    TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS segments (
     number       INTEGER PRIMARY KEY,
     key          TEXT NOT NULL,
@@ -177,6 +188,34 @@ class Ledger:
             "SELECT call_sid, created_time FROM calls WHERE outcome = ?", (outcome,)
         )
         return [(str(r["call_sid"]), r["created_time"]) for r in rows]
+
+    def listing(self, range_key: str) -> list[tuple[str, str, bool]] | None:
+        """A complete listing saved for ``range_key``: (call SID, created, has recording)."""
+        if (
+            self._db.execute("SELECT 1 FROM listings WHERE range_key = ?", (range_key,)).fetchone()
+            is None
+        ):
+            return None
+        rows = self._db.execute(
+            "SELECT call_sid, created, has_recording FROM listed_calls WHERE range_key = ? "
+            "ORDER BY created, call_sid",
+            (range_key,),
+        )
+        return [(str(r["call_sid"]), str(r["created"]), bool(r["has_recording"])) for r in rows]
+
+    def save_listing(self, range_key: str, calls: list[tuple[str, str, bool]]) -> None:
+        """Save a complete listing (all or nothing) so a resumed backfill need not list again."""
+        with self._transaction():
+            self._db.execute("DELETE FROM listed_calls WHERE range_key = ?", (range_key,))
+            self._db.executemany(
+                "INSERT OR REPLACE INTO listed_calls (range_key, call_sid, created, has_recording) "
+                "VALUES (?, ?, ?, ?)",
+                [(range_key, sid, created, int(has)) for sid, created, has in calls],
+            )
+            self._db.execute(
+                "INSERT OR REPLACE INTO listings (range_key, listed_at) VALUES (?, ?)",
+                (range_key, utc_now()),
+            )
 
     def call_counts(self) -> dict[str, int]:
         rows = self._db.execute("SELECT outcome, COUNT(*) AS n FROM calls GROUP BY outcome")

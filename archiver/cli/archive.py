@@ -1,4 +1,4 @@
-"""``exotel-archiver archive CALL_SID...``."""
+"""Archiving: ``archive CALL_SID...`` and ``backfill --since --until``."""
 
 from __future__ import annotations
 
@@ -14,10 +14,13 @@ from archiver.cli._shared import (
     EXIT_FAILURES,
     EXIT_OK,
     Progress,
+    date_range_options,
+    day,
     make_settings,
     print_report,
     run,
     settings_options,
+    write_json,
     write_report,
 )
 from archiver.errors import InvalidCallSid
@@ -54,4 +57,48 @@ def archive(
         result = run(archive_calls(settings, call_sids, on_result=advance))
     print_report(result)
     write_report(result, report)
+    sys.exit(EXIT_FAILURES if result.failed else EXIT_OK)
+
+
+@main.command()
+@date_range_options(required=True)
+@click.option("--dry-run", is_flag=True, help="List and plan only: nothing is downloaded.")
+@click.option(
+    "--report",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write the JSON summary. Default: STATE_DIR/backfill-SINCE-UNTIL.json.",
+)
+@settings_options
+@click.pass_context
+def backfill(
+    ctx: click.Context, /, since: Any, until: Any, dry_run: bool, report: Path | None, **cli: Any
+) -> None:
+    """Archive every call of a date range (days in the account's time zone), found through
+    Exotel's v1 call listing. Interrupted, the same command continues where it stopped.
+
+    Exit code 0 when every call is done, 1 when some failed, 2 for usage or configuration errors.
+    """
+    from archiver.backfill import backfill as run_backfill
+    from archiver.backfill import plan_backfill
+
+    settings = make_settings(ctx, cli)
+    plan = run(plan_backfill(settings, day(since), day(until)))
+    limit = settings.exotel.rate_limit
+    click.echo(
+        f"{plan.since}..{plan.until}: {plan.listed} calls listed"
+        f"{' (saved listing reused)' if not plan.listing_requests else ''}; "
+        f"already archived: {len(plan.already_archived)}, no recording at source: "
+        f"{len(plan.no_recording)}, to archive: {len(plan.to_archive)} "
+        f"(about {plan.api_requests} API requests, {plan.minutes_at(limit):.1f} min at {limit}/min)"
+    )
+    path = report or settings.state_dir / f"backfill-{plan.since}-{plan.until}.json"
+    if dry_run:
+        write_json({"plan": plan.as_dict(limit), "dry_run": True}, path)
+        click.echo(f"dry run: nothing archived. Plan written to {path}")
+        sys.exit(EXIT_OK)
+    with Progress(len(plan.to_archive), "Backfilling") as advance:
+        result = run(run_backfill(settings, plan, on_result=advance))
+    print_report(result)
+    write_json({"plan": plan.as_dict(limit), "result": result.as_dict()}, path)
+    click.echo(f"summary written to {path}")
     sys.exit(EXIT_FAILURES if result.failed else EXIT_OK)

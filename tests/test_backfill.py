@@ -1,0 +1,167 @@
+"""backfill: a simulated month through v1 paging, a plan that matches the run, and resumption."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from archiver.backfill import check_range
+from archiver.cli import main
+from archiver.errors import ConfigError
+from archiver.exotel.models import IST
+from archiver.simulator import Simulator, SimulatorServer
+from tests.support import exotel_env
+
+
+def invoke(args: list[str], env: dict[str, str]) -> Any:
+    return CliRunner().invoke(main, args, env=env)
+
+
+@pytest.fixture
+def month(sim: Simulator) -> tuple[date, date, list[Any]]:
+    """A month of calls, 12 on each of 20 days (some without recording), ending 3 days ago."""
+    until = datetime.now(IST).date() - timedelta(days=3)
+    since = until - timedelta(days=29)
+    calls = []
+    for n in range(20):
+        calls += sim.populate(12, day=since + timedelta(days=n * 29 // 19), sizes=(2000, 6000))
+    return since, until, calls
+
+
+def test_a_month_dry_run_then_real_run_then_resume(
+    sim: Simulator, server: SimulatorServer, tmp_path: Path, month: tuple[date, date, list[Any]]
+) -> None:
+    since, until, calls = month
+    with_audio = {c.sid for c in calls if c.recordings}
+    env = exotel_env(sim, server.base_url, str(tmp_path / "out"), tmp_path / "state")
+    args = ["backfill", "--since", str(since), "--until", str(until)]
+
+    dry = invoke([*args, "--dry-run", "--report", str(tmp_path / "plan.json")], env)
+    assert dry.exit_code == 0, dry.output
+    plan = json.loads((tmp_path / "plan.json").read_text())["plan"]
+    assert plan["calls_listed"] == len(calls) == 240
+    assert plan["to_archive"] == len(with_audio) and plan["already_archived"] == 0
+    assert plan["no_recording_at_source"] == len(calls) - len(with_audio)
+    assert plan["listing_requests"] == sim.counters["v1_bulk"] == 3  # 240 calls, 100 a page
+    assert sim.counters["v3_call_details"] == 0 and not (tmp_path / "out").exists()
+
+    real = invoke(args, env)
+    assert real.exit_code == 0, real.output
+    summary = json.loads((tmp_path / "state" / f"backfill-{since}-{until}.json").read_text())
+    assert summary["result"]["counts"]["archived"] == plan["to_archive"]  # the plan held
+    assert sim.counters["v1_bulk"] == 3  # the saved complete listing was reused
+    assert sim.counters["v3_call_details"] == len(with_audio)  # one request per call, no more
+    stored = {p.parent.name for p in (tmp_path / "out").rglob("recording-*.*")}
+    assert stored == with_audio
+
+    again = invoke([*args, "--dry-run", "--report", str(tmp_path / "again.json")], env)
+    replan = json.loads((tmp_path / "again.json").read_text())["plan"]
+    assert again.exit_code == 0 and replan["to_archive"] == 0
+    assert replan["already_archived"] == len(with_audio) and replan["listing_requests"] == 0
+
+
+def test_an_interrupted_backfill_continues_where_it_stopped(
+    sim: Simulator, server: SimulatorServer, tmp_path: Path, month: tuple[date, date, list[Any]]
+) -> None:
+    since, until, calls = month
+    with_audio = [c for c in calls if c.recordings]
+    env = exotel_env(sim, server.base_url, str(tmp_path / "out"), tmp_path / "state")
+    args = ["backfill", "--since", str(since), "--until", str(until)]
+    for c in with_audio[40:]:  # the first run dies part-way: these calls fail
+        sim.faults.always_cut.add(c.sid)
+    first = invoke([*args, "--attempts", "1"], env)
+    assert first.exit_code == 1  # never 0 when something failed
+    sim.faults.always_cut.clear()
+    details_before = sim.counters["v3_call_details"]
+
+    second = invoke(args, env)
+    assert second.exit_code == 0, second.output
+    assert sim.counters["v3_call_details"] - details_before == len(with_audio) - 40
+    assert {p.parent.name for p in (tmp_path / "out").rglob("recording-*.*")} == {
+        c.sid for c in with_audio
+    }
+    assert len(list((tmp_path / "out").rglob("recording-*.*"))) == sum(
+        len(c.recordings) for c in with_audio
+    )  # nothing twice
+
+
+@pytest.mark.parametrize(
+    "since, until, message",
+    [
+        (date(2026, 3, 1), date(2026, 3, 2), "six-month"),
+        (date(2026, 11, 10), date(2026, 11, 1), "after --until"),
+        (date(2026, 11, 10), date(2026, 12, 31), "in the future"),
+    ],
+)
+def test_ranges_exotel_cannot_answer_are_refused(since: date, until: date, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        check_range(since, until, today=date(2026, 11, 22))
+
+
+def test_a_range_too_old_exits_2_with_the_reason(tmp_path: Path) -> None:
+    env = {
+        "EXOTEL_ACCOUNT_SID": "a",
+        "EXOTEL_API_KEY": "k",
+        "EXOTEL_API_TOKEN": "t",
+        "ARCHIVER_STATE_DIR": str(tmp_path),
+        "ARCHIVER_CONFIG": "",
+    }
+    result = invoke(["backfill", "--since", "2020-01-01", "--until", "2020-01-02"], env)
+    assert (
+        result.exit_code == 2 and "six-month" in result.output and "Traceback" not in result.output
+    )
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM])
+def test_killed_mid_run_then_resumed_archives_everything_once(
+    sim: Simulator,
+    server: SimulatorServer,
+    tmp_path: Path,
+    month: tuple[date, date, list[Any]],
+    signal_number: int,
+) -> None:
+    since, until, calls = month
+    with_audio = [c for c in calls if c.recordings]
+    out = tmp_path / "out"
+    env = {**os.environ, **exotel_env(sim, server.base_url, str(out), tmp_path / "state")}
+    args = [
+        sys.executable,
+        "-m",
+        "archiver",
+        "backfill",
+        "--since",
+        str(since),
+        "--until",
+        str(until),
+    ]
+    sim.faults.bandwidth = 20_000  # slow enough to be interrupted part-way
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(list(out.rglob("recording-*.*"))) < 5:
+        time.sleep(0.05)
+    proc.send_signal(signal_number)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert b"Traceback" not in err
+    done_before = len(list(out.rglob("recording-*.*")))
+    assert 0 < done_before < sum(len(c.recordings) for c in with_audio)
+
+    sim.faults.bandwidth = None
+    resumed = subprocess.run(args, env=env, capture_output=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr.decode()[-2000:]
+    files = list(out.rglob("recording-*.*"))
+    assert len(files) == sum(len(c.recordings) for c in with_audio)  # all, and none twice
+    verified = subprocess.run(
+        [sys.executable, "-m", "archiver", "verify"], env=env, capture_output=True, timeout=120
+    )
+    assert verified.returncode == 0, verified.stdout.decode() + verified.stderr.decode()
