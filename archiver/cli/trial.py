@@ -58,6 +58,11 @@ def demo(directory: Path, calls: int, seed: int) -> None:
     print_report(result, details=True)
     click.echo(f"\nRecordings: {result.destination}")
     click.echo(f"Manifest:   {result.manifest}  (one JSON line per object: key, size, sha256)")
+    click.echo(f"            and sealed in {result.destination}/_manifest/ as a hash chain")
+    click.echo(
+        "Check it:   exotel-archiver verify "
+        f"--destination {result.destination} --state-dir {directory.resolve() / 'state'}"
+    )
     click.echo("Run the demo again: nothing is archived twice.")
     sys.exit(EXIT_FAILURES if result.failed else EXIT_OK)
 
