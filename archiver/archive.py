@@ -378,24 +378,30 @@ async def archive_calls(
             worker = Archiver(
                 settings, sink=sink, ledger=ledger, manifest=manifest, exotel=exotel, http=http
             )
-            gate = asyncio.Semaphore(settings.concurrency)
+            # A fixed pool of workers takes calls from one queue, in order: a backlog of 100,000
+            # calls costs 100,000 list entries, not 100,000 waiting tasks, and each call's
+            # details (and so its URLs) are fetched only when a worker is free for it.
+            order = list(dict.fromkeys(call_sids))
+            pending = iter(enumerate(order))
+            results: list[CallResult | None] = [None] * len(order)
 
-            async def one(sid: str) -> CallResult:
-                async with gate:
+            async def work() -> None:
+                for position, sid in pending:  # shared iterator: each call goes to one worker
                     result = await worker.archive_call(sid)
-                if on_result is not None:
-                    on_result(result)
-                return result
+                    results[position] = result
+                    if on_result is not None:
+                        on_result(result)
 
             try:
                 async with asyncio.TaskGroup() as group:
-                    tasks = [group.create_task(one(s)) for s in dict.fromkeys(call_sids)]
+                    for _ in range(min(settings.concurrency, len(order))):
+                        group.create_task(work())
             except BaseExceptionGroup as group_error:
                 raise _first_error(group_error) from None
             finally:
                 report.api_requests = exotel.requests
                 report.url_refreshes = worker.url_refreshes
-            report.results = [t.result() for t in tasks]
+            report.results = [r for r in results if r is not None]
         await seal(ledger, sink)
         report.segments_sealed = len(ledger.segments()) - segments_before
         report.storage_requests = sink.requests
