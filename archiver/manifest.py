@@ -62,6 +62,28 @@ def entry(record: ObjectRecord) -> dict[str, Any]:
     }
 
 
+def record_from_entry(e: dict[str, Any], *, segment: int | None = None) -> ObjectRecord:
+    """The ledger row a manifest line describes (the inverse of ``entry``)."""
+    return ObjectRecord(
+        call_sid=e["call_sid"],
+        kind=e["kind"],
+        idx=e["index"],
+        key=e["key"],
+        location=e["location"],
+        size=e["size"],
+        sha256=e["sha256"],
+        content_type=e["content_type"],
+        format=e["format"],
+        source=e["source"],
+        call_created=e["call_created"],
+        archived_at=e["archived_at"],
+        worker=e["worker"],
+        version_id=e.get("version_id"),
+        seq=e["seq"],
+        segment=segment,
+    )
+
+
 def read_manifest(path: Path) -> list[dict[str, Any]]:
     """Every complete entry of the manifest file (a torn last line is ignored)."""
     if not path.exists():

@@ -26,7 +26,7 @@ from archiver.archive import sink_for
 from archiver.config import Settings
 from archiver.errors import ConfigError
 from archiver.ledger import Ledger, ObjectRecord, SegmentRecord
-from archiver.manifest import ManifestWriter
+from archiver.manifest import ManifestWriter, record_from_entry
 from archiver.segments import PREFIX, parse, read_segment, segment_key
 from archiver.sinks import Sink
 
@@ -210,26 +210,7 @@ def records_from(chain: Chain) -> list[ObjectRecord]:
     """Ledger rows for every entry of the chain (``manifest rebuild``)."""
     out = []
     for e in chain.entries:
-        out.append(
-            ObjectRecord(
-                call_sid=e["call_sid"],
-                kind=e["kind"],
-                idx=e["index"],
-                key=e["key"],
-                location=e["location"],
-                size=e["size"],
-                sha256=e["sha256"],
-                content_type=e["content_type"],
-                format=e["format"],
-                source=e["source"],
-                call_created=e["call_created"],
-                archived_at=e["archived_at"],
-                worker=e["worker"],
-                version_id=e.get("version_id"),
-                seq=e["seq"],
-                segment=_segment_of(chain.segments, e["seq"]),
-            )
-        )
+        out.append(record_from_entry(e, segment=_segment_of(chain.segments, e["seq"])))
     return out
 
 

@@ -86,6 +86,15 @@ def make_settings(ctx: click.Context, cli: dict[str, Any]) -> Settings:
     return settings
 
 
+def report_option(what: str = "the result") -> Callable[[F], F]:
+    """--report FILE: also write ``what`` as JSON to FILE."""
+    return click.option(
+        "--report",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help=f"Also write {what} as JSON to this file.",
+    )
+
+
 def date_range_options(*, required: bool = False) -> Callable[[F], F]:
     """--since/--until: days of the calls' creation, in the account's time zone (inclusive)."""
 

@@ -18,6 +18,7 @@ from archiver.cli._shared import (
     day,
     make_settings,
     print_report,
+    report_option,
     run,
     settings_options,
     write_json,
@@ -29,11 +30,7 @@ from archiver.exotel.models import validate_call_sid
 
 @main.command()
 @click.argument("call_sids", nargs=-1, required=True, metavar="CALL_SID...")
-@click.option(
-    "--report",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Also write the run's report as JSON to this file.",
-)
+@report_option("the run's report")
 @settings_options
 @click.pass_context
 def archive(

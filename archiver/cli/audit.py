@@ -17,6 +17,7 @@ from archiver.cli._shared import (
     day,
     human,
     make_settings,
+    report_option,
     run,
     settings_options,
     write_json,
@@ -36,11 +37,7 @@ from archiver.cli._shared import (
     help="Which sample: the same seed picks the same objects. Default: today's date, so daily "
     "samples rotate through the archive.",
 )
-@click.option(
-    "--report",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Also write the result as JSON to this file.",
-)
+@report_option()
 @settings_options
 @click.pass_context
 def verify(
@@ -158,11 +155,7 @@ def export_bag_cmd(
 
 @main.command()
 @date_range_options(required=True)
-@click.option(
-    "--report",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Also write the result as JSON to this file.",
-)
+@report_option()
 @settings_options
 @click.pass_context
 def reconcile(
