@@ -88,7 +88,6 @@ class Archiver:
         self.rates = RateMeter()
         self.url_refreshes = 0
         """Fresh URLs fetched, after a 403 or ahead of a deadline: API requests they cost."""
-        self._fetched_at: dict[str, float] = {}
 
     async def archive_call(self, call_sid: str) -> CallResult:
         """Archive one call. Never raises for a per-call failure: the result says ``failed``."""
@@ -97,11 +96,7 @@ class Archiver:
             if self.ledger.call_outcome(call_sid) == ARCHIVED:
                 return CallResult(call_sid, ALREADY_ARCHIVED, self.ledger.objects_of(call_sid))
             details, raw = await self.exotel.call_details(call_sid)
-            self._fetched_at[call_sid] = time.time()
-            try:
-                return await self._archive_details(details, raw)
-            finally:
-                self._fetched_at.pop(call_sid, None)
+            return await self._archive_details(details, raw, fetched_at=time.time())
         except (ExotelAuthError, StoragePermanent):
             raise  # concerns every call: the run stops
         except InvalidCallSid as exc:
@@ -111,7 +106,10 @@ class Archiver:
             self.ledger.set_call(call_sid, FAILED, detail=str(exc))
             return CallResult(call_sid, FAILED, self.ledger.objects_of(call_sid), detail=str(exc))
 
-    async def _archive_details(self, details: CallDetails, raw: bytes) -> CallResult:
+    async def _archive_details(
+        self, details: CallDetails, raw: bytes, *, fetched_at: float
+    ) -> CallResult:
+        """Archive a call from its details; ``fetched_at`` dates the URLs in them."""
         sid, created = details.sid, details.created_time.isoformat()
         if not details.is_terminal:
             self.ledger.set_call(
@@ -126,7 +124,15 @@ class Archiver:
         for recording in details.recordings:
             record = self.ledger.object_for(sid, "recording", recording.index)
             if record is None:
-                record = await self._archive_recording(details, recording.index, recording.url)
+                record = await self._archive_file(
+                    details,
+                    "recording",
+                    recording.index,
+                    recording.url,
+                    fetched_at,
+                    self._recording_url,
+                    stem=f"recording-{recording.index}",
+                )
                 result.stored += 1
             result.objects.append(record)
         await self._snapshot(result, details, "call_details", CALL_JSON, self._source(sid), raw)
@@ -203,6 +209,7 @@ class Archiver:
             return True
         try:
             voice_log, raw = await self._voice_log(sid)
+            fetched_at = time.time()
         except ExotelNotFound as exc:
             result.note(f"voice log not archived: the endpoint answered 404 ({exc.exotel_code})")
             return True
@@ -221,9 +228,8 @@ class Archiver:
         if status not in (None, "available") or not isinstance(url, str) or not url:
             result.note(f"voice log file not archived: status {status!r}")
             return True
-        self._fetched_at[sid] = time.time()
         record = await self._archive_file(
-            details, "voice_log_audio", 0, url, self._voice_log_url, stem="voice-log"
+            details, "voice_log_audio", 0, url, fetched_at, self._voice_log_url, stem="voice-log"
         )
         result.objects.append(record)
         result.stored += 1
@@ -251,17 +257,13 @@ class Archiver:
             )
         return recordings[index - 1].url
 
-    async def _archive_recording(self, details: CallDetails, index: int, url: str) -> ObjectRecord:
-        return await self._archive_file(
-            details, "recording", index, url, self._recording_url, stem=f"recording-{index}"
-        )
-
     async def _archive_file(
         self,
         details: CallDetails,
         kind: str,
         idx: int,
         url: str,
+        fetched_at: float,
         refresh: Callable[[CallDetails, int], Awaitable[str]],
         *,
         stem: str,
@@ -269,7 +271,9 @@ class Archiver:
         """Download an audio file into a spool file and store it under ``{stem}.{format}``."""
         what = f"{stem} of call {details.sid}"
         with tempfile.TemporaryFile(dir=self.spool_dir, prefix="spool-") as spool:
-            got, url = await self._fetch(details, idx, url, Partial(spool), refresh, what=what)
+            got, url = await self._fetch(
+                details, idx, url, fetched_at, Partial(spool), refresh, what=what
+            )
             record = await self.recorder.store(
                 details,
                 kind=kind,
@@ -296,6 +300,7 @@ class Archiver:
         details: CallDetails,
         idx: int,
         url: str,
+        fetched_at: float,
         partial: Partial,
         refresh: Callable[[CallDetails, int], Awaitable[str]],
         *,
@@ -306,7 +311,6 @@ class Archiver:
         Returns the body and the URL it finally came from.
         """
         refreshes = 0
-        fetched_at = self._fetched_at.get(details.sid, time.time())
         while True:
             try:
                 async for attempt in retrying(self.settings.retry, what=f"download {what}"):

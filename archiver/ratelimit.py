@@ -50,10 +50,3 @@ class RateLimiter:
                 delay = self.period - (now - self._starts[0])
                 self.waited += delay
                 await asyncio.sleep(delay)
-
-    async def __aenter__(self) -> RateLimiter:
-        await self.acquire()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
