@@ -18,6 +18,7 @@ import pytest
 from archiver.archive import archive_calls
 from archiver.config import Settings, load_settings
 from archiver.errors import ExotelAuthError
+from archiver.exotel.models import IST
 from archiver.manifest import read_manifest
 from archiver.report import ALREADY_ARCHIVED, ARCHIVED, FAILED, NO_RECORDING, NOT_READY
 from archiver.simulator import Simulator, SimulatorServer
@@ -61,7 +62,7 @@ def manifest_of(settings: Settings, kind: str | None = "recording") -> list[dict
 
 
 def expected_key(sim: Simulator, sid: str, index: int, ext: str = "mp3") -> str:
-    created = sim.calls[sid].created
+    created = sim.calls[sid].created.astimezone(IST)  # keys use the day of Exotel's v3 times
     return f"{PREFIX}/{created:%Y/%m/%d}/{sid}/recording-{index}.{ext}"
 
 
