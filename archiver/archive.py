@@ -24,6 +24,7 @@ import socket
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
 
 import aiohttp
 
@@ -36,12 +37,13 @@ from archiver.errors import (
     RecordingExpired,
     RecordingUnavailable,
     StoragePermanent,
+    error_reason,
 )
 from archiver.exotel.client import ExotelClient
 from archiver.exotel.models import CallDetails, validate_call_sid
 from archiver.expiry import RateMeter, too_close, url_deadline
 from archiver.keys import CALL_JSON, LEGS_JSON, VOICE_LOG_JSON
-from archiver.ledger import Ledger, ObjectRecord
+from archiver.ledger import Ledger, ObjectRecord, writer_lock
 from archiver.manifest import ManifestWriter
 from archiver.ratelimit import RateLimiter
 from archiver.recorder import Recorder
@@ -100,11 +102,18 @@ class Archiver:
         except (ExotelAuthError, StoragePermanent):
             raise  # concerns every call: the run stops
         except InvalidCallSid as exc:
-            return CallResult(call_sid, FAILED, detail=str(exc))
+            return CallResult(call_sid, FAILED, detail=str(exc), reason="invalid_call_sid")
         except ArchiverError as exc:
             log.error("call %s failed: %s", call_sid, exc)
             self.ledger.set_call(call_sid, FAILED, detail=str(exc))
-            return CallResult(call_sid, FAILED, self.ledger.objects_of(call_sid), detail=str(exc))
+            return CallResult(
+                call_sid,
+                FAILED,
+                self.ledger.objects_of(call_sid),
+                detail=str(exc),
+                reason=error_reason(exc),
+                retryable=exc.retryable,
+            )
 
     async def _archive_details(
         self, details: CallDetails, raw: bytes, *, fetched_at: float
@@ -369,51 +378,64 @@ async def archive_calls(
     report = Report(destination=sink.describe(), manifest=str(manifest_path))
     ledger: Ledger | None = None
     try:
-        ledger = Ledger(settings.state_dir / "ledger.sqlite3")
-        await sink.check()
-        manifest = ManifestWriter(manifest_path)
-        manifest.sync(ledger)  # catch up after a crash between ledger commit and manifest append
-        segments_before = len(ledger.segments())
-        limiter = RateLimiter(settings.exotel.rate_limit, 60.0)
-        async with (
-            ExotelClient(settings.exotel, limiter=limiter, retry=settings.retry) as exotel,
-            recording_session() as http,
-        ):
-            worker = Archiver(
-                settings, sink=sink, ledger=ledger, manifest=manifest, exotel=exotel, http=http
-            )
-            # A fixed pool of workers takes calls from one queue, in order: a backlog of 100,000
-            # calls costs 100,000 list entries, not 100,000 waiting tasks, and each call's
-            # details (and so its URLs) are fetched only when a worker is free for it.
-            order = list(dict.fromkeys(call_sids))
-            pending = iter(enumerate(order))
-            results: list[CallResult | None] = [None] * len(order)
-
-            async def work() -> None:
-                for position, sid in pending:  # shared iterator: each call goes to one worker
-                    result = await worker.archive_call(sid)
-                    results[position] = result
-                    if on_result is not None:
-                        on_result(result)
-
-            try:
-                async with asyncio.TaskGroup() as group:
-                    for _ in range(min(settings.concurrency, len(order))):
-                        group.create_task(work())
-            except BaseExceptionGroup as group_error:
-                raise _first_error(group_error) from None
-            finally:
-                report.api_requests = exotel.requests
-                report.url_refreshes = worker.url_refreshes
-            report.results = [r for r in results if r is not None]
-        await seal(ledger, sink)
-        report.segments_sealed = len(ledger.segments()) - segments_before
-        report.storage_requests = sink.requests
+        with writer_lock(settings.state_dir):
+            ledger = Ledger(settings.state_dir / "ledger.sqlite3")
+            await _archive_all(settings, call_sids, sink, ledger, report, on_result)
     finally:
         if ledger is not None:
             ledger.close()
         await sink.close()
     return report
+
+
+async def _archive_all(
+    settings: Settings,
+    call_sids: Iterable[str],
+    sink: Sink,
+    ledger: Ledger,
+    report: Report,
+    on_result: Callable[[CallResult], None] | None,
+) -> None:
+    """The body of ``archive_calls``, with the writer lock held and the ledger open."""
+    await sink.check()
+    manifest = ManifestWriter(Path(report.manifest))
+    manifest.sync(ledger)  # catch up after a crash between ledger commit and manifest append
+    segments_before = len(ledger.segments())
+    limiter = RateLimiter(settings.exotel.rate_limit, 60.0)
+    async with (
+        ExotelClient(settings.exotel, limiter=limiter, retry=settings.retry) as exotel,
+        recording_session() as http,
+    ):
+        worker = Archiver(
+            settings, sink=sink, ledger=ledger, manifest=manifest, exotel=exotel, http=http
+        )
+        # A fixed pool of workers takes calls from one queue, in order: a backlog of 100,000
+        # calls costs 100,000 list entries, not 100,000 waiting tasks, and each call's
+        # details (and so its URLs) are fetched only when a worker is free for it.
+        order = list(dict.fromkeys(call_sids))
+        pending = iter(enumerate(order))
+        results: list[CallResult | None] = [None] * len(order)
+
+        async def work() -> None:
+            for position, sid in pending:  # shared iterator: each call goes to one worker
+                result = await worker.archive_call(sid)
+                results[position] = result
+                if on_result is not None:
+                    on_result(result)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for _ in range(min(settings.concurrency, len(order))):
+                    group.create_task(work())
+        except BaseExceptionGroup as group_error:
+            raise _first_error(group_error) from None
+        finally:
+            report.api_requests = exotel.requests
+            report.url_refreshes = worker.url_refreshes
+        report.results = [r for r in results if r is not None]
+    await seal(ledger, sink)
+    report.segments_sealed = len(ledger.segments()) - segments_before
+    report.storage_requests = sink.requests
 
 
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -3,11 +3,15 @@
 The ledger is what makes a re-run idempotent. Two tables:
 
 * ``calls`` — one row per call the worker has looked at, with its outcome: ``archived``,
-  ``not_ready`` (still active), ``no_recording`` or ``failed`` (with the reason). Only
-  ``archived`` is final; the others are looked at again next time.
+  ``pending`` (found by the long-running worker, not yet looked at), ``not_ready`` (still
+  active), ``no_recording`` or ``failed`` (with the reason). Only ``archived`` is final; the
+  others are looked at again next time.
 * ``objects`` — one row per object stored in the destination: key, size, SHA-256, content type,
   signature-free source URL, times. ``seq`` orders them; the checksum manifest is these rows, in
   this order (``archiver.manifest`` writes them out).
+
+Smaller tables keep saved listings (for resumed backfills), sealed manifest segments and the
+long-running worker's state (``worker_state``: e.g. the end of its last sweep).
 
 Every state change is one transaction, so a crash leaves either the old state or the new one. An
 object row is written only after the destination has confirmed the object (size and checksum):
@@ -16,8 +20,11 @@ the ledger never claims bytes that are not stored.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -65,6 +72,10 @@ CREATE TABLE IF NOT EXISTS listings (
     range_key    TEXT PRIMARY KEY,
     listed_at    TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS worker_state (
+    name         TEXT PRIMARY KEY,
+    value        TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS segments (
     number       INTEGER PRIMARY KEY,
     key          TEXT NOT NULL,
@@ -74,6 +85,41 @@ CREATE TABLE IF NOT EXISTS segments (
     last_seq     INTEGER NOT NULL
 );
 """
+
+
+@contextmanager
+def writer_lock(state_dir: Path) -> Iterator[None]:
+    """Hold ``state_dir/writer.lock``: one archiving process per state directory.
+
+    Two writers would both append to the manifest and seal segments of the same number; the
+    second one is refused with a message naming the first (its pid). Readers (verify, export,
+    reconcile) take no lock: SQLite's WAL lets them read while the writer works. The lock is an
+    ``flock``: the kernel drops it when the process dies, so a crash leaves nothing stale.
+    """
+    path = state_dir / "writer.lock"
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create {path}: {exc.strerror}; set --state-dir / ARCHIVER_STATE_DIR to a "
+            "writable directory"
+        ) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise ConfigError(
+                f"another exotel-archiver process (pid {holder}) is archiving with the state "
+                f"directory {state_dir}: wait for it to end or stop it (e.g. `systemctl stop "
+                "exotel-archiver`) first; one state directory takes one archiving process"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 def utc_now() -> str:
@@ -188,6 +234,39 @@ class Ledger:
             "SELECT call_sid, created_time FROM calls WHERE outcome = ?", (outcome,)
         )
         return [(str(r["call_sid"]), r["created_time"]) for r in rows]
+
+    def track_call(self, call_sid: str, *, created_time: str | None = None) -> bool:
+        """Note a call found by the worker as ``pending`` unless the ledger knows it already.
+
+        A pending call survives a restart: the worker takes it up again at its next start.
+        Returns whether it was new.
+        """
+        with self._transaction():
+            cursor = self._db.execute(
+                """INSERT INTO calls (call_sid, outcome, created_time, updated_at)
+                   VALUES (?, 'pending', ?, ?) ON CONFLICT (call_sid) DO NOTHING""",
+                (call_sid, created_time, utc_now()),
+            )
+        return cursor.rowcount > 0
+
+    def unarchived(self) -> list[tuple[str, str, str | None]]:
+        """(call SID, outcome, created time) of every call that is pending, not ready or failed."""
+        rows = self._db.execute(
+            "SELECT call_sid, outcome, created_time FROM calls "
+            "WHERE outcome IN ('pending', 'not_ready', 'failed') ORDER BY updated_at"
+        )
+        return [(str(r["call_sid"]), str(r["outcome"]), r["created_time"]) for r in rows]
+
+    def state(self, name: str) -> str | None:
+        """A value the long-running worker keeps between runs (e.g. the last sweep's end)."""
+        row = self._db.execute("SELECT value FROM worker_state WHERE name = ?", (name,)).fetchone()
+        return None if row is None else str(row["value"])
+
+    def set_state(self, name: str, value: str) -> None:
+        with self._transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO worker_state (name, value) VALUES (?, ?)", (name, value)
+            )
 
     def listing(self, range_key: str) -> list[tuple[str, str, bool]] | None:
         """A complete listing saved for ``range_key``: (call SID, created, has recording)."""
