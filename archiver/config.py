@@ -78,6 +78,10 @@ class Option:
     minimum: float | None = None
     maximum: float | None = None
     secret: bool = False
+    credential: str | None = None
+    """For secrets: the file name read from ``$CREDENTIALS_DIRECTORY`` (systemd LoadCredential=)."""
+    daemon: bool = False
+    """Only ``exotel-archiver run`` has a flag for it (every command reads env and TOML)."""
 
     @property
     def name(self) -> str:
@@ -102,16 +106,18 @@ OPTIONS: tuple[Option, ...] = (
         "api_key",
         "EXOTEL_API_KEY",
         None,
-        "Exotel API key (HTTP Basic user). Environment or config file only.",
+        "Exotel API key (HTTP Basic user). Environment, credential file or config file only.",
         secret=True,
+        credential="exotel-api-key",
     ),
     Option(
         "exotel",
         "api_token",
         "EXOTEL_API_TOKEN",
         None,
-        "Exotel API token (HTTP Basic password). Environment or config file only.",
+        "Exotel API token (HTTP Basic password). Environment, credential file or config file only.",
         secret=True,
+        credential="exotel-api-token",
     ),
     Option(
         "exotel",
@@ -338,6 +344,168 @@ OPTIONS: tuple[Option, ...] = (
         kind="choice",
         choices=("debug", "info", "warning", "error"),
     ),
+    Option(
+        "archiver",
+        "log_format",
+        "ARCHIVER_LOG_FORMAT",
+        "--log-format",
+        "Log lines: text, json (one JSON object per line, for journald and log shippers) or auto "
+        "(text on a terminal, json otherwise).",
+        default="auto",
+        kind="choice",
+        choices=("auto", "text", "json"),
+    ),
+    Option(
+        "daemon",
+        "poll_interval",
+        "ARCHIVER_POLL_INTERVAL",
+        "--poll-interval",
+        "Seconds between two polls of Exotel's active calls (one API request each).",
+        default=30.0,
+        kind="float",
+        minimum=1,
+        maximum=3600,
+        daemon=True,
+    ),
+    Option(
+        "daemon",
+        "recheck_interval",
+        "ARCHIVER_RECHECK_INTERVAL",
+        "--recheck-interval",
+        "Seconds before a call that is not ready (still active, voice log processing, no "
+        "recording yet) is looked at again.",
+        default=60.0,
+        kind="float",
+        minimum=1,
+        maximum=3600,
+        daemon=True,
+    ),
+    Option(
+        "daemon",
+        "recording_grace",
+        "ARCHIVER_RECORDING_GRACE",
+        "--recording-grace",
+        "Minutes a terminal call without recordings keeps being re-checked before it is "
+        "recorded as having none (Exotel adds recordings up to ~15 minutes after the end).",
+        default=20.0,
+        kind="float",
+        minimum=0,
+        maximum=1440,
+        daemon=True,
+    ),
+    Option(
+        "daemon",
+        "sweep_interval",
+        "ARCHIVER_SWEEP_INTERVAL",
+        "--sweep-interval",
+        "Minutes between two reconciliation sweeps over Exotel's v1 call listing, which catch "
+        "calls never seen active. 0 turns the sweep off.",
+        default=15.0,
+        kind="float",
+        minimum=0,
+        maximum=1440,
+        daemon=True,
+    ),
+    Option(
+        "daemon",
+        "sweep_lookback",
+        "ARCHIVER_SWEEP_LOOKBACK",
+        "--sweep-lookback",
+        "Hours of the recent past each sweep lists. After downtime, the first sweep reaches back "
+        "to the last completed one instead (at most Exotel's six months).",
+        default=24.0,
+        kind="float",
+        minimum=1,
+        maximum=4320,
+        daemon=True,
+    ),
+    Option(
+        "daemon",
+        "shutdown_grace",
+        "ARCHIVER_SHUTDOWN_GRACE",
+        "--shutdown-grace",
+        "Seconds in-flight calls get to finish after the first SIGTERM/SIGINT; what is not done "
+        "by then is redone at the next start. Keep it below systemd's TimeoutStopSec.",
+        default=60.0,
+        kind="float",
+        minimum=0,
+        maximum=3600,
+        daemon=True,
+    ),
+    Option(
+        "daemon",
+        "webhook_listen",
+        "ARCHIVER_WEBHOOK_LISTEN",
+        "--webhook-listen",
+        "HOST:PORT to receive Exotel StatusCallback hints on (POST /exotel/status-callback). "
+        "Off unless set; needs webhook_secret or webhook_basic_auth.",
+        daemon=True,
+    ),
+    Option(
+        "daemon",
+        "webhook_secret",
+        "ARCHIVER_WEBHOOK_SECRET",
+        None,
+        "Shared secret a StatusCallback must carry (?secret=... in the callback URL, or an "
+        "X-Archiver-Secret header).",
+        secret=True,
+        credential="webhook-secret",
+    ),
+    Option(
+        "daemon",
+        "webhook_basic_auth",
+        "ARCHIVER_WEBHOOK_BASIC_AUTH",
+        None,
+        "USER:PASSWORD a StatusCallback must present as HTTP Basic auth.",
+        secret=True,
+        credential="webhook-basic-auth",
+    ),
+    Option(
+        "daemon",
+        "webhook_max_body",
+        "ARCHIVER_WEBHOOK_MAX_BODY",
+        "--webhook-max-body",
+        "Largest StatusCallback body accepted, in KiB (larger: HTTP 413).",
+        default=64,
+        kind="int",
+        minimum=1,
+        maximum=10_240,
+        daemon=True,
+    ),
+    Option(
+        "daemon",
+        "metrics_listen",
+        "ARCHIVER_METRICS_LISTEN",
+        "--metrics-listen",
+        "HOST:PORT to serve Prometheus metrics on (GET /metrics). Off unless set.",
+        daemon=True,
+    ),
+    Option(
+        "daemon",
+        "source_retention",
+        "ARCHIVER_SOURCE_RETENTION",
+        "--source-retention",
+        "Days Exotel keeps recordings on your plan (30 to 365). The worker warns when the oldest "
+        "call not yet archived gets close to it.",
+        default=30,
+        kind="int",
+        minimum=1,
+        maximum=3650,
+        daemon=True,
+    ),
+    Option(
+        "daemon",
+        "retention_warning",
+        "ARCHIVER_RETENTION_WARNING",
+        "--retention-warning",
+        "Warn when the oldest call not yet archived is fewer than this many days from "
+        "source_retention.",
+        default=7,
+        kind="int",
+        minimum=0,
+        maximum=3650,
+        daemon=True,
+    ),
 )
 
 OPTIONS_BY_KEY: dict[str, Option] = {o.key: o for o in OPTIONS}
@@ -353,6 +521,26 @@ class ExotelSettings:
     v1_api_url: str
     rate_limit: int
     timezone: tzinfo
+
+
+@dataclass(frozen=True)
+class DaemonSettings:
+    """What only ``exotel-archiver run`` uses. Durations in seconds."""
+
+    poll_interval: float = 30.0
+    recheck_interval: float = 60.0
+    recording_grace: float = 1200.0
+    sweep_interval: float = 900.0
+    sweep_lookback: float = 86400.0
+    shutdown_grace: float = 60.0
+    webhook_listen: tuple[str, int] | None = None
+    webhook_secret: Secret = field(default_factory=lambda: Secret(""))
+    webhook_basic_auth: Secret = field(default_factory=lambda: Secret(""))
+    webhook_max_body: int = 64 * 1024
+    """Bytes."""
+    metrics_listen: tuple[str, int] | None = None
+    source_retention: float = 30 * 86400.0
+    retention_warning: float = 7 * 86400.0
 
 
 @dataclass(frozen=True)
@@ -378,6 +566,8 @@ class Settings:
     s3_addressing_style: str | None
     s3_conditional_writes: bool
     log_level: str
+    log_format: str = "auto"
+    daemon: DaemonSettings = field(default_factory=DaemonSettings)
     secrets: tuple[str, ...] = field(default=(), repr=False)
     """The secret values themselves, for the log redactor. Not shown in repr."""
 
@@ -491,6 +681,31 @@ def _check_base_url(name: str, url: str) -> str:
     return url.rstrip("/")
 
 
+def _listen(name: str, value: str | None) -> tuple[str, int] | None:
+    """``HOST:PORT`` (``[::1]:9100`` for IPv6) as (host, port); None when unset."""
+    if not value:
+        return None
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{name} must be HOST:PORT such as 127.0.0.1:9100; got {value!r}")
+    return host, int(port)
+
+
+def _credential(opt: Option, env: Mapping[str, str]) -> str | None:
+    """A secret from systemd's credentials directory (LoadCredential=), if it is there."""
+    directory = env.get("CREDENTIALS_DIRECTORY")
+    if not directory or opt.credential is None:
+        return None
+    path = Path(directory) / opt.credential
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ConfigError(f"cannot read credential {path}: {exc.strerror}") from None
+
+
 def _zone(name: str) -> tzinfo:
     try:
         return ZoneInfo(name)
@@ -533,6 +748,8 @@ def load_settings(
             values[opt.key] = _convert(opt, cli[opt.key], f"flag {opt.flag}")
         elif env.get(opt.env, "") != "":
             values[opt.key] = _convert(opt, env[opt.env], f"environment {opt.env}")
+        elif (credential := _credential(opt, env)) is not None:
+            values[opt.key] = credential
         elif opt.key in from_file:
             values[opt.key] = _convert(opt, from_file[opt.key], f"config file {config_file}")
         else:
@@ -558,6 +775,32 @@ def load_settings(
         timezone=_zone(values["timezone"]),
     )
     style = values["s3_addressing_style"]
+    webhook_secret = values["webhook_secret"] or ""
+    webhook_basic_auth = values["webhook_basic_auth"] or ""
+    if webhook_basic_auth and ":" not in webhook_basic_auth:
+        raise ConfigError("ARCHIVER_WEBHOOK_BASIC_AUTH must be USER:PASSWORD")
+    daemon = DaemonSettings(
+        poll_interval=values["poll_interval"],
+        recheck_interval=values["recheck_interval"],
+        recording_grace=values["recording_grace"] * 60.0,
+        sweep_interval=values["sweep_interval"] * 60.0,
+        sweep_lookback=values["sweep_lookback"] * 3600.0,
+        shutdown_grace=values["shutdown_grace"],
+        webhook_listen=_listen("ARCHIVER_WEBHOOK_LISTEN", values["webhook_listen"]),
+        webhook_secret=Secret(webhook_secret),
+        webhook_basic_auth=Secret(webhook_basic_auth),
+        webhook_max_body=values["webhook_max_body"] * 1024,
+        metrics_listen=_listen("ARCHIVER_METRICS_LISTEN", values["metrics_listen"]),
+        source_retention=values["source_retention"] * 86400.0,
+        retention_warning=values["retention_warning"] * 86400.0,
+    )
+    secrets = (
+        api_key,
+        api_token,
+        webhook_secret,
+        webhook_basic_auth,
+        webhook_basic_auth.partition(":")[2],
+    )
     return Settings(
         exotel=exotel,
         destination=values["destination"] or None,
@@ -576,5 +819,7 @@ def load_settings(
         s3_addressing_style=None if style == "auto" else style,
         s3_conditional_writes=values["s3_conditional_writes"] == "on",
         log_level=values["log_level"],
-        secrets=tuple(s for s in (api_key, api_token) if s),
+        log_format=values["log_format"],
+        daemon=daemon,
+        secrets=tuple(s for s in secrets if s),
     )

@@ -2,27 +2,69 @@
 
 The redaction filter (``archiver.redact.Redactor``) sits on the handler, so it sees every record
 that reaches the output, whichever library logged it: known secret values (the Exotel key and
-token) and signature-looking URL parameters are replaced before anything is written.
+token, the webhook secret) and signature-looking URL parameters are replaced before anything is
+written.
+
+Two formats: ``text`` (one readable line, for a terminal) and ``json`` (one JSON object per line —
+``time``, ``level``, ``logger``, ``message``, ``call_sid`` when the line is about a call — for
+journald and log shippers). ``auto`` picks text on a terminal and JSON otherwise. journald adds
+its own timestamp; the JSON keeps one so the lines stand alone when shipped elsewhere.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import sys
 from collections.abc import Iterable
+from datetime import UTC, datetime
 
 from archiver.redact import Redactor
 
 _FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+_CALL = re.compile(r"\bcall ([A-Za-z0-9_-]{6,64})\b")
 
 
-def setup_logging(level: str = "info", *, secrets: Iterable[str] = ()) -> logging.Handler:
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record. ``call_sid`` comes from ``extra={"call_sid": ...}`` or, failing
+    that, from a ``call <SID>`` phrase in the message (how this code base names calls)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        event: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": message,
+        }
+        sid = getattr(record, "call_sid", None)
+        if sid is None and (match := _CALL.search(message)):
+            sid = match.group(1)
+        if sid is not None:
+            event["call_sid"] = sid
+        if record.exc_text:
+            event["error"] = record.exc_text
+        elif record.exc_info:
+            event["error"] = self.formatException(record.exc_info)
+        return json.dumps(event, ensure_ascii=False)
+
+
+def setup_logging(
+    level: str = "info", *, secrets: Iterable[str] = (), fmt: str = "auto"
+) -> logging.Handler:
     """Send log records of ``level`` and above to stderr, redacted. Safe to call again.
 
-    Returns the handler (tests remove it again).
+    ``fmt`` is ``text``, ``json`` or ``auto`` (text when stderr is a terminal). Returns the
+    handler (tests remove it again).
     """
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(_FORMAT, datefmt="%Y-%m-%dT%H:%M:%S"))
+    if fmt == "json" or (fmt == "auto" and not sys.stderr.isatty()):
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter(_FORMAT, datefmt="%Y-%m-%dT%H:%M:%S"))
     handler.addFilter(Redactor(secrets))
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, "_archiver", False)]:

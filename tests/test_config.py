@@ -49,8 +49,39 @@ def test_secrets_never_in_repr() -> None:
 
 
 def test_secrets_have_no_flags() -> None:
-    assert {o.key for o in OPTIONS if o.secret} == {"api_key", "api_token"}
+    secrets = {"api_key", "api_token", "webhook_secret", "webhook_basic_auth"}
+    assert {o.key for o in OPTIONS if o.secret} == secrets
     assert all(o.flag is None for o in OPTIONS if o.secret)
+    assert all(o.credential for o in OPTIONS if o.secret)
+
+
+def test_secrets_from_the_systemd_credentials_directory(tmp_path: Path) -> None:
+    (tmp_path / "exotel-api-key").write_text("cred-key\n")
+    (tmp_path / "exotel-api-token").write_text("cred-token")
+    (tmp_path / "webhook-secret").write_text("hook-secret")
+    env = {"EXOTEL_ACCOUNT_SID": "acct", "CREDENTIALS_DIRECTORY": str(tmp_path)}
+    s = load_settings(env=env)
+    assert s.exotel.api_key.reveal() == "cred-key" and s.exotel.api_token.reveal() == "cred-token"
+    assert s.daemon.webhook_secret.reveal() == "hook-secret"
+    assert {"cred-key", "cred-token", "hook-secret"} <= set(s.secrets)
+    assert "cred-key" not in repr(s) and "hook-secret" not in repr(s)
+    # The environment still wins over the credential file.
+    s = load_settings(env={**env, "EXOTEL_API_KEY": "env-key"})
+    assert s.exotel.api_key.reveal() == "env-key"
+
+
+@pytest.mark.parametrize("value", ["9100", "host:", ":9100", "h:99999", "h:x"])
+def test_listen_addresses_are_checked(value: str) -> None:
+    with pytest.raises(ConfigError, match="ARCHIVER_METRICS_LISTEN must be HOST:PORT"):
+        load_settings(env={"ARCHIVER_METRICS_LISTEN": value})
+
+
+def test_listen_address_forms() -> None:
+    s = load_settings(
+        env={"ARCHIVER_METRICS_LISTEN": "[::1]:9100", "ARCHIVER_WEBHOOK_LISTEN": "0.0.0.0:8080"}
+    )
+    assert s.daemon.metrics_listen == ("::1", 9100)
+    assert s.daemon.webhook_listen == ("0.0.0.0", 8080)
 
 
 @pytest.mark.parametrize(

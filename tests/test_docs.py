@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from archiver.config import OPTIONS
+from archiver.config import OPTIONS, load_settings
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 
@@ -27,6 +27,15 @@ def options_table() -> str:
 
 def test_configuration_reference_matches_the_code() -> None:
     assert options_table() in DOC.read_text(), "docs/configuration.md is out of date: " + __doc__
+
+
+def test_the_example_config_file_loads(tmp_path: Path) -> None:
+    text = DOC.read_text()
+    example = text.split("```toml\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "config.toml"
+    path.write_text(example)
+    settings = load_settings(env={}, config_file=path)
+    assert settings.daemon.metrics_listen == ("127.0.0.1", 9101)
 
 
 if __name__ == "__main__":

@@ -36,9 +36,18 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def settings_options(func: F) -> F:
-    """Add a flag for every non-secret option of ``archiver.config.OPTIONS``."""
+    """Add a flag for every non-secret option of ``archiver.config.OPTIONS`` but the daemon's."""
+    return _option_flags(func, daemon=False)
+
+
+def daemon_settings_options(func: F) -> F:
+    """Add a flag for every non-secret option, the daemon's included (``exotel-archiver run``)."""
+    return _option_flags(func, daemon=True)
+
+
+def _option_flags(func: F, *, daemon: bool) -> F:
     for opt in reversed(OPTIONS):
-        if opt.flag is None:
+        if opt.flag is None or (opt.daemon and not daemon):
             continue
         kind: click.ParamType[Any] | type | None = None
         if opt.kind == "choice":
@@ -82,7 +91,7 @@ def make_settings(ctx: click.Context, cli: dict[str, Any]) -> Settings:
     except ConfigError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_USAGE)
-    setup_logging(settings.log_level, secrets=settings.secrets)
+    setup_logging(settings.log_level, secrets=settings.secrets, fmt=settings.log_format)
     return settings
 
 
