@@ -32,6 +32,8 @@ Messages never contain secrets: URLs in them are passed through ``archiver.redac
 
 from __future__ import annotations
 
+import re
+
 
 class ArchiverError(Exception):
     """Base of all errors the archiver raises on purpose."""
@@ -171,3 +173,8 @@ class StorageUnavailable(StorageError):
 
 class StoragePermanent(StorageError):
     """The destination refuses for good: no such bucket, access denied, bad credentials."""
+
+
+def error_reason(exc: BaseException) -> str:
+    """The kind of an error, for metrics: ``RecordingExpired`` → ``recording_expired``."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", type(exc).__name__).lower()

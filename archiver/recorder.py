@@ -98,9 +98,17 @@ class Recorder:
         )
         self.manifest.sync(self.ledger)
         if self.ledger.unsealed_count() >= self.segment_size:
-            async with self._sealing:
-                await seal(self.ledger, self.sink)
+            await self.seal()
         return record
+
+    async def seal(self) -> int:
+        """Seal every waiting manifest entry into segments now; returns how many were sealed.
+
+        The long-running worker calls this on a timer and at shutdown, so entries do not wait
+        for ``segment_size`` company indefinitely.
+        """
+        async with self._sealing:
+            return len(await seal(self.ledger, self.sink))
 
     async def store_bytes(
         self, details: CallDetails, *, kind: str, key: str, data: bytes, source: str

@@ -34,6 +34,11 @@ class CallResult:
     stored: int = 0
     """Objects written by this run (the rest were already in the destination)."""
     detail: str | None = None
+    reason: str | None = None
+    """For ``failed``: the kind of error, e.g. ``recording_expired`` (metrics count by it)."""
+    retryable: bool = False
+    """For ``failed``: whether trying again later may succeed (a transient error that outlasted
+    its retries) or not (a conflict, a protocol error)."""
 
     def note(self, text: str) -> None:
         """Add a remark (an optional artifact that could not be had, ...) to ``detail``."""

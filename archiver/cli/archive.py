@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,14 @@ def archive(
 
 
 @main.command()
-@date_range_options(required=True)
+@date_range_options()
+@click.option(
+    "--range",
+    "day_range",
+    metavar="SINCE..UNTIL",
+    help="The same as --since SINCE --until UNTIL, in one word (YYYY-MM-DD..YYYY-MM-DD): "
+    "what the exotel-archiver-backfill@.service template passes as its instance name.",
+)
 @click.option("--dry-run", is_flag=True, help="List and plan only: nothing is downloaded.")
 @click.option(
     "--report",
@@ -68,7 +76,14 @@ def archive(
 @settings_options
 @click.pass_context
 def backfill(
-    ctx: click.Context, /, since: Any, until: Any, dry_run: bool, report: Path | None, **cli: Any
+    ctx: click.Context,
+    /,
+    since: Any,
+    until: Any,
+    day_range: str | None,
+    dry_run: bool,
+    report: Path | None,
+    **cli: Any,
 ) -> None:
     """Archive every call of a date range (days in the account's time zone), found through
     Exotel's v1 call listing. Interrupted, the same command continues where it stopped.
@@ -78,8 +93,9 @@ def backfill(
     from archiver.backfill import backfill as run_backfill
     from archiver.backfill import plan_backfill
 
+    first, last = _days(day(since), day(until), day_range)
     settings = make_settings(ctx, cli)
-    plan = run(plan_backfill(settings, day(since), day(until)))
+    plan = run(plan_backfill(settings, first, last))
     limit = settings.exotel.rate_limit
     click.echo(
         f"{plan.since}..{plan.until}: {plan.listed} calls listed"
@@ -99,3 +115,23 @@ def backfill(
     write_json({"plan": plan.as_dict(limit), "result": result.as_dict()}, path)
     click.echo(f"summary written to {path}")
     sys.exit(EXIT_FAILURES if result.failed else EXIT_OK)
+
+
+def _days(since: date | None, until: date | None, day_range: str | None) -> tuple[date, date]:
+    """The range from --since/--until or --range (exactly one of the two ways)."""
+    if day_range is None:
+        if since is None or until is None:
+            raise click.UsageError("give --since and --until (or --range SINCE..UNTIL)")
+        return since, until
+    if since is not None or until is not None:
+        raise click.UsageError("give either --range or --since/--until, not both")
+    first, sep, last = day_range.partition("..")
+    try:
+        if not sep:
+            raise ValueError
+        return date.fromisoformat(first), date.fromisoformat(last)
+    except ValueError:
+        raise click.BadParameter(
+            f"{day_range!r} is not SINCE..UNTIL such as 2026-05-01..2026-05-31",
+            param_hint="--range",
+        ) from None

@@ -129,6 +129,8 @@ class ExotelClient:
         )
         self.requests = 0
         """API requests sent (every attempt), for reports."""
+        self.rate_limited = 0
+        """Of those, how many Exotel answered with 429 (too many requests)."""
 
     async def __aenter__(self) -> ExotelClient:
         credentials = f"{self._settings.api_key.reveal()}:{self._settings.api_token.reveal()}"
@@ -156,14 +158,15 @@ class ExotelClient:
         """A v1 API URL of this account, e.g. ``v1_url("/Calls.json")``."""
         return f"{self._settings.v1_api_url}/v1/Accounts/{self._settings.account_sid}{path}"
 
-    def _v3(self, path: str) -> str:
+    def v3_url(self, path: str) -> str:
+        """A v3 API URL of this account, e.g. ``v3_url("/calls/active")``."""
         return f"{self._settings.api_url}/v3/accounts/{self._settings.account_sid}{path}"
 
     async def call_details(self, call_sid: str) -> tuple[CallDetails, bytes]:
         """GET /v3/accounts/{sid}/calls/{call_sid}: the parsed details and the raw body."""
         validate_call_sid(call_sid)
         what = f"GET call details of {call_sid}"
-        answer = await self.get_json(self._v3(f"/calls/{call_sid}"), what=what)
+        answer = await self.get_json(self.v3_url(f"/calls/{call_sid}"), what=what)
         response = answer.envelope.get("response")
         if not isinstance(response, dict):
             raise ExotelProtocolError(f"{what}: the answer has no 'response' object")
@@ -184,7 +187,7 @@ class ExotelClient:
         validate_call_sid(call_sid)
         what = f"GET voice log of {call_sid}"
         answer = await self.get_json(
-            self._v3(f"/calls/{call_sid}/voice-logs"),
+            self.v3_url(f"/calls/{call_sid}/voice-logs"),
             what=what,
             params={"format": fmt, "channel": channel},
         )
@@ -198,7 +201,7 @@ class ExotelClient:
         """GET /v3/accounts/{sid}/calls/{call_sid}/legs: the raw body (404: not enabled)."""
         validate_call_sid(call_sid)
         what = f"GET legs of {call_sid}"
-        answer = await self.get_json(self._v3(f"/calls/{call_sid}/legs"), what=what)
+        answer = await self.get_json(self.v3_url(f"/calls/{call_sid}/legs"), what=what)
         response = answer.envelope.get("response")
         if not isinstance(response, dict) or not isinstance(response.get("leg_details"), dict):
             raise ExotelProtocolError(f"{what}: the answer has no 'response.leg_details' object")
@@ -228,6 +231,8 @@ class ExotelClient:
         log.debug("%s: HTTP %d, %d bytes", what, status, len(body))
         if len(body) > _MAX_BODY:
             raise ExotelProtocolError(f"{what}: answer larger than {_MAX_BODY} bytes")
+        if status == 429:
+            self.rate_limited += 1
         if not 200 <= status < 300:
             raise classify(status, headers, body, what)
         try:

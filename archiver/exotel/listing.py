@@ -1,4 +1,5 @@
-"""Finding the calls of a date range: v1 Bulk Call Details (v3 has no list endpoint).
+"""Finding calls: those of a date range (v1 Bulk Call Details; v3 has no list endpoint) and
+those in progress now (v3 active calls).
 
 ``GET /v1/Accounts/{sid}/Calls.json`` with ``DateCreated=gte:...;lte:...`` (times in the account's
 time zone, no offset), ``SortBy=DateCreated:asc``, ``PageSize`` up to 100, and cursor paging
@@ -9,6 +10,11 @@ never listed by Exotel.
 
 Guards against a misbehaving answer: a ``NextPageUri`` to another host or one already followed
 (a loop) is an ``ExotelProtocolError``, and so is an item whose ``Sid`` is not a valid call SID.
+
+``active_calls`` reads ``GET /v3/accounts/{sid}/calls/active``: ``response.active_calls[]`` with
+``call_sid``, ``status`` and ``start_time`` (ISO-8601 UTC), and ``response.total_active``. An
+older version of Exotel's page described ``limit``/``offset`` paging: when ``total_active`` says
+there are more calls than the answer holds, the next ``offset`` is asked for.
 """
 
 from __future__ import annotations
@@ -107,3 +113,48 @@ async def list_calls(
             params = None  # the cursor URI carries the query
         else:
             raise ExotelProtocolError(f"listing stopped after {MAX_PAGES} pages")
+
+
+@dataclass(frozen=True)
+class ActiveCall:
+    """One call in progress, as the active-calls endpoint lists it."""
+
+    sid: str
+    start_time: datetime | None
+
+
+ACTIVE_PAGE = 100
+MAX_ACTIVE_PAGES = 100
+
+
+def _iso_time(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else None
+
+
+async def active_calls(client: ExotelClient) -> list[ActiveCall]:
+    """Every call Exotel reports as in progress right now (one request per 100)."""
+    url = client.v3_url("/calls/active")
+    found: dict[str, ActiveCall] = {}
+    for page in range(MAX_ACTIVE_PAGES):
+        what = f"GET active calls page {page + 1}"
+        params = {"limit": str(ACTIVE_PAGE), "offset": str(page * ACTIVE_PAGE)}
+        answer = await client.get_json(url, what=what, params=params)
+        response = answer.envelope.get("response")
+        items = response.get("active_calls") if isinstance(response, dict) else None
+        if not isinstance(response, dict) or not isinstance(items, list):
+            raise ExotelProtocolError(f"{what}: the answer has no 'response.active_calls' list")
+        for item in items:
+            if not isinstance(item, dict):
+                raise ExotelProtocolError(f"{what}: an item of 'active_calls' is not an object")
+            sid = validate_call_sid(item.get("call_sid") or item.get("sid"))
+            found[sid] = ActiveCall(sid, _iso_time(item.get("start_time")))
+        total = response.get("total_active")
+        if not items or not isinstance(total, int) or len(found) >= total:
+            break
+    return list(found.values())

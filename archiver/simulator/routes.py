@@ -149,7 +149,15 @@ def add_routes(app: web.Application, sim: Simulator) -> None:
             for c in list(sim.calls.values())
             if c.state(now) == "active"
         ]
-        return envelope({"active_calls": active, "total_active": len(active)})
+        total = len(active)
+        if "limit" in request.query:  # the older page's paging; the newer one lists them all
+            try:
+                offset = int(request.query.get("offset", "0"))
+                limit = int(request.query["limit"])
+            except ValueError:
+                return api_error(400, "limit and offset must be whole numbers")
+            active = active[offset : offset + limit]
+        return envelope({"active_calls": active, "total_active": total})
 
     async def bulk_calls(request: web.Request) -> web.Response:
         refused = check_api(request)

@@ -140,6 +140,15 @@ class Simulator:
         )
         return self._register(call)
 
+    def add_recording(self, sid: str, size: int = 64 * 1024) -> None:
+        """Give a call one more recording (as Exotel does minutes after the end)."""
+        call = self.calls[sid]
+        with self._lock:
+            token = make_sid(self._rng)
+            call.recordings.append(size)
+            call.tokens.append(token)
+            self._tokens[token] = self.recording_asset(call, len(call.recordings))
+
     def finish(self, sid: str, status: str = "completed") -> None:
         """Turn an active call terminal now."""
         call = self.calls[sid]

@@ -1,0 +1,536 @@
+"""The long-running archiver: ``exotel-archiver run``.
+
+One asyncio process, one rate limiter, one ledger. Calls reach one schedule (call SID → when to
+look at it next) from four sources:
+
+* **active** — ``GET .../calls/active`` every ``poll_interval``: a call is watched while it is
+  listed (no call-details request is spent on it then) and scheduled as soon as it is not;
+* **sweep** — every ``sweep_interval``, the v1 listing of the recent past (back to the previous
+  sweep after downtime): calls never seen active, failed calls and calls whose recording
+  appeared late are scheduled; it catches what polling and callbacks miss;
+* **webhook** — optional StatusCallback hints (``archiver.webhook``): de-duplicated, scheduled now;
+* **restart** — calls the ledger holds as ``pending`` or ``not_ready`` from an earlier run.
+
+A pool of ``concurrency`` workers takes due calls and archives each with the same code as
+``archive`` (``Archiver.archive_call``). A call still active, or whose voice log is processing,
+is looked at again after ``recheck_interval``; a terminal call without recordings too, until
+``recording_grace`` has passed since it was first seen so (Exotel adds recordings minutes after
+the end); a failure that may pass (retries exhausted on a 5xx, a timeout) is tried again with
+backoff, five times, and then by the next sweeps.
+
+Every found call is in the ledger (``pending``) before it is scheduled, so nothing is lost to a
+crash or a restart. Shutdown (``stop()``: the first SIGTERM/SIGINT): polling, sweeps and the
+webhook stop; in-flight calls get ``shutdown_grace`` seconds; unfinished ones stay pending for
+the next start; waiting manifest entries are sealed. A second ``stop()`` cancels what is in
+flight at once. Errors that concern every call (bad Exotel credentials, bucket missing or
+denied) stop the worker and are raised from ``run()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from aiohttp import web
+
+from archiver.archive import Archiver
+from archiver.config import Settings
+from archiver.errors import ArchiverError, ConfigError, ExotelAuthError
+from archiver.exotel.client import ExotelClient
+from archiver.exotel.listing import active_calls, list_calls
+from archiver.ledger import Ledger, writer_lock
+from archiver.manifest import ManifestWriter
+from archiver.metrics import Metrics
+from archiver.notify import Notifier
+from archiver.ratelimit import RateLimiter
+from archiver.report import ALREADY_ARCHIVED, ARCHIVED, FAILED, NO_RECORDING, NOT_READY, CallResult
+from archiver.sinks import Sink
+from archiver.transfer import recording_session
+from archiver.webhook import webhook_app
+
+log = logging.getLogger("archiver.daemon")
+
+API_WINDOW = timedelta(days=180)
+SWEEP_OVERLAP = timedelta(hours=1)
+FAILURE_RETRIES = 5
+HINT_MEMORY = 10_000
+STATUS_EVERY = 10.0
+SEAL_EVERY = 600.0
+
+
+@dataclass
+class Summary:
+    """What ``run()`` returns: the counters, and whether the shutdown was forced."""
+
+    metrics: Metrics
+    forced: bool = False
+    left_pending: int = 0
+    """Calls not finished at shutdown: still pending in the ledger, taken up at the next start."""
+
+    def line(self) -> str:
+        m = self.metrics
+        return (
+            f"archived {m.calls[ARCHIVED]} call(s) ({m.bytes_archived} bytes), failed "
+            f"{m.calls[FAILED]}, no recording {m.calls[NO_RECORDING]}; {m.api_requests} API "
+            f"requests ({m.api_rate_limited} answered 429), {m.url_refreshes} URL refreshes; "
+            f"{self.left_pending} call(s) left for the next start"
+        )
+
+
+class Daemon:
+    """The long-running worker. ``await run()`` until ``stop()``; see the module docstring."""
+
+    def __init__(self, settings: Settings, *, sink: Sink, notifier: Notifier | None = None) -> None:
+        self.settings = settings
+        self.config = settings.daemon
+        self.sink = sink
+        self.notifier = notifier or Notifier({})
+        self.metrics = Metrics()
+        self._due: dict[str, float] = {}
+        self._heap: list[tuple[float, str]] = []
+        self._busy: set[str] = set()
+        self._watching: set[str] = set()
+        self._no_recording_since: dict[str, float] = {}
+        self._failures: dict[str, int] = {}
+        self._hints: OrderedDict[str, None] = OrderedDict()
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._force = asyncio.Event()
+        self._fatal: BaseException | None = None
+        self._warned_retention = 0.0
+        self.ledger: Ledger | None = None
+        self.archiver: Archiver | None = None
+        self.exotel: ExotelClient | None = None
+
+    # --- control ---------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """First call: drain and stop. Second call: stop now (in-flight calls are redone later)."""
+        if self._stop.is_set():
+            log.warning("second stop request: cancelling the calls in flight")
+            self._force.set()
+        else:
+            log.info(
+                "stopping: no new work; waiting up to %gs for calls in flight",
+                self.config.shutdown_grace,
+            )
+            self._stop.set()
+        self._wake.set()
+
+    def hint(self, sid: str) -> bool:
+        """A StatusCallback says ``sid`` ended. False if it is a duplicate (nothing to do)."""
+        if sid in self._hints:
+            return False
+        self._hints[sid] = None
+        if len(self._hints) > HINT_MEMORY:
+            self._hints.popitem(last=False)
+        assert self.ledger is not None
+        if self.ledger.call_outcome(sid) == ARCHIVED:
+            return False
+        self._watching.discard(sid)
+        return self._discover(sid, "webhook")
+
+    # --- the schedule ----------------------------------------------------------------------------
+
+    def _schedule(self, sid: str, delay: float = 0.0) -> None:
+        if sid in self._busy:
+            return
+        due = time.monotonic() + delay
+        if sid in self._due and self._due[sid] <= due:
+            return
+        self._due[sid] = due
+        heapq.heappush(self._heap, (due, sid))
+        self._wake.set()
+
+    def _discover(self, sid: str, source: str, *, created: str | None = None) -> bool:
+        """Put a call found by ``source`` in the ledger (pending) and the schedule."""
+        if sid in self._due or sid in self._busy:
+            return False
+        assert self.ledger is not None
+        self.ledger.track_call(sid, created_time=created)
+        self.metrics.discovered[source] += 1
+        self._schedule(sid)
+        return True
+
+    def _take_due(self) -> tuple[str | None, float]:
+        """The next due call (removed from the schedule), or None and the seconds until one."""
+        now = time.monotonic()
+        while self._heap:
+            due, sid = self._heap[0]
+            if self._due.get(sid) != due:  # rescheduled or unscheduled since: a stale entry
+                heapq.heappop(self._heap)
+                continue
+            if due > now:
+                return None, due - now
+            heapq.heappop(self._heap)
+            del self._due[sid]
+            return sid, 0.0
+        return None, 3600.0
+
+    # --- run -------------------------------------------------------------------------------
+
+    async def run(self) -> Summary:
+        settings = self.settings
+        settings.require_exotel_credentials()
+        if self.config.webhook_listen and not (
+            self.config.webhook_secret or self.config.webhook_basic_auth
+        ):
+            raise ConfigError(
+                "the StatusCallback receiver (ARCHIVER_WEBHOOK_LISTEN) needs a secret: set "
+                "ARCHIVER_WEBHOOK_SECRET and/or ARCHIVER_WEBHOOK_BASIC_AUTH (or their credential "
+                "files), and put it in the callback URL"
+            )
+        with writer_lock(settings.state_dir):
+            self.ledger = Ledger(settings.state_dir / "ledger.sqlite3")
+            try:
+                await self.sink.check()
+                manifest = ManifestWriter(settings.state_dir / "manifest.jsonl")
+                manifest.sync(self.ledger)
+                limiter = RateLimiter(settings.exotel.rate_limit, 60.0)
+                async with (
+                    ExotelClient(settings.exotel, limiter=limiter, retry=settings.retry) as exo,
+                    recording_session() as http,
+                ):
+                    self.exotel = exo
+                    self.archiver = Archiver(
+                        settings,
+                        sink=self.sink,
+                        ledger=self.ledger,
+                        manifest=manifest,
+                        exotel=exo,
+                        http=http,
+                    )
+                    return await self._serve()
+            finally:
+                self.ledger.close()
+                await self.sink.close()
+
+    async def _serve(self) -> Summary:
+        assert self.ledger is not None and self.archiver is not None
+        for sid, outcome, _created in self.ledger.unarchived():
+            if outcome != FAILED:  # failed calls come back through the sweep
+                self._discover(sid, "restart")
+        webhook = metrics = None
+        try:
+            if self.config.webhook_listen:
+                webhook = await self._listen(
+                    self.config.webhook_listen,
+                    webhook_app(self.config, self.hint, self.metrics),
+                    "StatusCallback receiver",
+                )
+            if self.config.metrics_listen:
+                metrics = await self._listen(
+                    self.config.metrics_listen, self._metrics_app(), "metrics"
+                )
+            intake = [asyncio.create_task(self._guard(self._poll_loop()), name="poll")]
+            if self.config.sweep_interval > 0:
+                intake.append(asyncio.create_task(self._guard(self._sweep_loop()), name="sweep"))
+            status = asyncio.create_task(self._guard(self._status_loop()), name="status")
+            workers = [
+                asyncio.create_task(self._guard(self._work()), name=f"worker-{n}")
+                for n in range(self.settings.concurrency)
+            ]
+            self._update_gauges()
+            self.notifier.ready(self._status_line())
+            log.info("worker started: %s", self._status_line())
+            await self._stop.wait()
+            self.notifier.stopping("draining: " + self._status_line())
+            for task in intake:
+                task.cancel()
+            if webhook is not None:
+                await webhook.cleanup()
+                webhook = None
+            forced = await self._drain(workers)
+            status.cancel()
+            await asyncio.gather(*intake, status, return_exceptions=True)
+            if self._fatal is not None:
+                raise self._fatal
+            sealed = await self.archiver.recorder.seal()
+            if sealed:
+                log.info("sealed %d manifest segment(s) into the destination", sealed)
+            self._update_gauges()
+            left = sum(1 for _ in self.ledger.unarchived()) - self.metrics.calls[FAILED]
+            return Summary(self.metrics, forced=forced, left_pending=max(0, left))
+        finally:
+            for runner in (webhook, metrics):
+                if runner is not None:
+                    await runner.cleanup()
+
+    async def _drain(self, workers: list[asyncio.Task[None]]) -> bool:
+        """Let in-flight calls finish within the grace period (or until forced). True if forced.
+
+        Calls cut off when the grace period ends are not failures: they stay pending in the
+        ledger and are redone at the next start; only a second stop request counts as forced.
+
+        Workers take no new call once stopping; an idle worker returns at once.
+        """
+        if self._busy:
+            log.info("waiting for %d call(s) in flight", len(self._busy))
+        force: asyncio.Task[Any] = asyncio.create_task(self._force.wait())
+        deadline = time.monotonic() + self.config.shutdown_grace
+        waiting: set[asyncio.Task[Any]] = set(workers)
+        while waiting and not force.done() and (remaining := deadline - time.monotonic()) > 0:
+            _done, waiting = await asyncio.wait(
+                waiting | {force}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+            )
+            waiting.discard(force)
+        cut_off = len(self._busy)
+        for task in (*workers, force):
+            task.cancel()
+        await asyncio.gather(*workers, force, return_exceptions=True)
+        if cut_off:
+            log.warning(
+                "%d call(s) cut off at shutdown: they stay pending and are redone at the next "
+                "start",
+                cut_off,
+            )
+        return self._force.is_set()
+
+    async def _guard(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run a loop; an error that concerns every call stops the whole worker."""
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            if self._fatal is None:
+                self._fatal = exc
+            if isinstance(exc, ArchiverError):
+                log.error("stopping: %s", exc)
+            else:
+                log.exception("stopping on an unexpected error")
+            self._stop.set()
+            self._force.set()
+
+    async def _listen(
+        self, address: tuple[str, int], app: web.Application, what: str
+    ) -> web.AppRunner:
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, address[0], address[1]).start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise ConfigError(
+                f"cannot listen on {address[0]}:{address[1]} for the {what}: {exc.strerror}; "
+                "choose another address"
+            ) from None
+        log.info("%s listening on %s:%d", what, *address)
+        return runner
+
+    def _metrics_app(self) -> web.Application:
+        async def metrics(_request: web.Request) -> web.Response:
+            self._update_gauges()
+            return web.Response(
+                text=self.metrics.render(),
+                content_type="text/plain",
+                headers={"X-Content-Type-Options": "nosniff"},
+            )
+
+        app = web.Application()
+        app.router.add_get("/metrics", metrics)
+        return app
+
+    # --- the loops ---------------------------------------------------------------------------
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, but wake up when stopping."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), timeout=seconds)
+
+    async def _work(self) -> None:
+        assert self.archiver is not None
+        while not self._stop.is_set():
+            sid, wait = self._take_due()
+            if sid is None:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=min(wait, 60.0))
+                continue
+            self._busy.add(sid)
+            try:
+                result = await self.archiver.archive_call(sid)
+            finally:
+                self._busy.discard(sid)
+            self._after(result)
+        self._wake.set()  # let the other workers see the stop too
+
+    def _after(self, result: CallResult) -> None:
+        """Count a result and decide when, if ever, to look at the call again."""
+        assert self.ledger is not None
+        sid, outcome, now = result.call_sid, result.outcome, time.monotonic()
+        self.metrics.calls[outcome] += 1
+        recheck = self.config.recheck_interval
+        if outcome in (ARCHIVED, ALREADY_ARCHIVED):
+            if outcome == ARCHIVED:
+                self.metrics.bytes_archived += result.bytes
+            self._forget(sid)
+        elif outcome == NOT_READY:
+            self._schedule(sid, recheck)
+        elif outcome == NO_RECORDING:
+            first = self._no_recording_since.setdefault(sid, now)
+            if now - first < self.config.recording_grace:
+                self.ledger.set_call(
+                    sid, NOT_READY, detail="terminal without recordings yet: looked at again"
+                )
+                self._schedule(sid, recheck)
+            else:
+                log.info("call %s has no recording", sid)
+                self._forget(sid)
+        elif outcome == FAILED:
+            self.metrics.failures[result.reason or "unknown"] += 1
+            tries = self._failures.get(sid, 0) + 1
+            if result.retryable and tries <= FAILURE_RETRIES:
+                self._failures[sid] = tries
+                self._schedule(sid, recheck * 2 ** (tries - 1))
+            else:
+                self._forget(sid)
+
+    def _forget(self, sid: str) -> None:
+        self._no_recording_since.pop(sid, None)
+        self._failures.pop(sid, None)
+
+    async def _poll_loop(self) -> None:
+        assert self.exotel is not None and self.ledger is not None
+        while not self._stop.is_set():
+            try:
+                listed = await active_calls(self.exotel)
+            except ExotelAuthError:
+                raise
+            except ArchiverError as exc:
+                self.metrics.poll_errors += 1
+                log.warning("polling active calls failed (trying again): %s", exc)
+            else:
+                now_active = {call.sid for call in listed}
+                for call in listed:
+                    if call.sid not in self._watching:
+                        created = call.start_time.isoformat() if call.start_time else None
+                        if self.ledger.track_call(call.sid, created_time=created):
+                            self.metrics.discovered["active"] += 1
+                            log.info("call %s is in progress: watching it", call.sid)
+                    self._due.pop(call.sid, None)  # nothing to fetch while it is listed
+                for sid in self._watching - now_active:
+                    self._schedule(sid)
+                self._watching = now_active
+                self._update_gauges()
+            await self._pause(self.config.poll_interval)
+
+    async def _sweep_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                await self.sweep()
+            except ExotelAuthError:
+                raise
+            except ArchiverError as exc:
+                self.metrics.sweep_errors += 1
+                log.warning(
+                    "reconciliation sweep failed (next one in %gs): %s",
+                    self.config.sweep_interval,
+                    exc,
+                )
+            await self._pause(self.config.sweep_interval)
+
+    async def sweep(self) -> int:
+        """List the recent past (v1) and schedule what is not archived; returns how many."""
+        assert self.exotel is not None and self.ledger is not None
+        tz = self.settings.exotel.timezone
+        now = datetime.now(tz).replace(microsecond=0)
+        since = now - timedelta(seconds=self.config.sweep_lookback)
+        last = self.ledger.state("sweep_until")
+        if last is not None:
+            since = min(since, datetime.fromisoformat(last) - SWEEP_OVERLAP)
+        since = max(since, now - API_WINDOW + timedelta(days=1))
+        young = timedelta(seconds=self.config.recording_grace) + timedelta(hours=2)
+        found = 0
+        async for call in list_calls(
+            self.exotel,
+            since,
+            now,
+            tz=tz,
+            url_validity_minutes=int(self.settings.url_validity // 60),
+        ):
+            sid = call.sid
+            if sid in self._due or sid in self._busy or sid in self._watching:
+                continue
+            outcome = self.ledger.call_outcome(sid)
+            if outcome == ARCHIVED:
+                continue
+            if not call.has_recording and (outcome is not None or now - call.date_created > young):
+                continue  # nothing to archive, and too old for a recording to appear now
+            if self._discover(sid, "sweep", created=call.date_created.isoformat()):
+                found += 1
+                log.info("call %s found by the sweep (outcome so far: %s)", sid, outcome)
+        self.ledger.set_state("sweep_until", now.isoformat())
+        self.metrics.sweeps += 1
+        log.info("sweep %s..%s: %d call(s) to look at", since, now, found)
+        return found
+
+    async def _status_loop(self) -> None:
+        assert self.archiver is not None
+        every = min(STATUS_EVERY, self.notifier.watchdog_interval or STATUS_EVERY)
+        last_seal = time.monotonic()
+        while not self._stop.is_set():
+            self._update_gauges()
+            self._check_retention()
+            self.notifier.status(self._status_line())
+            if self.notifier.watchdog_interval:
+                self.notifier.watchdog()  # this loop runs: the event loop is not stuck
+            if time.monotonic() - last_seal >= SEAL_EVERY:
+                last_seal = time.monotonic()
+                await self.archiver.recorder.seal()
+            await self._pause(every)
+
+    # --- gauges, status, retention ---------------------------------------------------------------
+
+    def _update_gauges(self) -> None:
+        m = self.metrics
+        m.queue_depth = len(self._due)
+        m.in_flight = len(self._busy)
+        m.watched = len(self._watching)
+        if self.exotel is not None:
+            m.api_requests = self.exotel.requests
+            m.api_rate_limited = self.exotel.rate_limited
+        if self.archiver is not None:
+            m.url_refreshes = self.archiver.url_refreshes
+
+    def _status_line(self) -> str:
+        m = self.metrics
+        return (
+            f"archived {m.calls[ARCHIVED]}, failed {m.calls[FAILED]}, queued {m.queue_depth}, "
+            f"in flight {m.in_flight}, watching {m.watched} active call(s)"
+        )
+
+    def _check_retention(self) -> None:
+        """Warn when the oldest call not yet archived nears Exotel's retention window."""
+        assert self.ledger is not None
+        now = datetime.now().astimezone()
+        ages = []
+        for _sid, _outcome, created in self.ledger.unarchived():
+            if created:
+                try:
+                    ages.append((now - datetime.fromisoformat(created)).total_seconds())
+                except (ValueError, TypeError):
+                    continue
+        oldest = max(ages, default=0.0)
+        limit = self.config.source_retention - self.config.retention_warning
+        self.metrics.oldest_unarchived_age = oldest
+        self.metrics.retention_at_risk = oldest >= limit
+        if oldest >= limit and time.monotonic() - self._warned_retention > 3600:
+            self._warned_retention = time.monotonic()
+            days_left = (self.config.source_retention - oldest) / 86400
+            log.warning(
+                "the oldest call not yet archived is %.1f days old: Exotel deletes recordings "
+                "after %g days (%.1f days left). Look at the failed calls (exotel-archiver "
+                "verify / the ledger) before they are lost at the source",
+                oldest / 86400,
+                self.config.source_retention / 86400,
+                days_left,
+            )
