@@ -64,7 +64,8 @@ def test_a_month_dry_run_then_real_run_then_resume(
     stored = {p.parent.name for p in (tmp_path / "out").rglob("recording-*.*")}
     assert stored == with_audio
 
-    again = invoke([*args, "--dry-run", "--report", str(tmp_path / "again.json")], env)
+    range_args = ["backfill", "--range", f"{since}..{until}"]  # the systemd template's form
+    again = invoke([*range_args, "--dry-run", "--report", str(tmp_path / "again.json")], env)
     replan = json.loads((tmp_path / "again.json").read_text())["plan"]
     assert again.exit_code == 0 and replan["to_archive"] == 0
     assert replan["already_archived"] == len(with_audio) and replan["listing_requests"] == 0
@@ -106,6 +107,20 @@ def test_an_interrupted_backfill_continues_where_it_stopped(
 def test_ranges_exotel_cannot_answer_are_refused(since: date, until: date, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         check_range(since, until, today=date(2026, 11, 22))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--range", "2026-05-01"], "is not SINCE..UNTIL"),
+        (["--range", "2026-05-01..2026-13-01"], "is not SINCE..UNTIL"),
+        (["--range", "2026-05-01..2026-05-02", "--since", "2026-05-01"], "not both"),
+        (["--since", "2026-05-01"], "give --since and --until"),
+    ],
+)
+def test_backfill_range_arguments_are_checked(args: list[str], message: str) -> None:
+    result = invoke(["backfill", *args], {})
+    assert result.exit_code == 2 and message in result.output
 
 
 def test_a_range_too_old_exits_2_with_the_reason(tmp_path: Path) -> None:
