@@ -66,3 +66,48 @@ async def test_a_hostile_next_page_uri_is_refused(
         with pytest.raises(ExotelProtocolError, match=message):
             async for _ in list_calls(client, since, since + timedelta(days=1), tz=IST):
                 pass
+
+
+async def test_an_answer_arriving_in_pieces_is_read_whole(tmp_path: Path) -> None:
+    """A large page may reach us in several TCP reads; the client must read to the end."""
+    import asyncio
+    import json
+
+    from aiohttp import web
+
+    from archiver.exotel.listing import active_calls
+
+    items = [{"call_sid": f"sid{n:04d}", "start_time": "2026-11-23T10:00:00Z"} for n in range(300)]
+    body = json.dumps({"response": {"active_calls": items, "total_active": 300}}).encode()
+
+    async def slow(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        for start in range(0, len(body), 4000):
+            await response.write(body[start : start + 4000])
+            await asyncio.sleep(0.01)
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/v3/accounts/acct/calls/active", slow)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    env = {
+        "EXOTEL_ACCOUNT_SID": "acct",
+        "EXOTEL_API_KEY": "k",
+        "EXOTEL_API_TOKEN": "t",
+        "EXOTEL_API_URL": f"http://127.0.0.1:{port}",
+    }
+    settings = load_settings(env=env)
+    try:
+        async with ExotelClient(
+            settings.exotel, limiter=RateLimiter(200), retry=settings.retry
+        ) as client:
+            calls = await active_calls(client)
+    finally:
+        await runner.cleanup()
+    assert [c.sid for c in calls] == [i["call_sid"] for i in items]

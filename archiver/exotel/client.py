@@ -108,6 +108,19 @@ def classify(status: int, headers: Any, body: bytes, what: str) -> ExotelError:
     return ExotelProtocolError(text, status=status, exotel_code=code)
 
 
+async def _read_capped(stream: aiohttp.StreamReader, limit: int) -> bytes:
+    """The whole body, or its first ``limit`` bytes if it is longer. (``StreamReader.read(n)``
+    alone returns whatever has arrived, which for a large page may be only its first chunk.)"""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in stream.iter_chunked(64 * 1024):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size >= limit:
+            break
+    return b"".join(chunks)[:limit]
+
+
 class ExotelClient:
     """Async client for the Exotel APIs the archiver uses. One per worker; use ``async with``."""
 
@@ -223,7 +236,7 @@ class ExotelClient:
         self.requests += 1
         try:
             async with self._session.get(url, params=params, allow_redirects=False) as resp:
-                body = await resp.content.read(_MAX_BODY + 1)
+                body = await _read_capped(resp.content, _MAX_BODY + 1)
                 status, headers = resp.status, resp.headers
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             reason = redact_text(str(exc) or type(exc).__name__, self._secrets)
