@@ -31,6 +31,11 @@ class FaultyS3Proxy:
         self.upstream = upstream.rstrip("/")
         self.rules: list[Rule] = []
         self.log: list[tuple[str, str]] = []
+        self.header_log: list[dict[str, str]] = []
+        """The request headers of each request in ``log`` (lower-case names)."""
+        self.refused_headers: tuple[str, ...] = ()
+        """Header name prefixes answered with 400 InvalidArgument, as a store that does not
+        support them would (e.g. ``x-amz-checksum-``)."""
         self.endpoint = ""
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -57,6 +62,11 @@ class FaultyS3Proxy:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         self.log.append((request.method, request.path_qs))
+        names = {k.lower(): v for k, v in request.headers.items()}
+        self.header_log.append(names)
+        if any(n.startswith(self.refused_headers) for n in names) and self.refused_headers:
+            xml = "<Error><Code>InvalidArgument</Code><Message>unsupported header</Message></Error>"
+            return web.Response(status=400, text=xml, content_type="application/xml")
         rule = self._rule_for(request.method, request.path_qs)
         if rule is not None:
             xml = f"<Error><Code>{rule.code}</Code><Message>injected</Message></Error>"

@@ -14,7 +14,7 @@ import pytest
 
 from archiver.archive import archive_calls
 from archiver.config import load_settings
-from archiver.errors import StorageUnavailable
+from archiver.errors import StorageError, StorageUnavailable
 from archiver.report import ARCHIVED
 from archiver.retry import RetryPolicy
 from archiver.simulator import Simulator, SimulatorServer
@@ -146,3 +146,53 @@ async def test_a_96_mib_recording_archives_with_flat_memory(
     key = next(o.key for o in report.results[0].objects if o.kind == "recording")
     stored = seaweed.client().get_object(Bucket=bucket, Key=f"a/{key}")["Body"].read()
     assert stored == sim.recording_bytes(call.sid, 1)
+
+
+@pytest.mark.parametrize("size", [300_000, 11 * MiB], ids=["single", "multipart"])
+async def test_md5_mode_works_with_a_store_that_refuses_checksum_headers(
+    seaweed: Any, s3_env: None, bucket: str, proxy: FaultyS3Proxy, size: int
+) -> None:
+    data = os.urandom(size)
+    digest = hashlib.sha256(data).hexdigest()
+    proxy.refused_headers = ("x-amz-checksum-", "x-amz-sdk-checksum-", "x-amz-trailer")
+
+    default = S3Sink(bucket, "md5", endpoint_url=proxy.endpoint, part_size=5 * MiB, part_retry=FAST)
+    with pytest.raises(StorageError):
+        await default.put(
+            KEY, io.BytesIO(data), size=size, sha256=digest, content_type="audio/mpeg"
+        )
+    await default.close()
+
+    proxy.log.clear()
+    proxy.header_log.clear()
+    sink = S3Sink(
+        bucket,
+        "md5",
+        endpoint_url=proxy.endpoint,
+        part_size=5 * MiB,
+        part_retry=FAST,
+        checksum="md5",
+    )
+    result = await sink.put(
+        KEY, io.BytesIO(data), size=size, sha256=digest, content_type="audio/mpeg"
+    )
+    await sink.close()
+    assert result.created and result.sha256 == digest
+    uploads = [h for (m, _), h in zip(proxy.log, proxy.header_log, strict=True) if m == "PUT"]
+    assert uploads and all("content-md5" in h for h in uploads)
+    client = seaweed.client()
+    assert client.get_object(Bucket=bucket, Key=f"md5/{KEY}")["Body"].read() == data
+    assert client.head_object(Bucket=bucket, Key=f"md5/{KEY}")["Metadata"]["sha256"] == digest
+
+
+async def test_md5_mode_refuses_a_body_that_is_not_the_one_announced(
+    seaweed: Any, s3_env: None, bucket: str, proxy: FaultyS3Proxy
+) -> None:
+    data = os.urandom(100_000)
+    sink = S3Sink(bucket, "md5", endpoint_url=proxy.endpoint, checksum="md5", part_retry=FAST)
+    with pytest.raises(StorageError, match="nothing was sent"):
+        await sink.put(
+            KEY, io.BytesIO(data), size=len(data), sha256="0" * 64, content_type="audio/mpeg"
+        )
+    await sink.close()
+    assert not [m for m, _ in proxy.log if m == "PUT"]

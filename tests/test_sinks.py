@@ -45,9 +45,9 @@ class Store:
         self.sink, self.raw, self.raw_keys = sink, raw, raw_keys
 
 
-@pytest.fixture(params=["s3", "local"])
+@pytest.fixture(params=["s3", "s3-md5", "local"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    if request.param == "s3":
+    if request.param.startswith("s3"):
         seaweed = request.getfixturevalue("seaweed")
         request.getfixturevalue("s3_env")
         bucket = request.getfixturevalue("bucket")
@@ -63,7 +63,8 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
             listed = client.list_objects_v2(Bucket=bucket).get("Contents", [])
             return [item["Key"] for item in listed]
 
-        sink: Sink = S3Sink(bucket, "archive")
+        checksum = "md5" if request.param == "s3-md5" else "sha256"
+        sink: Sink = S3Sink(bucket, "archive", checksum=checksum)
     else:
         root = tmp_path / "dest"
 

@@ -26,6 +26,7 @@ def open_sink(
     retry: RetryPolicy,
     addressing_style: str | None = None,
     conditional_writes: bool = True,
+    checksum: str = "sha256",
     part_size: int = 8 * 1024 * 1024,
 ) -> Sink:
     """The sink for ``destination``, wrapped in the retry policy."""
@@ -42,6 +43,7 @@ def open_sink(
             prefix,
             addressing_style=addressing_style,
             conditional_writes=conditional_writes,
+            checksum=checksum,
             part_size=part_size,
             part_retry=retry,
         )

@@ -65,14 +65,16 @@ async def upload(
     """Upload ``body`` in parts; None if the completion found an object already at the key."""
     loop = asyncio.get_running_loop()
     client = sink.client
+    md5 = sink.checksum == "md5"
+    algorithm = {} if md5 else {"ChecksumAlgorithm": "SHA256"}
     created = await sink.call(
         f"start multipart upload of {full_key}",
         client.create_multipart_upload,
         Bucket=sink.bucket,
         Key=full_key,
         ContentType=content_type,
-        ChecksumAlgorithm="SHA256",
         Metadata={"sha256": sha256},
+        **algorithm,
     )
     upload_id = created["UploadId"]
     try:
@@ -89,7 +91,11 @@ async def upload(
                 raise StorageUnavailable(f"{full_key}: the body ended at {offset} of {size} bytes")
             digest = hashlib.sha256(data).digest()
             whole.update(data)
-            checksum = base64.b64encode(digest).decode()
+            if md5:
+                part_md5 = hashlib.md5(data, usedforsecurity=False).digest()
+                check = {"ContentMD5": base64.b64encode(part_md5).decode()}
+            else:
+                check = {"ChecksumSHA256": base64.b64encode(digest).decode()}
             async for attempt in retrying(retry, what=f"upload part {number} of {full_key}"):
                 with attempt:
                     answer = await sink.call(
@@ -101,9 +107,12 @@ async def upload(
                         PartNumber=number,
                         Body=io.BytesIO(data),
                         ContentLength=len(data),
-                        ChecksumSHA256=checksum,
+                        **check,
                     )
-            parts.append({"PartNumber": number, "ETag": answer["ETag"], "ChecksumSHA256": checksum})
+            part = {"PartNumber": number, "ETag": answer["ETag"]}
+            if not md5:
+                part["ChecksumSHA256"] = check["ChecksumSHA256"]
+            parts.append(part)
             digests.append(digest)
             offset += len(data)
             del data

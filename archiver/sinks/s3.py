@@ -9,12 +9,19 @@ Uploads send ``x-amz-checksum-sha256`` (the store refuses bytes that do not matc
 ``If-None-Match: *`` (the store refuses to replace an existing object), and store the hex SHA-256
 as ``x-amz-meta-sha256`` too, for stores that do not report checksums. After the upload the
 object is read back with HEAD: size and checksum must match, or the put fails.
+
+``checksum="md5"`` is for stores that refuse ``x-amz-checksum-*`` headers (older S3-compatible
+servers, some gateways): each request (each part, for multipart uploads) carries
+``Content-MD5`` instead, which every S3 implementation checks, and botocore is told to add no
+flexible checksums of its own. The body's SHA-256 is then checked by the sink itself, as it
+reads the body to compute the MD5: a body that is not the one announced is never sent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -117,12 +124,17 @@ class S3Sink:
         region: str | None = None,
         addressing_style: str | None = None,
         conditional_writes: bool = True,
+        checksum: str = "sha256",
         part_size: int = 8 * 1024 * 1024,
         part_retry: RetryPolicy | None = None,
         max_workers: int = 16,
     ) -> None:
         self.bucket, self.prefix = bucket, prefix.strip("/")
         self.conditional_writes = conditional_writes
+        if checksum not in ("sha256", "md5"):
+            raise ConfigError(f"S3 checksum must be sha256 or md5, not {checksum!r}")
+        self.checksum = checksum
+        self._checksum_mode = {} if checksum == "md5" else {"ChecksumMode": "ENABLED"}
         self.part_size = max(part_size, multipart.MIN_PART)
         self.part_retry = part_retry or RetryPolicy()
         self.requests = 0
@@ -132,6 +144,9 @@ class S3Sink:
             read_timeout=120,
             max_pool_connections=max_workers,
             s3={"addressing_style": addressing_style} if addressing_style else None,  # type: ignore[arg-type]
+            # With md5, no x-amz-checksum-* / aws-chunked trailers unless an operation needs one.
+            request_checksum_calculation="when_required" if checksum == "md5" else None,
+            response_checksum_validation="when_required" if checksum == "md5" else None,
         )
         session = boto3.session.Session()
         self.client = session.client(
@@ -223,7 +238,7 @@ class S3Sink:
             self.client.head_object,
             Bucket=self.bucket,
             Key=full,
-            ChecksumMode="ENABLED",
+            **self._checksum_mode,
         )
         if head is None:
             return None
@@ -249,16 +264,19 @@ class S3Sink:
             )
         if size >= self.part_size:
             return await self._put_multipart(key, full, body, size, sha256, content_type)
-        body.seek(0)
         params: dict[str, Any] = {
             "Bucket": self.bucket,
             "Key": full,
             "Body": body,
             "ContentLength": size,
             "ContentType": content_type,
-            "ChecksumSHA256": base64.b64encode(bytes.fromhex(sha256)).decode(),
             "Metadata": {"sha256": sha256},
         }
+        if self.checksum == "md5":
+            params["ContentMD5"] = await self._content_md5(full, body, size, sha256)
+        else:
+            params["ChecksumSHA256"] = base64.b64encode(bytes.fromhex(sha256)).decode()
+        body.seek(0)
         if self.conditional_writes:
             params["IfNoneMatch"] = "*"
         answer = await self.call_unless(_EXISTS, f"PUT {full}", self.client.put_object, **params)
@@ -274,6 +292,25 @@ class S3Sink:
                 f"instead of {size} bytes, sha256 {sha256}"
             )
         return self._created(key, size, sha256, answer.get("VersionId"))
+
+    async def _content_md5(self, full: str, body: BinaryIO, size: int, sha256: str) -> str:
+        """The body's Content-MD5, after checking that its SHA-256 is the one announced."""
+
+        def digests() -> tuple[str, str]:
+            body.seek(0)
+            md5, sha = hashlib.md5(usedforsecurity=False), hashlib.sha256()
+            while chunk := body.read(1024 * 1024):
+                md5.update(chunk)
+                sha.update(chunk)
+            return base64.b64encode(md5.digest()).decode(), sha.hexdigest()
+
+        content_md5, actual = await asyncio.get_running_loop().run_in_executor(self.pool, digests)
+        if actual != sha256:
+            raise StoragePermanent(
+                f"PUT {full}: the body's sha256 is {actual}, not the {sha256} announced; "
+                "nothing was sent"
+            )
+        return content_md5
 
     async def _put_multipart(
         self, key: str, full: str, body: BinaryIO, size: int, sha256: str, content_type: str
@@ -295,7 +332,7 @@ class S3Sink:
             self.client.head_object,
             Bucket=self.bucket,
             Key=full,
-            ChecksumMode="ENABLED",
+            **self._checksum_mode,
         )
         reported = head.get("ChecksumSHA256")
         if int(head["ContentLength"]) != size or (reported and reported != done.composite):
