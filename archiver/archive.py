@@ -451,5 +451,6 @@ def sink_for(settings: Settings) -> Sink:
         retry=settings.retry,
         addressing_style=settings.s3_addressing_style,
         conditional_writes=settings.s3_conditional_writes,
+        checksum=settings.s3_checksum,
         part_size=settings.part_size,
     )

@@ -336,6 +336,18 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "archiver",
+        "s3_checksum",
+        "ARCHIVER_S3_CHECKSUM",
+        "--s3-checksum",
+        "How the store verifies each upload: sha256 (x-amz-checksum-sha256, AWS S3, MinIO, "
+        "SeaweedFS, R2) or md5 (Content-MD5, for stores that refuse x-amz-checksum-* headers). "
+        "The worker checks every body's SHA-256 itself either way.",
+        default="sha256",
+        kind="choice",
+        choices=("sha256", "md5"),
+    ),
+    Option(
+        "archiver",
         "log_level",
         "ARCHIVER_LOG_LEVEL",
         "--log-level",
@@ -565,6 +577,7 @@ class Settings:
     """Bytes."""
     s3_addressing_style: str | None
     s3_conditional_writes: bool
+    s3_checksum: str
     log_level: str
     log_format: str = "auto"
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
@@ -818,6 +831,7 @@ def load_settings(
         part_size=values["part_size"] * 1024 * 1024,
         s3_addressing_style=None if style == "auto" else style,
         s3_conditional_writes=values["s3_conditional_writes"] == "on",
+        s3_checksum=values["s3_checksum"],
         log_level=values["log_level"],
         log_format=values["log_format"],
         daemon=daemon,
