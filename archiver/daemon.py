@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import logging
 import time
 from collections import OrderedDict
@@ -39,8 +38,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from aiohttp import web
-
 from archiver.archive import Archiver
 from archiver.config import Settings
 from archiver.errors import ArchiverError, ConfigError, ExotelAuthError
@@ -48,10 +45,12 @@ from archiver.exotel.client import ExotelClient
 from archiver.exotel.listing import active_calls, list_calls
 from archiver.ledger import Ledger, writer_lock
 from archiver.manifest import ManifestWriter
-from archiver.metrics import Metrics
+from archiver.metrics import Metrics, oldest_age
 from archiver.notify import Notifier
 from archiver.ratelimit import RateLimiter
 from archiver.report import ALREADY_ARCHIVED, ARCHIVED, FAILED, NO_RECORDING, NOT_READY, CallResult
+from archiver.schedule import Schedule
+from archiver.serving import listen, metrics_app
 from archiver.sinks import Sink
 from archiver.transfer import recording_session
 from archiver.webhook import webhook_app
@@ -94,14 +93,11 @@ class Daemon:
         self.sink = sink
         self.notifier = notifier or Notifier({})
         self.metrics = Metrics()
-        self._due: dict[str, float] = {}
-        self._heap: list[tuple[float, str]] = []
-        self._busy: set[str] = set()
+        self.schedule = Schedule()
         self._watching: set[str] = set()
         self._no_recording_since: dict[str, float] = {}
         self._failures: dict[str, int] = {}
         self._hints: OrderedDict[str, None] = OrderedDict()
-        self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
         self._fatal: BaseException | None = None
@@ -123,7 +119,7 @@ class Daemon:
                 self.config.shutdown_grace,
             )
             self._stop.set()
-        self._wake.set()
+        self.schedule.wake()
 
     def hint(self, sid: str) -> bool:
         """A StatusCallback says ``sid`` ended. False if it is a duplicate (nothing to do)."""
@@ -140,40 +136,15 @@ class Daemon:
 
     # --- the schedule ----------------------------------------------------------------------------
 
-    def _schedule(self, sid: str, delay: float = 0.0) -> None:
-        if sid in self._busy:
-            return
-        due = time.monotonic() + delay
-        if sid in self._due and self._due[sid] <= due:
-            return
-        self._due[sid] = due
-        heapq.heappush(self._heap, (due, sid))
-        self._wake.set()
-
     def _discover(self, sid: str, source: str, *, created: str | None = None) -> bool:
         """Put a call found by ``source`` in the ledger (pending) and the schedule."""
-        if sid in self._due or sid in self._busy:
+        if sid in self.schedule:
             return False
         assert self.ledger is not None
         self.ledger.track_call(sid, created_time=created)
         self.metrics.discovered[source] += 1
-        self._schedule(sid)
+        self.schedule.add(sid)
         return True
-
-    def _take_due(self) -> tuple[str | None, float]:
-        """The next due call (removed from the schedule), or None and the seconds until one."""
-        now = time.monotonic()
-        while self._heap:
-            due, sid = self._heap[0]
-            if self._due.get(sid) != due:  # rescheduled or unscheduled since: a stale entry
-                heapq.heappop(self._heap)
-                continue
-            if due > now:
-                return None, due - now
-            heapq.heappop(self._heap)
-            del self._due[sid]
-            return sid, 0.0
-        return None, 3600.0
 
     # --- run -------------------------------------------------------------------------------
 
@@ -221,14 +192,16 @@ class Daemon:
         webhook = metrics = None
         try:
             if self.config.webhook_listen:
-                webhook = await self._listen(
+                webhook = await listen(
                     self.config.webhook_listen,
                     webhook_app(self.config, self.hint, self.metrics),
                     "StatusCallback receiver",
                 )
             if self.config.metrics_listen:
-                metrics = await self._listen(
-                    self.config.metrics_listen, self._metrics_app(), "metrics"
+                metrics = await listen(
+                    self.config.metrics_listen,
+                    metrics_app(self.metrics, self._update_gauges),
+                    "metrics",
                 )
             intake = [asyncio.create_task(self._guard(self._poll_loop()), name="poll")]
             if self.config.sweep_interval > 0:
@@ -272,8 +245,8 @@ class Daemon:
 
         Workers take no new call once stopping; an idle worker returns at once.
         """
-        if self._busy:
-            log.info("waiting for %d call(s) in flight", len(self._busy))
+        if self.schedule.in_flight:
+            log.info("waiting for %d call(s) in flight", len(self.schedule.in_flight))
         force: asyncio.Task[Any] = asyncio.create_task(self._force.wait())
         deadline = time.monotonic() + self.config.shutdown_grace
         waiting: set[asyncio.Task[Any]] = set(workers)
@@ -282,7 +255,7 @@ class Daemon:
                 waiting | {force}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
             )
             waiting.discard(force)
-        cut_off = len(self._busy)
+        cut_off = len(self.schedule.in_flight)
         for task in (*workers, force):
             task.cancel()
         await asyncio.gather(*workers, force, return_exceptions=True)
@@ -310,35 +283,6 @@ class Daemon:
             self._stop.set()
             self._force.set()
 
-    async def _listen(
-        self, address: tuple[str, int], app: web.Application, what: str
-    ) -> web.AppRunner:
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, address[0], address[1]).start()
-        except OSError as exc:
-            await runner.cleanup()
-            raise ConfigError(
-                f"cannot listen on {address[0]}:{address[1]} for the {what}: {exc.strerror}; "
-                "choose another address"
-            ) from None
-        log.info("%s listening on %s:%d", what, *address)
-        return runner
-
-    def _metrics_app(self) -> web.Application:
-        async def metrics(_request: web.Request) -> web.Response:
-            self._update_gauges()
-            return web.Response(
-                text=self.metrics.render(),
-                content_type="text/plain",
-                headers={"X-Content-Type-Options": "nosniff"},
-            )
-
-        app = web.Application()
-        app.router.add_get("/metrics", metrics)
-        return app
-
     # --- the loops ---------------------------------------------------------------------------
 
     async def _pause(self, seconds: float) -> None:
@@ -349,19 +293,13 @@ class Daemon:
     async def _work(self) -> None:
         assert self.archiver is not None
         while not self._stop.is_set():
-            sid, wait = self._take_due()
+            sid = await self.schedule.next_due()
             if sid is None:
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=min(wait, 60.0))
                 continue
-            self._busy.add(sid)
-            try:
+            with self.schedule.working_on(sid):
                 result = await self.archiver.archive_call(sid)
-            finally:
-                self._busy.discard(sid)
             self._after(result)
-        self._wake.set()  # let the other workers see the stop too
+        self.schedule.wake()  # let the other workers see the stop too
 
     def _after(self, result: CallResult) -> None:
         """Count a result and decide when, if ever, to look at the call again."""
@@ -374,14 +312,14 @@ class Daemon:
                 self.metrics.bytes_archived += result.bytes
             self._forget(sid)
         elif outcome == NOT_READY:
-            self._schedule(sid, recheck)
+            self.schedule.add(sid, recheck)
         elif outcome == NO_RECORDING:
             first = self._no_recording_since.setdefault(sid, now)
             if now - first < self.config.recording_grace:
                 self.ledger.set_call(
                     sid, NOT_READY, detail="terminal without recordings yet: looked at again"
                 )
-                self._schedule(sid, recheck)
+                self.schedule.add(sid, recheck)
             else:
                 log.info("call %s has no recording", sid)
                 self._forget(sid)
@@ -390,7 +328,7 @@ class Daemon:
             tries = self._failures.get(sid, 0) + 1
             if result.retryable and tries <= FAILURE_RETRIES:
                 self._failures[sid] = tries
-                self._schedule(sid, recheck * 2 ** (tries - 1))
+                self.schedule.add(sid, recheck * 2 ** (tries - 1))
             else:
                 self._forget(sid)
 
@@ -416,9 +354,9 @@ class Daemon:
                         if self.ledger.track_call(call.sid, created_time=created):
                             self.metrics.discovered["active"] += 1
                             log.info("call %s is in progress: watching it", call.sid)
-                    self._due.pop(call.sid, None)  # nothing to fetch while it is listed
+                    self.schedule.remove(call.sid)  # nothing to fetch while it is listed
                 for sid in self._watching - now_active:
-                    self._schedule(sid)
+                    self.schedule.add(sid)
                 self._watching = now_active
                 self._update_gauges()
             await self._pause(self.config.poll_interval)
@@ -458,7 +396,7 @@ class Daemon:
             url_validity_minutes=int(self.settings.url_validity // 60),
         ):
             sid = call.sid
-            if sid in self._due or sid in self._busy or sid in self._watching:
+            if sid in self.schedule or sid in self._watching:
                 continue
             outcome = self.ledger.call_outcome(sid)
             if outcome == ARCHIVED:
@@ -492,8 +430,8 @@ class Daemon:
 
     def _update_gauges(self) -> None:
         m = self.metrics
-        m.queue_depth = len(self._due)
-        m.in_flight = len(self._busy)
+        m.queue_depth = self.schedule.waiting
+        m.in_flight = len(self.schedule.in_flight)
         m.watched = len(self._watching)
         if self.exotel is not None:
             m.api_requests = self.exotel.requests
@@ -511,15 +449,8 @@ class Daemon:
     def _check_retention(self) -> None:
         """Warn when the oldest call not yet archived nears Exotel's retention window."""
         assert self.ledger is not None
-        now = datetime.now().astimezone()
-        ages = []
-        for _sid, _outcome, created in self.ledger.unarchived():
-            if created:
-                try:
-                    ages.append((now - datetime.fromisoformat(created)).total_seconds())
-                except (ValueError, TypeError):
-                    continue
-        oldest = max(ages, default=0.0)
+        created = [c for _sid, _outcome, c in self.ledger.unarchived()]
+        oldest = oldest_age(created, datetime.now().astimezone())
         limit = self.config.source_retention - self.config.retention_warning
         self.metrics.oldest_unarchived_age = oldest
         self.metrics.retention_at_risk = oldest >= limit

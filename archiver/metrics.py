@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 
 PREFIX = "exotel_archiver_"
 
@@ -120,6 +122,20 @@ class Metrics:
             lines += [f"# HELP {PREFIX}{name} {text}", f"# TYPE {PREFIX}{name} {kind}"]
             lines += by_name[name]
         return "\n".join(lines) + "\n"
+
+
+def oldest_age(created_times: Iterable[str | None], now: datetime) -> float:
+    """Seconds since the earliest of ``created_times`` (ISO 8601 with offsets; unknown or
+    unreadable ones are skipped); 0 when there is none."""
+    ages = [0.0]
+    for created in created_times:
+        if not created:
+            continue
+        try:
+            ages.append((now - datetime.fromisoformat(created)).total_seconds())
+        except (ValueError, TypeError):
+            continue
+    return max(ages)
 
 
 def _number(value: float) -> str:
