@@ -161,3 +161,25 @@ def test_demo_archives_a_day_and_is_idempotent(tmp_path: Path) -> None:
     assert second.exit_code == 0
     assert "archived: 0 calls" in second.output
     assert read_manifest(out / "state" / "manifest.jsonl") == entries
+
+
+def test_progress_off_a_terminal_is_plain_periodic_log_lines(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from archiver.cli._shared import Progress
+    from archiver.report import ARCHIVED, CallResult
+
+    class Stored(CallResult):
+        @property
+        def bytes(self) -> int:
+            return 2048
+
+    with (
+        caplog.at_level("INFO", logger="archiver.progress"),
+        Progress(4, "Backfilling", every=0.0) as advance,
+    ):
+        for n in range(4):
+            advance(Stored(f"sid{n}", ARCHIVED, stored=1))
+    lines = [r.getMessage() for r in caplog.records if r.name == "archiver.progress"]
+    assert lines[0].startswith("Backfilling: 1/4 calls, 2.0 KiB") and "s left" in lines[0]
+    assert lines[-1].startswith("Backfilling: 4/4 calls, 8.0 KiB")

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sys
+import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,6 +33,7 @@ from archiver.report import (
 )
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE = 0, 1, 2
+progress_log = logging.getLogger("archiver.progress")
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -121,15 +124,31 @@ def date_range_options(*, required: bool = False) -> Callable[[F], F]:
 
 
 class Progress:
-    """Progress on a terminal: a click progress bar when the total is known, a running count
-    otherwise; nothing when stderr is not a terminal (the log lines say enough)."""
+    """Progress of a run over calls.
 
-    def __init__(self, total: int | None, label: str) -> None:
+    On a terminal: a click progress bar (position, ETA, and bytes archived with the rate in
+    calls per second), or a running count when the total is unknown. Elsewhere (systemd, a
+    pipe, a log file): one plain log line every ``every`` seconds with the same figures.
+    """
+
+    def __init__(self, total: int | None, label: str, *, every: float = 30.0) -> None:
         self._tty = sys.stderr.isatty()
         self._label = label
+        self._total = total
         self._done = 0
+        self._bytes = 0
+        self._started = time.monotonic()
+        self._every = every
+        self._last_line = self._started
         self._bar: Any = (
-            click.progressbar(length=total, label=label, file=sys.stderr, show_pos=True)
+            click.progressbar(
+                length=total,
+                label=label,
+                file=sys.stderr,
+                show_pos=True,
+                show_eta=True,
+                item_show_func=lambda _item: self._figures(),
+            )
             if self._tty and total is not None
             else None
         )
@@ -139,12 +158,28 @@ class Progress:
             self._bar.__enter__()
         return self._advance
 
-    def _advance(self, _item: Any) -> None:
+    def _figures(self) -> str:
+        elapsed = max(time.monotonic() - self._started, 1e-6)
+        return f"{human(self._bytes)}, {self._done / elapsed:.1f} calls/s"
+
+    def _advance(self, result: Any) -> None:
         self._done += 1
+        self._bytes += getattr(result, "bytes", 0) if getattr(result, "stored", 0) else 0
         if self._bar is not None:
-            self._bar.update(1)
+            self._bar.update(1, result)
         elif self._tty:
             click.echo(f"\r{self._label}: {self._done}", nl=False, err=True)
+        elif time.monotonic() - self._last_line >= self._every:
+            self._last_line = time.monotonic()
+            self._log_line()
+
+    def _log_line(self) -> None:
+        of = f"/{self._total}" if self._total is not None else ""
+        eta = ""
+        if self._total and self._done:
+            rate = self._done / max(time.monotonic() - self._started, 1e-6)
+            eta = f", about {(self._total - self._done) / rate:.0f} s left"
+        progress_log.info("%s: %d%s calls, %s%s", self._label, self._done, of, self._figures(), eta)
 
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:
