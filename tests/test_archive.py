@@ -285,7 +285,11 @@ async def test_body_cut_off_resumes_with_a_range_request(
     [entry] = manifest_of(settings)
     assert entry["sha256"] == hashlib.sha256(body).hexdigest()  # the hash spans both requests
     assert sim.counters["range_requests"] == 1
-    assert sim.counters["bytes_served"] == size  # the first half was not downloaded again
+    # The resumed request asked only for what had not arrived: the first part was not fetched
+    # again. (bytes_served counts what the server wrote before the reset, some of which may
+    # never have reached the client, so it is not an exact measure.)
+    assert 0 < sim.counters["range_bytes_asked"] < size
+    assert sim.counters["bytes_served"] >= size
 
 
 async def test_source_that_ignores_range_is_restarted_cleanly(

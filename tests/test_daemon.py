@@ -25,7 +25,7 @@ from archiver.errors import ConfigError
 from archiver.ledger import Ledger
 from archiver.manifest import read_manifest
 from archiver.notify import Notifier
-from archiver.report import ARCHIVED, NO_RECORDING
+from archiver.report import ARCHIVED, NO_RECORDING, NOT_READY
 from archiver.simulator import Simulator, SimulatorServer
 from tests.support import exotel_env
 
@@ -388,3 +388,19 @@ def test_notifier_outside_systemd_and_with_an_abstract_socket(tmp_path: Path) ->
         assert sock.recv(100) == b"READY=1\nSTATUS=up"
     other_pid = Notifier({"WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "1"})
     assert other_pid.watchdog_interval is None  # the watchdog is someone else's
+
+
+async def test_a_call_that_ended_but_is_still_processing_is_looked_at_again(
+    sim: Simulator, server: SimulatorServer, tmp_path: Path
+) -> None:
+    call = sim.add_call(state="active", recordings=1, size=6_000)
+    settings = daemon_settings(sim, server, tmp_path)
+    daemon = make_daemon(settings)
+    async with running(daemon):
+        await until(lambda: daemon.metrics.watched == 1)
+        call.end = sim.now() - dt.timedelta(seconds=1)  # hung up; v3 still says active
+        await until(lambda: daemon.metrics.calls[NOT_READY] >= 2)  # looked at, and again
+        assert outcome(settings, call.sid) == NOT_READY and daemon.metrics.watched == 0
+        sim.finish(call.sid)
+        await until(lambda: daemon.metrics.calls[ARCHIVED] == 1)
+    assert list(archived_files(settings).values()) == [sim.recording_bytes(call.sid, 1)]

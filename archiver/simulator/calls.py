@@ -1,7 +1,8 @@
 """The simulator's data: calls, their life cycle, and deterministic recording bytes.
 
-A ``SimCall`` is one call as Exotel would report it. Its state follows the clock: ``active``
-until ``ready_at`` (the end of the call plus post-call processing), ``terminal`` after. Recording
+A ``SimCall`` is one call as Exotel would report it. Its state follows the clock: in progress
+until ``end`` (listed by the active-calls endpoint, never by v1), then post-call processing until
+``ready_at`` (v1 lists it, v3 still says ``active``), ``terminal`` after. Recording
 bodies are a pure function of (call SID, position, size), so tests can compute the exact bytes a
 URL serves and compare them with what the archiver stored.
 """
@@ -56,7 +57,12 @@ class SimCall:
     """Forces the voice log's status (e.g. ``processing``); None: derived from the call."""
 
     def state(self, now: datetime) -> str:
+        """The v3 ``state``: ``active`` until post-call processing is done."""
         return "terminal" if now >= self.ready_at else "active"
+
+    def in_progress(self, now: datetime) -> bool:
+        """Ringing or talking: what the active-calls endpoint lists."""
+        return now < self.end
 
 
 @dataclass(frozen=True)

@@ -147,7 +147,7 @@ def add_routes(app: web.Application, sim: Simulator) -> None:
                 "recording_enabled": bool(c.recordings),
             }
             for c in list(sim.calls.values())
-            if c.state(now) == "active"
+            if c.in_progress(now)
         ]
         total = len(active)
         if "limit" in request.query:  # the older page's paging; the newer one lists them all
@@ -186,7 +186,7 @@ def add_routes(app: web.Application, sim: Simulator) -> None:
             (
                 c
                 for c in list(sim.calls.values())
-                if c.state(now) == "terminal"
+                if not c.in_progress(now)  # over: listed even while still processing
                 and gte <= c.created <= lte
                 and (wanted is None or c.sid in wanted)
             ),
@@ -382,6 +382,7 @@ async def _stream(
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
     if status == 206:
         sim.count("range_requests")
+        sim.count("range_bytes_asked", length)
     response = web.StreamResponse(status=status, headers=headers)
     await response.prepare(request)
     sent = 0
@@ -433,12 +434,13 @@ def _date_range(raw: str | None, now: datetime) -> tuple[datetime, datetime]:
 
 
 def _v1_item(sim: Simulator, call: SimCall, base_url: str, ttl: float | None) -> dict[str, Any]:
-    has_recording = bool(call.recordings)
+    # While post-call processing runs, the recording is not there yet (nor the final DateUpdated).
+    has_recording = bool(call.recordings) and call.state(sim.now()) == "terminal"
     return {
         "Sid": call.sid,
         "ParentCallSid": None,
         "DateCreated": fmt_v1(call.created),
-        "DateUpdated": fmt_v1(call.ready_at),
+        "DateUpdated": fmt_v1(min(call.ready_at, sim.now())),
         "AccountSid": sim.account_sid,
         "To": call.to_number,
         "From": call.from_number,

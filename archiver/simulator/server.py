@@ -120,19 +120,26 @@ class Simulator:
         content_type: str = "audio/mpeg",
         **fields: Any,
     ) -> SimCall:
-        """Add one call; ``recordings`` is a count (each of ``size`` bytes) or a list of sizes."""
+        """Add one call; ``recordings`` is a count (each of ``size`` bytes) or a list of sizes.
+
+        ``state``: ``terminal`` (over and processed), ``active`` (in progress: on the active
+        list) or ``processing`` (over, listed by v1, but v3 still says ``active``).
+        """
         now = self.now()
         created = created or now - timedelta(minutes=10)
         start = created + timedelta(seconds=5)
         sizes = [size] * recordings if isinstance(recordings, int) else list(recordings)
+        end, ready_at = {
+            "terminal": (start + timedelta(seconds=84), now - timedelta(seconds=1)),
+            "active": (now + timedelta(days=1), now + timedelta(days=1, minutes=2)),
+            "processing": (now - timedelta(seconds=30), now + timedelta(days=365)),
+        }[state]
         call = SimCall(
             sid=sid or make_sid(self._rng),
             created=created,
-            start=start,
-            end=start + timedelta(seconds=84),
-            ready_at=now - timedelta(seconds=1)
-            if state == "terminal"
-            else now + timedelta(days=365),
+            start=min(start, end),
+            end=end,
+            ready_at=ready_at,
             status=status,
             recordings=sizes,
             content_type=content_type,
@@ -150,9 +157,12 @@ class Simulator:
             self._tokens[token] = self.recording_asset(call, len(call.recordings))
 
     def finish(self, sid: str, status: str = "completed") -> None:
-        """Turn an active call terminal now."""
+        """End a call and finish its processing now: it turns terminal."""
         call = self.calls[sid]
-        call.status, call.ready_at = status, self.now() - timedelta(seconds=1)
+        now = self.now()
+        call.end = min(call.end, now - timedelta(seconds=2))
+        call.start = min(call.start, call.end)
+        call.status, call.ready_at = status, now - timedelta(seconds=1)
 
     def populate(
         self,
