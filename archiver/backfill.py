@@ -6,14 +6,16 @@
    listing is saved in the ledger, so an interrupted backfill of a past range resumes without
    listing again (a range that reaches today is listed again: calls keep arriving).
 2. **Plan**: calls already archived (the ledger says so: no request needed), calls with no
-   recording at source (v1 lists none: no request needed), and the rest, to archive.
+   recording at source (v1 lists none: no request needed — unless the call is recent enough
+   for its recording still to come), and the rest, to archive.
    ``--dry-run`` stops here and prints the plan with the API requests and the time they take
    at the rate limit.
 3. **Archive** the rest with ``archive_calls`` — the same path as ``archive`` — with progress,
    and a summary printed and written as JSON.
 
-Calls still in progress are never listed by Exotel; ``archive`` (or the long-running worker)
-picks them up once they are.
+Calls still in progress are never listed by Exotel; calls that have ended but whose post-call
+processing is not done are listed, and reported as still active (``not_ready``). Running the
+same backfill again later (or the long-running worker) picks both up.
 """
 
 from __future__ import annotations
@@ -110,10 +112,13 @@ async def plan_backfill(settings: Settings, since: date, until: date) -> Plan:
                 plan.listing_requests = c.requests
             ledger.save_listing(range_key, listing)
         plan.listed = len(listing)
-        for sid, _created, has_recording in listing:
+        # A call that ended minutes ago is listed before its recording is there: look at it
+        # through v3 (it is then reported as still active, or archived) rather than skip it.
+        young = datetime.now(tz) - timedelta(seconds=settings.daemon.recording_grace, hours=2)
+        for sid, created, has_recording in listing:
             if ledger.call_outcome(sid) == ARCHIVED:
                 plan.already_archived.append(sid)
-            elif not has_recording:
+            elif not has_recording and datetime.fromisoformat(created) < young:
                 plan.no_recording.append(sid)
             else:
                 plan.to_archive.append(sid)

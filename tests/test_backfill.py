@@ -180,3 +180,32 @@ def test_killed_mid_run_then_resumed_archives_everything_once(
         [sys.executable, "-m", "archiver", "verify"], env=env, capture_output=True, timeout=120
     )
     assert verified.returncode == 0, verified.stdout.decode() + verified.stderr.decode()
+
+
+def test_a_range_reaching_now_with_calls_in_progress_and_processing(
+    sim: Simulator, server: SimulatorServer, tmp_path: Path
+) -> None:
+    now = datetime.now(IST)
+    done = sim.add_call(recordings=1, size=3000)
+    processing = sim.add_call(state="processing", recordings=1, size=3000)  # ended minutes ago
+    talking = sim.add_call(state="active", recordings=1, size=3000)  # never listed by v1
+    silent = sim.add_call(recordings=0, created=now - timedelta(hours=20))
+    env = exotel_env(sim, server.base_url, str(tmp_path / "out"), tmp_path / "state")
+    since = (now - timedelta(days=1)).date()
+    args = ["backfill", "--since", str(since), "--until", str(now.date())]
+
+    first = invoke([*args, "--report", str(tmp_path / "first.json")], env)
+    assert first.exit_code == 0, first.output  # still active is not a failure
+    result = json.loads((tmp_path / "first.json").read_text())["result"]
+    assert result["counts"]["archived"] == 1 and result["counts"]["not_ready"] == 1
+    assert "not ready" in first.output and processing.sid in first.output
+    plan = json.loads((tmp_path / "first.json").read_text())["plan"]
+    assert plan["calls_listed"] == 3 and plan["no_recording_at_source"] == 1  # silent only
+    assert {p.parent.name for p in (tmp_path / "out").rglob("recording-*")} == {done.sid}
+
+    sim.finish(processing.sid)
+    sim.finish(talking.sid)
+    again = invoke(args, env)
+    assert again.exit_code == 0, again.output
+    stored = {p.parent.name for p in (tmp_path / "out").rglob("recording-*")}
+    assert stored == {done.sid, processing.sid, talking.sid} and silent.sid not in stored
