@@ -27,6 +27,7 @@ from archiver import __version__
 from archiver.archive import sink_for
 from archiver.config import Settings
 from archiver.errors import ConfigError, StorageError
+from archiver.manifest import present_objects
 from archiver.sinks import Sink, validate_key
 from archiver.verify import load_chain, selected
 
@@ -45,7 +46,8 @@ async def _entries(sink: Sink, since: date | None, until: date | None) -> list[d
             "the manifest chain in the destination is damaged; not exporting from it (run "
             "exotel-archiver verify): " + "; ".join(chain.problems)
         )
-    return [e for e in chain.entries if selected(e, since, until, None, "")]
+    # The objects still stored; events (holds, erasure receipts) stay in the chain itself.
+    return [e for e in present_objects(chain.entries) if selected(e, since, until, None, "")]
 
 
 def _write(path: Path, text: str) -> None:

@@ -61,6 +61,17 @@ CREATE TABLE IF NOT EXISTS objects (
     segment      INTEGER,
     UNIQUE (call_sid, kind, idx)
 );
+CREATE TABLE IF NOT EXISTS events (
+    seq          INTEGER PRIMARY KEY,
+    kind         TEXT NOT NULL,
+    call_sid     TEXT NOT NULL,
+    key          TEXT NOT NULL,
+    version_id   TEXT,
+    at           TEXT NOT NULL,
+    actor        TEXT NOT NULL,
+    details      TEXT NOT NULL,
+    segment      INTEGER
+);
 CREATE TABLE IF NOT EXISTS listed_calls (
     range_key     TEXT NOT NULL,
     call_sid      TEXT NOT NULL,
@@ -145,9 +156,35 @@ class ObjectRecord:
     worker: str
     version_id: str | None = None
     """The object's version in a versioned bucket, else None."""
+    retention_class: str | None = None
+    """The compliance retention class bound at archive time (None: no retention rules)."""
+    retain_until: str | None = None
+    """Until when the class keeps the object (UTC, ISO 8601)."""
+    lock_mode: str | None = None
+    """The Object Lock mode it was written with: COMPLIANCE, GOVERNANCE or None."""
     seq: int | None = None
     segment: int | None = None
     """Number of the sealed manifest segment in the destination that holds this entry."""
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    """Something done to stored objects, kept in the manifest chain beside them: a legal hold
+    or its release, a retention change, an erasure receipt. ``details`` is a JSON object."""
+
+    kind: str
+    call_sid: str
+    key: str
+    at: str
+    actor: str
+    details: str = "{}"
+    version_id: str | None = None
+    seq: int | None = None
+    segment: int | None = None
+
+
+Entry = ObjectRecord | EventRecord
+"""A line of the manifest: an object, or an event about one."""
 
 
 @dataclass(frozen=True)
@@ -189,6 +226,10 @@ class Ledger:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     self._db.execute(statement)
+            have = {str(r["name"]) for r in self._db.execute("PRAGMA table_info(objects)")}
+            for column in ("retention_class", "retain_until", "lock_mode"):
+                if column not in have:  # a ledger from before retention classes
+                    self._db.execute(f"ALTER TABLE objects ADD COLUMN {column} TEXT")
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self) -> None:
@@ -313,8 +354,25 @@ class Ledger:
         """Record a stored object; returns it with its manifest sequence number."""
         fields = {k: v for k, v in record.__dict__.items() if k not in ("seq", "segment")}
         with self._transaction():
-            seq = self._insert("objects", fields)
+            seq = self._next_seq()
+            self._insert("objects", {**fields, "seq": seq})
         return ObjectRecord(**fields, seq=seq)
+
+    def add_event(self, event: EventRecord) -> EventRecord:
+        """Record an event about stored objects; returns it with its manifest sequence number."""
+        fields = {k: v for k, v in event.__dict__.items() if k not in ("seq", "segment")}
+        with self._transaction():
+            seq = self._next_seq()
+            self._insert("events", {**fields, "seq": seq})
+        return EventRecord(**fields, seq=seq)
+
+    def _next_seq(self) -> int:
+        """Objects and events share one gap-free sequence: the manifest's order."""
+        row = self._db.execute(
+            "SELECT MAX(COALESCE((SELECT MAX(seq) FROM objects), 0), "
+            "COALESCE((SELECT MAX(seq) FROM events), 0))"
+        ).fetchone()
+        return int(row[0]) + 1
 
     def _insert(self, table: str, fields: dict[str, object]) -> int | None:
         columns, marks = ", ".join(fields), ", ".join("?" * len(fields))
@@ -323,20 +381,47 @@ class Ledger:
         )
         return cursor.lastrowid
 
-    def objects_after(self, seq: int) -> Iterator[ObjectRecord]:
-        """Objects with a sequence number greater than ``seq``, in order."""
-        for row in self._db.execute("SELECT * FROM objects WHERE seq > ? ORDER BY seq", (seq,)):
-            yield ObjectRecord(**dict(row))
+    def _entries(self, where: str, args: tuple[object, ...] = ()) -> list[Entry]:
+        objects: list[Entry] = [
+            ObjectRecord(**dict(r))
+            for r in self._db.execute(f"SELECT * FROM objects WHERE {where}", args)
+        ]
+        events: list[Entry] = [
+            EventRecord(**dict(r))
+            for r in self._db.execute(f"SELECT * FROM events WHERE {where}", args)
+        ]
+        return sorted(objects + events, key=lambda e: e.seq or 0)
 
-    def unsealed(self) -> list[ObjectRecord]:
-        """Objects not yet in a sealed segment, in order."""
-        rows = self._db.execute("SELECT * FROM objects WHERE segment IS NULL ORDER BY seq")
-        return [ObjectRecord(**dict(r)) for r in rows]
+    def entries_after(self, seq: int) -> list[Entry]:
+        """Manifest entries (objects and events) with a sequence number past ``seq``, in order."""
+        return self._entries("seq > ?", (seq,))
+
+    def unsealed(self) -> list[Entry]:
+        """Manifest entries not yet in a sealed segment, in order."""
+        return self._entries("segment IS NULL")
 
     def unsealed_count(self) -> int:
         return int(
-            self._db.execute("SELECT COUNT(*) FROM objects WHERE segment IS NULL").fetchone()[0]
+            self._db.execute(
+                "SELECT (SELECT COUNT(*) FROM objects WHERE segment IS NULL) + "
+                "(SELECT COUNT(*) FROM events WHERE segment IS NULL)"
+            ).fetchone()[0]
         )
+
+    def events(self, call_sid: str | None = None) -> list[EventRecord]:
+        """Events, in order; those of one call if ``call_sid`` is given."""
+        if call_sid is None:
+            rows = self._db.execute("SELECT * FROM events ORDER BY seq")
+        else:
+            rows = self._db.execute(
+                "SELECT * FROM events WHERE call_sid = ? ORDER BY seq", (call_sid,)
+            )
+        return [EventRecord(**dict(r)) for r in rows]
+
+    def all_objects(self) -> list[ObjectRecord]:
+        return [
+            ObjectRecord(**dict(r)) for r in self._db.execute("SELECT * FROM objects ORDER BY seq")
+        ]
 
     def segments(self) -> list[SegmentRecord]:
         rows = self._db.execute("SELECT * FROM segments ORDER BY number")
@@ -357,12 +442,13 @@ class Ledger:
                     segment.last_seq,
                 ),
             )
-            self._db.execute(
-                "UPDATE objects SET segment = ? WHERE seq BETWEEN ? AND ?",
-                (segment.number, segment.first_seq, segment.last_seq),
-            )
+            for table in ("objects", "events"):
+                self._db.execute(
+                    f"UPDATE {table} SET segment = ? WHERE seq BETWEEN ? AND ?",
+                    (segment.number, segment.first_seq, segment.last_seq),
+                )
 
-    def restore(self, records: list[ObjectRecord], segments: list[SegmentRecord]) -> None:
+    def restore(self, records: list[Entry], segments: list[SegmentRecord]) -> None:
         """Fill an empty ledger from the destination's segments (``manifest rebuild``)."""
         with self._transaction():
             if self._db.execute("SELECT COUNT(*) FROM objects").fetchone()[0]:
@@ -370,7 +456,8 @@ class Ledger:
                     f"the ledger at {self.path} is not empty: rebuild into a new --state-dir"
                 )
             for record in records:
-                self._insert("objects", dict(record.__dict__))
+                table = "objects" if isinstance(record, ObjectRecord) else "events"
+                self._insert(table, dict(record.__dict__))
             for segment in segments:
                 self._insert("segments", dict(segment.__dict__))
 

@@ -20,6 +20,17 @@ line a JSON object with these fields, in ledger order::
     worker        host name of the worker that archived it
     version_id    the object's version id in a versioned bucket, else null
 
+With compliance retention rules configured (docs/compliance.md), object lines also carry
+``retention_class``, ``retain_until`` (UTC, ISO 8601) and ``lock_mode`` (COMPLIANCE, GOVERNANCE
+or null). Lines without them predate the rules.
+
+Events about stored objects are lines of the same sequence, told apart by their ``kind``
+(``EVENT_KINDS``): ``legal_hold`` and ``legal_hold_release`` (with ``reason``),
+``retention_extended`` (``lock_mode``, ``retain_until`` and the ``previous_*`` values) and
+``erasure`` (the receipt: ``sha256``, ``size``, ``retention_class``, ``retain_until``,
+``deleted_at``). Each has ``call_sid``, ``key``, ``version_id``, ``at`` (UTC) and ``actor``
+(who ran the job). The chain keeps these after the data itself is gone.
+
 The ledger is the source of truth and the file is written from it: after each stored object the
 writer appends every ledger row whose ``seq`` is past the file's last line, then fsyncs. A crash
 between the ledger commit and the append loses nothing: the next write catches up, and never
@@ -34,15 +45,31 @@ import os
 from pathlib import Path
 from typing import Any
 
-from archiver.ledger import Ledger, ObjectRecord
+from archiver.ledger import Entry, EventRecord, Ledger, ObjectRecord
 
 SCHEMA = 1
 """Version of the line format, in every line as ``schema``."""
 
 
-def entry(record: ObjectRecord) -> dict[str, Any]:
-    """The manifest line of one stored object (the same in manifest.jsonl and in segments)."""
-    return {
+EVENT_KINDS = frozenset({"legal_hold", "legal_hold_release", "retention_extended", "erasure"})
+_RETENTION_FIELDS = ("retention_class", "retain_until", "lock_mode")
+
+
+def entry(record: Entry) -> dict[str, Any]:
+    """The manifest line of one entry (the same in manifest.jsonl and in segments)."""
+    if isinstance(record, EventRecord):
+        return {
+            **json.loads(record.details),
+            "schema": SCHEMA,
+            "seq": record.seq,
+            "kind": record.kind,
+            "call_sid": record.call_sid,
+            "key": record.key,
+            "version_id": record.version_id,
+            "at": record.at,
+            "actor": record.actor,
+        }
+    line = {
         "schema": SCHEMA,
         "seq": record.seq,
         "call_sid": record.call_sid,
@@ -60,10 +87,42 @@ def entry(record: ObjectRecord) -> dict[str, Any]:
         "worker": record.worker,
         "version_id": record.version_id,
     }
+    if record.retention_class is not None:
+        line.update({name: getattr(record, name) for name in _RETENTION_FIELDS})
+    return line
 
 
-def record_from_entry(e: dict[str, Any], *, segment: int | None = None) -> ObjectRecord:
+def is_event(e: dict[str, Any]) -> bool:
+    return e.get("kind") in EVENT_KINDS
+
+
+def erased_keys(entries: list[dict[str, Any]]) -> set[str]:
+    """Keys with an erasure receipt in ``entries``: deleted on purpose, by a retention job."""
+    return {str(e["key"]) for e in entries if e.get("kind") == "erasure"}
+
+
+def present_objects(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The object lines of ``entries`` whose object should still be stored (not erased)."""
+    erased = erased_keys(entries)
+    return [e for e in entries if not is_event(e) and str(e["key"]) not in erased]
+
+
+def record_from_entry(e: dict[str, Any], *, segment: int | None = None) -> Entry:
     """The ledger row a manifest line describes (the inverse of ``entry``)."""
+    if is_event(e):
+        common = {"schema", "seq", "kind", "call_sid", "key", "version_id", "at", "actor"}
+        details = {k: v for k, v in e.items() if k not in common}
+        return EventRecord(
+            kind=e["kind"],
+            call_sid=e["call_sid"],
+            key=e["key"],
+            at=e["at"],
+            actor=e["actor"],
+            details=json.dumps(details, sort_keys=True),
+            version_id=e.get("version_id"),
+            seq=e["seq"],
+            segment=segment,
+        )
     return ObjectRecord(
         call_sid=e["call_sid"],
         kind=e["kind"],
@@ -79,6 +138,9 @@ def record_from_entry(e: dict[str, Any], *, segment: int | None = None) -> Objec
         archived_at=e["archived_at"],
         worker=e["worker"],
         version_id=e.get("version_id"),
+        retention_class=e.get("retention_class"),
+        retain_until=e.get("retain_until"),
+        lock_mode=e.get("lock_mode"),
         seq=e["seq"],
         segment=segment,
     )
@@ -127,10 +189,10 @@ class ManifestWriter:
         return last_seq
 
     def sync(self, ledger: Ledger) -> int:
-        """Append every ledger object not yet in the file; returns how many lines were written."""
+        """Append every ledger entry not yet in the file; returns how many lines were written."""
         lines = [
             json.dumps(entry(r), separators=(",", ":"), ensure_ascii=True) + "\n"
-            for r in ledger.objects_after(self._last_seq)
+            for r in ledger.entries_after(self._last_seq)
         ]
         if not lines:
             return 0

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from archiver.errors import StorageConflict
-from archiver.ledger import Ledger, ObjectRecord, SegmentRecord
+from archiver.ledger import Entry, Ledger, SegmentRecord
 from archiver.manifest import entry
 from archiver.sinks import Sink
 
@@ -43,7 +43,7 @@ def segment_key(number: int) -> str:
     return f"{PREFIX}{number:08d}.jsonl"
 
 
-def render(number: int, prev_sha256: str | None, records: list[ObjectRecord]) -> bytes:
+def render(number: int, prev_sha256: str | None, records: list[Entry]) -> bytes:
     """The exact bytes of a segment holding ``records``."""
     header = {
         "type": "segment",

@@ -25,12 +25,15 @@ from typing import Any
 from archiver.archive import sink_for
 from archiver.config import Settings
 from archiver.errors import ConfigError
-from archiver.ledger import Ledger, ObjectRecord, SegmentRecord
-from archiver.manifest import ManifestWriter, record_from_entry
+from archiver.ledger import Entry, Ledger, SegmentRecord
+from archiver.manifest import ManifestWriter, erased_keys, is_event, record_from_entry
 from archiver.segments import PREFIX, parse, read_segment, segment_key
 from archiver.sinks import Sink
 
 OK, MISSING, ALTERED, UNEXPECTED = "ok", "missing", "altered", "unexpected"
+ERASED, NOT_ERASED = "erased", "not_erased"
+"""An object with an erasure receipt: absent as it should be, or still (again) there."""
+STATUSES = (OK, MISSING, ALTERED, UNEXPECTED, ERASED, NOT_ERASED)
 
 
 @dataclass
@@ -63,15 +66,15 @@ class VerifyReport:
 
     @property
     def ok(self) -> bool:
-        return not self.chain.problems and all(c.status == OK for c in self.checks)
+        return not self.chain.problems and all(c.status in (OK, ERASED) for c in self.checks)
 
     def as_dict(self) -> dict[str, object]:
         return {
             "ok": self.ok,
             "segments": len(self.chain.segments),
             "chain_problems": self.chain.problems,
-            "counts": {s: self.count(s) for s in (OK, MISSING, ALTERED, UNEXPECTED)},
-            "objects": [c.__dict__ for c in self.checks if c.status != OK],
+            "counts": {s: self.count(s) for s in STATUSES},
+            "objects": [c.__dict__ for c in self.checks if c.status not in (OK, ERASED)],
             "checked": len([c for c in self.checks if c.status != UNEXPECTED]),
         }
 
@@ -170,10 +173,17 @@ async def verify(
     """Check the chain, then the objects it names; see the module docstring."""
     chain = await load_chain(sink, ledger)
     report = VerifyReport(chain)
+    erased = erased_keys(chain.entries)
     for entry in chain.entries:
-        if not selected(entry, since, until, sample, seed):
+        if is_event(entry) or not selected(entry, since, until, sample, seed):
             continue
-        check = await _check(sink, entry)
+        if str(entry.get("key")) in erased:
+            present = await sink.stat(str(entry.get("key"))) is not None
+            check = ObjectCheck(
+                str(entry.get("key")), NOT_ERASED if present else ERASED, entry.get("call_sid")
+            )
+        else:
+            check = await _check(sink, entry)
         report.checks.append(check)
         if on_object is not None:
             on_object(check)
@@ -206,7 +216,7 @@ async def _check(sink: Sink, entry: dict[str, Any]) -> ObjectCheck:
     return check
 
 
-def records_from(chain: Chain) -> list[ObjectRecord]:
+def records_from(chain: Chain) -> list[Entry]:
     """Ledger rows for every entry of the chain (``manifest rebuild``)."""
     out = []
     for e in chain.entries:
