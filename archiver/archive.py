@@ -31,6 +31,7 @@ import aiohttp
 from archiver.config import Settings
 from archiver.errors import (
     ArchiverError,
+    ConfigError,
     ExotelAuthError,
     ExotelNotFound,
     InvalidCallSid,
@@ -83,7 +84,12 @@ class Archiver:
         self.exotel = exotel
         self.http = http
         self.recorder = Recorder(
-            sink, ledger, manifest, socket.gethostname(), segment_size=settings.segment_entries
+            sink,
+            ledger,
+            manifest,
+            socket.gethostname(),
+            segment_size=settings.segment_entries,
+            policy=settings.retention,
         )
         self.spool_dir = settings.state_dir / "spool"
         self.spool_dir.mkdir(parents=True, exist_ok=True)
@@ -397,7 +403,7 @@ async def _archive_all(
     on_result: Callable[[CallResult], None] | None,
 ) -> None:
     """The body of ``archive_calls``, with the writer lock held and the ledger open."""
-    await sink.check()
+    await preflight(settings, sink)
     manifest = ManifestWriter(Path(report.manifest))
     manifest.sync(ledger)  # catch up after a crash between ledger commit and manifest append
     segments_before = len(ledger.segments())
@@ -442,6 +448,20 @@ def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """The error that stopped the run (the others are the cancellations it caused)."""
     first = group.exceptions[0]
     return _first_error(first) if isinstance(first, BaseExceptionGroup) else first
+
+
+async def preflight(settings: Settings, sink: Sink) -> None:
+    """The destination can be written — and locks objects, if a retention class needs it."""
+    await sink.check()
+    policy = settings.retention
+    if policy is not None and policy.needs_object_lock and not await sink.object_lock_enabled():
+        locking = sorted(c.name for c in policy.classes.values() if c.lock is not None)
+        raise ConfigError(
+            f"retention class(es) {', '.join(locking)} ask for Object Lock, but "
+            f"{sink.describe()} does not have it enabled: use a bucket created with Object Lock "
+            '(it cannot be added to every existing bucket), or set lock = "none" in those '
+            "classes. Nothing was archived."
+        )
 
 
 def sink_for(settings: Settings) -> Sink:

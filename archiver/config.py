@@ -20,13 +20,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import tzinfo
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from archiver.errors import ConfigError
 from archiver.keys import DEFAULT_TEMPLATE, KeyLayout
 from archiver.retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from archiver.retention.policy import RetentionPolicy
 
 REGIONS: dict[str, tuple[str, str]] = {
     # region: (v3 "ccm-api" base, v1 base)
@@ -521,6 +524,8 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 OPTIONS_BY_KEY: dict[str, Option] = {o.key: o for o in OPTIONS}
+RETENTION = "[retention]"
+"""Where ``read_config_file`` puts the parsed ``[retention]`` table (not an option)."""
 
 
 @dataclass(frozen=True)
@@ -581,6 +586,8 @@ class Settings:
     log_level: str
     log_format: str = "auto"
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
+    retention: RetentionPolicy | None = None
+    """Compliance retention classes and rules (config file only), or None."""
     secrets: tuple[str, ...] = field(default=(), repr=False)
     """The secret values themselves, for the log redactor. Not shown in repr."""
 
@@ -631,6 +638,11 @@ def read_config_file(path: Path) -> dict[str, Any]:
     values: dict[str, Any] = {}
     known = {(o.section, o.key) for o in OPTIONS}
     for section, table in data.items():
+        if section == "retention":  # compliance retention classes: archiver.retention.policy
+            from archiver.retention.policy import parse_policy
+
+            values[RETENTION] = parse_policy(table, str(path))
+            continue
         if not isinstance(table, dict):
             raise ConfigError(
                 f"config file {path}: '{section}' must be a table such as [exotel] or [archiver]"
@@ -835,5 +847,6 @@ def load_settings(
         log_level=values["log_level"],
         log_format=values["log_format"],
         daemon=daemon,
+        retention=from_file.get(RETENTION),
         secrets=tuple(s for s in secrets if s),
     )

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from archiver.archive import Archiver
+from archiver.archive import Archiver, preflight
 from archiver.config import Settings
 from archiver.errors import ArchiverError, ConfigError, ExotelAuthError
 from archiver.exotel.client import ExotelClient
@@ -162,7 +162,7 @@ class Daemon:
         with writer_lock(settings.state_dir):
             self.ledger = Ledger(settings.state_dir / "ledger.sqlite3")
             try:
-                await self.sink.check()
+                await preflight(settings, self.sink)
                 manifest = ManifestWriter(settings.state_dir / "manifest.jsonl")
                 manifest.sync(self.ledger)
                 limiter = RateLimiter(settings.exotel.rate_limit, 60.0)

@@ -23,7 +23,9 @@ The tree::
         ├── StorageConflict       an object already exists at the key with other bytes; never
         │                         overwritten, reported loudly; not retryable
         ├── StorageUnavailable    retryable: 5xx, SlowDown, timeouts, connection resets
-        └── StoragePermanent      bucket missing, access denied, bad credentials; not retryable
+        ├── StoragePermanent      bucket missing, access denied, bad credentials; not retryable
+        └── StorageLocked         a delete or retention change refused: Object Lock retention or
+                                  a legal hold protects the object; not retryable
 
 Errors are classified where the wire protocol is spoken (``archiver.exotel.client``,
 ``archiver.transfer``, ``archiver.sinks.*``); everything else looks only at ``retryable``.
@@ -173,6 +175,10 @@ class StorageUnavailable(StorageError):
 
 class StoragePermanent(StorageError):
     """The destination refuses for good: no such bucket, access denied, bad credentials."""
+
+
+class StorageLocked(StorageError):
+    """The store refuses to delete or weaken an object: retention or a legal hold protects it."""
 
 
 def error_reason(exc: BaseException) -> str:

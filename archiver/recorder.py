@@ -21,6 +21,10 @@ URLs). So if ``call.json`` (or another snapshot) is already in the destination w
 a ledger lost and rebuilt, a second worker — the stored one is kept and recorded as it is,
 instead of failing the call with a conflict. Audio is never treated that way: other bytes at a
 recording's key are a conflict.
+
+With retention rules (``archiver.retention.policy``), every object of a call gets the call's
+class and retain-until date in its ledger row and manifest line, and — when the class has a lock
+mode and the date is still ahead — is written with that Object Lock in the same PUT.
 """
 
 from __future__ import annotations
@@ -28,14 +32,18 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
-from typing import BinaryIO
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, BinaryIO
 
 from archiver.errors import StorageConflict
 from archiver.exotel.models import CallDetails
 from archiver.ledger import Ledger, ObjectRecord, utc_now
 from archiver.manifest import ManifestWriter
 from archiver.segments import seal
-from archiver.sinks import Sink
+from archiver.sinks import Lock, Sink
+
+if TYPE_CHECKING:
+    from archiver.retention.policy import RetentionPolicy
 
 SNAPSHOT_KINDS = frozenset({"call_details", "legs", "voice_log"})
 
@@ -49,9 +57,11 @@ class Recorder:
         worker: str,
         *,
         segment_size: int = 1000,
+        policy: RetentionPolicy | None = None,
     ) -> None:
         self.sink, self.ledger, self.manifest, self.worker = sink, ledger, manifest, worker
         self.segment_size = segment_size
+        self.policy = policy
         self._sealing = asyncio.Lock()
 
     async def store(
@@ -70,9 +80,22 @@ class Recorder:
     ) -> ObjectRecord:
         """Put ``body`` at ``key`` and record it; returns the ledger row (with its seq)."""
         mime = content_type.split(";")[0].strip() or "application/octet-stream"
+        retention_class = retain_until = lock_mode = None
+        lock = None
+        if self.policy is not None:
+            cls = self.policy.classify(details)
+            until = cls.retain_until(details.created_time)
+            if cls.lock is not None and until > datetime.now(UTC):
+                lock = Lock(cls.lock, until)
+            retention_class = cls.name
+            retain_until = until.isoformat().replace("+00:00", "Z")
         try:
-            put = await self.sink.put(key, body, size=size, sha256=sha256, content_type=mime)
+            put = await self.sink.put(
+                key, body, size=size, sha256=sha256, content_type=mime, lock=lock
+            )
             location, size, sha256, version = put.location, put.size, put.sha256, put.version_id
+            if put.created and lock is not None:
+                lock_mode = lock.mode
         except StorageConflict:
             if kind not in SNAPSHOT_KINDS:
                 raise
@@ -94,6 +117,9 @@ class Recorder:
                 archived_at=utc_now(),
                 worker=self.worker,
                 version_id=version,
+                retention_class=retention_class,
+                retain_until=retain_until,
+                lock_mode=lock_mode,
             )
         )
         self.manifest.sync(self.ledger)

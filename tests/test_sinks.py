@@ -203,13 +203,25 @@ class Flaky:
         await self.inner.check()
 
     async def put(
-        self, key: str, body: BinaryIO, *, size: int, sha256: str, content_type: str
+        self,
+        key: str,
+        body: BinaryIO,
+        *,
+        size: int,
+        sha256: str,
+        content_type: str,
+        lock: Any = None,
     ) -> PutResult:
         self.calls += 1
         body.read(100)  # a failed attempt may leave the body anywhere: put must rewind
         if self.failures:
             raise self.failures.pop(0)
-        return await self.inner.put(key, body, size=size, sha256=sha256, content_type=content_type)
+        return await self.inner.put(
+            key, body, size=size, sha256=sha256, content_type=content_type, lock=lock
+        )
+
+    def __getattr__(self, name: str) -> Any:  # the Object Lock calls: passed through
+        return getattr(self.inner, name)
 
     async def stat(self, key: str) -> ObjectInfo | None:
         return await self.inner.stat(key)

@@ -12,10 +12,19 @@ from urllib.parse import unquote, urlsplit
 
 from archiver.errors import ConfigError
 from archiver.retry import RetryPolicy
-from archiver.sinks.base import ObjectInfo, PutResult, Sink, validate_key
+from archiver.sinks.base import Lock, LockStatus, ObjectInfo, PutResult, Sink, validate_key
 from archiver.sinks.retrying import RetryingSink
 
-__all__ = ["ObjectInfo", "PutResult", "RetryingSink", "Sink", "open_sink", "validate_key"]
+__all__ = [
+    "Lock",
+    "LockStatus",
+    "ObjectInfo",
+    "PutResult",
+    "RetryingSink",
+    "Sink",
+    "open_sink",
+    "validate_key",
+]
 
 _FORMS = "use s3://bucket/prefix, file:///absolute/path or a directory path"
 

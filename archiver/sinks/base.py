@@ -30,12 +30,20 @@ each backend to hold them to it.
    the same policy) instead of failing, and so re-sending, the whole object.
 8. **Bounded memory.** ``put`` holds at most one part (``part_size``) of the body in memory,
    whatever the object's size; a failed upload leaves no multipart upload open.
+9. **Retention is the store's, or refused.** ``put(..., lock=Lock(mode, until))`` writes the
+   object with that S3 Object Lock mode and retain-until date in the same request, or fails; it
+   never stores the object unlocked instead. ``set_retention`` and ``set_legal_hold`` change them
+   afterwards, and ``delete`` removes one version for good; a store that holds the object
+   locked refuses with ``StorageLocked`` (not retried). A store without Object Lock (a local
+   directory) says so in ``object_lock_enabled`` and refuses every lock request with
+   ``StoragePermanent``; its ``delete`` works.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import BinaryIO, Protocol, runtime_checkable
 
 from archiver.errors import StoragePermanent
@@ -49,6 +57,26 @@ class ObjectInfo:
     size: int
     sha256: str | None = None
     """Lower-case hex SHA-256, when the store can tell without reading the object."""
+    version_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Lock:
+    """S3 Object Lock settings for one object version."""
+
+    mode: str
+    """``COMPLIANCE`` or ``GOVERNANCE``."""
+    until: datetime
+    """Retain-until date (aware)."""
+
+
+@dataclass(frozen=True)
+class LockStatus:
+    """An object version's Object Lock state as the store reports it."""
+
+    mode: str | None = None
+    until: datetime | None = None
+    legal_hold: bool = False
     version_id: str | None = None
 
 
@@ -88,9 +116,37 @@ class Sink(Protocol):
         ...
 
     async def put(
-        self, key: str, body: BinaryIO, *, size: int, sha256: str, content_type: str
+        self,
+        key: str,
+        body: BinaryIO,
+        *,
+        size: int,
+        sha256: str,
+        content_type: str,
+        lock: Lock | None = None,
     ) -> PutResult:
-        """Store ``size`` bytes from ``body`` at ``key``, write-once and verified."""
+        """Store ``size`` bytes from ``body`` at ``key``, write-once and verified (and locked,
+        with ``lock``)."""
+        ...
+
+    async def object_lock_enabled(self) -> bool:
+        """Whether the destination enforces Object Lock (retention dates, legal holds)."""
+        ...
+
+    async def lock_status(self, key: str, version_id: str | None = None) -> LockStatus | None:
+        """The Object Lock state of the object (version) at ``key``; None if there is none."""
+        ...
+
+    async def set_retention(self, key: str, lock: Lock, *, version_id: str | None = None) -> None:
+        """Set the object version's retention (the store refuses to shorten COMPLIANCE)."""
+        ...
+
+    async def set_legal_hold(self, key: str, on: bool, *, version_id: str | None = None) -> None:
+        """Place or lift a legal hold on the object version."""
+        ...
+
+    async def delete(self, key: str, *, version_id: str | None = None) -> None:
+        """Remove the object version for good (not a delete marker). Missing: no error."""
         ...
 
     async def stat(self, key: str) -> ObjectInfo | None:

@@ -24,7 +24,7 @@ import aiofiles
 import aiofiles.os
 
 from archiver.errors import StorageConflict, StorageError, StoragePermanent, StorageUnavailable
-from archiver.sinks.base import ObjectInfo, PutResult, validate_key
+from archiver.sinks.base import Lock, LockStatus, ObjectInfo, PutResult, validate_key
 
 _CHUNK = 1024 * 1024
 _TEMP_MARK = ".part-"
@@ -89,8 +89,17 @@ class LocalSink:
             raise _classify(exc, what) from None
 
     async def put(
-        self, key: str, body: BinaryIO, *, size: int, sha256: str, content_type: str
+        self,
+        key: str,
+        body: BinaryIO,
+        *,
+        size: int,
+        sha256: str,
+        content_type: str,
+        lock: Lock | None = None,
     ) -> PutResult:
+        if lock is not None:
+            self._no_lock(f"write {key} with {lock.mode} retention")
         final = self._path(key)
         what = f"write {final}"
         if await aiofiles.os.path.exists(final):
@@ -176,6 +185,36 @@ class LocalSink:
 
         for info in await asyncio.to_thread(walk):
             yield info
+
+    # --- no Object Lock here ---------------------------------------------------------------
+
+    def _no_lock(self, what: str) -> None:
+        raise StoragePermanent(
+            f"{what}: a local directory ({self.root}) has no Object Lock; use an S3 bucket with "
+            "Object Lock enabled for retention classes with a lock mode"
+        )
+
+    async def object_lock_enabled(self) -> bool:
+        return False
+
+    async def lock_status(self, key: str, version_id: str | None = None) -> LockStatus | None:
+        return None if await self.stat(key) is None else LockStatus()
+
+    async def set_retention(self, key: str, lock: Lock, *, version_id: str | None = None) -> None:
+        self._no_lock(f"set the retention of {key}")
+
+    async def set_legal_hold(self, key: str, on: bool, *, version_id: str | None = None) -> None:
+        self._no_lock(f"{'place' if on else 'lift'} a legal hold on {key}")
+
+    async def delete(self, key: str, *, version_id: str | None = None) -> None:
+        path = self._path(key)
+        try:
+            await aiofiles.os.remove(path)
+            await asyncio.to_thread(_fsync_dir, path.parent)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise _classify(exc, f"delete {path}") from None
 
     async def close(self) -> None:
         return None

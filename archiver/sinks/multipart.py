@@ -61,6 +61,7 @@ async def upload(
     content_type: str,
     part_size: int,
     retry: RetryPolicy,
+    extra: dict[str, Any] | None = None,
 ) -> Completed | None:
     """Upload ``body`` in parts; None if the completion found an object already at the key."""
     loop = asyncio.get_running_loop()
@@ -75,6 +76,7 @@ async def upload(
         ContentType=content_type,
         Metadata={"sha256": sha256},
         **algorithm,
+        **(extra or {}),
     )
     upload_id = created["UploadId"]
     try:

@@ -43,12 +43,13 @@ from archiver.errors import (
     ConfigError,
     StorageConflict,
     StorageError,
+    StorageLocked,
     StoragePermanent,
     StorageUnavailable,
 )
 from archiver.retry import RetryPolicy
 from archiver.sinks import multipart
-from archiver.sinks.base import ObjectInfo, PutResult, validate_key
+from archiver.sinks.base import Lock, LockStatus, ObjectInfo, PutResult, validate_key
 
 T = TypeVar("T")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -82,6 +83,21 @@ _RETRYABLE_CODES = {
     "IncompleteBody",
     "OperationAborted",
 }
+
+
+_NO_LOCK_CONFIG = frozenset(
+    {"ObjectLockConfigurationNotFoundError", "ObjectLockConfigurationNotFound", "404"}
+)
+
+
+def _lock_params(lock: Lock | None) -> dict[str, Any]:
+    if lock is None:
+        return {}
+    return {"ObjectLockMode": lock.mode, "ObjectLockRetainUntilDate": lock.until}
+
+
+def _version(version_id: str | None) -> dict[str, str]:
+    return {"VersionId": version_id} if version_id else {}
 
 
 def parse_s3_url(url: str) -> tuple[str, str]:
@@ -250,9 +266,17 @@ class S3Sink:
         )
 
     async def put(
-        self, key: str, body: BinaryIO, *, size: int, sha256: str, content_type: str
+        self,
+        key: str,
+        body: BinaryIO,
+        *,
+        size: int,
+        sha256: str,
+        content_type: str,
+        lock: Lock | None = None,
     ) -> PutResult:
         full = self._full(key)
+        locking = _lock_params(lock)
         if not self.conditional_writes:
             existing = await self.stat(key)
             if existing is not None:
@@ -263,7 +287,7 @@ class S3Sink:
                 f"PUT {full}: the body has {actual} bytes, not the {size} announced"
             )
         if size >= self.part_size:
-            return await self._put_multipart(key, full, body, size, sha256, content_type)
+            return await self._put_multipart(key, full, body, size, sha256, content_type, locking)
         params: dict[str, Any] = {
             "Bucket": self.bucket,
             "Key": full,
@@ -271,6 +295,7 @@ class S3Sink:
             "ContentLength": size,
             "ContentType": content_type,
             "Metadata": {"sha256": sha256},
+            **locking,
         }
         if self.checksum == "md5":
             params["ContentMD5"] = await self._content_md5(full, body, size, sha256)
@@ -313,7 +338,14 @@ class S3Sink:
         return content_md5
 
     async def _put_multipart(
-        self, key: str, full: str, body: BinaryIO, size: int, sha256: str, content_type: str
+        self,
+        key: str,
+        full: str,
+        body: BinaryIO,
+        size: int,
+        sha256: str,
+        content_type: str,
+        locking: dict[str, Any],
     ) -> PutResult:
         done = await multipart.upload(
             self,
@@ -324,6 +356,7 @@ class S3Sink:
             content_type=content_type,
             part_size=self.part_size,
             retry=self.part_retry,
+            extra=locking,
         )
         if done is None:  # If-None-Match: * refused the completion: something is already there
             return await self._already_there(key, full, size, sha256)
@@ -374,6 +407,97 @@ class S3Sink:
             f"({existing.size} bytes, sha256 {existing.sha256 or 'unknown'}; ours: {size} bytes, "
             f"sha256 {sha256}). It was kept, not replaced: investigate before archiving this call"
         )
+
+    # --- Object Lock ---------------------------------------------------------------------------
+
+    async def object_lock_enabled(self) -> bool:
+        answer = await self.call_unless(
+            _NO_LOCK_CONFIG,
+            "read the bucket's Object Lock configuration",
+            self.client.get_object_lock_configuration,
+            Bucket=self.bucket,
+        )
+        if answer is None:
+            return False
+        config: dict[str, Any] = dict(answer.get("ObjectLockConfiguration") or {})
+        return config.get("ObjectLockEnabled") == "Enabled"
+
+    async def lock_status(self, key: str, version_id: str | None = None) -> LockStatus | None:
+        full = self._full(key)
+        head = await self.call_unless(
+            _MISSING,
+            f"HEAD {full}",
+            self.client.head_object,
+            Bucket=self.bucket,
+            Key=full,
+            **_version(version_id),
+        )
+        if head is None:
+            return None
+        return LockStatus(
+            mode=head.get("ObjectLockMode"),
+            until=head.get("ObjectLockRetainUntilDate"),
+            legal_hold=head.get("ObjectLockLegalHoldStatus") == "ON",
+            version_id=head.get("VersionId"),
+        )
+
+    async def set_retention(self, key: str, lock: Lock, *, version_id: str | None = None) -> None:
+        full = self._full(key)
+        await self._locked_call(
+            f"set the retention of {full} to {lock.mode} until {lock.until:%Y-%m-%d %H:%M:%S}",
+            self.client.put_object_retention,
+            Bucket=self.bucket,
+            Key=full,
+            Retention={"Mode": lock.mode, "RetainUntilDate": lock.until},
+            **_version(version_id),
+        )
+
+    async def set_legal_hold(self, key: str, on: bool, *, version_id: str | None = None) -> None:
+        full = self._full(key)
+        await self._locked_call(
+            f"{'place' if on else 'lift'} the legal hold on {full}",
+            self.client.put_object_legal_hold,
+            Bucket=self.bucket,
+            Key=full,
+            LegalHold={"Status": "ON" if on else "OFF"},
+            **_version(version_id),
+        )
+
+    async def delete(self, key: str, *, version_id: str | None = None) -> None:
+        full = self._full(key)
+        versions: list[str | None] = [version_id] if version_id else [*await self._versions(full)]
+        for version in versions or [None]:  # None: an unversioned bucket, plain DELETE
+            await self._locked_call(
+                f"delete {full}" + (f" (version {version})" if version else ""),
+                self.client.delete_object,
+                Bucket=self.bucket,
+                Key=full,
+                **_version(version),
+            )
+
+    async def _versions(self, full: str) -> list[str]:
+        """Every version id stored for ``full`` (so a delete erases, not just hides)."""
+        answer = await self.call(
+            f"list the versions of {full}",
+            self.client.list_object_versions,
+            Bucket=self.bucket,
+            Prefix=full,
+        )
+        found = [*answer.get("Versions", []), *answer.get("DeleteMarkers", [])]
+        return [
+            str(v["VersionId"])
+            for v in found
+            if v.get("Key") == full and v.get("VersionId") not in (None, "null")
+        ]
+
+    async def _locked_call(self, what: str, fn: Callable[..., Any], /, **kwargs: Any) -> None:
+        """A call that Object Lock may refuse: AccessDenied becomes ``StorageLocked``."""
+        if await self.call_unless(frozenset({"AccessDenied"}), what, fn, **kwargs) is None:
+            raise StorageLocked(
+                f"{what}: refused (AccessDenied) by {self.describe()}: the object is protected by "
+                "its Object Lock retention or a legal hold — or these credentials lack the "
+                "permission (docs/compliance.md lists them)"
+            )
 
     async def read(self, key: str) -> AsyncIterator[bytes]:
         full = self._full(key)
