@@ -99,13 +99,16 @@ CREATE TABLE IF NOT EXISTS segments (
 
 
 @contextmanager
-def writer_lock(state_dir: Path) -> Iterator[None]:
+def writer_lock(state_dir: Path, *, required: bool = True) -> Iterator[bool]:
     """Hold ``state_dir/writer.lock``: one archiving process per state directory.
 
     Two writers would both append to the manifest and seal segments of the same number; the
     second one is refused with a message naming the first (its pid). Readers (verify, export,
     reconcile) take no lock: SQLite's WAL lets them read while the writer works. The lock is an
     ``flock``: the kernel drops it when the process dies, so a crash leaves nothing stale.
+
+    With ``required=False`` a busy lock is not an error: the block runs without it and gets
+    False (retention jobs then only add ledger rows, which the running writer seals).
     """
     path = state_dir / "writer.lock"
     try:
@@ -120,6 +123,9 @@ def writer_lock(state_dir: Path) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            if not required:
+                yield False
+                return
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             raise ConfigError(
                 f"another exotel-archiver process (pid {holder}) is archiving with the state "
@@ -128,7 +134,7 @@ def writer_lock(state_dir: Path) -> Iterator[None]:
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
+        yield True
     finally:
         os.close(fd)
 

@@ -134,6 +134,7 @@ class Recorder:
         for ``segment_size`` company indefinitely.
         """
         async with self._sealing:
+            self.manifest.sync(self.ledger)  # entries other processes added (retention jobs)
             return len(await seal(self.ledger, self.sink))
 
     async def store_bytes(

@@ -1,8 +1,9 @@
 """The ``exotel-archiver`` command: a thin click shell over plain functions.
 
 Commands live beside this file: ``archive.py`` (archive, backfill), ``service.py`` (run, the
-long-running worker), ``audit.py`` (verify, manifest, export-bag, reconcile), ``trial.py`` (demo,
-simulate); ``_shared.py`` has what they share.
+long-running worker), ``audit.py`` (verify, manifest, export-bag, reconcile), ``retention.py``
+(the compliance retention jobs), ``trial.py`` (demo, simulate); ``_shared.py`` has what they
+share.
 
 Each command turns its flags into ``Settings`` (``archiver.config``), calls one plain async
 function (``archive_calls``, ``run_demo``, ``run_simulator``) and turns the outcome into output
@@ -44,6 +45,6 @@ def main(ctx: click.Context, config: Path | None) -> None:
 
 
 # The command modules register themselves on ``main``.
-from archiver.cli import archive, audit, service, trial  # noqa: E402
+from archiver.cli import archive, audit, retention, service, trial  # noqa: E402
 
-__all__ = ["archive", "audit", "main", "service", "trial"]
+__all__ = ["archive", "audit", "main", "retention", "service", "trial"]

@@ -1,0 +1,215 @@
+"""Compliance retention jobs: ``retention plan|apply|hold|release|purge|audit``.
+
+Each runs from a systemd timer as well as by hand; the rules are the config file's
+``[retention]`` table (docs/compliance.md).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from archiver.cli import main
+from archiver.cli._shared import (
+    EXIT_FAILURES,
+    EXIT_OK,
+    make_settings,
+    report_option,
+    run,
+    settings_options,
+    write_json,
+)
+from archiver.config import Settings
+from archiver.retention.archive import RetentionArchive, open_retention
+from archiver.retention.jobs import JobReport
+
+T = TypeVar("T")
+SHOWN = 50
+"""Objects listed on the terminal; the JSON report has them all."""
+
+
+@main.group()
+def retention() -> None:
+    """Compliance retention: classes, Object Lock, legal holds, audited purge.
+
+    The rules are the [retention] table of the config file (docs/compliance.md).
+    """
+
+
+def actor_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--actor",
+        help="Who runs the job, recorded in the manifest with what it does. Default: user@host.",
+    )(func)
+
+
+async def _with_archive(
+    settings: Settings, actor: str | None, job: Callable[[RetentionArchive], Awaitable[T]]
+) -> T:
+    async with open_retention(settings, actor=actor) as archive:
+        return await job(archive)
+
+
+def _finish(result: JobReport, report: Path | None, *, failed: bool) -> None:
+    counts = result.as_dict()["counts"]
+    click.echo(f"{result.job}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    for row in result.rows[:SHOWN]:
+        click.echo(f"  {row['action']:<24} {row['call_sid']}  {row['key']}")
+    if len(result.rows) > SHOWN:
+        click.echo(f"  ... and {len(result.rows) - SHOWN} more (see --report)")
+    for row in result.failures:
+        click.echo(f"  FAILED {row['key']}: {row['error']}", err=True)
+    write_json(result.as_dict(), report)
+    sys.exit(EXIT_FAILURES if failed else EXIT_OK)
+
+
+@retention.command("plan")
+@click.option(
+    "--days",
+    type=click.IntRange(0, 36_500),
+    default=30,
+    show_default=True,
+    help="List the objects whose retention ends within this many days.",
+)
+@report_option("the plan")
+@settings_options
+@click.pass_context
+def plan_command(ctx: click.Context, /, days: int, report: Path | None, **cli: Any) -> None:
+    """What would change: retention ending soon, objects under legal hold, and objects whose
+    stored retention is not what their class says. Changes nothing."""
+    from archiver.retention.jobs import plan
+
+    settings = make_settings(ctx, cli)
+    result = run(_with_archive(settings, None, lambda a: plan(a, days=days)))
+    _finish(result, report, failed=False)
+
+
+@retention.command("apply")
+@report_option()
+@actor_option
+@settings_options
+@click.pass_context
+def apply_command(
+    ctx: click.Context, /, report: Path | None, actor: str | None, **cli: Any
+) -> None:
+    """Bring stored retention up to the rules: lock unlocked objects, strengthen GOVERNANCE to
+    COMPLIANCE, extend dates. Never shortens a date nor weakens a mode. Each change is
+    recorded in the manifest."""
+    from archiver.retention.jobs import apply
+
+    settings = make_settings(ctx, cli)
+    result = run(_with_archive(settings, actor, lambda a: apply(a)))
+    _finish(result, report, failed=bool(result.failures))
+
+
+def _hold_command(on: bool) -> Callable[..., None]:
+    def command(
+        ctx: click.Context,
+        /,
+        call_sids: tuple[str, ...],
+        reason: str,
+        report: Path | None,
+        actor: str | None,
+        **cli: Any,
+    ) -> None:
+        from archiver.retention.jobs import hold
+
+        settings = make_settings(ctx, cli)
+        result = run(
+            _with_archive(settings, actor, lambda a: hold(a, list(call_sids), reason=reason, on=on))
+        )
+        _finish(result, report, failed=bool(result.failures))
+
+    return command
+
+
+for _name, _on, _doc in (
+    (
+        "hold",
+        True,
+        "Place a legal hold on every object of the given calls (S3 Object Lock legal hold), "
+        "recorded in the manifest with who, why and when. Held objects are never purged.",
+    ),
+    (
+        "release",
+        False,
+        "Lift the legal hold from every object of the given calls, recorded in the manifest.",
+    ),
+):
+    _cmd = _hold_command(_on)
+    _cmd.__doc__ = _doc
+    _cmd = click.pass_context(_cmd)
+    _cmd = settings_options(_cmd)
+    _cmd = actor_option(_cmd)
+    _cmd = report_option()(_cmd)
+    _cmd = click.option("--reason", required=True, help="Why (a case number, a request).")(_cmd)
+    _cmd = click.argument("call_sids", nargs=-1, required=True, metavar="CALL_SID...")(_cmd)
+    retention.command(_name)(_cmd)
+
+
+@retention.command("purge")
+@click.option(
+    "--dry-run", is_flag=True, help="List what would be deleted; delete nothing (run this first)."
+)
+@report_option()
+@actor_option
+@settings_options
+@click.pass_context
+def purge_command(
+    ctx: click.Context, /, dry_run: bool, report: Path | None, actor: str | None, **cli: Any
+) -> None:
+    """Delete the objects whose class says delete, whose retention has ended (by the rules and
+    at the store) and that carry no legal hold. Each deletion removes the stored version for
+    good and writes an erasure receipt (call, key, SHA-256, class, retain-until, deleted-at)
+    into the manifest chain. Exit code 1 if any deletion failed."""
+    from archiver.retention.jobs import purge
+
+    settings = make_settings(ctx, cli)
+    result = run(_with_archive(settings, actor, lambda a: purge(a, dry_run=dry_run)))
+    _finish(result, report, failed=bool(result.failures))
+
+
+@retention.command("audit")
+@click.option(
+    "--grace-days",
+    type=click.IntRange(0, 3650),
+    default=7,
+    show_default=True,
+    help="An object past its end by more than this, with a class that says delete, is "
+    "reported as kept against its class.",
+)
+@report_option()
+@settings_options
+@click.pass_context
+def audit_command(ctx: click.Context, /, grace_days: int, report: Path | None, **cli: Any) -> None:
+    """Check every manifest entry: present with the retention and hold state its class and the
+    recorded holds say, nothing deleted early or out of band, nothing kept past its class.
+    Exit code 0 only when nothing is found."""
+    from datetime import timedelta
+
+    from archiver.retention.audit import audit
+
+    settings = make_settings(ctx, cli)
+    result = run(
+        _with_archive(settings, None, lambda a: audit(a, grace=timedelta(days=grace_days)))
+    )
+    data = result.as_dict()
+    click.echo(
+        f"audit: {result.checked} object(s) checked, {len(result.findings)} finding(s)"
+        + (
+            ": " + ", ".join(f"{k} {v}" for k, v in data["counts"].items())
+            if data["counts"]
+            else ""
+        )
+    )
+    for finding in result.findings[:SHOWN]:
+        click.echo(
+            f"  {finding['problem']:<20} {finding['call_sid']}  {finding['key']}: "
+            f"{finding['detail']}"
+        )
+    write_json(data, report)
+    sys.exit(EXIT_OK if result.ok else EXIT_FAILURES)

@@ -1,0 +1,243 @@
+"""The retention jobs that change things: ``plan`` (what would change), ``apply`` (extend stored
+retention to the rules), ``hold``/``release`` (legal holds) and ``purge`` (erase what may go).
+
+Safety rules, enforced here and by the store:
+
+* ``apply`` only extends: a retain-until date is never moved earlier and COMPLIANCE is never
+  turned into GOVERNANCE. An object kept longer or stronger than its class says is reported and
+  left alone (a COMPLIANCE date cannot be shortened by anyone; a GOVERNANCE one could, but this
+  job does not try).
+* ``purge`` deletes only objects whose class says ``delete``, whose retention has ended both by
+  the rules and at the store, and that carry no legal hold (recorded or at the store). It never
+  bypasses GOVERNANCE retention. Each deletion removes the stored version for good and writes an
+  erasure receipt into the manifest chain.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from archiver.errors import ConfigError, StorageError
+from archiver.retention.archive import ERASURE, EXTENDED, HOLD, RELEASE, Item, RetentionArchive, iso
+from archiver.sinks import Lock, LockStatus
+
+log = logging.getLogger("archiver.retention")
+
+SLACK = timedelta(seconds=1)
+"""Stores keep retain-until dates to the second."""
+
+
+def stronger(a: str | None, b: str | None) -> str | None:
+    """The stronger of two lock modes (COMPLIANCE > GOVERNANCE > none)."""
+    order = {None: 0, "GOVERNANCE": 1, "COMPLIANCE": 2}
+    return a if order.get(a, 0) >= order.get(b, 0) else b
+
+
+def needed_change(item: Item, stored: LockStatus, now: datetime) -> str | None:
+    """What the stored retention lacks against the rules: lock, strengthen, extend, or None."""
+    if item.mode is None or item.until <= now:
+        return None
+    if stored.mode is None:
+        return "lock"
+    if stored.mode == "GOVERNANCE" and item.mode == "COMPLIANCE":
+        return "strengthen"
+    if stored.until is None or stored.until + SLACK < item.until:
+        return "extend"
+    return None
+
+
+def kept_beyond(item: Item, stored: LockStatus) -> str | None:
+    """Why the store keeps more than the class says (left alone), or None."""
+    if stored.until is not None and stored.until > item.until + SLACK:
+        return f"stored retention until {iso(stored.until)} is later than the class's"
+    if stronger(stored.mode, item.mode) != item.mode:
+        return f"stored mode {stored.mode} is stronger than the class's {item.mode}"
+    return None
+
+
+@dataclass
+class JobReport:
+    """What a job found or did, per object; printed and written as JSON."""
+
+    job: str
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, item: Item, action: str, **extra: Any) -> None:
+        self.rows.append({**item.brief(), "action": action, **extra})
+
+    def fail(self, item: Item, error: str) -> None:
+        self.failures.append({**item.brief(), "error": error})
+
+    def count(self, action: str) -> int:
+        return sum(1 for r in self.rows if r["action"] == action)
+
+    def as_dict(self) -> dict[str, Any]:
+        actions = sorted({r["action"] for r in self.rows})
+        return {
+            "job": self.job,
+            "counts": {a: self.count(a) for a in actions} | {"failed": len(self.failures)},
+            "objects": self.rows,
+            "failures": self.failures,
+        }
+
+
+async def plan(archive: RetentionArchive, *, days: int, now: datetime | None = None) -> JobReport:
+    """Objects whose retention ends within ``days``, under legal hold, or not as the rules say."""
+    now = now or datetime.now(UTC)
+    report = JobReport("plan")
+    horizon = now + timedelta(days=days)
+    for item in archive.items():
+        if item.held:
+            report.add(item, "held", reason=item.hold_reason)
+        if now < item.until <= horizon or (item.until <= now and item.cls.at_end == "delete"):
+            ends = "delete" if item.cls.at_end == "delete" and not item.held else "keep"
+            report.add(item, f"ends_then_{ends}")
+        if item.mode is None or not archive.lock_enabled:
+            continue
+        stored = await archive.sink.lock_status(item.key, item.record.version_id)
+        if stored is None:
+            report.add(item, "missing")
+            continue
+        change = needed_change(item, stored, now)
+        if change is not None:
+            report.add(item, change, stored_mode=stored.mode, stored_until=_iso(stored.until))
+        elif (beyond := kept_beyond(item, stored)) is not None:
+            report.add(item, "kept_beyond_class", detail=beyond)
+    return report
+
+
+async def apply(archive: RetentionArchive, *, now: datetime | None = None) -> JobReport:
+    """Bring stored retention up to the rules: lock, strengthen or extend — never shorten."""
+    now = now or datetime.now(UTC)
+    report = JobReport("apply")
+    needs_lock = [i for i in archive.items() if i.mode is not None and i.until > now]
+    if needs_lock and not archive.lock_enabled:
+        raise ConfigError(
+            f"{len(needs_lock)} object(s) belong to classes with a lock mode, but "
+            f"{archive.sink.describe()} has no Object Lock: nothing can be applied"
+        )
+    for item in needs_lock:
+        stored = await archive.sink.lock_status(item.key, item.record.version_id)
+        if stored is None:
+            report.fail(item, "the object is missing: run `exotel-archiver retention audit`")
+            continue
+        change = needed_change(item, stored, now)
+        if change is None:
+            if (beyond := kept_beyond(item, stored)) is not None:
+                report.add(item, "left_longer", detail=beyond)
+            continue
+        until = max(item.until, stored.until or item.until)  # never earlier than stored
+        mode = stronger(item.mode, stored.mode) or "GOVERNANCE"
+        try:
+            await archive.sink.set_retention(
+                item.key, Lock(mode, until), version_id=item.record.version_id
+            )
+        except StorageError as exc:
+            report.fail(item, str(exc))
+            continue
+        archive.record(
+            EXTENDED,
+            item,
+            lock_mode=mode,
+            retain_until=iso(until),
+            previous_lock_mode=stored.mode,
+            previous_retain_until=_iso(stored.until),
+            retention_class=item.cls.name,
+        )
+        report.add(item, change, lock_mode=mode, new_until=iso(until))
+    return report
+
+
+async def hold(
+    archive: RetentionArchive, call_sids: list[str], *, reason: str, on: bool
+) -> JobReport:
+    """Place (``on``) or lift a legal hold on every object of each call, and record it."""
+    if not reason.strip():
+        raise ConfigError("--reason must say why (it goes into the manifest)")
+    report = JobReport("hold" if on else "release")
+    items = archive.items()
+    for sid in call_sids:
+        mine = [i for i in items if i.record.call_sid == sid]
+        if not mine:
+            raise ConfigError(f"call {sid} has no archived objects in this archive")
+        for item in mine:
+            if item.held == on:
+                report.add(item, "already_held" if on else "not_held")
+                continue
+            if archive.lock_enabled:
+                try:
+                    await archive.sink.set_legal_hold(
+                        item.key, on, version_id=item.record.version_id
+                    )
+                except StorageError as exc:
+                    report.fail(item, str(exc))
+                    continue
+            archive.record(HOLD if on else RELEASE, item, reason=reason.strip())
+            report.add(
+                item,
+                "held" if on else "released",
+                enforced_by_store=archive.lock_enabled,
+            )
+    if not archive.lock_enabled and report.rows:
+        log.warning(
+            "%s has no Object Lock: the hold is recorded in the manifest and respected by "
+            "`retention purge`, but the store itself does not enforce it",
+            archive.sink.describe(),
+        )
+    return report
+
+
+async def purge(
+    archive: RetentionArchive, *, dry_run: bool, now: datetime | None = None
+) -> JobReport:
+    """Delete what may go (see the module docstring); an erasure receipt for each.
+
+    ``now`` is the rules' clock (tests move it); what the store retains is judged by real time,
+    as the store judges it.
+    """
+    now = now or datetime.now(UTC)
+    report = JobReport("purge")
+    for item in archive.items():
+        if item.cls.at_end != "delete" or item.until > now:
+            continue
+        if item.held:
+            report.add(item, "kept_held", reason=item.hold_reason)
+            continue
+        stored = await archive.sink.lock_status(item.key, item.record.version_id)
+        if stored is None:
+            report.fail(item, "already gone without an erasure receipt: see `retention audit`")
+            continue
+        if stored.legal_hold:
+            report.add(item, "kept_held_at_store")
+            continue
+        if stored.until is not None and stored.until > datetime.now(UTC):  # the store's clock
+            report.add(item, "kept_retained_at_store", stored_until=iso(stored.until))
+            continue
+        if dry_run:
+            report.add(item, "would_delete")
+            continue
+        try:
+            await archive.sink.delete(item.key, version_id=item.record.version_id)
+        except StorageError as exc:
+            report.fail(item, str(exc))
+            continue
+        archive.record(
+            ERASURE,
+            item,
+            sha256=item.record.sha256,
+            size=item.record.size,
+            retention_class=item.cls.name,
+            retain_until=iso(item.until),
+            deleted_at=iso(datetime.now(UTC)),
+            location=item.record.location,
+        )
+        report.add(item, "deleted")
+    return report
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else iso(moment)
