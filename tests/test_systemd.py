@@ -136,41 +136,74 @@ def values(unit: Path, section: str, key: str) -> list[str]:
     return [v for s, k, v in directives(unit) if (s, k) == (section, key)]
 
 
-def exec_start_args(unit: Path) -> list[str]:
-    """ExecStart's arguments after the program, with the specifiers systemd would fill in."""
-    (command,) = values(unit, "Service", "ExecStart")
-    argv = shlex.split(command)
-    assert argv[0] == INSTALLED, f"{unit.name} runs {argv[0]}, not {INSTALLED}"
+def environment(unit: Path) -> dict[str, str]:
+    """The unit's Environment= assignments (the simple NAME=value form these units use)."""
+    found = {}
+    for value in values(unit, "Service", "Environment"):
+        name, _, val = value.partition("=")
+        found[name] = val
+    return found
+
+
+def exec_start_args(unit: Path) -> list[list[str]]:
+    """Each ExecStart's arguments after the program, with the specifiers and $VARIABLES
+    systemd would fill in (an unquoted $VAR becomes its words; empty, none)."""
     instance = instance_name(unit).partition("@")[2].rpartition(".")[0]
     specifiers = {"%i": instance, "%S": "/var/lib", "%d": "/run/credentials/x", "%%": "%"}
-    args = []
-    for arg in argv[1:]:
-        arg = re.sub(r"%.", lambda m: specifiers.get(m.group(0), m.group(0)), arg)
-        assert "%" not in arg, f"{unit.name}: a specifier this test does not know in {arg!r}"
-        args.append(arg)
-    return args
+    env = environment(unit)
+    commands = []
+    for command in values(unit, "Service", "ExecStart"):
+        argv = shlex.split(command)
+        assert argv[0] == INSTALLED, f"{unit.name} runs {argv[0]}, not {INSTALLED}"
+        args: list[str] = []
+        for arg in argv[1:]:
+            if arg.startswith("$") and not arg.startswith("${"):
+                assert arg[1:] in env, f"{unit.name}: {arg} is not set by an Environment= line"
+                args += env[arg[1:]].split()
+                continue
+            arg = re.sub(r"%.", lambda m: specifiers.get(m.group(0), m.group(0)), arg)
+            assert "%" not in arg, f"{unit.name}: a specifier this test does not know in {arg!r}"
+            args.append(arg)
+        commands.append(args)
+    assert commands, f"{unit.name} has no ExecStart="
+    return commands
 
 
 def test_the_units_commands_exist() -> None:
     assert isinstance(main, click.Group)
-    assert {"run", "backfill", "verify"} <= set(main.commands)
+    assert {"run", "backfill", "verify", "retention"} <= set(main.commands)
 
 
 @pytest.mark.parametrize("unit", SERVICES, ids=lambda p: p.name)
 def test_service_command_is_accepted_by_the_cli(unit: Path) -> None:
-    args = exec_start_args(unit)
-    name = args[0]
-    assert name in main.commands, f"{unit.name} runs `exotel-archiver {name}`: no such command"
-    result = CliRunner().invoke(main, [name, "--help"])
-    assert result.exit_code == 0, result.output
-    # Parse (and convert) the unit's own arguments as the command would, without running it:
-    # an unknown flag or a value its type refuses raises a click.UsageError here.
-    group_ctx = click.Context(main, info_name="exotel-archiver", obj={})
-    command = main.commands[name]
-    try:
-        command.make_context(name, args[1:], parent=group_ctx)
-    except click.UsageError as exc:
-        pytest.fail(f"{unit.name}: `exotel-archiver {shlex.join(args)}`: {exc.format_message()}")
+    for args in exec_start_args(unit):
+        command: click.Command = main
+        ctx = click.Context(main, info_name="exotel-archiver", obj={})
+        rest = list(args)
+        while isinstance(command, click.Group):  # e.g. `retention purge ...`
+            name = rest.pop(0)
+            assert name in command.commands, (
+                f"{unit.name} runs `exotel-archiver {shlex.join(args)}`: no command {name!r}"
+            )
+            command = command.commands[name]
+            result = CliRunner().invoke(main, [*args[: len(args) - len(rest)], "--help"])
+            assert result.exit_code == 0, result.output
+            if isinstance(command, click.Group):
+                ctx = click.Context(command, info_name=name, parent=ctx, obj={})
+        # Parse (and convert) the unit's own arguments as the command would, without running
+        # it: an unknown flag or a value its type refuses raises a click.UsageError here.
+        try:
+            command.make_context(command.name, rest, parent=ctx)
+        except click.UsageError as exc:
+            pytest.fail(
+                f"{unit.name}: `exotel-archiver {shlex.join(args)}`: {exc.format_message()}"
+            )
+
+
+def test_the_retention_timer_purges_only_in_dry_run_until_told_otherwise() -> None:
+    unit = UNIT_DIR / "exotel-archiver-retention.service"
+    purges = [a for a in exec_start_args(unit) if a[:2] == ["retention", "purge"]]
+    assert purges and all("--dry-run" in a for a in purges)
 
 
 def test_units_sharing_a_state_directory_run_as_one_user() -> None:
