@@ -326,7 +326,11 @@ async def test_apply_extends_and_locks_but_never_shortens(
 
     longer = settings_for(sim, server, tmp_path, lock_bucket, orders="3d")
     async with open_retention(longer) as archive:
+        found = await audit(archive)  # the class now says 3 days, the store holds 2
+        assert {f["problem"] for f in found.findings} == {"retention_shorter"}
+        assert key in {f["key"] for f in found.findings} and len(found.findings) == 4
         applied = await apply(archive)
+        assert (await audit(archive)).ok
     new_until = head(seaweed, lock_bucket, key)["ObjectLockRetainUntilDate"]
     assert new_until - stored_before > timedelta(hours=23)
     changes = [e for e in entries(longer, "retention_extended") if e["key"] == key]
