@@ -439,6 +439,8 @@ async def _archive_all(
             report.api_requests = exotel.requests
             report.url_refreshes = worker.url_refreshes
         report.results = [r for r in results if r is not None]
+    manifest.sync(ledger)
+    manifest.fsync()
     await seal(ledger, sink)
     report.segments_sealed = len(ledger.segments()) - segments_before
     report.storage_requests = sink.requests

@@ -23,6 +23,7 @@ from __future__ import annotations
 import fcntl
 import os
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -72,6 +73,8 @@ CREATE TABLE IF NOT EXISTS events (
     details      TEXT NOT NULL,
     segment      INTEGER
 );
+CREATE INDEX IF NOT EXISTS objects_unsealed ON objects (seq) WHERE segment IS NULL;
+CREATE INDEX IF NOT EXISTS events_unsealed ON events (seq) WHERE segment IS NULL;
 CREATE TABLE IF NOT EXISTS listed_calls (
     range_key     TEXT NOT NULL,
     call_sid      TEXT NOT NULL,
@@ -212,17 +215,18 @@ class Ledger:
         self.path = path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, isolation_level=None)
+            connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError(
                 f"cannot open the ledger at {path}: {exc}; set --state-dir / ARCHIVER_STATE_DIR "
                 "to a writable directory"
             ) from None
-        self._db.row_factory = sqlite3.Row
+        connection.row_factory = sqlite3.Row
+        self._db = _Serialized(connection)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=5000")
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        version = self._db.execute("PRAGMA user_version").rows[0][0]
         if version > SCHEMA_VERSION:
             raise ConfigError(
                 f"the ledger at {path} was written by a newer exotel-archiver (schema {version}); "
@@ -237,8 +241,15 @@ class Ledger:
                 if column not in have:  # a ledger from before retention classes
                     self._db.execute(f"ALTER TABLE objects ADD COLUMN {column} TEXT")
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        # Reads get a connection of their own: under WAL they see every committed write and
+        # never wait for a commit's fsync on the writing connection.
+        reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        reader.row_factory = sqlite3.Row
+        reader.execute("PRAGMA busy_timeout=5000")
+        self._read = _Serialized(reader)
 
     def close(self) -> None:
+        self._read.close()
         self._db.close()
 
     def _transaction(self) -> _Tx:
@@ -247,7 +258,7 @@ class Ledger:
     # --- calls ---------------------------------------------------------------------------------
 
     def call_outcome(self, call_sid: str) -> str | None:
-        row = self._db.execute(
+        row = self._read.execute(
             "SELECT outcome FROM calls WHERE call_sid = ?", (call_sid,)
         ).fetchone()
         return None if row is None else str(row["outcome"])
@@ -277,7 +288,7 @@ class Ledger:
 
     def calls_with_outcome(self, outcome: str) -> list[tuple[str, str | None]]:
         """(call SID, created time) of every call whose last outcome is ``outcome``."""
-        rows = self._db.execute(
+        rows = self._read.execute(
             "SELECT call_sid, created_time FROM calls WHERE outcome = ?", (outcome,)
         )
         return [(str(r["call_sid"]), r["created_time"]) for r in rows]
@@ -298,7 +309,7 @@ class Ledger:
 
     def unarchived(self) -> list[tuple[str, str, str | None]]:
         """(call SID, outcome, created time) of every call that is pending, not ready or failed."""
-        rows = self._db.execute(
+        rows = self._read.execute(
             "SELECT call_sid, outcome, created_time FROM calls "
             "WHERE outcome IN ('pending', 'not_ready', 'failed') ORDER BY updated_at"
         )
@@ -306,7 +317,9 @@ class Ledger:
 
     def state(self, name: str) -> str | None:
         """A value the long-running worker keeps between runs (e.g. the last sweep's end)."""
-        row = self._db.execute("SELECT value FROM worker_state WHERE name = ?", (name,)).fetchone()
+        row = self._read.execute(
+            "SELECT value FROM worker_state WHERE name = ?", (name,)
+        ).fetchone()
         return None if row is None else str(row["value"])
 
     def set_state(self, name: str, value: str) -> None:
@@ -318,11 +331,13 @@ class Ledger:
     def listing(self, range_key: str) -> list[tuple[str, str, bool]] | None:
         """A complete listing saved for ``range_key``: (call SID, created, has recording)."""
         if (
-            self._db.execute("SELECT 1 FROM listings WHERE range_key = ?", (range_key,)).fetchone()
+            self._read.execute(
+                "SELECT 1 FROM listings WHERE range_key = ?", (range_key,)
+            ).fetchone()
             is None
         ):
             return None
-        rows = self._db.execute(
+        rows = self._read.execute(
             "SELECT call_sid, created, has_recording FROM listed_calls WHERE range_key = ? "
             "ORDER BY created, call_sid",
             (range_key,),
@@ -344,13 +359,13 @@ class Ledger:
             )
 
     def call_counts(self) -> dict[str, int]:
-        rows = self._db.execute("SELECT outcome, COUNT(*) AS n FROM calls GROUP BY outcome")
+        rows = self._read.execute("SELECT outcome, COUNT(*) AS n FROM calls GROUP BY outcome")
         return {str(r["outcome"]): int(r["n"]) for r in rows}
 
     # --- objects -------------------------------------------------------------------------------
 
     def object_for(self, call_sid: str, kind: str, idx: int) -> ObjectRecord | None:
-        row = self._db.execute(
+        row = self._read.execute(
             "SELECT * FROM objects WHERE call_sid = ? AND kind = ? AND idx = ?",
             (call_sid, kind, idx),
         ).fetchone()
@@ -377,7 +392,7 @@ class Ledger:
         row = self._db.execute(
             "SELECT MAX(COALESCE((SELECT MAX(seq) FROM objects), 0), "
             "COALESCE((SELECT MAX(seq) FROM events), 0))"
-        ).fetchone()
+        ).rows[0]
         return int(row[0]) + 1
 
     def _insert(self, table: str, fields: dict[str, object]) -> int | None:
@@ -390,11 +405,11 @@ class Ledger:
     def _entries(self, where: str, args: tuple[object, ...] = ()) -> list[Entry]:
         objects: list[Entry] = [
             ObjectRecord(**dict(r))
-            for r in self._db.execute(f"SELECT * FROM objects WHERE {where}", args)
+            for r in self._read.execute(f"SELECT * FROM objects WHERE {where}", args)
         ]
         events: list[Entry] = [
             EventRecord(**dict(r))
-            for r in self._db.execute(f"SELECT * FROM events WHERE {where}", args)
+            for r in self._read.execute(f"SELECT * FROM events WHERE {where}", args)
         ]
         return sorted(objects + events, key=lambda e: e.seq or 0)
 
@@ -408,29 +423,30 @@ class Ledger:
 
     def unsealed_count(self) -> int:
         return int(
-            self._db.execute(
+            self._read.execute(
                 "SELECT (SELECT COUNT(*) FROM objects WHERE segment IS NULL) + "
                 "(SELECT COUNT(*) FROM events WHERE segment IS NULL)"
-            ).fetchone()[0]
+            ).rows[0][0]
         )
 
     def events(self, call_sid: str | None = None) -> list[EventRecord]:
         """Events, in order; those of one call if ``call_sid`` is given."""
         if call_sid is None:
-            rows = self._db.execute("SELECT * FROM events ORDER BY seq")
+            rows = self._read.execute("SELECT * FROM events ORDER BY seq")
         else:
-            rows = self._db.execute(
+            rows = self._read.execute(
                 "SELECT * FROM events WHERE call_sid = ? ORDER BY seq", (call_sid,)
             )
         return [EventRecord(**dict(r)) for r in rows]
 
     def all_objects(self) -> list[ObjectRecord]:
         return [
-            ObjectRecord(**dict(r)) for r in self._db.execute("SELECT * FROM objects ORDER BY seq")
+            ObjectRecord(**dict(r))
+            for r in self._read.execute("SELECT * FROM objects ORDER BY seq")
         ]
 
     def segments(self) -> list[SegmentRecord]:
-        rows = self._db.execute("SELECT * FROM segments ORDER BY number")
+        rows = self._read.execute("SELECT * FROM segments ORDER BY number")
         return [SegmentRecord(**dict(r)) for r in rows]
 
     def add_segment(self, segment: SegmentRecord) -> None:
@@ -457,7 +473,7 @@ class Ledger:
     def restore(self, records: list[Entry], segments: list[SegmentRecord]) -> None:
         """Fill an empty ledger from the destination's segments (``manifest rebuild``)."""
         with self._transaction():
-            if self._db.execute("SELECT COUNT(*) FROM objects").fetchone()[0]:
+            if self._db.execute("SELECT COUNT(*) FROM objects").rows[0][0]:
                 raise ConfigError(
                     f"the ledger at {self.path} is not empty: rebuild into a new --state-dir"
                 )
@@ -468,20 +484,65 @@ class Ledger:
                 self._insert("segments", dict(segment.__dict__))
 
     def objects_of(self, call_sid: str) -> list[ObjectRecord]:
-        rows = self._db.execute(
+        rows = self._read.execute(
             "SELECT * FROM objects WHERE call_sid = ? ORDER BY seq", (call_sid,)
         )
         return [ObjectRecord(**dict(r)) for r in rows]
 
 
-class _Tx:
-    """``with`` block = one IMMEDIATE transaction, committed on success, rolled back on error."""
+class _Result:
+    """A statement's rows, fetched while the connection was held."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, cursor: sqlite3.Cursor) -> None:
+        self.rows: list[sqlite3.Row] = cursor.fetchall()
+        self.rowcount = cursor.rowcount
+        self.lastrowid = cursor.lastrowid
+
+    def fetchone(self) -> sqlite3.Row | None:
+        return self.rows[0] if self.rows else None
+
+    def __iter__(self) -> Iterator[sqlite3.Row]:
+        return iter(self.rows)
+
+
+class _Serialized:
+    """One SQLite connection used from the event loop's thread and from the thread that commits
+    objects (``Recorder``): every statement, and every transaction as a whole, holds one lock."""
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._connection = connection
+        self.lock = threading.RLock()
+
+    def execute(self, sql: str, args: tuple[object, ...] | list[object] = ()) -> _Result:
+        with self.lock:
+            return _Result(self._connection.execute(sql, args))
+
+    def executemany(self, sql: str, rows: list[tuple[object, ...]]) -> None:
+        with self.lock:
+            self._connection.executemany(sql, rows)
+
+    def close(self) -> None:
+        with self.lock:
+            self._connection.close()
+
+
+class _Tx:
+    """``with`` block = one IMMEDIATE transaction, committed on success, rolled back on error;
+    the connection is held for the whole of it."""
+
+    def __init__(self, db: _Serialized) -> None:
         self._db = db
 
     def __enter__(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
+        self._db.lock.acquire()
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self._db.lock.release()
+            raise
 
     def __exit__(self, et: object, e: object, tb: object) -> None:
-        self._db.execute("COMMIT" if et is None else "ROLLBACK")
+        try:
+            self._db.execute("COMMIT" if et is None else "ROLLBACK")
+        finally:
+            self._db.lock.release()

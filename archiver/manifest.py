@@ -32,10 +32,12 @@ Events about stored objects are lines of the same sequence, told apart by their 
 (who ran the job). The chain keeps these after the data itself is gone.
 
 The ledger is the source of truth and the file is written from it: after each stored object the
-writer appends every ledger row whose ``seq`` is past the file's last line, then fsyncs. A crash
-between the ledger commit and the append loses nothing: the next write catches up, and never
-writes a line twice, because it starts from the file's own last ``seq``. A torn last line (power
-loss mid-append) is cut off and rewritten.
+writer appends every ledger row whose ``seq`` is past the file's last line. It is fsynced when
+segments are sealed and at the end of a run, not after every line: the ledger (committed with a
+full fsync) already holds every entry, so lines a power loss takes from the file's tail are
+written again from it. A crash between the ledger commit and the append loses nothing: the next
+write catches up, and never writes a line twice, because it starts from the file's own last
+``seq``. A torn last line (power loss mid-append) is cut off and rewritten.
 """
 
 from __future__ import annotations
@@ -199,7 +201,11 @@ class ManifestWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("ab") as fh:
             fh.write("".join(lines).encode())
-            fh.flush()
-            os.fsync(fh.fileno())
         self._last_seq = int(json.loads(lines[-1])["seq"])
         return len(lines)
+
+    def fsync(self) -> None:
+        """Force the appended lines to disk (done when segments are sealed, and at the end)."""
+        if self.path.exists():
+            with self.path.open("rb") as fh:
+                os.fsync(fh.fileno())

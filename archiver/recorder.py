@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import threading
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -63,6 +64,7 @@ class Recorder:
         self.segment_size = segment_size
         self.policy = policy
         self._sealing = asyncio.Lock()
+        self._recording = threading.Lock()
 
     async def store(
         self,
@@ -101,31 +103,37 @@ class Recorder:
                 raise
             location, size, sha256 = await self._existing(key)
             version = None
-        record = self.ledger.add_object(
-            ObjectRecord(
-                call_sid=details.sid,
-                kind=kind,
-                idx=idx,
-                key=key,
-                location=location,
-                size=size,
-                sha256=sha256,
-                content_type=content_type,
-                format=fmt,
-                source=source,
-                call_created=details.created_time.isoformat(),
-                archived_at=utc_now(),
-                worker=self.worker,
-                version_id=version,
-                retention_class=retention_class,
-                retain_until=retain_until,
-                lock_mode=lock_mode,
-            )
+        row = ObjectRecord(
+            call_sid=details.sid,
+            kind=kind,
+            idx=idx,
+            key=key,
+            location=location,
+            size=size,
+            sha256=sha256,
+            content_type=content_type,
+            format=fmt,
+            source=source,
+            call_created=details.created_time.isoformat(),
+            archived_at=utc_now(),
+            worker=self.worker,
+            version_id=version,
+            retention_class=retention_class,
+            retain_until=retain_until,
+            lock_mode=lock_mode,
         )
-        self.manifest.sync(self.ledger)
+        # The commit (with its fsync) runs off the event loop, so other calls' transfers go on.
+        record = await asyncio.to_thread(self._record, row)
         if self.ledger.unsealed_count() >= self.segment_size:
             await self.seal()
         return record
+
+    def _record(self, row: ObjectRecord) -> ObjectRecord:
+        """Commit the ledger row and append the manifest line, one object at a time."""
+        with self._recording:
+            record = self.ledger.add_object(row)
+            self.manifest.sync(self.ledger)
+            return record
 
     async def seal(self) -> int:
         """Seal every waiting manifest entry into segments now; returns how many were sealed.
@@ -134,7 +142,9 @@ class Recorder:
         for ``segment_size`` company indefinitely.
         """
         async with self._sealing:
-            self.manifest.sync(self.ledger)  # entries other processes added (retention jobs)
+            with self._recording:
+                self.manifest.sync(self.ledger)  # entries other processes added (retention jobs)
+                self.manifest.fsync()
             return len(await seal(self.ledger, self.sink))
 
     async def store_bytes(
