@@ -61,7 +61,7 @@ async def test_segments_are_cut_at_the_configured_size(
     # sealed while running, not only at the end (concurrent calls may add an entry or two
     # between the threshold and the seal, so the exact cut varies)
     assert report.segments_sealed == len(files) >= 2
-    assert counts[0] == 3 and sum(counts) == 10
+    assert counts[0] >= 3 and sum(counts) == 10
 
 
 def record(seq_hint: int) -> ObjectRecord:
@@ -107,8 +107,9 @@ async def test_storage_requests_per_archived_call_are_counted_and_few(
     settings = load_settings(env=exotel_env(sim, server.base_url, f"s3://{bucket}/r", tmp_path))
     report = await archive_calls(settings, [sim.add_call().sid for _ in range(5)])
     objects = sum(len(r.objects) for r in report.results)  # 5 recordings + 5 call.json
-    # per object one PUT and one HEAD to confirm it; one bucket check; one segment (PUT + HEAD)
-    assert report.storage_requests == 2 * objects + 1 + 2 * report.segments_sealed
+    # per object one PUT (the store's answer confirms the checksum it verified: no HEAD); one
+    # bucket check; one PUT per segment
+    assert report.storage_requests == objects + 1 + report.segments_sealed
     assert report.segments_sealed == 1  # the manifest costs 2 requests per run, not per entry
     assert report.as_dict()["storage_requests"] == report.storage_requests
 

@@ -12,7 +12,8 @@ each backend to hold them to it.
    left at the key (a local sink's temporary file never has the key's name; an S3 PUT is atomic).
 2. **Verified by the store.** The SHA-256 is sent with the bytes where the store can check it
    (``x-amz-checksum-sha256``), so corrupted bytes are refused by the server itself, and the stored
-   size (and checksum, where the store reports it) is confirmed before ``put`` returns.
+   size and checksum are confirmed before ``put`` returns: by the store's own answer where it
+   echoes the checksum it verified, else by reading them back.
 3. **Write-once.** ``put`` never replaces an existing object. If one exists at the key with the
    same SHA-256 and size, ``put`` succeeds with ``created=False`` and writes nothing (so a retry
    never archives twice). If it exists with other content, ``put`` raises ``StorageConflict`` and
