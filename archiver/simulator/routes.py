@@ -54,7 +54,7 @@ def add_routes(app: web.Application, sim: Simulator) -> None:
 
     def check_api(request: web.Request) -> web.Response | None:
         """Auth, account, rate limit and injected faults, common to every API route."""
-        sim.count("api_requests")
+        sim.note_api_request()
         expected = "Basic " + base64.b64encode(f"{sim.api_key}:{sim.api_token}".encode()).decode()
         given = request.headers.get("Authorization", "")
         if not hmac.compare_digest(given.encode(), expected.encode()):

@@ -92,6 +92,8 @@ class Simulator:
         self.legs_enabled = True
         """False: the legs endpoint answers 404 (not enabled for this account)."""
         self._api_times: list[float] = []
+        self.api_log: list[float] = []
+        """When each API request arrived (clock seconds), for rate measurements."""
         self._lock = threading.Lock()
 
     # --- data --------------------------------------------------------------------------------
@@ -241,6 +243,22 @@ class Simulator:
     def count(self, name: str, amount: int = 1) -> None:
         with self._lock:
             self.counters[name] = self.counters.get(name, 0) + amount
+
+    def note_api_request(self) -> None:
+        with self._lock:
+            self.counters["api_requests"] = self.counters.get("api_requests", 0) + 1
+            self.api_log.append(self.clock())
+
+    def busiest_minute(self) -> int:
+        """The most API requests that arrived within any 60 seconds."""
+        with self._lock:
+            times = sorted(self.api_log)
+        best, first = 0, 0
+        for last, t in enumerate(times):
+            while t - times[first] >= 60:
+                first += 1
+            best = max(best, last - first + 1)
+        return best
 
     def over_rate_limit(self) -> bool:
         if self.rate_limit_per_minute is None:

@@ -1,0 +1,527 @@
+"""The benchmark: six figures of exotel-archiver, each against a baseline measured in the same run.
+
+    python -m tests.benchmarks.run                  # all six figures (about 45 minutes)
+    python -m tests.benchmarks.run --quick          # the same, ten times smaller (a few minutes)
+    python -m tests.benchmarks.run --only 1,3       # some figures
+    python -m tests.benchmarks.run --json out.json  # where the JSON result goes
+
+It starts its own SeaweedFS (``weed mini`` on loopback) and the built-in Exotel simulator, runs
+``exotel-archiver backfill`` as a separate process (as a user would; its peak RSS is read by the
+parent from the kernel's accounting of the child, ``wait4``), and prints a table. Absolute
+times drift on shared machines: read the ratios. Not collected by ``pytest`` (no ``test_``
+file); docs/performance.md holds the figures of the latest full run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import concurrent.futures
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from archiver.exotel.models import IST
+from archiver.simulator import Simulator, SimulatorServer
+from tests.seaweed import SeaweedFS
+from tests.support import exotel_env
+
+MiB = 1024 * 1024
+RATE = "10000"
+"""EXOTEL_RATE_LIMIT for the throughput figures: the simulator has no limit, and at Exotel's
+200/min the API, not the transfer, would be what is measured (figure 3 measures the limiter)."""
+
+
+@dataclass
+class Row:
+    figure: str
+    measure: str
+    value: float
+    unit: str
+    baseline: str = ""
+    ratio: float | None = None
+    target: str = ""
+    met: bool | None = None
+    note: str = ""
+
+
+@dataclass
+class Bench:
+    weed: SeaweedFS
+    work: Path
+    scale: float
+    selected: set[str] = field(default_factory=set)
+    rows: list[Row] = field(default_factory=list)
+    buckets: int = 0
+
+    def n(self, count: int, minimum: int = 1) -> int:
+        return max(minimum, int(count * self.scale))
+
+    def bucket(self) -> str:
+        self.buckets += 1
+        name = f"bench-{self.buckets}"
+        self.weed.client().create_bucket(Bucket=name)
+        return name
+
+    def add(self, row: Row) -> None:
+        self.rows.append(row)
+        shown = f"{row.value:,.2f} {row.unit}"
+        extra = f"  ratio {row.ratio:.2f} vs {row.baseline}" if row.ratio is not None else ""
+        verdict = "" if row.met is None else ("  MET" if row.met else "  MISSED")
+        print(f"  [{row.figure}] {row.measure}: {shown}{extra}{verdict}  {row.note}", flush=True)
+
+
+@dataclass
+class Run:
+    seconds: float
+    cpu_seconds: float
+    """The archiver process's CPU (user + system)."""
+    max_rss_mib: float
+    summary: dict[str, Any]
+    returncode: int
+    store_cpu: float = 0.0
+    """SeaweedFS's CPU seconds during the run."""
+    source_cpu: float = 0.0
+    """This process's CPU seconds during the run: the simulator's threads."""
+
+    def cores(self) -> str:
+        each = (self.cpu_seconds, self.store_cpu, self.source_cpu)
+        a, b, c = (x / self.seconds for x in each)
+        return f"archiver {a:.2f}, SeaweedFS {b:.2f}, simulator {c:.2f} of {os.cpu_count()} cores"
+
+
+def yesterday() -> str:
+    return (datetime.now(IST).date() - timedelta(days=1)).isoformat()
+
+
+def add_calls(sim: Simulator, count: int, size: int) -> list[str]:
+    """``count`` terminal calls of one ``size``-byte recording each, created yesterday (IST)."""
+    day = datetime.now(IST).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=1)
+    step = 86_000 / max(count, 1)
+    return [
+        sim.add_call(recordings=1, size=size, created=day + timedelta(seconds=i * step)).sid
+        for i in range(count)
+    ]
+
+
+def archiver_env(
+    bench: Bench, sim: Simulator, server: SimulatorServer, bucket: str, state: Path, **extra: str
+) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(bench.weed.env())
+    env.update(exotel_env(sim, server.base_url, f"s3://{bucket}/bench", state))
+    env.update({"EXOTEL_RATE_LIMIT": RATE, "ARCHIVER_LOG_FORMAT": "json", **extra})
+    return env
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of a running process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def self_cpu() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+WEED_PID = 0
+
+
+def backfill(env: dict[str, str], state: Path) -> Run:
+    """List first (a dry run saves the listing), then time the archiving itself."""
+    day = yesterday()
+    args = [sys.executable, "-m", "archiver", "backfill", "--range", f"{day}..{day}"]
+    subprocess.run([*args, "--dry-run"], env=env, check=True, capture_output=True)
+    report = state / "bench-report.json"
+    with (state / "bench.log").open("wb") as log:
+        store_before, source_before = process_cpu(WEED_PID), self_cpu()
+        started = time.perf_counter()
+        proc = subprocess.Popen([*args, "--report", str(report)], env=env, stdout=log, stderr=log)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - started
+        store_cpu = process_cpu(WEED_PID) - store_before
+        source_cpu = self_cpu() - source_before
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    summary = json.loads(report.read_text()) if report.exists() else {}
+    cpu = usage.ru_utime + usage.ru_stime
+    return Run(
+        seconds, cpu, usage.ru_maxrss / 1024, summary, proc.returncode, store_cpu, source_cpu
+    )
+
+
+def archived(run: Run) -> int:
+    return int(run.summary.get("result", {}).get("counts", {}).get("archived", 0))
+
+
+def put_loop(bench: Bench, count: int, size: int, concurrency: int) -> float:
+    """Seconds to PUT ``count`` objects of ``size`` bytes straight into SeaweedFS."""
+    client, bucket, body = bench.weed.client(), bench.bucket(), os.urandom(size)
+
+    def put(i: int) -> None:
+        client.put_object(Bucket=bucket, Key=f"limit/{i:08d}", Body=body)
+
+    started = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(put, range(count)))
+    return time.perf_counter() - started
+
+
+def source_loop(
+    sim: Simulator, server: SimulatorServer, sids: list[str], concurrency: int
+) -> float:
+    """Seconds to fetch the call details and download every recording, storing nothing: what
+    the source alone allows."""
+    import asyncio
+
+    import aiohttp
+
+    auth = aiohttp.BasicAuth(sim.api_key, sim.api_token)
+
+    async def fetch_all() -> None:
+        queue = list(sids)
+        async with aiohttp.ClientSession() as session:
+
+            async def worker() -> None:
+                while queue:
+                    sid = queue.pop()
+                    url = f"{server.base_url}/v3/accounts/{sim.account_sid}/calls/{sid}"
+                    async with session.get(url, auth=auth) as answer:
+                        details = (await answer.json())["response"]["call_details"]
+                    for rec in details["recordings"] or []:
+                        async with session.get(rec["url"]) as answer:
+                            async for _chunk in answer.content.iter_chunked(256 * 1024):
+                                pass
+
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+    started = time.perf_counter()
+    asyncio.run(fetch_all())
+    return time.perf_counter() - started
+
+
+def naive(bench: Bench, sim: Simulator, server: SimulatorServer, sids: list[str]) -> float:
+    """What the API docs suggest: details, GET into memory, put_object — one call at a time."""
+    client, bucket = bench.weed.client(), bench.bucket()
+    auth = base64.b64encode(f"{sim.api_key}:{sim.api_token}".encode()).decode()
+    started = time.perf_counter()
+    for sid in sids:
+        url = f"{server.base_url}/v3/accounts/{sim.account_sid}/calls/{sid}"
+        request = urllib.request.Request(url, headers={"Authorization": f"Basic {auth}"})
+        with urllib.request.urlopen(request) as answer:
+            details = json.loads(answer.read())["response"]["call_details"]
+        for n, rec in enumerate(details["recordings"] or [], 1):
+            with urllib.request.urlopen(rec["url"]) as answer:
+                data = answer.read()
+            client.put_object(Bucket=bucket, Key=f"naive/{sid}/{n}.mp3", Body=data)
+    return time.perf_counter() - started
+
+
+def fresh(bench: Bench, name: str, **sim_args: Any) -> tuple[Simulator, Path]:
+    state = bench.work / name
+    shutil.rmtree(state, ignore_errors=True)
+    state.mkdir(parents=True)
+    return Simulator(seed=11, **sim_args), state
+
+
+def figure_1_and_6(bench: Bench) -> None:
+    count = bench.n(2000, 20)
+    sim, state = fresh(bench, "f1")
+    sids = add_calls(sim, count, MiB)
+    with SimulatorServer(sim) as server:
+        run = backfill(archiver_env(bench, sim, server, bench.bucket(), state), state)
+        ok = archived(run)
+        rate = ok / run.seconds
+        requests = sim.counters["api_requests"]
+        limit = count / put_loop(bench, count, MiB, 8)
+        source = count / source_loop(sim, server, sids, 8)
+        naive_count = min(count, bench.n(200, 10))
+        naive_rate = naive_count / naive(bench, sim, server, sids[:naive_count])
+    note = f"{rate:.1f} MiB/s, {ok}/{count} archived, rc {run.returncode}"
+    bench.add(Row("1", f"archiver backfill, {count} x 1 MiB", rate, "rec/s", note=note))
+    bench.add(
+        Row(
+            "1",
+            "vs S3 PUT limit (boto3, 8 threads, no download)",
+            limit,
+            "rec/s",
+            "limit",
+            rate / limit,
+            ">= 0.8",
+            rate / limit >= 0.8,
+        )
+    )
+    bench.add(
+        Row(
+            "1",
+            "vs source limit (details + GET, 8 tasks, nothing stored)",
+            source,
+            "rec/s",
+            "source",
+            rate / source,
+            note="the simulator: Python, in the benchmark's process",
+        )
+    )
+    bench.add(
+        Row(
+            "1",
+            f"vs naive sequential ({naive_count} calls)",
+            naive_rate,
+            "rec/s",
+            "naive",
+            rate / naive_rate,
+            ">= 10",
+            rate / naive_rate >= 10,
+        )
+    )
+    cpu = run.cpu_seconds / max(ok, 1) * 1000
+    busy = f"{run.cpu_seconds / run.seconds:.0%} of one core on average"
+    bench.add(Row("1", "archiver CPU per recording (user + system)", cpu, "ms", note=busy))
+    bench.add(
+        Row(
+            "1",
+            "CPU in use during the backfill",
+            sum(x / run.seconds for x in (run.cpu_seconds, run.store_cpu, run.source_cpu)),
+            "cores",
+            note=run.cores(),
+        )
+    )
+    per_call = requests / max(ok, 1)
+    bench.add(
+        Row(
+            "3",
+            "API requests per archived call (1 MiB run)",
+            per_call,
+            "req/call",
+            target="<= 1.05",
+            met=per_call <= 1.05,
+            note=f"{requests} requests incl. both listings (dry run, then the run)",
+        )
+    )
+    if "6" not in bench.selected:
+        return
+    sweep = bench.n(400, 20)
+    best = 0.0
+    results = {}
+    for concurrency in (1, 4, 8, 16, 32):
+        sim, state = fresh(bench, f"f6-{concurrency}")
+        add_calls(sim, sweep, MiB)
+        with SimulatorServer(sim) as server:
+            env = archiver_env(
+                bench, sim, server, bench.bucket(), state, ARCHIVER_CONCURRENCY=str(concurrency)
+            )
+            run = backfill(env, state)
+        results[concurrency] = archived(run) / run.seconds
+        best = max(best, results[concurrency])
+    for concurrency, rate in results.items():
+        bench.add(
+            Row(
+                "6",
+                f"concurrency {concurrency} ({sweep} x 1 MiB)",
+                rate,
+                "rec/s",
+                "best",
+                rate / best,
+                note="default" if concurrency == 8 else "",
+            )
+        )
+
+
+def figure_2(bench: Bench) -> None:
+    size = int(bench.n(1024, 64)) * MiB
+    sim, state = fresh(bench, "f2")
+    add_calls(sim, 1, size)
+    with SimulatorServer(sim) as server:
+        run = backfill(archiver_env(bench, sim, server, bench.bucket(), state), state)
+    rate = size / MiB / run.seconds if archived(run) else 0.0
+    source = bench.work / "big.bin"
+    with source.open("wb") as fh:
+        block = os.urandom(MiB)
+        for _ in range(size // MiB):
+            fh.write(block)
+    from boto3.s3.transfer import TransferConfig
+
+    config = TransferConfig(
+        multipart_threshold=8 * MiB, multipart_chunksize=8 * MiB, max_concurrency=1
+    )
+    started = time.perf_counter()
+    bench.weed.client().upload_file(str(source), bench.bucket(), "big", Config=config)
+    limit = size / MiB / (time.perf_counter() - started)
+    source.unlink()
+    mib = size // MiB
+    bench.add(
+        Row(
+            "2",
+            f"one {mib} MiB recording",
+            rate,
+            "MiB/s",
+            "multipart limit",
+            rate / limit if limit else None,
+            note=f"limit {limit:.1f} MiB/s (boto3 upload_file, 8 MiB parts, 1 thread)",
+        )
+    )
+    bench.add(
+        Row(
+            "2",
+            f"peak RSS, {mib} MiB recording",
+            run.max_rss_mib,
+            "MiB",
+            target="<= 150",
+            met=run.max_rss_mib <= 150,
+            note="wait4 ru_maxrss",
+        )
+    )
+
+
+def figure_3(bench: Bench) -> None:
+    count, limit = bench.n(1200, 60), 600
+    sim, state = fresh(bench, "f3")
+    add_calls(sim, count, 4096)
+    with SimulatorServer(sim) as server:
+        env = archiver_env(bench, sim, server, bench.bucket(), state, EXOTEL_RATE_LIMIT=str(limit))
+        run = backfill(env, state)
+        busiest = sim.busiest_minute()
+        per_call = sim.counters["api_requests"] / max(archived(run), 1)
+    bench.add(
+        Row(
+            "3",
+            f"busiest 60 s at a limit of {limit}/min ({count} calls)",
+            busiest,
+            "req/60s",
+            target=f"<= {limit}",
+            met=busiest <= limit,
+            note=f"{per_call:.3f} requests per call incl. listing and dry run",
+        )
+    )
+
+
+def figure_4(bench: Bench) -> None:
+    count = bench.n(500, 40)
+    sim, state = fresh(bench, "f4", url_ttl=5.0)
+    add_calls(sim, count, 200 * 1024)
+    sim.faults.bandwidth = 100 * 1024  # two seconds a download: the backlog takes minutes
+    with SimulatorServer(sim) as server:
+        run = backfill(archiver_env(bench, sim, server, bench.bucket(), state), state)
+    lost = count - archived(run)
+    refreshes = int(run.summary.get("result", {}).get("url_refreshes", 0))
+    bench.add(
+        Row(
+            "4",
+            f"lost to expiry ({count} calls, 5 s URLs, {run.seconds:.0f} s)",
+            lost,
+            "calls",
+            target="0",
+            met=lost == 0,
+            note=f"{refreshes} URL refreshes, {sim.counters['expired_refusals']} 403s",
+        )
+    )
+
+
+def figure_5(bench: Bench, sizes: list[int]) -> None:
+    rates = {}
+    for count in sizes:
+        sim, state = fresh(bench, f"f5-{count}")
+        add_calls(sim, count, 4096)
+        with SimulatorServer(sim) as server:
+            run = backfill(archiver_env(bench, sim, server, bench.bucket(), state), state)
+        rates[count] = archived(run) / run.seconds
+        ledger = (state / "ledger.sqlite3").stat().st_size / count
+        bench.add(
+            Row(
+                "5",
+                f"{count:,} calls of 4 KiB",
+                rates[count],
+                "calls/s",
+                note=f"ledger {ledger:.0f} B/call, rc {run.returncode}",
+            )
+        )
+    first, last = sizes[0], sizes[-1]
+    ratio = rates[last] / rates[first]
+    bench.add(
+        Row(
+            "5",
+            f"per-call speed {last:,} / {first:,}",
+            ratio,
+            "x",
+            target=">= 0.9",
+            met=ratio >= 0.9,
+        )
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="ten times smaller")
+    parser.add_argument("--only", default="1,2,3,4,5,6", help="figures to run, e.g. 1,3")
+    parser.add_argument(
+        "--scale-sizes", default="1000,10000,100000", help="call counts of figure 5"
+    )
+    parser.add_argument("--json", type=Path, default=Path("benchmark-result.json"))
+    args = parser.parse_args()
+    selected = set(args.only.split(","))
+    work = Path(tempfile.mkdtemp(prefix="exotel-bench-"))
+    weed = SeaweedFS(work / "weed")
+    weed.start()
+    global WEED_PID
+    assert weed.process is not None
+    WEED_PID = weed.process.pid
+    bench = Bench(weed, work, 0.1 if args.quick else 1.0, selected)
+    started = time.time()
+    try:
+        steps: list[tuple[str, Callable[[], None]]] = [
+            ("1", lambda: figure_1_and_6(bench)),
+            ("2", lambda: figure_2(bench)),
+            ("3", lambda: figure_3(bench)),
+            ("4", lambda: figure_4(bench)),
+            (
+                "5",
+                lambda: figure_5(
+                    bench, [bench.n(int(n), 100) for n in args.scale_sizes.split(",")]
+                ),
+            ),
+        ]
+        for name, step in steps:
+            if name in selected or (name == "1" and "6" in selected):
+                print(f"figure {name}...", flush=True)
+                step()
+    finally:
+        weed.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    result = {
+        "when": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "seconds": round(time.time() - started),
+        "quick": args.quick,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "rows": [row.__dict__ for row in bench.rows],
+    }
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\n{'figure':<7}{'measure':<58}{'value':>14}  {'ratio':>7}  target")
+    for r in bench.rows:
+        ratio = f"{r.ratio:.2f}" if r.ratio is not None else ""
+        verdict = "" if r.met is None else (" met" if r.met else " MISSED")
+        print(
+            f"{r.figure:<7}{r.measure:<58}{r.value:>10,.2f} {r.unit:<4}{ratio:>7}  "
+            f"{r.target}{verdict}"
+        )
+    print(f"\nJSON: {args.json}")
+
+
+if __name__ == "__main__":
+    main()
