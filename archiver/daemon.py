@@ -100,6 +100,8 @@ class Daemon:
         self._hints: OrderedDict[str, None] = OrderedDict()
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
+        self.ready = asyncio.Event()
+        """Set once the worker serves (its listeners are up): when READY=1 goes to systemd."""
         self._fatal: BaseException | None = None
         self._warned_retention = 0.0
         self.ledger: Ledger | None = None
@@ -212,6 +214,7 @@ class Daemon:
                 for n in range(self.settings.concurrency)
             ]
             self._update_gauges()
+            self.ready.set()
             self.notifier.ready(self._status_line())
             log.info("worker started: %s", self._status_line())
             await self._stop.wait()

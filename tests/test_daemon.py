@@ -67,7 +67,7 @@ def daemon_settings(
 async def running(daemon: Daemon) -> AsyncIterator[asyncio.Task[Summary]]:
     task = asyncio.create_task(daemon.run())
     try:
-        await until(lambda: daemon.archiver is not None or task.done())
+        await until(lambda: daemon.ready.is_set() or task.done())  # listeners up
         yield task
     finally:
         daemon.stop()
@@ -257,8 +257,6 @@ async def test_webhook_hints(sim: Simulator, server: SimulatorServer, tmp_path: 
     )
     daemon = make_daemon(settings)
     async with running(daemon):
-        await until(lambda: daemon.exotel is not None)
-        await asyncio.sleep(0.1)  # serving
         json_hint = await post(f"{url}?secret={SECRET}", json={"CallSid": calls[0].sid})
         assert json_hint == (200, {"status": "accepted"})
         form = {"CallSid": calls[1].sid, "Status": "completed", "RecordingUrl": ""}
