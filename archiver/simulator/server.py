@@ -249,10 +249,10 @@ class Simulator:
             self.counters["api_requests"] = self.counters.get("api_requests", 0) + 1
             self.api_log.append(self.clock())
 
-    def busiest_minute(self) -> int:
-        """The most API requests that arrived within any 60 seconds."""
+    def busiest_minute(self, since: float = 0.0) -> int:
+        """The most API requests that arrived within any 60 seconds (from ``since`` on)."""
         with self._lock:
-            times = sorted(self.api_log)
+            times = sorted(t for t in self.api_log if t >= since)
         best, first = 0, 0
         for last, t in enumerate(times):
             while t - times[first] >= 60:
