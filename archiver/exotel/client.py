@@ -232,12 +232,12 @@ class ExotelClient:
     async def _get_once(self, url: str, *, what: str, params: dict[str, str] | None) -> ApiResponse:
         if self._session is None:
             raise RuntimeError("ExotelClient used outside 'async with'")
-        await self._limiter.acquire()
-        self.requests += 1
         try:
-            async with self._session.get(url, params=params, allow_redirects=False) as resp:
-                body = await _read_capped(resp.content, _MAX_BODY + 1)
-                status, headers = resp.status, resp.headers
+            async with self._limiter.slot():
+                self.requests += 1
+                async with self._session.get(url, params=params, allow_redirects=False) as resp:
+                    body = await _read_capped(resp.content, _MAX_BODY + 1)
+                    status, headers = resp.status, resp.headers
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             reason = redact_text(str(exc) or type(exc).__name__, self._secrets)
             raise ExotelConnectionError(f"{what}: no answer from Exotel ({reason})") from None
