@@ -371,11 +371,13 @@ async def archive_calls(
     *,
     on_result: Callable[[CallResult], None] | None = None,
     sink: Sink | None = None,
+    limiter: RateLimiter | None = None,
 ) -> Report:
     """Archive the given calls with ``settings``; returns the report (never raises per call).
 
     Raises ``ConfigError``/``ExotelAuthError``/``StoragePermanent`` for problems that concern the
-    whole run. ``sink`` overrides the destination of ``settings`` (used by the demo and tests).
+    whole run. ``sink`` overrides the destination of ``settings`` (used by the demo and tests);
+    ``limiter`` continues the request budget of an earlier phase (a backfill's listing).
     """
     settings.require_exotel_credentials()
     if sink is None:
@@ -386,7 +388,7 @@ async def archive_calls(
     try:
         with writer_lock(settings.state_dir):
             ledger = Ledger(settings.state_dir / "ledger.sqlite3")
-            await _archive_all(settings, call_sids, sink, ledger, report, on_result)
+            await _archive_all(settings, call_sids, sink, ledger, report, on_result, limiter)
     finally:
         if ledger is not None:
             ledger.close()
@@ -401,13 +403,14 @@ async def _archive_all(
     ledger: Ledger,
     report: Report,
     on_result: Callable[[CallResult], None] | None,
+    limiter: RateLimiter | None = None,
 ) -> None:
     """The body of ``archive_calls``, with the writer lock held and the ledger open."""
     await preflight(settings, sink)
     manifest = ManifestWriter(Path(report.manifest))
     manifest.sync(ledger)  # catch up after a crash between ledger commit and manifest append
     segments_before = len(ledger.segments())
-    limiter = RateLimiter(settings.exotel.rate_limit, 60.0)
+    limiter = limiter or RateLimiter(settings.exotel.rate_limit, 60.0)
     async with (
         ExotelClient(settings.exotel, limiter=limiter, retry=settings.retry) as exotel,
         recording_session() as http,

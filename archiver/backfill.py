@@ -48,6 +48,8 @@ class Plan:
     listing_requests: int = 0
     """v1 requests spent listing (0 when a saved complete listing was reused)."""
     requests_per_call: int = 1
+    limiter: RateLimiter | None = field(default=None, repr=False, compare=False)
+    """The limiter the listing used, for the archiving to continue from (one budget)."""
 
     @property
     def api_requests(self) -> int:
@@ -102,6 +104,7 @@ async def plan_backfill(settings: Settings, since: date, until: date) -> Plan:
             start = datetime.combine(since, time.min, tz)
             end = datetime.combine(until, time.min, tz) + timedelta(days=1, seconds=-1)
             limiter = RateLimiter(settings.exotel.rate_limit, 60.0)
+            plan.limiter = limiter
             async with ExotelClient(settings.exotel, limiter=limiter, retry=settings.retry) as c:
                 listing = [
                     (call.sid, call.date_created.isoformat(), call.has_recording)
@@ -134,4 +137,5 @@ async def backfill(
     on_result: Callable[[CallResult], None] | None = None,
 ) -> Report:
     """Archive what ``plan`` says is left to archive."""
-    return await archive_calls(settings, plan.to_archive, on_result=on_result)
+    limiter = plan.limiter.following() if plan.limiter is not None else None
+    return await archive_calls(settings, plan.to_archive, on_result=on_result, limiter=limiter)
