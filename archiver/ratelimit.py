@@ -6,9 +6,9 @@ new request start only when fewer than ``limit`` slots are held, or when the old
 *finished* (its answer received, or its failure seen) at least ``period`` seconds ago. A request
 arrives at Exotel after it starts and before it finishes, so any two requests ``limit`` apart
 arrive at least ``period`` apart: Exotel never sees more than ``limit`` in any window. (Counting
-from the start instead lets the server see a few more: the benchmark measured 612 in a minute at
-a limit of 600, the first request of a connection being slower than the next ones.) Waiters are
-served in arrival order. Recording downloads from pre-signed URLs are not API requests.
+from the start instead would let the server see a few more whenever an early request travels
+slower than a later one.) Waiters are served in arrival order. Recording downloads from
+pre-signed URLs are not API requests.
 
     async with limiter.slot():
         ... one API request ...

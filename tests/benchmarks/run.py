@@ -164,14 +164,14 @@ def backfill(env: dict[str, str], state: Path) -> Run:
     summary = json.loads(report.read_text()) if report.exists() else {}
     cpu = usage.ru_utime + usage.ru_stime
     return Run(
-        seconds,
-        cpu,
-        usage.ru_maxrss / 1024,
-        summary,
-        proc.returncode,
-        store_cpu,
-        source_cpu,
-        started_at,
+        seconds=seconds,
+        cpu_seconds=cpu,
+        max_rss_mib=usage.ru_maxrss / 1024,
+        summary=summary,
+        returncode=proc.returncode,
+        store_cpu=store_cpu,
+        source_cpu=source_cpu,
+        started_at=started_at,
     )
 
 
