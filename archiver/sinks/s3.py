@@ -253,16 +253,16 @@ class S3Sink:
     async def check(self) -> None:
         await self.call("check the bucket", self.client.head_bucket, Bucket=self.bucket)
 
-    async def stat(self, key: str) -> ObjectInfo | None:
+    async def _head(self, key: str, **extra: str) -> dict[str, Any] | None:
+        """HEAD the object at ``key``; None if there is none."""
         full = self._full(key)
         head = await self.call_unless(
-            _MISSING,
-            f"HEAD {full}",
-            self.client.head_object,
-            Bucket=self.bucket,
-            Key=full,
-            **self._checksum_mode,
+            _MISSING, f"HEAD {full}", self.client.head_object, Bucket=self.bucket, Key=full, **extra
         )
+        return None if head is None else dict(head)
+
+    async def stat(self, key: str) -> ObjectInfo | None:
+        head = await self._head(key, **self._checksum_mode)
         if head is None:
             return None
         return ObjectInfo(
@@ -437,15 +437,7 @@ class S3Sink:
         return config.get("ObjectLockEnabled") == "Enabled"
 
     async def lock_status(self, key: str, version_id: str | None = None) -> LockStatus | None:
-        full = self._full(key)
-        head = await self.call_unless(
-            _MISSING,
-            f"HEAD {full}",
-            self.client.head_object,
-            Bucket=self.bucket,
-            Key=full,
-            **_version(version_id),
-        )
+        head = await self._head(key, **_version(version_id))
         if head is None:
             return None
         return LockStatus(
