@@ -48,6 +48,8 @@ class Faults:
         self.cut_rate = 0.0
         self.expired_rate = 0.0
         self.retry_after: float = 1
+        self.latency: float = 0.0
+        """Seconds every response (API or recording) waits before it starts."""
         self.bandwidth: int | None = None
         """Bytes per second per recording response, or None for no cap."""
         self.next_page_uri: str | None = None

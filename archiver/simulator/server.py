@@ -236,7 +236,15 @@ class Simulator:
     def app(self) -> web.Application:
         from archiver.simulator.routes import add_routes
 
-        application = web.Application()
+        faults = self.faults
+
+        @web.middleware
+        async def latency(request: web.Request, handler: Any) -> web.StreamResponse:
+            if faults.latency:  # the round trip and server time of a distant service
+                await asyncio.sleep(faults.latency)
+            return await handler(request)
+
+        application = web.Application(middlewares=[latency])
         add_routes(application, self)
         return application
 
