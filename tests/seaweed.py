@@ -98,6 +98,10 @@ class SeaweedFS:
             "-webdav=false",
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
+            # Small volumes, many of them: every bucket takes a volume of its own, and the
+            # default (1 GiB volumes, as many as the free disk holds) ran out at ~80 buckets.
+            "-master.volumeSizeLimitMB=64",
+            "-volume.max=1000",
             *(f"-{name}={port}" for name, port in ports.items()),
         ]
         with self.log.open("wb") as out:
