@@ -4,7 +4,12 @@ The tree::
 
     ArchiverError                 base; ``retryable``: may the same request succeed later?
     ├── ConfigError               bad settings or arguments (CLI exit code 2); never retryable
+    │   └── CertificateError      an endpoint's TLS certificate failed verification (private CA,
+    │                             wrong host, interception); stops the run; names the fix
     ├── InvalidCallSid            a call SID that cannot safely become part of an object key
+    ├── UnsafeAddress             a URL Exotel handed us (recording, voice log) whose scheme or
+    │                             address the address policy refuses (archiver.addresses);
+    │                             not retryable
     ├── ExotelError               the Exotel API (v1/v3) answered with an error, or not at all
     │   ├── ExotelBadRequest      400: our request was wrong; not retryable
     │   ├── ExotelAuthError       401/403: API key/token or account SID wrong; not retryable
@@ -18,6 +23,8 @@ The tree::
     │   │                         worker fetches a fresh URL from the call details (bounded)
     │   ├── RecordingUnavailable  any other refusal (404, 400, bad signature); not retryable as is
     │   ├── RecordingTransferError body cut off, length mismatch, network failure: retryable
+    │   ├── RecordingTooLarge     over ARCHIVER_MAX_RECORDING_SIZE (announced or streamed); not
+    │   │                         retryable
     │   └── NotARecording         an HTML/XML page or empty body where audio was expected
     └── StorageError              the destination (S3-compatible bucket or local directory)
         ├── StorageConflict       an object already exists at the key with other bytes; never
@@ -59,8 +66,21 @@ class ConfigError(ArchiverError):
     """A setting or argument is missing or wrong. The message names it and the fix."""
 
 
+class CertificateError(ConfigError):
+    """TLS certificate verification failed for an endpoint (Exotel API, recording host, S3).
+
+    Verification is never turned off; the message (``archiver.tls.certificate_refused``) names
+    the endpoint, the reason and the fix (a CA bundle through SSL_CERT_FILE or AWS_CA_BUNDLE).
+    """
+
+
 class InvalidCallSid(ArchiverError):
     """A call SID that is not of the expected shape (slashes, '..', control characters, empty)."""
+
+
+class UnsafeAddress(ArchiverError):
+    """A URL from Exotel that the address policy refuses: not http(s), or a host that is (or
+    resolves to) a loopback, link-local, private, metadata or otherwise non-public address."""
 
 
 # --- Exotel API ------------------------------------------------------------------------------
@@ -150,6 +170,10 @@ class RecordingTransferError(RecordingError):
     """The body was cut off, was shorter or longer than announced, or the connection failed."""
 
     retryable = True
+
+
+class RecordingTooLarge(RecordingError):
+    """The recording is larger than the configured cap (``archiver.max_recording_size``)."""
 
 
 class NotARecording(RecordingError):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -27,6 +26,7 @@ from archiver import __version__
 from archiver.archive import sink_for
 from archiver.config import Settings
 from archiver.errors import ConfigError, StorageError
+from archiver.files import write_atomic
 from archiver.manifest import present_objects
 from archiver.sinks import Sink, validate_key
 from archiver.verify import load_chain, selected
@@ -50,16 +50,6 @@ async def _entries(sink: Sink, since: date | None, until: date | None) -> list[d
     return [e for e in present_objects(chain.entries) if selected(e, since, until, None, "")]
 
 
-def _write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
-
-
 async def export_manifest(
     settings: Settings, out: Path, *, since: date | None, until: date | None
 ) -> Exported:
@@ -69,8 +59,10 @@ async def export_manifest(
         entries = await _entries(sink, since, until)
     finally:
         await sink.close()
-    _write(out / "manifest.jsonl", "".join(json.dumps(e, sort_keys=True) + "\n" for e in entries))
-    _write(out / "SHA256SUMS", "".join(f"{e['sha256']}  {e['key']}\n" for e in entries))
+    write_atomic(
+        out / "manifest.jsonl", "".join(json.dumps(e, sort_keys=True) + "\n" for e in entries)
+    )
+    write_atomic(out / "SHA256SUMS", "".join(f"{e['sha256']}  {e['key']}\n" for e in entries))
     return Exported(len(entries), sum(int(e["size"]) for e in entries), out)
 
 
@@ -113,7 +105,7 @@ async def export_bag(
                 manifests["sha512"].append(f"{h512.hexdigest()}  data/{key}\n")
     finally:
         await sink.close()
-    _write(out / "bagit.txt", "BagIt-Version: 1.0\nTag-File-Character-Encoding: UTF-8\n")
+    write_atomic(out / "bagit.txt", "BagIt-Version: 1.0\nTag-File-Character-Encoding: UTF-8\n")
     info = [
         f"Bagging-Date: {datetime.now(UTC):%Y-%m-%d}",
         f"Payload-Oxum: {total}.{len(entries)}",
@@ -125,14 +117,14 @@ async def export_bag(
         "External-Description: Exotel call recordings and call records archived by "
         "exotel-archiver, with their manifest checksums",
     ]
-    _write(out / "bag-info.txt", "".join(line + "\n" for line in info))
+    write_atomic(out / "bag-info.txt", "".join(line + "\n" for line in info))
     tag_files = ["bagit.txt", "bag-info.txt"]
     for algorithm in ("sha256", "sha512"):
         if algorithm == "sha256" or sha512:
-            _write(out / f"manifest-{algorithm}.txt", "".join(manifests[algorithm]))
+            write_atomic(out / f"manifest-{algorithm}.txt", "".join(manifests[algorithm]))
             tag_files.append(f"manifest-{algorithm}.txt")
     tags = "".join(
         f"{hashlib.sha256((out / name).read_bytes()).hexdigest()}  {name}\n" for name in tag_files
     )
-    _write(out / "tagmanifest-sha256.txt", tags)
+    write_atomic(out / "tagmanifest-sha256.txt", tags)
     return Exported(len(entries), total, out)

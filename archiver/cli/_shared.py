@@ -22,6 +22,7 @@ from archiver.errors import (
     InvalidCallSid,
     StoragePermanent,
 )
+from archiver.files import write_atomic
 from archiver.log import setup_logging
 from archiver.report import (
     ALREADY_ARCHIVED,
@@ -227,7 +228,7 @@ def write_json(data: object, path: Path | None) -> None:
     if path is None:
         return
     try:
-        path.write_text(json.dumps(data, indent=2) + "\n")
+        write_atomic(path, json.dumps(data, indent=2) + "\n")
     except OSError as exc:
         click.echo(f"error: cannot write the report to {path}: {exc.strerror}", err=True)
         sys.exit(EXIT_USAGE)

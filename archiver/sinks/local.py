@@ -6,6 +6,10 @@ while writing, fsyncs, then ``os.link``s it to the final name. ``link`` is atomi
 name exists, so write-once holds even against another process; the folder is fsynced so the new
 name survives a power loss. A local store cannot report a checksum without reading the file, so
 ``stat`` leaves ``sha256`` empty and ``put`` reads an existing file to compare.
+
+A process killed mid-write leaves its temp file behind (never at the key's name). Once a key is
+in place, ``put`` removes the temp files of that key left by earlier attempts: nothing can
+become of them any more (the name is taken, write-once).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import glob
 import hashlib
 import os
 import uuid
@@ -50,6 +55,13 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _remove_stale_temps(final: Path) -> None:
+    """Remove the temp files of ``final`` that killed writers left (best effort)."""
+    for stale in final.parent.glob(f".{glob.escape(final.name)}{_TEMP_MARK}*"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
 
 
 def _hash_file(path: Path) -> tuple[int, str]:
@@ -103,7 +115,9 @@ class LocalSink:
         final = self._path(key)
         what = f"write {final}"
         if await aiofiles.os.path.exists(final):
-            return await self._existing(key, final, size, sha256)
+            existing = await self._existing(key, final, size, sha256)
+            await asyncio.to_thread(_remove_stale_temps, final)
+            return existing
         temp = final.parent / f".{final.name}{_TEMP_MARK}{uuid.uuid4().hex}"
         try:
             await asyncio.to_thread(final.parent.mkdir, parents=True, exist_ok=True)
@@ -134,6 +148,7 @@ class LocalSink:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 await aiofiles.os.remove(temp)
+        await asyncio.to_thread(_remove_stale_temps, final)
         return PutResult(key=key, size=size, sha256=sha256, created=True, location=str(final))
 
     async def _existing(self, key: str, path: Path, size: int, sha256: str) -> PutResult:

@@ -11,6 +11,15 @@ announced (the spool changed under us), nothing is completed. Completion carries
 ``If-None-Match: *`` (write-once). Any failure — and cancellation — aborts the upload, so no
 orphaned parts are left in the bucket. The store's resulting checksum is the composite
 "SHA-256 of the part SHA-256s, -N"; ``composite_checksum`` computes the value to expect.
+
+A process killed mid-upload (SIGKILL, OOM, power loss) cannot abort: its upload stays open,
+its parts billed. Before starting an upload of a key, ``upload`` therefore lists the unfinished
+uploads of exactly that key and aborts them. A killed upload belongs to a call that was not
+recorded as archived, so the next run uploads that key again and cleans up first: once a backfill
+completes, no upload it started is left open. One state directory has one writer (the writer
+lock), so an open upload of a key we are about to write is a leftover, not a live one. Listing
+needs ``s3:ListBucketMultipartUploads``; without it the clean-up is skipped with a warning and the
+bucket's lifecycle rule (docs/storage.md) is what removes leftovers.
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from archiver.errors import StorageUnavailable
+from archiver.errors import StorageError, StorageUnavailable
 from archiver.retry import RetryPolicy, retrying
 
 if TYPE_CHECKING:
@@ -68,6 +77,7 @@ async def upload(
     client = sink.client
     md5 = sink.checksum == "md5"
     algorithm = {} if md5 else {"ChecksumAlgorithm": "SHA256"}
+    await _abort_leftovers(sink, full_key)
     created = await sink.call(
         f"start multipart upload of {full_key}",
         client.create_multipart_upload,
@@ -146,15 +156,40 @@ async def upload(
     return Completed(answer=dict(done), composite=composite_checksum(digests))
 
 
-async def _abort(sink: S3Sink, full_key: str, upload_id: str) -> None:
-    """Abort the upload so its parts are freed; a failure here is logged, not raised."""
+async def _abort_leftovers(sink: S3Sink, full_key: str) -> None:
+    """Abort the unfinished uploads of ``full_key`` an earlier, killed run left open."""
     try:
-        await sink.call(
-            f"abort multipart upload of {full_key}",
-            sink.client.abort_multipart_upload,
+        listed = await sink.call(
+            f"list unfinished multipart uploads of {full_key}",
+            sink.client.list_multipart_uploads,
             Bucket=sink.bucket,
-            Key=full_key,
-            UploadId=upload_id,
+            Prefix=full_key,
         )
+    except StorageError as exc:  # e.g. no s3:ListBucketMultipartUploads: the lifecycle rule's job
+        log.warning("could not look for unfinished uploads of %s: %s", full_key, exc)
+        return
+    for item in listed.get("Uploads") or []:
+        if item.get("Key") == full_key and item.get("UploadId"):
+            log.warning(
+                "aborting an unfinished multipart upload of %s left by an earlier run", full_key
+            )
+            await _abort(sink, full_key, str(item["UploadId"]))
+
+
+async def _abort(sink: S3Sink, full_key: str, upload_id: str) -> None:
+    """Abort the upload so its parts are freed (retried like a part; an upload already gone
+    counts as aborted); a failure that outlasts the retries is logged, not raised."""
+    what = f"abort multipart upload of {full_key}"
+    try:
+        async for attempt in retrying(sink.part_retry, what=what):
+            with attempt:
+                await sink.call_unless(
+                    frozenset({"NoSuchUpload"}),
+                    what,
+                    sink.client.abort_multipart_upload,
+                    Bucket=sink.bucket,
+                    Key=full_key,
+                    UploadId=upload_id,
+                )
     except Exception as exc:  # the original error matters more; a lifecycle rule cleans up
         log.warning("could not abort the multipart upload of %s: %s", full_key, exc)

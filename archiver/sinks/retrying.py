@@ -1,11 +1,17 @@
 """The retry wrapper: the only place storage operations are tried again.
 
-``RetryingSink(inner, policy)`` is a ``Sink`` that runs every call but ``read`` and ``list`` of
-any backend through ``archiver.retry.retrying``: a ``StorageUnavailable`` (5xx, SlowDown, reset,
-timeout, a store that refused corrupted bytes) is retried with backoff; ``StoragePermanent`` and
-``StorageConflict`` are not. ``put`` may be retried safely because its input is rewindable and
-the backend's write is whole-or-nothing and write-once. ``read`` and ``list`` are streams and are
-passed through unretried: a caller that needs them whole starts again.
+``RetryingSink(inner, policy)`` is a ``Sink`` that runs every call of any backend through
+``archiver.retry.retrying``: a ``StorageUnavailable`` (5xx, SlowDown, reset, timeout, a store that
+refused corrupted bytes) is retried with backoff; ``StoragePermanent`` and ``StorageConflict``
+are not. ``put`` may be retried safely because its input is rewindable and the backend's write is
+whole-or-nothing and write-once (a retried PUT whose first answer was lost finds its own bytes
+there: "already there, same bytes").
+
+``read`` and ``list`` are streams. Each step of them (the next chunk, the next object) is an
+attempt: when one fails retryably, the stream is opened again and what the caller already has is
+skipped — the bytes already delivered (objects are write-once, so they are the same bytes), the
+keys up to the last one delivered (``list`` is in key order). The caller sees one whole stream,
+or the error that outlasted the policy.
 """
 
 from __future__ import annotations
@@ -97,11 +103,77 @@ class RetryingSink:
                 return await self.inner.stat(key)
         raise AssertionError("unreachable: retrying re-raises the last error")
 
-    def read(self, key: str) -> AsyncIterator[bytes]:
-        return self.inner.read(key)
+    async def read(self, key: str) -> AsyncIterator[bytes]:
+        delivered = 0
+        stream: AsyncIterator[bytes] | None = None
+        try:
+            while True:
+                chunk: bytes | None = None
+                async for attempt in retrying(self.policy, what=f"read {self.location(key)}"):
+                    with attempt:
+                        if stream is None:  # (re)open, and skip what the caller already has
+                            stream, skip = self.inner.read(key), delivered
+                        else:
+                            skip = 0
+                        try:
+                            chunk = await _next_chunk(stream, skip)
+                        except BaseException:
+                            await _close(stream)
+                            stream = None
+                            raise
+                if chunk is None:
+                    return
+                delivered += len(chunk)
+                yield chunk
+        finally:
+            if stream is not None:
+                await _close(stream)
 
-    def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
-        return self.inner.list(prefix)
+    async def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
+        last: str | None = None
+        stream: AsyncIterator[ObjectInfo] | None = None
+        try:
+            while True:
+                info: ObjectInfo | None = None
+                async for attempt in retrying(self.policy, what=f"list {self.describe()}"):
+                    with attempt:
+                        if stream is None:
+                            stream = self.inner.list(prefix)
+                        try:
+                            info = await anext(stream, None)
+                            while info is not None and last is not None and info.key <= last:
+                                info = await anext(stream, None)  # delivered before a restart
+                        except BaseException:
+                            await _close(stream)
+                            stream = None
+                            raise
+                if info is None:
+                    return
+                last = info.key
+                yield info
+        finally:
+            if stream is not None:
+                await _close(stream)
 
     async def close(self) -> None:
         await self.inner.close()
+
+
+async def _next_chunk(stream: AsyncIterator[bytes], skip: int) -> bytes | None:
+    """The next non-empty chunk of ``stream`` after its first ``skip`` bytes; None at the end."""
+    while True:
+        chunk = await anext(stream, None)
+        if chunk is None:
+            return None
+        if skip >= len(chunk):
+            skip -= len(chunk)
+            continue
+        chunk, skip = chunk[skip:], 0
+        if chunk:
+            return chunk
+
+
+async def _close(stream: AsyncIterator[object]) -> None:
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        await aclose()

@@ -39,6 +39,7 @@ from botocore.exceptions import (
     EndpointConnectionError,
     NoCredentialsError,
     ReadTimeoutError,
+    SSLError,
 )
 
 from archiver.errors import (
@@ -52,6 +53,7 @@ from archiver.errors import (
 from archiver.retry import RetryPolicy
 from archiver.sinks import multipart
 from archiver.sinks.base import Lock, LockStatus, ObjectInfo, PutResult, validate_key
+from archiver.tls import certificate_message
 
 T = TypeVar("T")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -67,6 +69,7 @@ _PERMANENT_CODES = {
     "check AWS_SECRET_ACCESS_KEY / AWS_PROFILE",
     "InvalidBucketName": "'{bucket}' is not a valid bucket name: fix ARCHIVER_DESTINATION",
     "PermanentRedirect": "bucket '{bucket}' is in another region: set AWS_DEFAULT_REGION to it",
+    "301": "bucket '{bucket}' is in another region (HTTP 301): set AWS_DEFAULT_REGION to it",
     "AuthorizationHeaderMalformed": "bucket '{bucket}' is in another region: set "
     "AWS_DEFAULT_REGION to it",
     "InvalidToken": "the AWS session token is invalid: refresh AWS_SESSION_TOKEN",
@@ -196,6 +199,9 @@ class S3Sink:
             return await loop.run_in_executor(self.pool, lambda: fn(**kwargs))
         except (ClientError, BotoCoreError) as exc:
             raise self._classify(exc, what) from None
+        except RecursionError:  # botocore's region redirect loops on a 301 that names no region
+            hint = _PERMANENT_CODES["301"].format(bucket=self.bucket, endpoint=self.endpoint)
+            raise StoragePermanent(f"{what}: {hint}") from None
 
     async def call_unless(
         self, codes: frozenset[str], what: str, fn: Callable[..., T], /, **kwargs: Any
@@ -214,6 +220,8 @@ class S3Sink:
 
     def _classify(self, exc: Exception, what: str) -> StorageError:
         where = f"{what} ({self.describe()} at {self.endpoint})"
+        if isinstance(exc, SSLError):  # not transient: stop, name the fix
+            return StoragePermanent(certificate_message(what, self.endpoint, exc, s3=True))
         if isinstance(exc, NoCredentialsError):
             return StoragePermanent(
                 f"{where}: no AWS credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
@@ -514,7 +522,13 @@ class S3Sink:
         loop = asyncio.get_running_loop()
         try:
             while True:
-                chunk = await loop.run_in_executor(self.pool, stream.read, 1024 * 1024)
+                try:
+                    chunk = await loop.run_in_executor(self.pool, stream.read, 1024 * 1024)
+                except (BotoCoreError, OSError) as exc:  # the body cut off, a reset, a timeout
+                    raise StorageUnavailable(
+                        f"GET {full} ({self.describe()} at {self.endpoint}): the body was cut "
+                        f"off ({type(exc).__name__})"
+                    ) from None
                 if not chunk:
                     break
                 yield chunk
