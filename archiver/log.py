@@ -2,8 +2,11 @@
 
 The redaction filter (``archiver.redact.Redactor``) sits on the handler, so it sees every record
 that reaches the output, whichever library logged it: known secret values (the Exotel key and
-token, the webhook secret) and signature-looking URL parameters are replaced before anything is
-written.
+token, the webhook secret, and the AWS secret key and session token found in the environment),
+signature-looking URL parameters, Authorization and X-Amz-Security-Token headers are replaced
+before anything is written. Library loggers (botocore, urllib3, aiohttp...) are held at INFO even
+when the archiver's own level is DEBUG: botocore's DEBUG output prints every request's headers.
+Should one be turned up anyway, its lines still pass the redactor.
 
 Two formats: ``text`` (one readable line, for a terminal) and ``json`` (one JSON object per line —
 ``time``, ``level``, ``logger``, ``message``, ``call_sid`` when the line is about a call — for
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
 from collections.abc import Iterable
@@ -24,6 +28,14 @@ from archiver.redact import Redactor
 
 _FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 _CALL = re.compile(r"\bcall ([A-Za-z0-9_-]{6,64})\b")
+_AWS_SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
+"""Environment variables boto3 reads whose values are secrets (the redactor knows them)."""
+_LIBRARY_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3", "aiohttp", "asyncio")
+
+
+def environment_secrets() -> tuple[str, ...]:
+    """The AWS secrets boto3 will find in the environment, for the redactor."""
+    return tuple(v for name in _AWS_SECRET_VARIABLES if (v := os.environ.get(name, "")))
 
 
 class JsonFormatter(logging.Formatter):
@@ -65,7 +77,7 @@ def setup_logging(
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter(_FORMAT, datefmt="%Y-%m-%dT%H:%M:%S"))
-    handler.addFilter(Redactor(secrets))
+    handler.addFilter(Redactor((*secrets, *environment_secrets())))
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, "_archiver", False)]:
         root.removeHandler(old)
@@ -74,9 +86,8 @@ def setup_logging(
     root.setLevel(logging.WARNING)
     numeric = getattr(logging, level.upper(), logging.INFO)
     logging.getLogger("archiver").setLevel(numeric)
-    if numeric <= logging.DEBUG:
-        # Library debug output (aiohttp, botocore) is verbose and may print request details;
-        # it still passes the redactor, but keep it at INFO unless asked for explicitly.
-        for noisy in ("botocore", "boto3", "urllib3", "aiohttp"):
-            logging.getLogger(noisy).setLevel(logging.INFO)
+    # Library debug output (botocore prints every request's headers, session token included) is
+    # kept out at any level of ours; it would still pass the redactor.
+    for library in _LIBRARY_LOGGERS:
+        logging.getLogger(library).setLevel(max(numeric, logging.INFO))
     return handler

@@ -8,26 +8,39 @@ rest of the code uses before a string can reach a log line, an error message or 
   source of an object, and what error messages name.
 * ``Redactor`` — replaces known secret values and any signature-looking query parameter in free
   text; installed as a logging filter so that even an unexpected message cannot leak.
+
+A third, ``strip_signed_urls(body)``, is for the JSON responses stored beside the recordings
+(``call.json``, ``voice-log.json``, ``legs.json``): every string in them that is a pre-signed URL
+loses its query string (and user-info); every other byte stays as received.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Iterable
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, quote_plus, unquote, urlsplit, urlunsplit
 
-# Query parameters of pre-signed URLs (AWS SigV4 and SigV2 styles) that must never be written out.
+# Query parameters of pre-signed URLs (AWS SigV4 and SigV2 styles) that must never be written out;
+# ``Credential=`` also covers the SigV4 Authorization header.
 _SIGNED_PARAM = re.compile(
     r"(?i)\b(X-Amz-Signature|X-Amz-Credential|X-Amz-Security-Token|Signature|AWSAccessKeyId"
-    r"|X-Goog-Signature|sig)=([^&\s\"'<>]*)"
+    r"|X-Goog-Signature|X-Goog-Credential|Credential|sig)=([^&\s\"'<>,]*)"
 )
 # user:password@ in URLs
 _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s\"'<>]+@")
-# Authorization headers that might appear in a dumped request
+# Authorization headers that might appear in a dumped request (botocore prints b'...' values)
 _AUTH_HEADER = re.compile(
-    r"(?i)(authorization['\"]?\s*[:=]\s*['\"]?)(basic|bearer|aws4-hmac-sha256)\s+[^'\"\s,]+"
+    r"(?i)(authorization['\"]?\s*[:=]\s*b?['\"]?)(basic|bearer|aws4-hmac-sha256)\s+[^'\"\s,]+"
 )
+# Token headers as botocore's DEBUG output shows them: in a dict ('X-Amz-Security-Token':
+# b'...') and in the canonical request (x-amz-security-token:...).
+_TOKEN_HEADER = re.compile(
+    r"(?i)\b(x-amz-security-token|x-archiver-secret)(['\"]?\s*:\s*b?['\"]?)[^'\"\s,}]+"
+)
+# A JSON string literal, escapes included.
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
 
 REDACTED = "[redacted]"
 
@@ -44,13 +57,46 @@ def strip_url(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
+def is_presigned(url: str) -> bool:
+    """True if ``url`` is an http(s) URL whose query carries a signature or credential."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return parts.scheme.lower() in ("http", "https") and bool(
+        _SIGNED_PARAM.search(unquote(parts.query)) or parts.username or parts.password
+    )
+
+
+def strip_signed_urls(body: bytes) -> bytes:
+    """``body`` (JSON as received) with every pre-signed URL in it reduced to ``strip_url``.
+
+    Only the string literals that decode to a pre-signed URL are rewritten (as plain JSON
+    strings); every other byte is kept, so the snapshot stays the response as received, less
+    the signatures. A body that is not JSON text is searched all the same.
+    """
+
+    def replace(match: re.Match[bytes]) -> bytes:
+        try:
+            value = json.loads(match.group(0))
+        except ValueError:
+            return match.group(0)
+        if not isinstance(value, str) or not is_presigned(value):
+            return match.group(0)
+        return json.dumps(strip_url(value)).encode()
+
+    return _JSON_STRING.sub(replace, body)
+
+
 def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
-    """Replace known secret values and signature-like URL parts in ``text``."""
+    """Replace known secret values (also URL-encoded) and signature-like parts in ``text``."""
     for secret in secrets:
         if secret and len(secret) >= 4:
-            text = text.replace(secret, REDACTED)
+            for form in {secret, quote(secret, safe=""), quote_plus(secret)}:
+                text = text.replace(form, REDACTED)
     text = _SIGNED_PARAM.sub(lambda m: f"{m.group(1)}={REDACTED}", text)
     text = _USERINFO.sub(lambda m: f"{m.group(1)}{REDACTED}@", text)
+    text = _TOKEN_HEADER.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
     return _AUTH_HEADER.sub(lambda m: f"{m.group(1)}{m.group(2)} {REDACTED}", text)
 
 

@@ -24,6 +24,7 @@ import hashlib
 import hmac
 import random
 import secrets
+import ssl
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -37,6 +38,7 @@ from archiver.exotel.models import IST
 from archiver.simulator.calls import Asset, SimCall, day_of_calls, make_sid
 from archiver.simulator.faults import Faults
 
+_SCOPE = "ap-south-1/s3/aws4_request"
 _CODES = {400: 10200, 401: 1010, 404: 10744, 429: 10724, 500: 10715, 503: 10743}
 _MESSAGES = {
     400: "Bad Request",
@@ -86,6 +88,10 @@ class Simulator:
         )
         self._rng = random.Random(seed)
         self._signing_key = secrets.token_bytes(32)
+        self.url_access_key = "AKIA" + secrets.token_hex(8).upper()
+        """The access key ID in the X-Amz-Credential of every pre-signed URL (random per run)."""
+        self.issued_urls: list[str] = []
+        """Every pre-signed URL handed out, signature included (tests grep for leaks with it)."""
         self._tokens: dict[str, Asset] = {}
         self.voice_logs_enabled = True
         """False: the voice-logs endpoint answers 404 (not on this account's portal)."""
@@ -221,7 +227,7 @@ class Simulator:
         query = urlencode(
             {
                 "X-Amz-Algorithm": "AWS4-HMAC-SHA256",
-                "X-Amz-Credential": f"SIMAKIAEXAMPLE/{now:%Y%m%d}/ap-south-1/s3/aws4_request",
+                "X-Amz-Credential": f"{self.url_access_key}/{now:%Y%m%d}/{_SCOPE}",
                 "X-Amz-Date": amz_date,
                 "X-Amz-Expires": str(expires),
                 "X-Amz-SignedHeaders": "host",
@@ -229,7 +235,10 @@ class Simulator:
             },
             quote_via=quote,
         )
-        return f"{base_url}{path}?{query}"
+        url = f"{base_url}{path}?{query}"
+        with self._lock:
+            self.issued_urls.append(url)
+        return url
 
     # --- the app -----------------------------------------------------------------------------
 
@@ -242,7 +251,8 @@ class Simulator:
         async def latency(request: web.Request, handler: Any) -> web.StreamResponse:
             if faults.latency:  # the round trip and server time of a distant service
                 await asyncio.sleep(faults.latency)
-            return await handler(request)
+            response: web.StreamResponse = await handler(request)
+            return response
 
         application = web.Application(middlewares=[latency])
         add_routes(application, self)
@@ -298,17 +308,23 @@ def error_envelope(status: int, message: str | None = None) -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def serve(sim: Simulator, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
-    """Serve ``sim`` on the current event loop; yields the base URL."""
+async def serve(
+    sim: Simulator,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+) -> AsyncIterator[str]:
+    """Serve ``sim`` on the current event loop (HTTPS with ``ssl_context``); yields the base URL."""
     runner = web.AppRunner(sim.app(), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
     await site.start()
     server = site._server  # the bound socket tells the real port when port=0
     sockets = getattr(server, "sockets", None) or []
     bound = sockets[0].getsockname()[1] if sockets else port
     try:
-        yield f"http://{host}:{bound}"
+        yield f"{'https' if ssl_context else 'http'}://{host}:{bound}"
     finally:
         await runner.cleanup()
 
@@ -325,8 +341,16 @@ async def run_simulator(
 class SimulatorServer:
     """Runs the simulator in a background thread with its own event loop (for tests)."""
 
-    def __init__(self, sim: Simulator, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        sim: Simulator,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.sim, self.host, self.port = sim, host, port
+        self.ssl_context = ssl_context
         self.base_url = ""
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, daemon=True, name="exotel-simulator")
@@ -341,7 +365,7 @@ class SimulatorServer:
     async def _main(self) -> None:
         self._stop = asyncio.Event()
         try:
-            async with serve(self.sim, self.host, self.port) as url:
+            async with serve(self.sim, self.host, self.port, ssl_context=self.ssl_context) as url:
                 self.base_url = url
                 self._ready.set()
                 await self._stop.wait()
