@@ -28,9 +28,11 @@ from pathlib import Path
 
 import aiohttp
 
+from archiver.addresses import AddressPolicy
 from archiver.config import Settings
 from archiver.errors import (
     ArchiverError,
+    CertificateError,
     ConfigError,
     ExotelAuthError,
     ExotelNotFound,
@@ -48,7 +50,7 @@ from archiver.ledger import Ledger, ObjectRecord, writer_lock
 from archiver.manifest import ManifestWriter
 from archiver.ratelimit import RateLimiter
 from archiver.recorder import Recorder
-from archiver.redact import strip_url
+from archiver.redact import strip_signed_urls, strip_url
 from archiver.report import (
     ALREADY_ARCHIVED,
     ARCHIVED,
@@ -94,6 +96,7 @@ class Archiver:
         self.spool_dir = settings.state_dir / "spool"
         self.spool_dir.mkdir(parents=True, exist_ok=True)
         self.rates = RateMeter()
+        self.addresses = address_policy(settings)
         self.url_refreshes = 0
         """Fresh URLs fetched, after a 403 or ahead of a deadline: API requests they cost."""
 
@@ -105,7 +108,7 @@ class Archiver:
                 return CallResult(call_sid, ALREADY_ARCHIVED, self.ledger.objects_of(call_sid))
             details, raw = await self.exotel.call_details(call_sid)
             return await self._archive_details(details, raw, fetched_at=time.time())
-        except (ExotelAuthError, StoragePermanent):
+        except (ExotelAuthError, StoragePermanent, CertificateError):
             raise  # concerns every call: the run stops
         except InvalidCallSid as exc:
             return CallResult(call_sid, FAILED, detail=str(exc), reason="invalid_call_sid")
@@ -189,12 +192,16 @@ class Archiver:
         source: str,
         data: bytes | None,
     ) -> None:
-        """Store a JSON response once per call (skipped if the ledger has it already)."""
+        """Store a JSON response once per call (skipped if the ledger has it already).
+
+        The response is stored as received, except that the pre-signed URLs in it lose their
+        query string: the signatures are secrets until they expire (``redact.strip_signed_urls``).
+        """
         record = self.ledger.object_for(details.sid, kind, 0)
         if record is None and data is not None:
             key = f"{self._folder(details)}/{name}"
             record = await self.recorder.store_bytes(
-                details, kind=kind, key=key, data=data, source=source
+                details, kind=kind, key=key, data=strip_signed_urls(data), source=source
             )
             result.stored += 1
         if record is not None:
@@ -264,13 +271,13 @@ class Archiver:
 
     async def _recording_url(self, details: CallDetails, index: int) -> str:
         fresh, _raw = await self.exotel.call_details(details.sid)
-        recordings = fresh.recordings or ()
-        if len(recordings) < index:
+        same = [r for r in fresh.recordings or () if r.index == index]
+        if not same:
             raise RecordingUnavailable(
                 f"recording {index} of call {details.sid}: the refreshed call details no longer "
                 "list it"
             )
-        return recordings[index - 1].url
+        return same[0].url
 
     async def _archive_file(
         self,
@@ -341,7 +348,14 @@ class Archiver:
                             log.info("%s: URL too close to its deadline, refreshing it", what)
                             url, fetched_at = await self._refresh(refresh, details, idx)
                         started, offset = time.monotonic(), partial.size
-                        got = await download(self.http, url, partial, what=what)
+                        got = await download(
+                            self.http,
+                            url,
+                            partial,
+                            what=what,
+                            max_bytes=self.settings.max_recording_size,
+                            policy=self.addresses,
+                        )
                         self.rates.add(got.size - offset, time.monotonic() - started)
                         return got, url
             except RecordingExpired:
@@ -413,7 +427,7 @@ async def _archive_all(
     limiter = limiter or RateLimiter(settings.exotel.rate_limit, 60.0)
     async with (
         ExotelClient(settings.exotel, limiter=limiter, retry=settings.retry) as exotel,
-        recording_session() as http,
+        recording_session(policy=address_policy(settings)) as http,
     ):
         worker = Archiver(
             settings, sink=sink, ledger=ledger, manifest=manifest, exotel=exotel, http=http
@@ -467,6 +481,14 @@ async def preflight(settings: Settings, sink: Sink) -> None:
             '(it cannot be added to every existing bucket), or set lock = "none" in those '
             "classes. Nothing was archived."
         )
+
+
+def address_policy(settings: Settings) -> AddressPolicy:
+    """Where URLs from Exotel may lead (``archiver.addresses``): the API hosts are trusted."""
+    return AddressPolicy.for_hosts(
+        (settings.exotel.api_url, settings.exotel.v1_api_url),
+        allow_private=settings.allow_private_addresses,
+    )
 
 
 def sink_for(settings: Settings) -> Sink:

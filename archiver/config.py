@@ -318,6 +318,33 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "archiver",
+        "max_recording_size",
+        "ARCHIVER_MAX_RECORDING_SIZE",
+        "--max-recording-size",
+        "Largest recording (or voice-log file) downloaded, in MiB. A bigger one - announced or "
+        "streamed - fails its call for good and nothing is stored: a guard against endless or "
+        "absurd bodies filling the spool disk. The default is ample: a 4-hour 8 kHz 16-bit "
+        "stereo WAV is about 460 MB.",
+        default=2048,
+        kind="int",
+        minimum=1,
+        maximum=1_048_576,
+    ),
+    Option(
+        "archiver",
+        "allow_private_addresses",
+        "ARCHIVER_ALLOW_PRIVATE_ADDRESSES",
+        "--allow-private-addresses",
+        "on: recording and voice-log URLs from Exotel may lead to loopback, link-local or "
+        "private addresses (e.g. a recording mirror on your network). off (default): refused, "
+        "except on the host of the configured Exotel API URL. The cloud metadata address "
+        "169.254.169.254 is refused either way.",
+        default="off",
+        kind="choice",
+        choices=("on", "off"),
+    ),
+    Option(
+        "archiver",
         "s3_addressing_style",
         "ARCHIVER_S3_ADDRESSING_STYLE",
         "--s3-addressing-style",
@@ -585,6 +612,9 @@ class Settings:
     s3_checksum: str
     log_level: str
     log_format: str = "auto"
+    max_recording_size: int = 2048 * 1024 * 1024
+    """Bytes."""
+    allow_private_addresses: bool = False
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
     retention: RetentionPolicy | None = None
     """Compliance retention classes and rules (config file only), or None."""
@@ -846,6 +876,8 @@ def load_settings(
         s3_checksum=values["s3_checksum"],
         log_level=values["log_level"],
         log_format=values["log_format"],
+        max_recording_size=values["max_recording_size"] * 1024 * 1024,
+        allow_private_addresses=values["allow_private_addresses"] == "on",
         daemon=daemon,
         retention=from_file.get(RETENTION),
         secrets=tuple(s for s in secrets if s),

@@ -38,9 +38,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from archiver.archive import Archiver, preflight
+from archiver.archive import Archiver, address_policy, preflight
 from archiver.config import Settings
-from archiver.errors import ArchiverError, ConfigError, ExotelAuthError
+from archiver.errors import ArchiverError, CertificateError, ConfigError, ExotelAuthError
 from archiver.exotel.client import ExotelClient
 from archiver.exotel.listing import active_calls, list_calls
 from archiver.ledger import Ledger, writer_lock
@@ -170,7 +170,7 @@ class Daemon:
                 limiter = RateLimiter(settings.exotel.rate_limit, 60.0)
                 async with (
                     ExotelClient(settings.exotel, limiter=limiter, retry=settings.retry) as exo,
-                    recording_session() as http,
+                    recording_session(policy=address_policy(settings)) as http,
                 ):
                     self.exotel = exo
                     self.archiver = Archiver(
@@ -344,7 +344,7 @@ class Daemon:
         while not self._stop.is_set():
             try:
                 listed = await active_calls(self.exotel)
-            except ExotelAuthError:
+            except (ExotelAuthError, CertificateError):  # every request would fail alike
                 raise
             except ArchiverError as exc:
                 self.metrics.poll_errors += 1
@@ -368,7 +368,7 @@ class Daemon:
         while not self._stop.is_set():
             try:
                 await self.sweep()
-            except ExotelAuthError:
+            except (ExotelAuthError, CertificateError):  # every request would fail alike
                 raise
             except ArchiverError as exc:
                 self.metrics.sweep_errors += 1

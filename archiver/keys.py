@@ -13,7 +13,9 @@ Placeholders: ``{yyyy} {mm} {dd} {hh}`` (creation time), ``{call_sid}``, ``{dire
 ``recordings[]``; ``ext`` is the format the content gate found in the bytes (``mp3`` or ``wav``),
 never the URL's file name (Exotel's file names are not always the call SID). The destination's
 own prefix (``s3://bucket/prefix``) is added by the sink. Call SIDs are validated before they
-become part of a key, and every value put into a template is reduced to safe characters.
+become part of a key, and every value put into a template is reduced to safe characters and
+cut to 64 of them (a 10,000-character ``direction`` from a hostile answer makes a folder, not a
+key the store refuses).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ CALL_JSON = "call.json"
 LEGS_JSON = "legs.json"
 VOICE_LOG_JSON = "voice-log.json"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+_MAX_VALUE = 64  # a value from the API never makes a key longer than S3's 1024 bytes
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,7 @@ class KeyLayout:
             "dd": f"{created:%d}",
             "hh": f"{created:%H}",
             "call_sid": call_sid,
-            "direction": _UNSAFE.sub("-", direction).strip("-") or "unknown",
-            "account_sid": _UNSAFE.sub("-", account_sid).strip("-") or "unknown",
+            "direction": _UNSAFE.sub("-", direction).strip("-")[:_MAX_VALUE] or "unknown",
+            "account_sid": _UNSAFE.sub("-", account_sid).strip("-")[:_MAX_VALUE] or "unknown",
         }
         return validate_key(self.template.format_map(values).strip("/"))

@@ -11,6 +11,17 @@ host's HTTP is spoken:
   ``RecordingTransferError`` (retryable).
 * other 4xx → ``RecordingUnavailable``.
 * status 200 with an HTML/XML/JSON body, or an empty body → ``NotARecording``.
+* more bytes than ``max_bytes`` (announced by Content-Length, or streamed) → ``RecordingTooLarge``
+  (not retried; the spool file is dropped with the failed attempt).
+* a URL (or a redirect) the address policy refuses → ``UnsafeAddress`` (``archiver.addresses``).
+
+``Content-Encoding: gzip`` (or ``deflate``): the recording is what the source means — the
+decoded audio — so the body is decoded as it streams, the SHA-256, size and content gate are
+those of the decoded bytes, and the cap applies to the decoded size (a small compressed body
+cannot inflate past it). An encoded body is never resumed with Range (a byte range of the
+encoded stream cannot continue a decoded file): a cut-off one is started again from byte 0. Any
+other encoding is refused (``RecordingUnavailable``). The session itself never decodes
+(``auto_decompress=False``), so this is the one place it happens.
 
 The pre-signed URL is a secret until it expires: no message here contains it, only its
 signature-free form (``archiver.redact.strip_url``). No credentials or cookies are ever sent to it:
@@ -21,20 +32,27 @@ Authorization header anyway.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import re
+import zlib
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
+from urllib.parse import urljoin
 
 import aiohttp
 
+from archiver.addresses import AddressPolicy, GuardedResolver
 from archiver.errors import (
     NotARecording,
     RecordingExpired,
+    RecordingTooLarge,
     RecordingTransferError,
     RecordingUnavailable,
 )
 from archiver.redact import strip_url
+from archiver.tls import certificate_refused
 
 CHUNK = 256 * 1024
 _FLUSH_AT = 1024 * 1024  # bytes buffered before one write to the spool file (off the loop)
@@ -42,6 +60,12 @@ _TEXT_TYPES = ("text/html", "text/xml", "application/xml", "application/json", "
 _S3_ERROR_CODE = re.compile(rb"<Code>([^<]{1,64})</Code>")
 _S3_ERROR_MESSAGE = re.compile(rb"<Message>([^<]{1,200})</Message>")
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-\d+/(\d+|\*)$")
+_INFLATE_STEP = 1024 * 1024  # decoded bytes produced at a time: memory stays flat on a gzip bomb
+_REDIRECTS = (301, 302, 303, 307, 308)
+MAX_REDIRECTS = 3
+TOO_LARGE_FIX = (
+    "raise ARCHIVER_MAX_RECORDING_SIZE (--max-recording-size, in MiB) if it is a genuine recording"
+)
 
 
 @dataclass(frozen=True)
@@ -97,9 +121,19 @@ def sniff_format(head: bytes) -> str | None:
     return None
 
 
-def recording_session(timeout: float = 300.0) -> aiohttp.ClientSession:
-    """The HTTP session for pre-signed URLs: no auth, no cookies, bytes exactly as served."""
+def recording_session(
+    timeout: float = 300.0, *, policy: AddressPolicy | None = None
+) -> aiohttp.ClientSession:
+    """The HTTP session for pre-signed URLs: no auth, no cookies, bytes exactly as served.
+
+    With a ``policy``, every name is resolved through ``GuardedResolver``: connections go only
+    to addresses the policy allows, whatever DNS says at the time.
+    """
+    connector = (
+        aiohttp.TCPConnector(resolver=GuardedResolver(policy)) if policy is not None else None
+    )
     return aiohttp.ClientSession(
+        connector=connector,
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=30.0, sock_read=timeout),
         cookie_jar=aiohttp.DummyCookieJar(),
         auto_decompress=False,
@@ -114,6 +148,54 @@ def _s3_error(body: bytes) -> str:
     return ": ".join(parts) or "no error details"
 
 
+def _decoder(encoding: str, where: str) -> Any:
+    """A zlib decoder for ``Content-Encoding``, None for an unencoded body."""
+    value = encoding.strip().lower()
+    if value in ("", "identity"):
+        return None
+    if value in ("gzip", "x-gzip"):
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if value == "deflate":
+        return zlib.decompressobj()
+    raise RecordingUnavailable(
+        f"{where}: the body is encoded as {value[:40]!r}, which the archiver does not decode "
+        "(gzip and deflate only); nothing was stored"
+    )
+
+
+def _inflate(decoder: Any, data: bytes) -> Iterator[bytes]:
+    """Decode ``data`` in pieces of at most ``_INFLATE_STEP`` bytes."""
+    yield decoder.decompress(data, _INFLATE_STEP)
+    while decoder.unconsumed_tail:
+        yield decoder.decompress(decoder.unconsumed_tail, _INFLATE_STEP)
+
+
+@contextlib.asynccontextmanager
+async def _get(
+    session: aiohttp.ClientSession,
+    url: str,
+    headers: dict[str, str],
+    policy: AddressPolicy | None,
+    what: str,
+) -> AsyncIterator[aiohttp.ClientResponse]:
+    """GET ``url``, following up to ``MAX_REDIRECTS`` redirects, each hop checked by ``policy``."""
+    for _hop in range(MAX_REDIRECTS + 1):
+        if policy is not None:
+            policy.check_url(url, what=what)
+        resp = await session.get(url, headers=headers, allow_redirects=False)
+        location = resp.headers.get("Location")
+        if resp.status in _REDIRECTS and location:
+            resp.release()
+            url = urljoin(url, location)
+            continue
+        try:
+            yield resp
+        finally:
+            resp.release()
+        return
+    raise RecordingUnavailable(f"{what}: more than {MAX_REDIRECTS} redirects")
+
+
 def _content_range_start(value: str | None) -> tuple[int, int | None] | None:
     """``bytes 100-199/200`` → (100, 200); None if absent or unreadable."""
     match = _CONTENT_RANGE.match(value or "")
@@ -123,6 +205,10 @@ def _content_range_start(value: str | None) -> tuple[int, int | None] | None:
     return int(match.group(1)), (None if total == "*" else int(total))
 
 
+def _mib(n: int) -> str:
+    return f"{n / (1024 * 1024):g} MiB"
+
+
 async def download(
     session: aiohttp.ClientSession,
     url: str,
@@ -130,17 +216,21 @@ async def download(
     *,
     what: str,
     max_bytes: int | None = None,
+    policy: AddressPolicy | None = None,
 ) -> Downloaded:
     """GET ``url`` into ``partial``, continuing it with a Range request if it has bytes already.
 
-    Raises a ``RecordingError`` on any failure; the bytes received before a failure stay in
-    ``partial`` for the next attempt.
+    Raises a ``RecordingError`` (or ``UnsafeAddress``) on any failure; the bytes received before
+    a failure stay in ``partial`` for the next attempt (unless the body was encoded).
     """
     where = f"{what} from {strip_url(url)}"
     headers = {"Range": f"bytes={partial.size}-"} if partial.size else {}
     buffer = bytearray()
+    decoder: Any = None
+    raw = 0
+    encoded_length: int | None = None
     try:
-        async with session.get(url, headers=headers, allow_redirects=True, max_redirects=3) as resp:
+        async with _get(session, url, headers, policy, what) as resp:
             content_type = resp.headers.get("Content-Type", "")
             if resp.status not in (200, 206):
                 body = await resp.content.read(4096)
@@ -160,7 +250,15 @@ async def download(
                 raise NotARecording(
                     f"{where}: HTTP {resp.status} but the body is {mime}, not audio (an error page)"
                 )
-            if resp.status == 206:
+            decoder = _decoder(resp.headers.get("Content-Encoding", ""), where)
+            if decoder is not None:
+                if resp.status == 206 or partial.size:  # encoded: no Range, start from byte 0
+                    partial.restarts += 1
+                    partial.reset()
+                    if resp.status == 206:
+                        raise RecordingTransferError(f"{where}: encoded range; restarting")
+                encoded_length = resp.content_length
+            elif resp.status == 206:
                 span = _content_range_start(resp.headers.get("Content-Range"))
                 if span is None or span[0] != partial.size:
                     partial.reset()
@@ -172,26 +270,59 @@ async def download(
                     partial.restarts += 1
                     partial.reset()
                 partial.total = resp.content_length
+                if decoder is not None:
+                    partial.total = None  # Content-Length counts encoded bytes
             if max_bytes is not None and partial.total is not None and partial.total > max_bytes:
-                raise RecordingUnavailable(
-                    f"{where}: {partial.total} bytes is over the limit of {max_bytes}"
+                raise RecordingTooLarge(
+                    f"{where}: the source announces {partial.total} bytes, over the "
+                    f"{_mib(max_bytes)} limit; nothing stored — {TOO_LARGE_FIX}"
                 )
             async for chunk in resp.content.iter_chunked(CHUNK):
-                buffer += chunk
-                if max_bytes is not None and partial.size + len(buffer) > max_bytes:
-                    raise RecordingUnavailable(
-                        f"{where}: body exceeds the limit of {max_bytes} bytes"
-                    )
+                raw += len(chunk)
+                for piece in _inflate(decoder, chunk) if decoder is not None else (chunk,):
+                    buffer += piece
+                    if max_bytes is not None and partial.size + len(buffer) > max_bytes:
+                        raise RecordingTooLarge(
+                            f"{where}: the body goes on past the {_mib(max_bytes)} limit; "
+                            f"nothing stored — {TOO_LARGE_FIX}"
+                        )
                 if len(buffer) >= _FLUSH_AT:
                     await partial.append(bytes(buffer))
                     buffer.clear()
+            if decoder is not None:
+                buffer += decoder.flush()
+                if max_bytes is not None and partial.size + len(buffer) > max_bytes:
+                    raise RecordingTooLarge(
+                        f"{where}: the body goes on past the {_mib(max_bytes)} limit; "
+                        f"nothing stored — {TOO_LARGE_FIX}"
+                    )
+    except aiohttp.ClientConnectorCertificateError as exc:  # not transient: stop, name the fix
+        raise certificate_refused(f"download {what}", strip_url(url), exc, s3=False) from None
     except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
-        await partial.append(bytes(buffer))  # what arrived is a valid prefix: keep it
+        if decoder is not None:  # a decoded prefix cannot be continued by Range
+            got = raw
+            partial.reset()
+        else:
+            await partial.append(bytes(buffer))  # what arrived is a valid prefix: keep it
+            got = partial.size
         raise RecordingTransferError(
-            f"{where}: transfer cut off after {partial.size} bytes ({type(exc).__name__})"
+            f"{where}: transfer cut off after {got} bytes ({type(exc).__name__})"
         ) from None
+    except zlib.error as exc:
+        partial.reset()
+        raise NotARecording(f"{where}: the encoded body does not decode ({exc})") from None
     except aiohttp.ClientError as exc:
         raise RecordingTransferError(f"{where}: {type(exc).__name__}") from None
+    if decoder is not None:
+        if (encoded_length is not None and raw != encoded_length) or not decoder.eof:
+            partial.reset()
+            raise RecordingTransferError(
+                f"{where}: the encoded body was cut off ({raw} bytes"
+                + (f" of {encoded_length})" if encoded_length is not None else ")")
+            )
+        if decoder.unused_data:
+            partial.reset()
+            raise NotARecording(f"{where}: bytes after the end of the encoded body")
     await partial.append(bytes(buffer))
     if partial.total is not None and partial.size != partial.total:
         got = partial.size

@@ -45,8 +45,9 @@ from archiver.errors import (
 )
 from archiver.exotel.models import CallDetails, parse_call_details, validate_call_sid
 from archiver.ratelimit import RateLimiter
-from archiver.redact import redact_text
+from archiver.redact import redact_text, strip_url
 from archiver.retry import RetryPolicy, retrying
+from archiver.tls import certificate_refused
 
 log = logging.getLogger("archiver.exotel")
 
@@ -238,6 +239,8 @@ class ExotelClient:
                 async with self._session.get(url, params=params, allow_redirects=False) as resp:
                     body = await _read_capped(resp.content, _MAX_BODY + 1)
                     status, headers = resp.status, resp.headers
+        except aiohttp.ClientConnectorCertificateError as exc:  # not transient: stop, name the fix
+            raise certificate_refused(what, strip_url(url), exc, s3=False) from None
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             reason = redact_text(str(exc) or type(exc).__name__, self._secrets)
             raise ExotelConnectionError(f"{what}: no answer from Exotel ({reason})") from None

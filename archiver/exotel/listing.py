@@ -8,8 +8,10 @@ and six months back, so ``list_calls`` splits the range into windows of at most 
 page is an API request through the client (rate limiter, retries). Calls still in progress are
 never listed by Exotel.
 
-Guards against a misbehaving answer: a ``NextPageUri`` to another host or one already followed
-(a loop) is an ``ExotelProtocolError``, and so is an item whose ``Sid`` is not a valid call SID.
+Guards against a misbehaving answer: a ``NextPageUri`` to another host or scheme, or one already
+followed (a loop) is an ``ExotelProtocolError``, and so is an item whose ``Sid`` is not a valid
+call SID (named with the page it came from), or a page whose ``Calls`` is not a list or whose
+``Metadata`` is not an object (``[]`` included: it is not read as "no more pages").
 
 ``active_calls`` reads ``GET /v3/accounts/{sid}/calls/active``: ``response.active_calls[]`` with
 ``call_sid``, ``status`` and ``start_time`` (ISO-8601 UTC), and ``response.total_active``. An
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
 from urllib.parse import urljoin, urlsplit
 
-from archiver.errors import ExotelProtocolError
+from archiver.errors import ExotelProtocolError, InvalidCallSid
 from archiver.exotel.client import ExotelClient
 from archiver.exotel.models import validate_call_sid
 
@@ -74,7 +76,7 @@ async def list_calls(
 ) -> AsyncIterator[ListedCall]:
     """Every call created in [since, until] (aware datetimes), oldest first."""
     base = client.v1_url("/Calls.json")
-    host = urlsplit(base).netloc
+    host, scheme = urlsplit(base).netloc, urlsplit(base).scheme
     for start, end in windows(since.astimezone(tz), until.astimezone(tz)):
         params: dict[str, str] | None = {
             "DateCreated": f"gte:{start:%Y-%m-%d %H:%M:%S};lte:{end:%Y-%m-%d %H:%M:%S}",
@@ -87,14 +89,19 @@ async def list_calls(
             what = f"GET call list {start:%Y-%m-%d}..{end:%Y-%m-%d} page {page + 1}"
             answer = await client.get_json(url, what=what, params=params)
             calls = answer.envelope.get("Calls")
-            metadata = answer.envelope.get("Metadata") or {}
+            metadata = answer.envelope.get("Metadata")
+            metadata = {} if metadata is None else metadata  # not `or {}`: [] is no Metadata
             if not isinstance(calls, list) or not isinstance(metadata, dict):
                 raise ExotelProtocolError(f"{what}: no 'Calls' list or 'Metadata' object")
             for item in calls:
                 if not isinstance(item, dict):
                     raise ExotelProtocolError(f"{what}: an item of 'Calls' is not an object")
+                try:
+                    sid = validate_call_sid(item.get("Sid"))
+                except InvalidCallSid as exc:
+                    raise ExotelProtocolError(f"{what}: an item's Sid: {exc}") from None
                 yield ListedCall(
-                    sid=validate_call_sid(item.get("Sid")),
+                    sid=sid,
                     date_created=_v1_time(item.get("DateCreated"), tz, what),
                     status=str(item.get("Status") or ""),
                     has_recording=bool(
@@ -105,8 +112,16 @@ async def list_calls(
             if not next_uri:
                 break
             url = urljoin(base, str(next_uri))
+            if urlsplit(url).scheme != scheme:
+                raise ExotelProtocolError(
+                    f"{what}: NextPageUri changes the scheme to {urlsplit(url).scheme[:10]!r} "
+                    f"(the API is {scheme}); refused, the listing stops here"
+                )
             if urlsplit(url).netloc != host:
-                raise ExotelProtocolError(f"{what}: NextPageUri points to another host")
+                raise ExotelProtocolError(
+                    f"{what}: NextPageUri points to another host; refused (the credentials stay "
+                    "with the API host)"
+                )
             if url in seen:
                 raise ExotelProtocolError(f"{what}: NextPageUri repeats a page (a loop)")
             seen.add(url)

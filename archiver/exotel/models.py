@@ -12,6 +12,9 @@ leaves room, the parser accepts both readings and says so here:
   ``1970-01-01 05:30:00+05:30``, parsed as ``None``.
 * While ``state`` is ``active``, ``status``, ``recordings``, ``total_duration`` and
   ``total_talk_time`` may be null or absent.
+* ``recordings[]`` listing the same file twice (the same scheme, host and path; the signature
+  may differ) is read as one recording: the first entry is kept, with its position as
+  ``index``; the repeat is dropped, so the same audio is never stored under two keys.
 """
 
 from __future__ import annotations
@@ -174,6 +177,7 @@ def _recordings(value: Any) -> tuple[Recording, ...] | None:
     if not isinstance(value, list):
         raise ExotelProtocolError("call details: 'recordings' is not an array")
     out: list[Recording] = []
+    seen: set[tuple[str, str, str]] = set()
     for i, item in enumerate(value, start=1):
         url = item.get("url") if isinstance(item, dict) else None
         if not isinstance(url, str) or not url:
@@ -184,6 +188,10 @@ def _recordings(value: Any) -> tuple[Recording, ...] | None:
                 f"call details: recordings[{i - 1}].url is not an http(s) URL "
                 f"(scheme {parts.scheme[:10]!r})"
             )
+        file = (parts.scheme.lower(), parts.netloc.lower(), parts.path)
+        if file in seen:
+            continue  # the same recording listed twice: kept once
+        seen.add(file)
         out.append(Recording(index=i, url=url))
     return tuple(out)
 

@@ -15,7 +15,24 @@ Recording faults:
 ``no_range``            a Range header is ignored: 200 with the whole body
 ``slow``                a pause between chunks
 ``noise``               200 audio/mpeg whose bytes are not MP3 (no ID3 tag, no frame sync)
+``gzip``                the whole body gzip-compressed, with ``Content-Encoding: gzip``
+``gzip_lie``            ``Content-Encoding: gzip`` on a body that is not gzip
+``brotli``              ``Content-Encoding: br`` (an encoding the archiver does not decode)
+``gzip_bomb``           a small gzip body that inflates to 64 MiB (an MP3 header, then zeros)
+``endless``             a valid MP3 start, then bytes forever (chunked, no Content-Length)
+``huge_length``         ``Content-Length`` announces 10 GiB (the body is the normal one)
+``redirect``            302 to ``Faults.redirect_to`` (the recording's own URL when unset:
+                        a loop)
 ======================  ========================================================================
+
+Hostile answers (for tests of what the archiver does with bad input):
+
+* ``details_body`` — raw bytes answered (status 200) instead of any call details;
+  ``details_patch`` — fields merged into ``call_details`` (a value of ``DROP`` removes the
+  field); ``details_recordings`` — a function turning each fresh pre-signed URL into what the
+  answer carries instead (another host, another scheme...);
+* ``bulk_body`` — raw bytes answered (status 200) instead of any v1 page; ``bulk_items_patch``
+  — fields merged into every v1 item.
 """
 
 from __future__ import annotations
@@ -23,6 +40,8 @@ from __future__ import annotations
 import random
 import threading
 from collections import deque
+from collections.abc import Callable
+from typing import Any
 
 RECORDING_FAULTS = (
     "cut",
@@ -34,7 +53,17 @@ RECORDING_FAULTS = (
     "no_range",
     "slow",
     "noise",
+    "gzip",
+    "gzip_lie",
+    "brotli",
+    "gzip_bomb",
+    "endless",
+    "huge_length",
+    "redirect",
 )
+
+DROP = object()
+"""In ``details_patch``/``bulk_items_patch``: remove the field from the answer."""
 
 
 class Faults:
@@ -56,6 +85,19 @@ class Faults:
         """When set, every v1 page answers with this NextPageUri (a loop, another host...)."""
         self.always_cut: set[str] = set()
         """Call SIDs whose recording downloads are always cut off."""
+        self.details_body: bytes | None = None
+        """Raw bytes every call-details request is answered with (status 200)."""
+        self.details_content_type: str = "application/json"
+        self.details_patch: dict[str, Any] = {}
+        """Fields merged into every ``call_details`` (``DROP`` removes one)."""
+        self.details_recordings: Callable[[str], str] | None = None
+        """Turns each fresh pre-signed recording URL into the URL the answer carries."""
+        self.bulk_body: bytes | None = None
+        """Raw bytes every v1 page is answered with (status 200)."""
+        self.bulk_items_patch: dict[str, Any] = {}
+        """Fields merged into every v1 ``Calls[]`` item (``DROP`` removes one)."""
+        self.redirect_to: str | None = None
+        """Where the ``redirect`` recording fault sends the client."""
 
     def next_api(self) -> int | None:
         """The status to answer the next API request with, or None to answer normally."""

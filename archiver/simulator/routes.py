@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import hmac
 import secrets
 from datetime import UTC, datetime, timedelta
@@ -14,6 +15,7 @@ from aiohttp import web
 
 from archiver.exotel.models import IST
 from archiver.simulator.calls import V1_STATUS, Asset, SimCall, fmt_v1, fmt_v3, recording_body
+from archiver.simulator.faults import DROP
 
 if TYPE_CHECKING:
     from archiver.simulator.server import Simulator
@@ -30,6 +32,11 @@ def _s3_error(status: int, code: str, message: str, **extra: str) -> web.Respons
         "</Error>"
     )
     return web.Response(status=status, text=body, content_type="application/xml")
+
+
+def _patched(data: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    out = {**data, **patch}
+    return {k: v for k, v in out.items() if v is not DROP}
 
 
 def add_routes(app: web.Application, sim: Simulator) -> None:
@@ -95,8 +102,9 @@ def add_routes(app: web.Application, sim: Simulator) -> None:
                 "start_time": fmt_v3(call.start),
                 "end_time": _SENTINEL_END,
             }
+        rewrite = sim.faults.details_recordings or (lambda url: url)
         recordings = [
-            {"url": sim.presign(base_url(request), call, i)}
+            {"url": rewrite(sim.presign(base_url(request), call, i))}
             for i in range(1, len(call.recordings) + 1)
         ]
         duration = int((call.end - call.created).total_seconds())
@@ -125,10 +133,16 @@ def add_routes(app: web.Application, sim: Simulator) -> None:
         if refused is not None:
             return refused
         sim.count("v3_call_details")
+        if sim.faults.details_body is not None:
+            return web.Response(
+                body=sim.faults.details_body,
+                headers={"Content-Type": sim.faults.details_content_type},
+            )
         call = sim.calls.get(request.match_info["call_sid"])
         if call is None:
             return api_error(404)
-        return envelope({"call_details": v3_details(call, request)})
+        details = _patched(v3_details(call, request), sim.faults.details_patch)
+        return envelope({"call_details": details})
 
     async def active_calls(request: web.Request) -> web.Response:
         refused = check_api(request)
@@ -164,6 +178,10 @@ def add_routes(app: web.Application, sim: Simulator) -> None:
         if refused is not None:
             return refused
         sim.count("v1_bulk")
+        if sim.faults.bulk_body is not None:
+            return web.Response(
+                body=sim.faults.bulk_body, headers={"Content-Type": "application/json"}
+            )
         q = request.query
         now = sim.now()
         try:
@@ -211,7 +229,10 @@ def add_routes(app: web.Application, sim: Simulator) -> None:
         )
         if sim.faults.next_page_uri is not None:
             next_uri = sim.faults.next_page_uri
-        items = [_v1_item(sim, c, base_url(request), ttl) for c in page]
+        items = [
+            _patched(_v1_item(sim, c, base_url(request), ttl), sim.faults.bulk_items_patch)
+            for c in page
+        ]
         return web.json_response(
             {
                 "Metadata": {
@@ -284,6 +305,21 @@ def add_routes(app: web.Application, sim: Simulator) -> None:
             )
         if fault == "empty":
             return web.Response(body=b"", content_type=asset.content_type)
+        if fault in ("gzip", "gzip_lie", "brotli", "gzip_bomb"):
+            body = asset.body()
+            if fault == "gzip":
+                body = gzip.compress(body)
+            elif fault == "gzip_bomb":
+                body = gzip.compress(asset.body()[:14] + bytes(64 * 1024 * 1024))
+            encoding = "br" if fault == "brotli" else "gzip"
+            return web.Response(
+                body=body,
+                headers={"Content-Type": asset.content_type, "Content-Encoding": encoding},
+            )
+        if fault == "redirect":
+            raise web.HTTPFound(sim.faults.redirect_to or str(request.url))
+        if fault == "endless":
+            return await _endless(request, asset)
         return await _stream(request, sim, asset, fault)
 
     async def voice_logs(request: web.Request) -> web.Response:
@@ -373,10 +409,11 @@ async def _stream(
         except ValueError:
             return _s3_error(416, "InvalidRange", "The requested range is not satisfiable")
     length = end - start
+    announced = length + (1000 if fault == "short_length" else 0)
     headers = {
         "Content-Type": asset.content_type,
         "Accept-Ranges": "bytes",
-        "Content-Length": str(length + (1000 if fault == "short_length" else 0)),
+        "Content-Length": str(10 * 1024**3 if fault == "huge_length" else announced),
     }
     if status == 206:
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
@@ -410,6 +447,21 @@ async def _stream(
     sim.count("recordings_served_ok")
     await response.write_eof()
     return response
+
+
+async def _endless(request: web.Request, asset: Asset) -> web.StreamResponse:
+    """A recording that never ends: the client has to give up (or be capped)."""
+    response = web.StreamResponse(headers={"Content-Type": asset.content_type})
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    head = asset.body()[:14]
+    chunk = head + bytes(256 * 1024 - len(head))
+    try:
+        while True:
+            await response.write(chunk)
+            chunk = bytes(256 * 1024)
+    except (ConnectionError, RuntimeError):
+        return response
 
 
 def _date_range(raw: str | None, now: datetime) -> tuple[datetime, datetime]:
