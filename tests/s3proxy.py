@@ -1,14 +1,33 @@
 """A fault-injecting HTTP proxy in front of SeaweedFS, for tests (no patching of boto3).
 
 Requests pass through unchanged (the Host header is kept, so SigV4 signatures still verify)
-unless a rule matches: then the proxy answers with an S3-style error instead, as many times as
-the rule says. Every request is logged as (method, path?query).
+unless a fault applies. Two ways to inject one:
+
+* ``fail(matches, times=N, status=..., code=..., action=...)``: the next N matching requests
+  are answered with that S3-style error (or, with ``action``, reset as below).
+* ``random_faults(rate, seed=...)``: each request (that ``matches``, if given) fails with
+  probability ``rate``, the kind drawn from ``kinds`` (seeded: the same run, the same faults):
+
+  ================  =========================================================================
+  ``internal``      500 ``InternalError``
+  ``slowdown``      503 ``SlowDown``
+  ``reset``         the connection is reset before the request body is read: no answer
+  ``reset_body``    the body is read, then the connection is reset: no answer, store untouched
+  ``lost_answer``   the request reaches the store (it is done there), then the connection is
+                    reset: the client never learns that it succeeded
+  ================  =========================================================================
+
+Every request is logged as (method, path?query); ``injected`` counts the faults by kind.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
+import socket
+import struct
 import threading
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -24,6 +43,31 @@ class Rule:
     times: int
     status: int = 500
     code: str = "InternalError"
+    action: str | None = None
+    """Instead of an error answer: ``reset``, ``reset_body`` or ``lost_answer`` (see above)."""
+
+
+FAULT_KINDS = ("internal", "slowdown", "reset", "reset_body", "lost_answer")
+_ERRORS = {"internal": (500, "InternalError"), "slowdown": (503, "SlowDown")}
+
+
+@dataclass
+class RandomFaults:
+    rate: float
+    rng: random.Random
+    kinds: tuple[str, ...]
+    matches: Callable[[str, str], bool] | None = None
+
+    def draw(self, method: str, path_qs: str) -> str | None:
+        if self.matches is not None and not self.matches(method, path_qs):
+            return None
+        if self.rng.random() >= self.rate:
+            return None
+        return self.rng.choice(self.kinds)
+
+
+class _Reset(Exception):
+    """The connection was reset on purpose: no answer is written."""
 
 
 class FaultyS3Proxy:
@@ -36,6 +80,9 @@ class FaultyS3Proxy:
         self.refused_headers: tuple[str, ...] = ()
         """Header name prefixes answered with 400 InvalidArgument, as a store that does not
         support them would (e.g. ``x-amz-checksum-``)."""
+        self.random: RandomFaults | None = None
+        self.injected: Counter[str] = Counter()
+        """Faults injected so far, by kind (``random_faults`` kinds, or ``rule:<code>``)."""
         self.endpoint = ""
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -49,8 +96,36 @@ class FaultyS3Proxy:
         times: int = 1,
         status: int = 500,
         code: str = "InternalError",
+        action: str | None = None,
     ) -> None:
-        self.rules.append(Rule(matches, times, status, code))
+        if action not in (None, "reset", "reset_body", "lost_answer"):
+            raise ValueError(f"unknown action {action!r}")
+        self.rules.append(Rule(matches, times, status, code, action))
+
+    def random_faults(
+        self,
+        rate: float,
+        *,
+        seed: int = 0,
+        kinds: tuple[str, ...] = FAULT_KINDS,
+        matches: Callable[[str, str], bool] | None = None,
+    ) -> None:
+        """Fail each request (matching ``matches``) with probability ``rate``; 0 turns it off."""
+        unknown = set(kinds) - set(FAULT_KINDS)
+        if unknown:
+            raise ValueError(f"unknown fault kinds {sorted(unknown)}; known: {FAULT_KINDS}")
+        self.random = RandomFaults(rate, random.Random(seed), kinds, matches) if rate else None
+
+    @staticmethod
+    def _reset(request: web.Request) -> None:
+        """Close the connection with a TCP RST, without a byte of answer."""
+        transport = request.transport
+        if transport is not None:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            transport.abort()
+        raise _Reset
 
     def _rule_for(self, method: str, path_qs: str) -> Rule | None:
         for rule in self.rules:
@@ -60,6 +135,23 @@ class FaultyS3Proxy:
         return None
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        try:
+            return await self._handle_or_reset(request)
+        except _Reset:
+            return web.Response(status=599)  # never sent: the transport is gone
+
+    async def _handle_or_reset(self, request: web.Request) -> web.StreamResponse:
+        fault = self.random.draw(request.method, request.path_qs) if self.random else None
+        rule = None
+        if fault is None:
+            rule = self._rule_for(request.method, request.path_qs)
+            fault = rule.action if rule is not None else None
+        if fault is not None:
+            self.injected[fault] += 1
+        if fault == "reset":
+            self.log.append((request.method, request.path_qs))
+            self.header_log.append({k.lower(): v for k, v in request.headers.items()})
+            self._reset(request)
         body = await request.read()
         self.log.append((request.method, request.path_qs))
         names = {k.lower(): v for k, v in request.headers.items()}
@@ -67,10 +159,16 @@ class FaultyS3Proxy:
         if any(n.startswith(self.refused_headers) for n in names) and self.refused_headers:
             xml = "<Error><Code>InvalidArgument</Code><Message>unsupported header</Message></Error>"
             return web.Response(status=400, text=xml, content_type="application/xml")
-        rule = self._rule_for(request.method, request.path_qs)
-        if rule is not None:
+        if fault == "reset_body":
+            self._reset(request)
+        if rule is not None and rule.action is None:
+            self.injected[f"rule:{rule.code}"] += 1
             xml = f"<Error><Code>{rule.code}</Code><Message>injected</Message></Error>"
             return web.Response(status=rule.status, text=xml, content_type="application/xml")
+        if fault in _ERRORS:
+            status, code = _ERRORS[fault]
+            xml = f"<Error><Code>{code}</Code><Message>injected</Message></Error>"
+            return web.Response(status=status, text=xml, content_type="application/xml")
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
         headers["Host"] = request.headers["Host"]
         assert self._session is not None
@@ -82,6 +180,8 @@ class FaultyS3Proxy:
             allow_redirects=False,
         ) as upstream:
             data = await upstream.read()
+            if fault == "lost_answer":  # the store has done it; the client will never know
+                self._reset(request)
             out = {
                 k: v
                 for k, v in upstream.headers.items()
