@@ -206,17 +206,17 @@ class S3Sink:
     async def call_unless(
         self, codes: frozenset[str], what: str, fn: Callable[..., T], /, **kwargs: Any
     ) -> T | None:
-        """Like ``_call``, but None when the store answers with one of ``codes``."""
-        loop = asyncio.get_running_loop()
-        self.requests += 1
-        try:
-            return await loop.run_in_executor(self.pool, lambda: fn(**kwargs))
-        except ClientError as exc:
-            if str(exc.response.get("Error", {}).get("Code", "")) in codes:
-                return None
-            raise self._classify(exc, what) from None
-        except BotoCoreError as exc:
-            raise self._classify(exc, what) from None
+        """Like ``call``, but None when the store answers with one of ``codes``."""
+
+        def unless() -> T | None:
+            try:
+                return fn(**kwargs)
+            except ClientError as exc:
+                if str(exc.response.get("Error", {}).get("Code", "")) in codes:
+                    return None
+                raise
+
+        return await self.call(what, unless)
 
     def _classify(self, exc: Exception, what: str) -> StorageError:
         where = f"{what} ({self.describe()} at {self.endpoint})"
