@@ -53,7 +53,9 @@ SCHEMA = 1
 """Version of the line format, in every line as ``schema``."""
 
 
-EVENT_KINDS = frozenset({"legal_hold", "legal_hold_release", "retention_extended", "erasure"})
+EVENT_KINDS = frozenset(
+    {"legal_hold", "legal_hold_release", "retention_extended", "erasure", "repaired"}
+)
 _RETENTION_FIELDS = ("retention_class", "retain_until", "lock_mode")
 
 

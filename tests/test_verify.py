@@ -15,8 +15,9 @@ from archiver.cli import main
 from archiver.config import Settings, load_settings
 from archiver.ledger import Ledger
 from archiver.manifest import read_manifest
+from archiver.rebuild import run_rebuild
 from archiver.simulator import Simulator, SimulatorServer
-from archiver.verify import run_rebuild, run_verify
+from archiver.verify import run_verify
 from tests.support import exotel_env
 
 PREFIX = "v"

@@ -99,7 +99,7 @@ def rebuild(ctx: click.Context, /, **cli: Any) -> None:
 
     The state directory must not have a ledger with entries already; the chain must be intact.
     """
-    from archiver.verify import run_rebuild
+    from archiver.rebuild import run_rebuild
 
     settings = make_settings(ctx, cli)
     chain = run(run_rebuild(settings))
