@@ -28,6 +28,7 @@ from pathlib import Path
 
 import aiohttp
 
+from archiver import identity
 from archiver.addresses import AddressPolicy
 from archiver.config import Settings
 from archiver.errors import (
@@ -421,6 +422,7 @@ async def _archive_all(
 ) -> None:
     """The body of ``archive_calls``, with the writer lock held and the ledger open."""
     await preflight(settings, sink)
+    await identity.bind(settings, sink, ledger, claim=True)
     manifest = ManifestWriter(Path(report.manifest))
     manifest.sync(ledger)  # catch up after a crash between ledger commit and manifest append
     segments_before = len(ledger.segments())

@@ -24,11 +24,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 
-from archiver.archive import archive_calls
+from archiver.archive import archive_calls, sink_for
 from archiver.config import Settings
 from archiver.errors import ConfigError
 from archiver.exotel.client import ExotelClient
 from archiver.exotel.listing import list_calls
+from archiver.identity import check_destination
 from archiver.ledger import Ledger
 from archiver.ratelimit import RateLimiter
 from archiver.report import ARCHIVED, CallResult, Report
@@ -96,6 +97,11 @@ async def plan_backfill(settings: Settings, since: date, until: date) -> Plan:
     check_range(since, until, today=today)
     plan = Plan(since, until)
     plan.requests_per_call = 1 + int(settings.legs) + int(settings.voice_logs != "off")
+    sink = sink_for(settings)
+    try:  # before any API request (and writing nothing): the destination is this ledger's
+        await check_destination(settings, sink)
+    finally:
+        await sink.close()
     range_key = f"{since.isoformat()}..{until.isoformat()}"
     ledger = Ledger(settings.state_dir / "ledger.sqlite3")
     try:

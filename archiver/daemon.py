@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from archiver import identity
 from archiver.archive import Archiver, address_policy, preflight
 from archiver.config import Settings
 from archiver.errors import ArchiverError, CertificateError, ConfigError, ExotelAuthError
@@ -165,6 +166,7 @@ class Daemon:
             self.ledger = Ledger(settings.state_dir / "ledger.sqlite3")
             try:
                 await preflight(settings, self.sink)
+                await identity.bind(settings, self.sink, self.ledger, claim=True)
                 manifest = ManifestWriter(settings.state_dir / "manifest.jsonl")
                 manifest.sync(self.ledger)
                 limiter = RateLimiter(settings.exotel.rate_limit, 60.0)

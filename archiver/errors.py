@@ -4,8 +4,11 @@ The tree::
 
     ArchiverError                 base; ``retryable``: may the same request succeed later?
     ├── ConfigError               bad settings or arguments (CLI exit code 2); never retryable
-    │   └── CertificateError      an endpoint's TLS certificate failed verification (private CA,
-    │                             wrong host, interception); stops the run; names the fix
+    │   ├── CertificateError      an endpoint's TLS certificate failed verification (private CA,
+    │   │                         wrong host, interception); stops the run; names the fix
+    │   └── DestinationMismatch   the state directory and the destination do not belong together
+    │                             (changed destination, another archive's destination, a second
+    │                             writer, a wiped destination): stops before any API request
     ├── InvalidCallSid            a call SID that cannot safely become part of an object key
     ├── UnsafeAddress             a URL Exotel handed us (recording, voice log) whose scheme or
     │                             address the address policy refuses (archiver.addresses);
@@ -64,6 +67,13 @@ class ArchiverError(Exception):
 
 class ConfigError(ArchiverError):
     """A setting or argument is missing or wrong. The message names it and the fix."""
+
+
+class DestinationMismatch(ConfigError):
+    """The state directory's ledger and the destination are not one archive (``archiver.identity``).
+
+    Going on would report calls archived that the destination does not hold, or mix two writers'
+    manifests. The message names both places and the fix."""
 
 
 class CertificateError(ConfigError):

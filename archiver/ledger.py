@@ -24,7 +24,7 @@ import fcntl
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -328,6 +328,14 @@ class Ledger:
                 "INSERT OR REPLACE INTO worker_state (name, value) VALUES (?, ?)", (name, value)
             )
 
+    def set_states(self, values: dict[str, str]) -> None:
+        """Several ``set_state`` values in one transaction: all or none."""
+        with self._transaction():
+            self._db.executemany(
+                "INSERT OR REPLACE INTO worker_state (name, value) VALUES (?, ?)",
+                list(values.items()),
+            )
+
     def listing(self, range_key: str) -> list[tuple[str, str, bool]] | None:
         """A complete listing saved for ``range_key``: (call SID, created, has recording)."""
         if (
@@ -370,6 +378,23 @@ class Ledger:
             (call_sid, kind, idx),
         ).fetchone()
         return None if row is None else ObjectRecord(**dict(row))
+
+    def has_entries(self) -> bool:
+        """Whether the ledger holds any manifest entry or sealed segment."""
+        return bool(
+            self._read.execute(
+                "SELECT EXISTS (SELECT 1 FROM objects) OR EXISTS (SELECT 1 FROM events) "
+                "OR EXISTS (SELECT 1 FROM segments)"
+            ).rows[0][0]
+        )
+
+    def first_and_last_objects(self) -> list[ObjectRecord]:
+        """The oldest and the newest object row (none, one or two)."""
+        rows = self._read.execute(
+            "SELECT * FROM objects WHERE seq IN ((SELECT MIN(seq) FROM objects), "
+            "(SELECT MAX(seq) FROM objects)) ORDER BY seq"
+        )
+        return [ObjectRecord(**dict(r)) for r in rows]
 
     def add_object(self, record: ObjectRecord) -> ObjectRecord:
         """Record a stored object; returns it with its manifest sequence number."""
@@ -470,8 +495,14 @@ class Ledger:
                     (segment.number, segment.first_seq, segment.last_seq),
                 )
 
-    def restore(self, records: list[Entry], segments: list[SegmentRecord]) -> None:
-        """Fill an empty ledger from the destination's segments (``manifest rebuild``)."""
+    def restore(
+        self,
+        records: list[Entry],
+        segments: list[SegmentRecord],
+        calls: Sequence[tuple[str, str, str, int]] = (),
+    ) -> None:
+        """Fill an empty ledger from the destination's segments (``manifest rebuild``), with
+        the outcome of every call they name: (call SID, outcome, created time, recordings)."""
         with self._transaction():
             if self._db.execute("SELECT COUNT(*) FROM objects").rows[0][0]:
                 raise ConfigError(
@@ -482,6 +513,15 @@ class Ledger:
                 self._insert(table, dict(record.__dict__))
             for segment in segments:
                 self._insert("segments", dict(segment.__dict__))
+            now = utc_now()
+            self._db.executemany(
+                """INSERT INTO calls (call_sid, outcome, created_time, recordings, updated_at)
+                   VALUES (?, ?, ?, ?, ?)
+                   ON CONFLICT (call_sid) DO UPDATE SET outcome = excluded.outcome,
+                     created_time = excluded.created_time, recordings = excluded.recordings,
+                     updated_at = excluded.updated_at""",
+                [(sid, outcome, created, n, now) for sid, outcome, created, n in calls],
+            )
 
     def objects_of(self, call_sid: str) -> list[ObjectRecord]:
         rows = self._read.execute(

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from archiver import identity
 from archiver.archive import sink_for
 from archiver.config import Settings
 from archiver.errors import ConfigError
-from archiver.ledger import Entry, Ledger, SegmentRecord
+from archiver.ledger import Entry, Ledger, ObjectRecord, SegmentRecord, writer_lock
 from archiver.manifest import ManifestWriter, record_from_entry
+from archiver.report import ARCHIVED
 from archiver.sinks import Sink
 from archiver.verify import Chain, load_chain
+
+PENDING = "pending"
 
 
 def records_from(chain: Chain) -> list[Entry]:
@@ -26,7 +30,33 @@ def _segment_of(segments: list[SegmentRecord], seq: int) -> int | None:
     return None
 
 
-async def rebuild(sink: Sink, ledger: Ledger) -> Chain:
+def call_outcomes(records: list[Entry], *, voice_logs: bool) -> list[tuple[str, str, str, int]]:
+    """(call SID, outcome, created time, recordings) of every call the entries name.
+
+    A call is ``archived`` once its ``call.json`` is stored — the archiver stores it after
+    every recording of the call — and, with voice logs on, its voice log too; else it is
+    ``pending``, looked at again by the next run. A call whose objects were erased since stays
+    ``archived``: it is never fetched again.
+    """
+    kinds: dict[str, set[str]] = {}
+    created: dict[str, str] = {}
+    recordings: dict[str, int] = {}
+    for record in records:
+        if not isinstance(record, ObjectRecord):
+            continue
+        kinds.setdefault(record.call_sid, set()).add(record.kind)
+        created.setdefault(record.call_sid, record.call_created)
+        recordings[record.call_sid] = recordings.get(record.call_sid, 0) + (
+            record.kind == "recording"
+        )
+    out = []
+    for sid, have in kinds.items():
+        done = "call_details" in have and (not voice_logs or "voice_log" in have)
+        out.append((sid, ARCHIVED if done else PENDING, created[sid], recordings[sid]))
+    return out
+
+
+async def rebuild(sink: Sink, ledger: Ledger, *, voice_logs: bool = False) -> Chain:
     """Restore an empty ledger from the destination's segments. The chain must be intact."""
     chain = await load_chain(sink)
     if chain.problems:
@@ -34,19 +64,26 @@ async def rebuild(sink: Sink, ledger: Ledger) -> Chain:
             "the manifest chain in the destination is damaged; not rebuilding from it: "
             + "; ".join(chain.problems)
         )
-    ledger.restore(records_from(chain), chain.segments)
+    records = records_from(chain)
+    ledger.restore(records, chain.segments, call_outcomes(records, voice_logs=voice_logs))
     return chain
 
 
 async def run_rebuild(settings: Settings) -> Chain:
     """``exotel-archiver manifest rebuild``: a lost ledger restored from the destination."""
     sink = sink_for(settings)
-    ledger = Ledger(settings.state_dir / "ledger.sqlite3")
     try:
         await sink.check()
-        chain = await rebuild(sink, ledger)
-        ManifestWriter(settings.state_dir / "manifest.jsonl").sync(ledger)
-        return chain
+        with writer_lock(settings.state_dir):
+            ledger = Ledger(settings.state_dir / "ledger.sqlite3")
+            try:
+                chain = await rebuild(sink, ledger, voice_logs=settings.voice_logs != "off")
+                # The restored ledger now speaks for this destination: bind it to its marker
+                # (or, for a chain from before markers, to a new one).
+                await identity.adopt(settings, sink, ledger, chain=bool(chain.segments))
+                ManifestWriter(settings.state_dir / "manifest.jsonl").sync(ledger)
+                return chain
+            finally:
+                ledger.close()
     finally:
-        ledger.close()
         await sink.close()

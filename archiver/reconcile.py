@@ -19,9 +19,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 
+from archiver.archive import sink_for
 from archiver.config import Settings
 from archiver.exotel.client import ExotelClient
 from archiver.exotel.listing import list_calls
+from archiver.identity import check_destination
 from archiver.ledger import Ledger
 from archiver.ratelimit import RateLimiter
 from archiver.report import ARCHIVED, NOT_READY
@@ -59,6 +61,12 @@ async def reconcile(settings: Settings, since: date, until: date) -> ReconcileRe
     start = datetime.combine(since, time.min, tz)
     end = datetime.combine(until, time.min, tz) + timedelta(days=1) - timedelta(seconds=1)
     report = ReconcileReport(since, until)
+    sink = sink_for(settings)
+    try:  # the ledger speaks for this destination, or the comparison would be false
+        await sink.check()
+        await check_destination(settings, sink)
+    finally:
+        await sink.close()
     ledger = Ledger(settings.state_dir / "ledger.sqlite3")
     try:
         seen: set[str] = set()

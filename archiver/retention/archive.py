@@ -28,6 +28,7 @@ from archiver.archive import sink_for
 from archiver.config import Settings
 from archiver.errors import ArchiverError, ConfigError
 from archiver.exotel.models import parse_call_details
+from archiver.identity import bind
 from archiver.ledger import EventRecord, Ledger, ObjectRecord, utc_now, writer_lock
 from archiver.manifest import ManifestWriter
 from archiver.retention.policy import RetentionClass, RetentionPolicy
@@ -189,6 +190,7 @@ async def open_retention(
         with writer_lock(settings.state_dir, required=False) as owns:
             ledger = Ledger(settings.state_dir / "ledger.sqlite3")
             try:
+                await bind(settings, sink, ledger, claim=False)
                 archive = RetentionArchive(
                     settings,
                     policy,
