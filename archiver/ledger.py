@@ -523,6 +523,14 @@ class Ledger:
                 [(sid, outcome, created, n, now) for sid, outcome, created, n in calls],
             )
 
+    def object_at(self, key: str) -> ObjectRecord | None:
+        row = self._read.execute("SELECT * FROM objects WHERE key = ?", (key,)).fetchone()
+        return None if row is None else ObjectRecord(**dict(row))
+
+    def entries_between(self, first: int, last: int) -> list[Entry]:
+        """Manifest entries with ``first <= seq <= last``, in order (a sealed segment's)."""
+        return self._entries("seq BETWEEN ? AND ?", (first, last))
+
     def objects_of(self, call_sid: str) -> list[ObjectRecord]:
         rows = self._read.execute(
             "SELECT * FROM objects WHERE call_sid = ? ORDER BY seq", (call_sid,)

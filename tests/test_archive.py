@@ -17,7 +17,7 @@ import pytest
 
 from archiver.archive import archive_calls
 from archiver.config import Settings, load_settings
-from archiver.errors import ExotelAuthError
+from archiver.errors import DestinationMismatch, ExotelAuthError
 from archiver.exotel.models import IST
 from archiver.manifest import read_manifest
 from archiver.report import ALREADY_ARCHIVED, ARCHIVED, FAILED, NO_RECORDING, NOT_READY
@@ -160,6 +160,13 @@ async def test_rerun_with_a_lost_ledger_finds_the_objects_already_stored(
     }
 
     fresh = make_settings(sim, server.base_url, f"s3://{bucket}/{PREFIX}", tmp_path / "b")
+    # A new ledger on a destination that holds an archive is refused (tests/test_identity.py);
+    # objects with no manifest around them (copied in from elsewhere) are found and adopted.
+    with pytest.raises(DestinationMismatch):
+        await archive_calls(fresh, [call.sid])
+    client = seaweed.client()
+    for item in client.list_objects_v2(Bucket=bucket, Prefix=f"{PREFIX}/_manifest/")["Contents"]:
+        client.delete_object(Bucket=bucket, Key=item["Key"])
     report = await archive_calls(fresh, [call.sid])
     assert report.results[0].outcome == ARCHIVED
     assert report.results[0].stored == 2  # recorded again in the new ledger...

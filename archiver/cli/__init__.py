@@ -45,6 +45,6 @@ def main(ctx: click.Context, config: Path | None) -> None:
 
 
 # The command modules register themselves on ``main``.
-from archiver.cli import archive, audit, retention, service, trial  # noqa: E402
+from archiver.cli import archive, audit, repair, retention, service, trial  # noqa: E402
 
-__all__ = ["archive", "audit", "main", "retention", "service", "trial"]
+__all__ = ["archive", "audit", "main", "repair", "retention", "service", "trial"]

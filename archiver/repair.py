@@ -1,0 +1,337 @@
+"""``exotel-archiver repair``: put back what ``verify`` found missing or altered.
+
+The ledger and the manifest say which bytes belong at each key; repair makes the destination
+hold them again, where that can be done without guessing:
+
+1. **The destination's identity marker**, if it is gone (a wiped destination): put back from
+   the bytes the ledger recorded when it claimed the destination (``archiver.identity``).
+2. **Manifest segments** the ledger sealed that are missing: rendered again from the ledger's
+   rows. A segment's bytes depend only on those rows, so the SHA-256 must equal the one recorded
+   when it was sealed; if it does not, nothing is put and the segment is reported.
+3. **Objects** that ``verify`` names ``missing`` or ``altered``: recordings and voice-log files
+   are fetched again from Exotel (fresh call details, so a few API requests each) while Exotel
+   still has them. The downloaded SHA-256 must equal the manifest's, or nothing is put (the
+   source has other bytes now). An altered object is first copied aside under
+   ``_manifest/quarantine/<key>/<its sha256>`` (evidence of what was there), then that version
+   is deleted — a version under Object Lock or a legal hold refuses, and the object is
+   reported, never unlocked — and the recorded bytes are put back write-once, with the lock the
+   object was archived with. Each object put back gets a ``repaired`` event in the manifest
+   chain (``sha256``, ``size``, ``previous``: missing|altered, ``quarantined_as``).
+
+What cannot be repaired is reported, and the command exits 1: recordings Exotel no longer has,
+recordings whose bytes at the source differ from the recorded ones, and the JSON snapshots
+(``call.json``, ``legs.json``, ``voice-log.json``) — Exotel answers with new bytes each time (a
+new ``request_id``, fresh URLs), so the recorded bytes cannot be fetched again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+from archiver import identity
+from archiver.archive import Archiver, address_policy, preflight, sink_for
+from archiver.config import Settings
+from archiver.errors import (
+    ArchiverError,
+    ConfigError,
+    ExotelNotFound,
+    StorageLocked,
+)
+from archiver.exotel.client import ExotelClient
+from archiver.exotel.models import CallDetails
+from archiver.ledger import EventRecord, Ledger, ObjectRecord, SegmentRecord, utc_now, writer_lock
+from archiver.manifest import ManifestWriter
+from archiver.ratelimit import RateLimiter
+from archiver.recorder import SNAPSHOT_KINDS
+from archiver.redact import strip_url
+from archiver.retention.archive import default_actor
+from archiver.segments import render, seal
+from archiver.sinks import Lock, Sink
+from archiver.transfer import Partial, recording_session
+from archiver.verify import ALTERED, MISSING, verify
+
+log = logging.getLogger("archiver.repair")
+
+REPAIRED, CANNOT, WOULD_REPAIR = "repaired", "cannot_repair", "would_repair"
+QUARANTINE = "_manifest/quarantine/"
+
+
+@dataclass
+class Item:
+    key: str
+    call_sid: str | None
+    kind: str | None
+    found: str
+    """What verify found: ``missing`` or ``altered`` (or ``segment``/``marker``)."""
+    outcome: str = WOULD_REPAIR
+    detail: str = ""
+
+
+@dataclass
+class RepairReport:
+    items: list[Item] = field(default_factory=list)
+    marker_restored: bool = False
+    segments_restored: list[int] = field(default_factory=list)
+    api_requests: int = 0
+    dry_run: bool = False
+
+    def count(self, outcome: str) -> int:
+        return sum(1 for i in self.items if i.outcome == outcome)
+
+    @property
+    def ok(self) -> bool:
+        return self.count(CANNOT) == 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "dry_run": self.dry_run,
+            "marker_restored": self.marker_restored,
+            "segments_restored": self.segments_restored,
+            "counts": {o: self.count(o) for o in (REPAIRED, CANNOT, WOULD_REPAIR)},
+            "api_requests": self.api_requests,
+            "items": [i.__dict__ for i in self.items],
+        }
+
+
+async def run_repair(
+    settings: Settings,
+    *,
+    since: date | None = None,
+    until: date | None = None,
+    dry_run: bool = False,
+    on_item: Callable[[Item], None] | None = None,
+) -> RepairReport:
+    """``exotel-archiver repair``; see the module docstring."""
+    path = settings.state_dir / "ledger.sqlite3"
+    if not path.exists():
+        raise ConfigError(
+            f"no ledger in {settings.state_dir}: repair puts back what the ledger recorded. "
+            "Restore it first with `exotel-archiver manifest rebuild` (if the destination's "
+            "chain is intact), or point --state-dir at the archive's state directory"
+        )
+    settings.require_exotel_credentials()
+    sink = sink_for(settings)
+    report = RepairReport(dry_run=dry_run)
+    try:
+        with writer_lock(settings.state_dir):
+            ledger = Ledger(path)
+            try:
+                await preflight(settings, sink)
+                await identity.bind(settings, sink, ledger, claim=False, allow_lost_marker=True)
+                await _repair(settings, sink, ledger, report, since, until, on_item)
+            finally:
+                ledger.close()
+    finally:
+        await sink.close()
+    return report
+
+
+async def _repair(
+    settings: Settings,
+    sink: Sink,
+    ledger: Ledger,
+    report: RepairReport,
+    since: date | None,
+    until: date | None,
+    on_item: Callable[[Item], None] | None,
+) -> None:
+    def done(item: Item) -> None:
+        report.items.append(item)
+        if on_item is not None:
+            on_item(item)
+
+    if identity.binding(ledger) is not None and await identity.read_marker(sink) is None:
+        if not report.dry_run:
+            report.marker_restored = await identity.restore_marker(sink, ledger)
+        else:
+            done(Item(identity.MARKER_KEY, None, "marker", MISSING))
+    for segment in ledger.segments():
+        if await sink.stat(segment.key) is None:
+            item = Item(segment.key, None, "segment", MISSING)
+            if not report.dry_run:
+                await _restore_segment(sink, ledger, segment, item)
+                if item.outcome == REPAIRED:
+                    report.segments_restored.append(segment.number)
+            if item.outcome != REPAIRED or report.dry_run:
+                done(item)
+    checked = await verify(sink, ledger, since=since, until=until)
+    damaged = [c for c in checked.checks if c.status in (MISSING, ALTERED)]
+    if not damaged or report.dry_run:
+        for check in damaged:
+            record = ledger.object_at(check.key)
+            done(Item(check.key, check.call_sid, record.kind if record else None, check.status))
+        return
+    manifest = ManifestWriter(settings.state_dir / "manifest.jsonl")
+    manifest.sync(ledger)
+    limiter = RateLimiter(settings.exotel.rate_limit, 60.0)
+    async with (
+        ExotelClient(settings.exotel, limiter=limiter, retry=settings.retry) as exotel,
+        recording_session(policy=address_policy(settings)) as http,
+    ):
+        archiver = Archiver(
+            settings, sink=sink, ledger=ledger, manifest=manifest, exotel=exotel, http=http
+        )
+        try:
+            for check in damaged:
+                record = ledger.object_at(check.key)
+                item = Item(
+                    check.key, check.call_sid, record.kind if record else None, check.status
+                )
+                if record is None:
+                    item.outcome, item.detail = CANNOT, "the ledger has no row for this key"
+                else:
+                    await _repair_object(archiver, sink, ledger, record, item)
+                done(item)
+        finally:
+            report.api_requests = exotel.requests
+    manifest.sync(ledger)
+    manifest.fsync()
+    await seal(ledger, sink)
+
+
+async def _restore_segment(sink: Sink, ledger: Ledger, segment: SegmentRecord, item: Item) -> None:
+    entries = ledger.entries_between(segment.first_seq, segment.last_seq)
+    data = render(segment.number, segment.prev_sha256, entries) if entries else b""
+    sha = hashlib.sha256(data).hexdigest()
+    if sha != segment.sha256:
+        item.outcome = CANNOT
+        item.detail = (
+            f"the ledger's rows render to SHA-256 {sha}, not the {segment.sha256} sealed: the "
+            "ledger was changed since; nothing was put"
+        )
+        return
+    await sink.put(
+        segment.key,
+        io.BytesIO(data),
+        size=len(data),
+        sha256=sha,
+        content_type="application/x-ndjson",
+    )
+    item.outcome = REPAIRED
+    log.info("manifest segment %d put back at %s", segment.number, sink.location(segment.key))
+
+
+async def _repair_object(
+    archiver: Archiver, sink: Sink, ledger: Ledger, record: ObjectRecord, item: Item
+) -> None:
+    if record.kind in SNAPSHOT_KINDS:
+        item.outcome = CANNOT
+        item.detail = (
+            f"a JSON snapshot ({record.kind}): Exotel answers with new bytes each time (a new "
+            "request_id), so the recorded bytes cannot be fetched again"
+        )
+        return
+    what = f"{record.kind} {record.idx} of call {record.call_sid}"
+    with tempfile.TemporaryFile(dir=archiver.spool_dir, prefix="spool-") as spool:
+        try:
+            details, _raw = await archiver.exotel.call_details(record.call_sid)
+            fetched_at = time.time()
+            refresh: Callable[[CallDetails, int], Awaitable[str]]
+            if record.kind == "recording":
+                refresh = archiver._recording_url
+                listed = [r.url for r in details.recordings or () if r.index == record.idx]
+                if not listed:
+                    item.outcome = CANNOT
+                    item.detail = f"Exotel no longer lists recording {record.idx} of this call"
+                    return
+                url = listed[0]
+            else:
+                refresh = archiver._voice_log_url
+                url = await refresh(details, 0)
+            got, url = await archiver._fetch(
+                details, record.idx, url, fetched_at, Partial(spool), refresh, what=what
+            )
+        except ExotelNotFound:
+            item.outcome, item.detail = CANNOT, "Exotel no longer has this call"
+            return
+        except ArchiverError as exc:
+            item.outcome = CANNOT
+            item.detail = f"Exotel no longer has it, or would not give it: {exc}"
+            return
+        if got.sha256 != record.sha256 or got.size != record.size:
+            item.outcome = CANNOT
+            item.detail = (
+                f"Exotel now serves other bytes ({got.size} bytes, SHA-256 {got.sha256}) than "
+                f"were archived ({record.size} bytes, SHA-256 {record.sha256}); nothing was put"
+            )
+            return
+        quarantined = None
+        if item.found == ALTERED:
+            try:
+                quarantined = await _set_aside(sink, record.key, archiver.spool_dir)
+            except StorageLocked as exc:
+                item.outcome, item.detail = CANNOT, f"the altered version is locked: {exc}"
+                return
+        mime = record.content_type.split(";")[0].strip() or "application/octet-stream"
+        put = await sink.put(
+            record.key,
+            spool,
+            size=record.size,
+            sha256=record.sha256,
+            content_type=mime,
+            lock=_lock_of(record),
+        )
+    ledger.add_event(
+        EventRecord(
+            kind="repaired",
+            call_sid=record.call_sid,
+            key=record.key,
+            at=utc_now(),
+            actor=default_actor(),
+            version_id=put.version_id,
+            details=json.dumps(
+                {
+                    "sha256": record.sha256,
+                    "size": record.size,
+                    "previous": item.found,
+                    "quarantined_as": quarantined,
+                    "source": strip_url(url),
+                },
+                sort_keys=True,
+            ),
+        )
+    )
+    item.outcome = REPAIRED
+    item.detail = f"put back from Exotel ({record.size} bytes, SHA-256 {record.sha256})"
+    log.info("%s put back at %s", record.key, put.location)
+
+
+async def _set_aside(sink: Sink, key: str, spool_dir: Path) -> str:
+    """Copy the altered object to the quarantine, then delete that version; its new key."""
+    info = await sink.stat(key)
+    if info is None:
+        return ""
+    with tempfile.TemporaryFile(dir=spool_dir, prefix="quarantine-") as copy:
+        digest, size = hashlib.sha256(), 0
+        async for chunk in sink.read(key):
+            copy.write(chunk)
+            digest.update(chunk)
+            size += len(chunk)
+        aside = f"{QUARANTINE}{key}/{digest.hexdigest()}"
+        await sink.put(
+            aside,
+            copy,
+            size=size,
+            sha256=digest.hexdigest(),
+            content_type="application/octet-stream",
+        )
+    await sink.delete(key, version_id=info.version_id)
+    return aside
+
+
+def _lock_of(record: ObjectRecord) -> Lock | None:
+    if record.lock_mode is None or record.retain_until is None:
+        return None
+    until = datetime.fromisoformat(record.retain_until.replace("Z", "+00:00"))
+    return Lock(record.lock_mode, until) if until > datetime.now(UTC) else None
