@@ -18,9 +18,10 @@ voice_log_audio  ``voice-log.{mp3|wav}``      the file the voice log points to
 
 The JSON responses are snapshots: a later request gives other bytes (a new ``request_id``, fresh
 URLs). So if ``call.json`` (or another snapshot) is already in the destination with other bytes —
-a ledger lost and rebuilt, a second worker — the stored one is kept and recorded as it is,
-instead of failing the call with a conflict. Audio is never treated that way: other bytes at a
-recording's key are a conflict.
+a ledger lost and rebuilt, a second worker — the stored one is kept and recorded as it is
+(its size and the SHA-256 of its own bytes, as the store computed it or as read back, never its
+metadata's claim), instead of failing the call with a conflict. Audio is never treated that
+way: other bytes at a recording's key are a conflict.
 
 With retention rules (``archiver.retention.policy``), every object of a call gets the call's
 class and retain-until date in its ledger row and manifest line, and — when the class has a lock
@@ -165,11 +166,12 @@ class Recorder:
         )
 
     async def _existing(self, key: str) -> tuple[str, int, str]:
-        """Location, size and SHA-256 of the object already at ``key``, read back if need be."""
+        """Location, size and SHA-256 of the object already at ``key``: the SHA-256 the store
+        computed of it (``ObjectInfo.sha256`` is never a metadata claim), else its bytes hashed."""
         info = await self.sink.stat(key)
-        digest, size = hashlib.sha256(), 0
         if info is not None and info.sha256:
             return self.sink.location(key), info.size, info.sha256
+        digest, size = hashlib.sha256(), 0
         async for chunk in self.sink.read(key):
             digest.update(chunk)
             size += len(chunk)

@@ -17,6 +17,12 @@ unless a fault applies. Two ways to inject one:
                     reset: the client never learns that it succeeded
   ================  =========================================================================
 
+  ``fail(..., action="fake_ok")`` answers 200 without passing the request on: a store that
+  acknowledges a write it never made (a CompleteMultipartUpload gets a minimal result document).
+
+``strip_response_headers`` (name prefixes, e.g. ``x-amz-checksum-``) are removed from every
+answer: a store that neither echoes nor reports checksums.
+
 Every request is logged as (method, path?query); ``injected`` counts the faults by kind.
 """
 
@@ -44,7 +50,7 @@ class Rule:
     status: int = 500
     code: str = "InternalError"
     action: str | None = None
-    """Instead of an error answer: ``reset``, ``reset_body`` or ``lost_answer`` (see above)."""
+    """Instead of an error answer: ``reset``, ``reset_body``, ``lost_answer`` or ``fake_ok``."""
 
 
 FAULT_KINDS = ("internal", "slowdown", "reset", "reset_body", "lost_answer")
@@ -80,6 +86,8 @@ class FaultyS3Proxy:
         self.refused_headers: tuple[str, ...] = ()
         """Header name prefixes answered with 400 InvalidArgument, as a store that does not
         support them would (e.g. ``x-amz-checksum-``)."""
+        self.strip_response_headers: tuple[str, ...] = ()
+        """Header name prefixes (lower case) removed from every answer."""
         self.random: RandomFaults | None = None
         self.injected: Counter[str] = Counter()
         """Faults injected so far, by kind (``random_faults`` kinds, or ``rule:<code>``)."""
@@ -98,7 +106,7 @@ class FaultyS3Proxy:
         code: str = "InternalError",
         action: str | None = None,
     ) -> None:
-        if action not in (None, "reset", "reset_body", "lost_answer"):
+        if action not in (None, "reset", "reset_body", "lost_answer", "fake_ok"):
             raise ValueError(f"unknown action {action!r}")
         self.rules.append(Rule(matches, times, status, code, action))
 
@@ -169,6 +177,13 @@ class FaultyS3Proxy:
             status, code = _ERRORS[fault]
             xml = f"<Error><Code>{code}</Code><Message>injected</Message></Error>"
             return web.Response(status=status, text=xml, content_type="application/xml")
+        if fault == "fake_ok":  # acknowledged, never passed on
+            etag = '"00000000000000000000000000000000"'
+            if request.method != "POST":
+                return web.Response(status=200, headers={"ETag": etag})
+            xml = f"<CompleteMultipartUploadResult><ETag>{etag}</ETag>"
+            xml += "</CompleteMultipartUploadResult>"
+            return web.Response(status=200, text=xml, content_type="application/xml")
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
         headers["Host"] = request.headers["Host"]
         assert self._session is not None
@@ -185,7 +200,9 @@ class FaultyS3Proxy:
             out = {
                 k: v
                 for k, v in upstream.headers.items()
-                if k.lower() not in _HOP and k.lower() != "content-encoding"
+                if k.lower() not in _HOP
+                and k.lower() != "content-encoding"
+                and not k.lower().startswith(self.strip_response_headers)
             }
             if request.method == "HEAD":  # no body, but the object's length must come through
                 response = web.StreamResponse(status=upstream.status, headers=out)

@@ -179,6 +179,39 @@ async def test_rerun_with_a_lost_ledger_finds_the_objects_already_stored(
     ]
 
 
+@pytest.mark.parametrize("checksum", ["sha256", "md5"])
+async def test_a_planted_snapshot_is_recorded_with_its_own_sha256_not_its_metadata(
+    sim: Simulator,
+    server: SimulatorServer,
+    s3_env: None,
+    seaweed: Any,
+    bucket: str,
+    tmp_path: Path,
+    checksum: str,
+) -> None:
+    # call.json replaced by other bytes of the same length, whose metadata claims the SHA-256
+    # the first run recorded: a run with a lost ledger keeps the stored snapshot, and must
+    # record the SHA-256 of the bytes that are there, not the claim.
+    call = sim.add_call(recordings=1)
+    env = {"ARCHIVER_S3_CHECKSUM": checksum}
+    first = make_settings(sim, server.base_url, f"s3://{bucket}/{PREFIX}", tmp_path / "a", **env)
+    await archive_calls(first, [call.sid])
+    [recorded] = manifest_of(first, "call_details")
+    key = f"{PREFIX}/{recorded['key']}"
+    client = seaweed.client()
+    original = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    planted = original[::-1]
+    assert planted != original
+    client.put_object(Bucket=bucket, Key=key, Body=planted, Metadata={"sha256": recorded["sha256"]})
+
+    fresh = make_settings(sim, server.base_url, f"s3://{bucket}/{PREFIX}", tmp_path / "b", **env)
+    report = await archive_calls(fresh, [call.sid])
+    assert report.results[0].outcome == ARCHIVED
+    assert client.get_object(Bucket=bucket, Key=key)["Body"].read() == planted
+    [again] = manifest_of(fresh, "call_details")
+    assert (again["size"], again["sha256"]) == (len(planted), hashlib.sha256(planted).hexdigest())
+
+
 async def test_a_different_object_at_the_key_is_a_conflict_and_is_kept(
     sim: Simulator, settings: Settings, seaweed: Any, bucket: str
 ) -> None:

@@ -6,10 +6,11 @@ file system), so a sink cannot pass by agreeing with itself.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -26,6 +27,7 @@ from archiver.retry import RetryPolicy
 from archiver.sinks import ObjectInfo, PutResult, RetryingSink, Sink, open_sink
 from archiver.sinks.local import LocalSink
 from archiver.sinks.s3 import S3Sink
+from tests.s3proxy import FaultyS3Proxy
 
 SMALL = os.urandom(5000)
 LARGE = os.urandom(9 * 1024 * 1024 + 17)
@@ -37,12 +39,18 @@ def sha(data: bytes) -> str:
 
 
 class Store:
-    """A backend under test, plus a way to look at its contents that bypasses the sink."""
+    """A backend under test, plus a way to look at its contents that bypasses the sink, and one
+    to plant an object at a key as someone else would (S3: with ``x-amz-meta-sha256`` claiming
+    ``claim``, and no SHA-256 checksum of the store's own)."""
 
     def __init__(
-        self, sink: Sink, raw: Callable[[str], bytes | None], raw_keys: Callable[[], list[str]]
+        self,
+        sink: Sink,
+        raw: Callable[[str], bytes | None],
+        raw_keys: Callable[[], list[str]],
+        plant: Callable[[str, bytes, str | None], None],
     ):
-        self.sink, self.raw, self.raw_keys = sink, raw, raw_keys
+        self.sink, self.raw, self.raw_keys, self.plant = sink, raw, raw_keys, plant
 
 
 @pytest.fixture(params=["s3", "s3-md5", "local"])
@@ -63,6 +71,10 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
             listed = client.list_objects_v2(Bucket=bucket).get("Contents", [])
             return [item["Key"] for item in listed]
 
+        def plant(key: str, data: bytes, claim: str | None) -> None:
+            meta = {"sha256": claim} if claim else {}
+            client.put_object(Bucket=bucket, Key=f"archive/{key}", Body=data, Metadata=meta)
+
         checksum = "md5" if request.param == "s3-md5" else "sha256"
         sink: Sink = S3Sink(bucket, "archive", checksum=checksum)
     else:
@@ -75,9 +87,13 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         def raw_keys() -> list[str]:
             return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
 
+        def plant(key: str, data: bytes, claim: str | None) -> None:  # a file has no metadata
+            (root / key).parent.mkdir(parents=True, exist_ok=True)
+            (root / key).write_bytes(data)
+
         sink = LocalSink(root)
     await sink.check()
-    yield Store(sink, raw, raw_keys)
+    yield Store(sink, raw, raw_keys, plant)
     await sink.close()
 
 
@@ -115,6 +131,25 @@ async def test_other_bytes_at_the_key_are_a_conflict_and_the_original_is_kept(st
     await put(store.sink, KEY, SMALL)
     with pytest.raises(StorageConflict, match="kept, not replaced"):
         await put(store.sink, KEY, b"other bytes")
+    assert store.raw(KEY) == SMALL
+
+
+@pytest.mark.parametrize("data", [SMALL, LARGE], ids=["5KB", "9MB"])
+async def test_other_bytes_that_claim_our_sha256_are_a_conflict(store: Store, data: bytes) -> None:
+    # Same length, other bytes, and metadata saying they are ours: metadata is no proof.
+    planted = bytes(b ^ 0xFF for b in data)
+    store.plant(KEY, planted, sha(data))
+    with pytest.raises(StorageConflict, match="kept, not replaced"):
+        await put(store.sink, KEY, data)
+    assert store.raw(KEY) == planted
+    assert store.raw_keys() == [f"archive/{KEY}" if isinstance(store.sink, S3Sink) else KEY]
+
+
+async def test_our_bytes_without_a_store_checksum_are_adopted_by_reading_them(store: Store) -> None:
+    # No SHA-256 the store computed, no metadata: the bytes read back are the proof.
+    store.plant(KEY, SMALL, None)
+    result = await put(store.sink, KEY, SMALL)
+    assert not result.created and result.sha256 == sha(SMALL)
     assert store.raw(KEY) == SMALL
 
 
@@ -290,3 +325,134 @@ def test_open_sink_accepts_the_documented_forms(
 def test_open_sink_refuses_malformed_destinations(destination: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         open_sink(destination, retry=FAST)
+
+
+# --- What counts as proof on S3: a SHA-256 the store computed, or the bytes read back ----------
+
+MiB = 1024 * 1024
+
+
+def plant_multipart(client: Any, bucket: str, key: str, data: bytes, claim: str) -> None:
+    """Someone else's multipart upload (5 MiB parts, SHA-256 per part): the store then reports
+    a composite checksum ("...-N"), which is not the SHA-256 of the object."""
+    started = client.create_multipart_upload(
+        Bucket=bucket, Key=key, ChecksumAlgorithm="SHA256", Metadata={"sha256": claim}
+    )
+    parts = []
+    for number, offset in enumerate(range(0, len(data), 5 * MiB), 1):
+        chunk = data[offset : offset + 5 * MiB]
+        digest = base64.b64encode(hashlib.sha256(chunk).digest()).decode()
+        answer = client.upload_part(
+            Bucket=bucket,
+            Key=key,
+            UploadId=started["UploadId"],
+            PartNumber=number,
+            Body=chunk,
+            ChecksumSHA256=digest,
+        )
+        parts.append({"PartNumber": number, "ETag": answer["ETag"], "ChecksumSHA256": digest})
+    client.complete_multipart_upload(
+        Bucket=bucket, Key=key, UploadId=started["UploadId"], MultipartUpload={"Parts": parts}
+    )
+
+
+@pytest.mark.parametrize("planted_as", ["put", "multipart"])
+@pytest.mark.parametrize("checksum", ["sha256", "md5"])
+@pytest.mark.parametrize("conditional", [True, False], ids=["if-none-match", "stat-first"])
+async def test_s3_adopts_nothing_on_metadata(
+    seaweed: Any,
+    s3_env: None,
+    bucket: str,
+    planted_as: str,
+    checksum: str,
+    conditional: bool,
+) -> None:
+    client = seaweed.client()
+    planted = bytes(b ^ 0xFF for b in LARGE)
+    if planted_as == "put":
+        client.put_object(Bucket=bucket, Key=KEY, Body=planted, Metadata={"sha256": sha(LARGE)})
+    else:
+        plant_multipart(client, bucket, KEY, planted, sha(LARGE))
+    sink = S3Sink(bucket, conditional_writes=conditional, checksum=checksum)
+    try:
+        with pytest.raises(StorageConflict, match="kept, not replaced"):
+            await put(sink, KEY, LARGE)
+        with pytest.raises(StorageConflict):
+            await put(sink, KEY, SMALL)  # another length: a conflict without reading
+    finally:
+        await sink.close()
+    assert client.get_object(Bucket=bucket, Key=KEY)["Body"].read() == planted
+    assert [o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]] == [KEY]
+    assert not client.list_multipart_uploads(Bucket=bucket).get("Uploads")
+
+
+async def test_s3_stat_reports_only_the_sha256_the_store_computed(
+    seaweed: Any, s3_env: None, bucket: str
+) -> None:
+    client = seaweed.client()
+    client.put_object(Bucket=bucket, Key="planted", Body=SMALL, Metadata={"sha256": sha(SMALL)})
+    plant_multipart(client, bucket, "multipart", LARGE, sha(LARGE))
+    sink = S3Sink(bucket)
+    try:
+        await put(sink, KEY, SMALL)
+        assert (await sink.stat(KEY)) == ObjectInfo(KEY, len(SMALL), sha(SMALL))
+        assert (await sink.stat("planted")) == ObjectInfo("planted", len(SMALL), None)
+        assert (await sink.stat("multipart")) == ObjectInfo("multipart", len(LARGE), None)
+    finally:
+        await sink.close()
+
+
+@pytest.fixture
+def proxy(seaweed: Any) -> Iterator[FaultyS3Proxy]:
+    with FaultyS3Proxy(seaweed.endpoint) as p:
+        yield p
+
+
+def completes(key: str) -> Callable[[str, str], bool]:
+    """The request that makes the object: the PUT of ``key``, or its multipart completion."""
+
+    def matches(method: str, path: str) -> bool:
+        plain, _, query = path.partition("?")
+        if not plain.endswith("/" + key):
+            return False
+        return (method == "PUT" and not query) or (method == "POST" and "uploadId=" in query)
+
+    return matches
+
+
+@pytest.mark.parametrize("data", [SMALL, LARGE], ids=["5KB", "9MB"])
+@pytest.mark.parametrize("checksum", ["sha256", "md5"])
+async def test_without_store_checksums_a_put_is_confirmed_by_reading_it_back(
+    seaweed: Any, s3_env: None, bucket: str, proxy: FaultyS3Proxy, data: bytes, checksum: str
+) -> None:
+    proxy.strip_response_headers = ("x-amz-checksum-",)  # no echo, nothing on HEAD
+    sink = S3Sink(bucket, endpoint_url=proxy.endpoint, checksum=checksum)
+    try:
+        result = await put(sink, KEY, data)
+    finally:
+        await sink.close()
+    assert result.created and result.sha256 == sha(data)
+    assert ("GET", f"/{bucket}/{KEY}") in proxy.log  # read back, hashed
+    assert seaweed.client().get_object(Bucket=bucket, Key=KEY)["Body"].read() == data
+
+
+@pytest.mark.parametrize("data", [SMALL, LARGE], ids=["5KB", "9MB"])
+@pytest.mark.parametrize("checksum", ["sha256", "md5"])
+async def test_a_store_that_acknowledges_a_write_it_did_not_make_is_caught(
+    seaweed: Any, s3_env: None, bucket: str, proxy: FaultyS3Proxy, data: bytes, checksum: str
+) -> None:
+    # Other bytes of the same length sit at the key, their metadata claiming our SHA-256; the
+    # store says OK to our upload but never makes it, and reports no checksum.
+    client = seaweed.client()
+    planted = bytes(b ^ 0xFF for b in data)
+    client.put_object(Bucket=bucket, Key=KEY, Body=planted, Metadata={"sha256": sha(data)})
+    proxy.strip_response_headers = ("x-amz-checksum-",)
+    proxy.fail(completes(KEY), action="fake_ok")
+    sink = S3Sink(bucket, endpoint_url=proxy.endpoint, checksum=checksum)
+    try:
+        with pytest.raises(StoragePermanent, match=r"(accepted|completed) the upload"):
+            await put(sink, KEY, data)
+    finally:
+        await sink.close()
+    assert proxy.injected["fake_ok"] == 1
+    assert client.get_object(Bucket=bucket, Key=KEY)["Body"].read() == planted

@@ -12,12 +12,16 @@ each backend to hold them to it.
    left at the key (a local sink's temporary file never has the key's name; an S3 PUT is atomic).
 2. **Verified by the store.** The SHA-256 is sent with the bytes where the store can check it
    (``x-amz-checksum-sha256``), so corrupted bytes are refused by the server itself, and the stored
-   size and checksum are confirmed before ``put`` returns: by the store's own answer where it
-   echoes the checksum it verified, else by reading them back.
+   size and content are confirmed before ``put`` returns, on proof only: the store's answer where
+   it echoes the checksum it verified, else a checksum the store itself computed of what it holds
+   (the whole object's SHA-256, or a multipart upload's composite of the part checksums it
+   verified), else the object read back and hashed. Metadata (``x-amz-meta-sha256``) is never
+   proof: whoever writes an object writes its metadata.
 3. **Write-once.** ``put`` never replaces an existing object. If one exists at the key with the
-   same SHA-256 and size, ``put`` succeeds with ``created=False`` and writes nothing (so a retry
-   never archives twice). If it exists with other content, ``put`` raises ``StorageConflict`` and
-   the existing object is left untouched.
+   same size and a SHA-256 proven the same — computed by the store, or by reading the object back
+   and hashing it, never taken from metadata — ``put`` succeeds with ``created=False`` and writes
+   nothing (so a retry never archives twice). Otherwise ``put`` raises ``StorageConflict`` and the
+   existing object is left untouched.
 4. **Rewindable input.** ``body`` is a seekable binary file. ``put`` reads it from offset 0 and may
    rewind it and read it again; retries never need the source to be downloaded again.
 5. **Classified errors.** Failures raise ``StorageError`` subclasses: ``StorageUnavailable``
@@ -57,7 +61,9 @@ class ObjectInfo:
     key: str
     size: int
     sha256: str | None = None
-    """Lower-case hex SHA-256, when the store can tell without reading the object."""
+    """Lower-case hex SHA-256 of the whole object as the store computed it (S3's
+    ``ChecksumSHA256``, not a multipart ``...-N`` composite), when it keeps one; else None, and
+    only reading the object tells. Never a value from the object's metadata."""
     version_id: str | None = None
 
 

@@ -7,15 +7,27 @@ come from the standard AWS chain.
 
 Uploads send ``x-amz-checksum-sha256`` (the store refuses bytes that do not match) and
 ``If-None-Match: *`` (the store refuses to replace an existing object), and store the hex SHA-256
-as ``x-amz-meta-sha256`` too, for stores that do not report checksums. After the upload the
-object's size and checksum are confirmed: by the store's answer when it echoes the SHA-256 it
-verified (AWS S3 and SeaweedFS do), else by reading them back with HEAD.
+as ``x-amz-meta-sha256`` too, for people and tools: it is never taken as proof of anything, since
+whoever writes an object writes its metadata. What counts as proof is a checksum the store
+computed, or the object read back and hashed:
+
+* after a PUT, the store's answer when it echoes the SHA-256 it verified (AWS S3 and SeaweedFS
+  do); else the whole-object ``ChecksumSHA256`` on HEAD (checksum mode enabled); else the object
+  is read back (GET, streamed 1 MiB at a time through the pool) and hashed. After a multipart
+  upload, the composite checksum on HEAD (``SHA-256 of the part checksums-N``, the store having
+  verified each part) must be the one expected; a store that reports none gets the read-back.
+* an object already at the key (If-None-Match refused, or found by HEAD when conditional writes
+  are off) is adopted (``created=False``) only if its size matches and its SHA-256, as the store
+  computed it or as read back, is ours. A composite checksum cannot tell (other part sizes give
+  another one for the same bytes), so such an object is read back too.
 
 ``checksum="md5"`` is for stores that refuse ``x-amz-checksum-*`` headers (older S3-compatible
 servers, some gateways): each request (each part, for multipart uploads) carries
 ``Content-MD5`` instead, which every S3 implementation checks, and botocore is told to add no
 flexible checksums of its own. The body's SHA-256 is then checked by the sink itself, as it
-reads the body to compute the MD5: a body that is not the one announced is never sent.
+reads the body to compute the MD5: a body that is not the one announced is never sent. No
+checksum header is sent in this mode, ``ChecksumMode`` included, so the store reports no SHA-256:
+every PUT is confirmed, and every existing object adopted, by reading it back.
 """
 
 from __future__ import annotations
@@ -75,6 +87,7 @@ _PERMANENT_CODES = {
     "InvalidToken": "the AWS session token is invalid: refresh AWS_SESSION_TOKEN",
     "ExpiredToken": "the AWS session token has expired: refresh the credentials",
 }
+_CHUNK = 1024 * 1024
 _MISSING = frozenset({"404", "NoSuchKey", "NotFound"})
 _EXISTS = frozenset({"PreconditionFailed", "412"})
 _RETRYABLE_CODES = {
@@ -126,16 +139,22 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     return bucket, prefix
 
 
-def _sha256_hex(head: Mapping[str, Any]) -> str | None:
+def _store_sha256(head: Mapping[str, Any]) -> str | None:
+    """The whole object's SHA-256 as the store computed it (lower-case hex), or None.
+
+    Only S3's own ``ChecksumSHA256`` counts: the store computed it from the bytes it received and
+    refused them had they not matched the one sent. A multipart object's ``...-N`` (a checksum of
+    the parts' checksums) is not the object's SHA-256, and ``x-amz-meta-sha256`` is metadata that
+    whoever writes the object sets: neither proves anything about the content.
+    """
     checksum = head.get("ChecksumSHA256")
-    if checksum and "-" not in checksum:  # "...-N" would be a multipart checksum of checksums
-        try:
-            return base64.b64decode(checksum).hex()
-        except ValueError:
-            pass
-    meta = head.get("Metadata") or {}
-    value = meta.get("sha256")
-    return value.lower() if isinstance(value, str) else None
+    if not isinstance(checksum, str) or "-" in checksum or head.get("ChecksumType") == "COMPOSITE":
+        return None
+    try:
+        digest = base64.b64decode(checksum, validate=True)
+    except ValueError:
+        return None
+    return digest.hex() if len(digest) == 32 else None
 
 
 class S3Sink:
@@ -270,14 +289,51 @@ class S3Sink:
         return None if head is None else dict(head)
 
     async def stat(self, key: str) -> ObjectInfo | None:
-        head = await self._head(key, **self._checksum_mode)
+        return await self._info(key)
+
+    async def _info(self, key: str, version_id: str | None = None) -> ObjectInfo | None:
+        head = await self._head(key, **self._checksum_mode, **_version(version_id))
         if head is None:
             return None
         return ObjectInfo(
             key=key,
             size=int(head["ContentLength"]),
-            sha256=_sha256_hex(head),
+            sha256=_store_sha256(head),
             version_id=head.get("VersionId"),
+        )
+
+    async def _read_back(self, full: str, version_id: str | None = None) -> tuple[int, str]:
+        """Size and SHA-256 of the stored object, by reading it: 1 MiB at a time, each read and
+        its hashing in the pool (bounded memory, the event loop never blocked)."""
+        answer = await self.call(
+            f"GET {full}",
+            self.client.get_object,
+            Bucket=self.bucket,
+            Key=full,
+            **_version(version_id),
+        )
+        stream = answer["Body"]
+        digest, size = hashlib.sha256(), 0
+
+        def step() -> int:
+            chunk = stream.read(_CHUNK)
+            digest.update(chunk)
+            return len(chunk)
+
+        loop = asyncio.get_running_loop()
+        try:
+            while n := await loop.run_in_executor(self.pool, step):
+                size += n
+        except (BotoCoreError, OSError) as exc:
+            raise self._cut_off(full, exc) from None
+        finally:
+            stream.close()
+        return size, digest.hexdigest()
+
+    def _cut_off(self, full: str, exc: Exception) -> StorageUnavailable:
+        return StorageUnavailable(
+            f"GET {full} ({self.describe()} at {self.endpoint}): the body was cut off "
+            f"({type(exc).__name__})"
         )
 
     async def put(
@@ -295,7 +351,7 @@ class S3Sink:
         if not self.conditional_writes:
             existing = await self.stat(key)
             if existing is not None:
-                return self._existing(key, existing, size, sha256)
+                return await self._adopt(key, full, existing, size, sha256)
         actual = body.seek(0, 2)
         if actual != size:  # a short body would leave the store waiting for bytes that never come
             raise StoragePermanent(
@@ -325,20 +381,24 @@ class S3Sink:
         answer = await self.call_unless(_EXISTS, f"PUT {full}", self.client.put_object, **params)
         if answer is None:  # If-None-Match: * refused: something is already at the key
             return await self._already_there(key, full, size, sha256)
-        if answer.get("ChecksumSHA256") == params.get("ChecksumSHA256", "-"):
-            # The store verified the bytes against our SHA-256 (and their length against
-            # Content-Length) and says so in its answer: no need to read the object back.
-            return self._created(key, size, sha256, answer.get("VersionId"))
-        stored = await self.stat(key)
-        if stored is None or stored.size != size or (stored.sha256 not in (None, sha256)):
-            found = (
-                "no object" if stored is None else f"{stored.size} bytes, sha256 {stored.sha256}"
-            )
-            raise StoragePermanent(
-                f"PUT {full}: the store accepted the upload but reports {found} "
-                f"instead of {size} bytes, sha256 {sha256}"
-            )
-        return self._created(key, size, sha256, answer.get("VersionId"))
+        version = answer.get("VersionId")
+        if answer.get("ChecksumSHA256") != params.get("ChecksumSHA256", "-"):
+            # No echo of the SHA-256 the store verified (md5 mode, or a store that does not
+            # say): the store's own checksum on HEAD, else the bytes read back, must be ours.
+            stored = await self._info(key, version)
+            if stored is None:
+                raise StoragePermanent(
+                    f"PUT {full}: the store accepted the upload but has no object there"
+                )
+            length, found = stored.size, stored.sha256
+            if length == size and found is None:
+                length, found = await self._read_back(full, version or stored.version_id)
+            if length != size or found != sha256:
+                raise StoragePermanent(
+                    f"PUT {full}: the store accepted the upload but holds {length} bytes, "
+                    f"sha256 {found or 'unknown'}, instead of {size} bytes, sha256 {sha256}"
+                )
+        return self._created(key, size, sha256, version)
 
     async def _content_md5(self, full: str, body: BinaryIO, size: int, sha256: str) -> str:
         """The body's Content-MD5, after checking that its SHA-256 is the one announced."""
@@ -382,20 +442,28 @@ class S3Sink:
         )
         if done is None:  # If-None-Match: * refused the completion: something is already there
             return await self._already_there(key, full, size, sha256)
+        version = done.answer.get("VersionId")
         head = await self.call(
             f"HEAD {full}",
             self.client.head_object,
             Bucket=self.bucket,
             Key=full,
             **self._checksum_mode,
+            **_version(version),
         )
-        reported = head.get("ChecksumSHA256")
-        if int(head["ContentLength"]) != size or (reported and reported != done.composite):
+        length, reported = int(head["ContentLength"]), head.get("ChecksumSHA256")
+        found = _store_sha256(head)
+        if length == size and not reported:  # no checksum of the store's (md5 mode): read back
+            length, found = await self._read_back(full, version)
+        # Proof: the composite of the part checksums the store verified, or the whole object's
+        # SHA-256 (reported by the store, or read back).
+        if length != size or (reported != done.composite and found != sha256):
             raise StoragePermanent(
-                f"PUT {full}: the store completed the upload but reports {head['ContentLength']} "
-                f"bytes, checksum {reported}, instead of {size} bytes, checksum {done.composite}"
+                f"PUT {full}: the store completed the upload but holds {length} bytes, checksum "
+                f"{reported or found or 'unknown'}, instead of {size} bytes, checksum "
+                f"{done.composite} (sha256 {sha256})"
             )
-        return self._created(key, size, sha256, done.answer.get("VersionId"))
+        return self._created(key, size, sha256, version)
 
     def _created(self, key: str, size: int, sha256: str, version_id: str | None) -> PutResult:
         return PutResult(
@@ -412,10 +480,18 @@ class S3Sink:
         existing = await self.stat(key)
         if existing is None:
             raise StorageUnavailable(f"PUT {full}: precondition failed, then nothing there")
-        return self._existing(key, existing, size, sha256)
+        return await self._adopt(key, full, existing, size, sha256)
 
-    def _existing(self, key: str, existing: ObjectInfo, size: int, sha256: str) -> PutResult:
-        if existing.size == size and existing.sha256 == sha256:
+    async def _adopt(
+        self, key: str, full: str, existing: ObjectInfo, size: int, sha256: str
+    ) -> PutResult:
+        """An object is already at the key. It is ours (nothing is written) only on proof: the
+        SHA-256 the store computed of it, else its bytes read back and hashed. Metadata, ours
+        or anyone's, proves nothing. Anything else is a conflict, and the object is kept."""
+        found_size, found = existing.size, existing.sha256
+        if found_size == size and found is None:
+            found_size, found = await self._read_back(full, existing.version_id)
+        if found_size == size and found == sha256:
             return PutResult(
                 key=key,
                 size=size,
@@ -426,7 +502,7 @@ class S3Sink:
             )
         raise StorageConflict(
             f"conflict at {self.location(key)}: an object with other content is already there "
-            f"({existing.size} bytes, sha256 {existing.sha256 or 'unknown'}; ours: {size} bytes, "
+            f"({found_size} bytes, sha256 {found or 'unknown'}; ours: {size} bytes, "
             f"sha256 {sha256}). It was kept, not replaced: investigate before archiving this call"
         )
 
@@ -523,12 +599,9 @@ class S3Sink:
         try:
             while True:
                 try:
-                    chunk = await loop.run_in_executor(self.pool, stream.read, 1024 * 1024)
+                    chunk = await loop.run_in_executor(self.pool, stream.read, _CHUNK)
                 except (BotoCoreError, OSError) as exc:  # the body cut off, a reset, a timeout
-                    raise StorageUnavailable(
-                        f"GET {full} ({self.describe()} at {self.endpoint}): the body was cut "
-                        f"off ({type(exc).__name__})"
-                    ) from None
+                    raise self._cut_off(full, exc) from None
                 if not chunk:
                     break
                 yield chunk
