@@ -16,7 +16,8 @@
    rest, to archive. ``--dry-run`` stops here and prints the plan with the API requests and the
    time they take at the rate limit.
 3. **Archive** the rest with ``archive_calls`` — the same path as ``archive`` — with progress,
-   and a summary printed and written as JSON.
+   and a summary printed and written as JSON. The summary's result holds every listed call,
+   the ones the plan skipped included, so its counts add up to the plan's.
 
 Calls still in progress are never listed by Exotel; calls that have ended but whose post-call
 processing is not done are listed, and reported as still active (``not_ready``). Running the
@@ -36,7 +37,7 @@ from archiver.exotel.client import ExotelClient
 from archiver.exotel.listing import list_calls
 from archiver.ledger import UNFINISHED, Ledger, utc_text
 from archiver.ratelimit import RateLimiter
-from archiver.report import ARCHIVED, CallResult, Report
+from archiver.report import ALREADY_ARCHIVED, ARCHIVED, NO_RECORDING, CallResult, Report
 
 API_WINDOW = timedelta(days=180)
 """How far back Exotel's v1 listing reaches (its pages say six months)."""
@@ -49,6 +50,13 @@ def wall_clock(tz: tzinfo) -> datetime:
 
 @dataclass
 class Plan:
+    """What a backfill of ``since..until`` will do, sorted from the range's v1 listing.
+
+    Every listed call is in exactly one of ``already_archived``, ``no_recording`` and
+    ``to_archive``; the counts mean what the result's outcomes of the same names mean
+    (``archiver.report``).
+    """
+
     since: date
     until: date
     listed: int = 0
@@ -82,7 +90,7 @@ class Plan:
             "until": self.until.isoformat(),
             "calls_listed": self.listed,
             "already_archived": len(self.already_archived),
-            "no_recording_at_source": len(self.no_recording),
+            "no_recording": len(self.no_recording),
             "to_archive": len(self.to_archive),
             "listing_requests": self.listing_requests,
             "listing_began": utc_text(self.listing_began) if self.listing_began else None,
@@ -185,6 +193,24 @@ async def backfill(
     *,
     on_result: Callable[[CallResult], None] | None = None,
 ) -> Report:
-    """Archive what ``plan`` says is left to archive."""
+    """Archive what ``plan`` says is left to archive.
+
+    The report holds every listed call: those the plan skipped (``already_archived`` with the
+    objects the ledger holds, ``no_recording`` without a request) and those archived now.
+    """
     limiter = plan.limiter.following() if plan.limiter is not None else None
-    return await archive_calls(settings, plan.to_archive, on_result=on_result, limiter=limiter)
+    report = await archive_calls(settings, plan.to_archive, on_result=on_result, limiter=limiter)
+    ledger = Ledger(settings.state_dir / "ledger.sqlite3")
+    try:
+        skipped = [
+            CallResult(sid, ALREADY_ARCHIVED, ledger.objects_of(sid))
+            for sid in plan.already_archived
+        ]
+    finally:
+        ledger.close()
+    skipped += [
+        CallResult(sid, NO_RECORDING, detail="the v1 listing shows no recording: not asked again")
+        for sid in plan.no_recording
+    ]
+    report.results[:0] = skipped
+    return report

@@ -19,6 +19,7 @@ from archiver.archive import archive_calls
 from archiver.config import Settings, load_settings
 from archiver.errors import ExotelAuthError
 from archiver.exotel.models import IST
+from archiver.ledger import Ledger
 from archiver.manifest import read_manifest
 from archiver.report import ALREADY_ARCHIVED, ARCHIVED, FAILED, NO_RECORDING, NOT_READY
 from archiver.simulator import Simulator, SimulatorServer
@@ -145,6 +146,31 @@ async def test_rerun_archives_nothing_twice(
     assert bucket_objects(seaweed, bucket) == objects
     assert manifest_of(settings) == manifest
     assert len(manifest) == 3
+
+
+async def test_a_call_whose_objects_are_all_in_the_ledger_is_already_archived(
+    sim: Simulator, settings: Settings, seaweed: Any, bucket: str
+) -> None:
+    """E.g. killed between its last object and its outcome, or after ``manifest rebuild``: the
+    details are looked at again, nothing is stored, and the result does not say ``archived``."""
+    call = sim.add_call(recordings=2)
+    first = await archive_calls(settings, [call.sid])
+    assert first.results[0].outcome == ARCHIVED and first.results[0].stored == 3
+    ledger = Ledger(settings.state_dir / "ledger.sqlite3")
+    ledger.set_call(call.sid, "pending")
+    ledger.close()
+    objects, manifest = bucket_objects(seaweed, bucket, everything=True), manifest_of(settings)
+
+    second = await archive_calls(settings, [call.sid])
+    result = second.results[0]
+    assert result.outcome == ALREADY_ARCHIVED and result.stored == 0 and len(result.objects) == 3
+    assert second.count(ARCHIVED) == 0 and second.bytes_archived == 0
+    assert second.as_dict()["counts"]["already_archived"] == 1
+    assert bucket_objects(seaweed, bucket, everything=True) == objects
+    assert manifest_of(settings) == manifest
+    ledger = Ledger(settings.state_dir / "ledger.sqlite3")
+    assert ledger.call_outcome(call.sid) == ARCHIVED
+    ledger.close()
 
 
 async def test_rerun_with_a_lost_ledger_finds_the_objects_already_stored(

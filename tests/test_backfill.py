@@ -56,7 +56,7 @@ def test_a_month_dry_run_then_real_run_then_resume(
     plan = json.loads((tmp_path / "plan.json").read_text())["plan"]
     assert plan["calls_listed"] == len(calls) == 240
     assert plan["to_archive"] == len(with_audio) and plan["already_archived"] == 0
-    assert plan["no_recording_at_source"] == len(calls) - len(with_audio)
+    assert plan["no_recording"] == len(calls) - len(with_audio)
     assert plan["listing_requests"] == sim.counters["v1_bulk"] == 3  # 240 calls, 100 a page
     assert sim.counters["v3_call_details"] == 0 and not (tmp_path / "out").exists()
 
@@ -205,7 +205,7 @@ def test_a_range_reaching_now_with_calls_in_progress_and_processing(
     assert result["counts"]["archived"] == 1 and result["counts"]["not_ready"] == 1
     assert "not ready" in first.output and processing.sid in first.output
     plan = json.loads((tmp_path / "first.json").read_text())["plan"]
-    assert plan["calls_listed"] == 3 and plan["no_recording_at_source"] == 1  # silent only
+    assert plan["calls_listed"] == 3 and plan["no_recording"] == 1  # silent only
     assert {p.parent.name for p in (tmp_path / "out").rglob("recording-*")} == {done.sid}
 
     sim.finish(processing.sid)
@@ -288,7 +288,7 @@ def test_a_listing_made_minutes_after_the_range_ended_is_not_reused(
     third = invoke([*args, "--dry-run", "--report", str(tmp_path / "third.json")], env)
     plan = json.loads((tmp_path / "third.json").read_text())["plan"]
     assert third.exit_code == 0 and plan["listing_requests"] == 0  # complete: reused
-    assert plan["already_archived"] == 3 and plan["no_recording_at_source"] == 1 and silent.sid
+    assert plan["already_archived"] == 3 and plan["no_recording"] == 1 and silent.sid
 
 
 @pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "run"])
@@ -341,7 +341,7 @@ def test_a_call_the_ledger_knows_unfinished_is_never_no_recording_from_a_listing
     first = invoke([*args, "--report", str(tmp_path / "first.json")], env)
     assert first.exit_code == 0, first.output
     summary = json.loads((tmp_path / "first.json").read_text())
-    assert summary["plan"]["no_recording_at_source"] == 0 and summary["plan"]["to_archive"] == 1
+    assert summary["plan"]["no_recording"] == 0 and summary["plan"]["to_archive"] == 1
     assert summary["result"]["counts"]["not_ready"] == 1
     assert outcome_of(state, call.sid) == "not_ready"
 
@@ -350,7 +350,7 @@ def test_a_call_the_ledger_knows_unfinished_is_never_no_recording_from_a_listing
     assert second.exit_code == 0, second.output
     plan = json.loads((tmp_path / "second.json").read_text())["plan"]
     assert plan["listing_requests"] == 0  # the saved listing (call without recording) reused
-    assert plan["to_archive"] == 1 and plan["no_recording_at_source"] == 0
+    assert plan["to_archive"] == 1 and plan["no_recording"] == 0
     assert stored_sids(out) == {call.sid} and outcome_of(state, call.sid) == "archived"
 
 
@@ -403,3 +403,100 @@ def test_a_listing_is_complete_once_the_range_end_plus_the_settle_margin_has_pas
     assert result.exit_code == 0, result.output
     assert len(saved_listings(state)) == (1 if complete else 0)
     assert ("listing saved" in result.output) is complete
+
+
+# --- plan, result and summary count the same things (issue 13, item 8) -----------------------
+
+
+def test_plan_result_and_summary_agree_on_a_mixed_range(
+    sim: Simulator,
+    server: SimulatorServer,
+    s3_env: None,
+    seaweed: Any,
+    bucket: str,
+    tmp_path: Path,
+) -> None:
+    day = datetime.now(IST).date() - timedelta(days=3)
+    calls = sim.populate(30, day=day, sizes=(2000, 6000))
+    with_audio = [c for c in calls if c.recordings]
+    silent = [c for c in calls if not c.recordings]
+    assert len(silent) >= 2 and len(with_audio) >= 10
+    state = tmp_path / "state"
+    env = exotel_env(sim, server.base_url, f"s3://{bucket}/exotel", state)
+    early = invoke(["archive", *[c.sid for c in with_audio[:4]]], env)
+    assert early.exit_code == 0, early.output
+    args = ["backfill", "--since", str(day), "--until", str(day)]
+
+    dry = invoke([*args, "--dry-run", "--report", str(tmp_path / "plan.json")], env)
+    assert dry.exit_code == 0, dry.output
+    plan = json.loads((tmp_path / "plan.json").read_text())["plan"]
+    assert plan["calls_listed"] == 30 and plan["already_archived"] == 4
+    assert plan["no_recording"] == len(silent) and plan["to_archive"] == len(with_audio) - 4
+    assert f"already archived: 4, no recording: {len(silent)}," in dry.output
+
+    real = invoke([*args, "--report", str(tmp_path / "run.json")], env)
+    assert real.exit_code == 0, real.output
+    summary = json.loads((tmp_path / "run.json").read_text())
+    assert {**summary["plan"], "listing_requests": 1} == plan
+    counts = summary["result"]["counts"]
+    assert counts == {
+        "archived": plan["to_archive"],
+        "already_archived": plan["already_archived"],
+        "not_ready": 0,
+        "no_recording": plan["no_recording"],
+        "failed": 0,
+    }
+    assert sum(counts.values()) == plan["calls_listed"]
+    assert (
+        f"archived: {plan['to_archive']} calls" in real.output
+        and f"already archived: 4, no recording: {len(silent)}," in real.output
+    )
+    outcomes = {c["call_sid"]: c["outcome"] for c in summary["result"]["calls"]}
+    assert outcomes == {
+        **{c.sid: "already_archived" for c in with_audio[:4]},
+        **{c.sid: "archived" for c in with_audio[4:]},
+        **{c.sid: "no_recording" for c in silent},
+    }
+    keys = [o["Key"] for o in seaweed.client().list_objects_v2(Bucket=bucket)["Contents"]]
+    recordings = [k for k in keys if "/recording-" in k]
+    assert {k.split("/")[-2] for k in recordings} == {c.sid for c in with_audio}
+    assert len(recordings) == sum(len(c.recordings) for c in with_audio)
+    assert all(outcome_of(state, c.sid) == "archived" for c in with_audio)
+    assert all(outcome_of(state, c.sid) is None for c in silent)  # never asked: not recorded
+
+
+def test_after_a_rebuild_a_call_found_whole_in_the_ledger_is_already_archived(
+    sim: Simulator,
+    server: SimulatorServer,
+    s3_env: None,
+    seaweed: Any,
+    bucket: str,
+    tmp_path: Path,
+) -> None:
+    day = datetime.now(IST).date() - timedelta(days=3)
+    calls = sim.populate(10, day=day, sizes=(2000, 6000))
+    with_audio = [c for c in calls if c.recordings]
+    destination = f"s3://{bucket}/exotel"
+    args = ["backfill", "--since", str(day), "--until", str(day)]
+    first = invoke(args, exotel_env(sim, server.base_url, destination, tmp_path / "a"))
+    assert first.exit_code == 0, first.output
+    client = seaweed.client()
+
+    def contents() -> dict[str, str]:
+        return {o["Key"]: o["ETag"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]}
+
+    before = contents()
+    env = exotel_env(sim, server.base_url, destination, tmp_path / "b")  # the state dir lost
+    rebuilt = invoke(["manifest", "rebuild"], env)
+    assert rebuilt.exit_code == 0, rebuilt.output
+
+    again = invoke([*args, "--report", str(tmp_path / "again.json")], env)
+    assert again.exit_code == 0, again.output
+    counts = json.loads((tmp_path / "again.json").read_text())["result"]["counts"]
+    assert counts["archived"] == 0 and counts["already_archived"] == len(with_audio)
+    assert counts["no_recording"] == len(calls) - len(with_audio)
+    assert "archived: 0 calls" in again.output
+    data_keys = {k for k in contents() if not k.startswith("exotel/_manifest/")}
+    assert data_keys == {k for k in before if not k.startswith("exotel/_manifest/")}
+    assert all(contents()[k] == before[k] for k in data_keys)  # nothing written again
+    assert all(outcome_of(tmp_path / "b", c.sid) == "archived" for c in with_audio)

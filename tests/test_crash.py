@@ -242,7 +242,7 @@ def test_sigkilled_at_random_moments_then_restarted_archives_everything_exactly_
     summary = json.loads(report.read_text())
     plan, counts = summary["plan"], summary["result"]["counts"]
     assert counts["failed"] == counts["not_ready"] == 0, f"{context}: {counts}"
-    assert plan["already_archived"] + counts["archived"] == len(with_audio), f"{context}: {plan}"
+    assert counts["already_archived"] + counts["archived"] == len(with_audio), f"{context}: {plan}"
 
     # Exactly the expected objects, byte for byte the simulator's source bytes; nothing else.
     expected: dict[str, bytes] = {}

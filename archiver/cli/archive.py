@@ -100,7 +100,7 @@ def backfill(
     click.echo(
         f"{plan.since}..{plan.until}: {plan.listed} calls listed"
         f"{' (saved listing reused)' if not plan.listing_requests else ''}; "
-        f"already archived: {len(plan.already_archived)}, no recording at source: "
+        f"already archived: {len(plan.already_archived)}, no recording: "
         f"{len(plan.no_recording)}, to archive: {len(plan.to_archive)} "
         f"(about {plan.api_requests} API requests, {plan.minutes_at(limit):.1f} min at {limit}/min)"
     )
