@@ -11,6 +11,8 @@
    in the ledger and the manifest. An expired URL is refreshed through the call details (a new API
    request) up to ``url_refreshes`` times; a cut-off body is downloaded again;
 5. marks the call ``archived`` once every recording is stored — or ``failed`` with the reason.
+   A call whose objects were all in the ledger already is marked so too, but reported
+   ``already_archived``: nothing was stored in this run.
 
 Errors that concern every call (bad Exotel credentials, a missing bucket, denied access) stop the
 run with that error instead of failing each call in turn.
@@ -168,7 +170,13 @@ class Archiver:
             recordings=len(details.recordings),
             detail=result.detail,
         )
-        log.info("call %s archived: %d object(s)", sid, len(result.objects))
+        if result.stored == 0:
+            # Every object was in the ledger already (e.g. after `manifest rebuild`, or a run
+            # cut off before the call's outcome was written): nothing was stored or confirmed.
+            result.outcome = ALREADY_ARCHIVED
+            log.info("call %s was archived already: %d object(s)", sid, len(result.objects))
+        else:
+            log.info("call %s archived: %d object(s)", sid, len(result.objects))
         return result
 
     def _folder(self, details: CallDetails) -> str:

@@ -2,16 +2,22 @@
 
 1. **List** the range's calls through v1 Bulk Call Details (``archiver.exotel.listing``: windows
    of at most 30 days, 100 a page), the days read in the account's time zone. Exotel keeps its
-   API listing for six months: an older start is refused with a clear message. The complete
-   listing is saved in the ledger, so an interrupted backfill of a past range resumes without
-   listing again (a range that reaches today is listed again: calls keep arriving).
+   API listing for six months: an older start is refused with a clear message. A listing is
+   *complete* when the whole range ended at least ``listing_settle`` (6 hours) before the
+   listing began: by then every call of the range is over and processed (Exotel lists a call
+   only once it is over, its recording only once post-call processing is done, and a call
+   created at 23:59 may end hours later). Only a complete listing is saved in the ledger — with
+   when it began, under a key naming the time zone — so an interrupted backfill of a settled
+   range resumes without listing again; any other range is listed again by every run (a dry
+   run included: it saves exactly what a run would).
 2. **Plan**: calls already archived (the ledger says so: no request needed), calls with no
-   recording at source (v1 lists none: no request needed — unless the call is recent enough
-   for its recording still to come), and the rest, to archive.
-   ``--dry-run`` stops here and prints the plan with the API requests and the time they take
-   at the rate limit.
+   recording (listed without one, created ``listing_settle`` or more before the listing began,
+   and not known to the ledger as pending, not ready or failed: no request needed), and the
+   rest, to archive. ``--dry-run`` stops here and prints the plan with the API requests and the
+   time they take at the rate limit.
 3. **Archive** the rest with ``archive_calls`` — the same path as ``archive`` — with progress,
-   and a summary printed and written as JSON.
+   and a summary printed and written as JSON. The summary's result holds every listed call,
+   the ones the plan skipped included, so its counts add up to the plan's.
 
 Calls still in progress are never listed by Exotel; calls that have ended but whose post-call
 processing is not done are listed, and reported as still active (``not_ready``). Running the
@@ -22,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime, time, timedelta, tzinfo
 
 from archiver.archive import archive_calls, sink_for
 from archiver.config import Settings
@@ -30,24 +36,43 @@ from archiver.errors import ConfigError
 from archiver.exotel.client import ExotelClient
 from archiver.exotel.listing import list_calls
 from archiver.identity import check_destination
-from archiver.ledger import Ledger
+from archiver.ledger import UNFINISHED, Ledger, utc_text
 from archiver.ratelimit import RateLimiter
-from archiver.report import ARCHIVED, CallResult, Report
+from archiver.report import ALREADY_ARCHIVED, ARCHIVED, NO_RECORDING, CallResult, Report
 
 API_WINDOW = timedelta(days=180)
 """How far back Exotel's v1 listing reaches (its pages say six months)."""
 
 
+def wall_clock(tz: tzinfo) -> datetime:
+    """The time now in ``tz``: when a plan's listing begins (tests move it)."""
+    return datetime.now(tz)
+
+
 @dataclass
 class Plan:
+    """What a backfill of ``since..until`` will do, sorted from the range's v1 listing.
+
+    Every listed call is in exactly one of ``already_archived``, ``no_recording`` and
+    ``to_archive``; the counts mean what the result's outcomes of the same names mean
+    (``archiver.report``).
+    """
+
     since: date
     until: date
     listed: int = 0
     already_archived: list[str] = field(default_factory=list)
     no_recording: list[str] = field(default_factory=list)
+    """Listed without a recording, created at least ``listing_settle`` before the listing began,
+    and not known to the ledger as unfinished: not asked about again."""
     to_archive: list[str] = field(default_factory=list)
     listing_requests: int = 0
     """v1 requests spent listing (0 when a saved complete listing was reused)."""
+    listing_began: datetime | None = None
+    """When the listing used began (a reused one: when it was made)."""
+    listing_complete: bool = False
+    """The range ended at least ``listing_settle`` before the listing began: every call of it
+    was over and processed, so the listing is saved and later runs reuse it."""
     requests_per_call: int = 1
     limiter: RateLimiter | None = field(default=None, repr=False, compare=False)
     """The limiter the listing used, for the archiving to continue from (one budget)."""
@@ -66,13 +91,37 @@ class Plan:
             "until": self.until.isoformat(),
             "calls_listed": self.listed,
             "already_archived": len(self.already_archived),
-            "no_recording_at_source": len(self.no_recording),
+            "no_recording": len(self.no_recording),
             "to_archive": len(self.to_archive),
             "listing_requests": self.listing_requests,
+            "listing_began": utc_text(self.listing_began) if self.listing_began else None,
+            "listing_complete": self.listing_complete,
             "estimated_api_requests": self.api_requests,
             "estimated_minutes_at_rate_limit": round(self.minutes_at(rate_limit), 1),
             "estimated_bytes": None,  # Exotel's listing does not give recording sizes
         }
+
+
+def range_end(until: date, tz: tzinfo) -> datetime:
+    """The end of a range whose last day is ``until``: the midnight after it, in ``tz``."""
+    return datetime.combine(until + timedelta(days=1), time.min, tz)
+
+
+def listing_complete(until: date, tz: tzinfo, settle: timedelta, began: datetime) -> bool:
+    """Whether a listing that began at ``began`` holds every call of a range ending ``until``.
+
+    Exotel lists a call only once it is over, and its recording only once post-call processing
+    is done; a call created just before midnight may end hours later. So the listing is
+    complete only if the whole range ended ``settle`` (``listing_settle``) before it began.
+    """
+    return range_end(until, tz) + settle <= began
+
+
+def listing_key(since: date, until: date, tz: tzinfo) -> str:
+    """The key a range's listing is saved under. The days are days in ``tz``: under another
+    time zone setting the same dates are other instants, so the zone is part of the key."""
+    zone = getattr(tz, "key", None) or str(tz)
+    return f"{since.isoformat()}..{until.isoformat()} {zone}"
 
 
 def check_range(since: date, until: date, *, today: date | None = None) -> None:
@@ -93,8 +142,9 @@ async def plan_backfill(settings: Settings, since: date, until: date) -> Plan:
     """List the range (or reuse a saved complete listing) and sort its calls."""
     settings.require_exotel_credentials()
     tz = settings.exotel.timezone
-    today = datetime.now(tz).date()
-    check_range(since, until, today=today)
+    began = wall_clock(tz)
+    check_range(since, until, today=began.date())
+    settle = timedelta(seconds=settings.listing_settle)
     plan = Plan(since, until)
     plan.requests_per_call = 1 + int(settings.legs) + int(settings.voice_logs != "off")
     sink = sink_for(settings)
@@ -102,13 +152,15 @@ async def plan_backfill(settings: Settings, since: date, until: date) -> Plan:
         await check_destination(settings, sink)
     finally:
         await sink.close()
-    range_key = f"{since.isoformat()}..{until.isoformat()}"
+    key = listing_key(since, until, tz)
     ledger = Ledger(settings.state_dir / "ledger.sqlite3")
     try:
-        listing = ledger.listing(range_key) if until < today else None
-        if listing is None:
+        saved = ledger.listing(key)
+        if saved is not None and listing_complete(until, tz, settle, saved.began):
+            listing, plan.listing_began = saved.calls, saved.began
+        else:  # none saved, or one made too soon (under a shorter listing_settle): list again
             start = datetime.combine(since, time.min, tz)
-            end = datetime.combine(until, time.min, tz) + timedelta(days=1, seconds=-1)
+            end = range_end(until, tz) - timedelta(seconds=1)
             limiter = RateLimiter(settings.exotel.rate_limit, 60.0)
             plan.limiter = limiter
             async with ExotelClient(settings.exotel, limiter=limiter, retry=settings.retry) as c:
@@ -119,17 +171,22 @@ async def plan_backfill(settings: Settings, since: date, until: date) -> Plan:
                     )
                 ]
                 plan.listing_requests = c.requests
-            ledger.save_listing(range_key, listing)
+            plan.listing_began = began
+            if listing_complete(until, tz, settle, began):  # the same rule with --dry-run
+                ledger.save_listing(key, listing, began=began)
+        plan.listing_complete = listing_complete(until, tz, settle, plan.listing_began)
         plan.listed = len(listing)
-        # A call that ended minutes ago is listed before its recording is there: look at it
-        # through v3 (it is then reported as still active, or archived) rather than skip it.
-        young = datetime.now(tz) - timedelta(seconds=settings.daemon.recording_grace, hours=2)
         for sid, created, has_recording in listing:
-            if ledger.call_outcome(sid) == ARCHIVED:
+            outcome = ledger.call_outcome(sid)
+            if outcome == ARCHIVED:
                 plan.already_archived.append(sid)
-            elif not has_recording and datetime.fromisoformat(created) < young:
+            elif outcome in UNFINISHED or has_recording:
+                plan.to_archive.append(sid)  # what the ledger knows unfinished is looked at
+            elif datetime.fromisoformat(created) + settle <= plan.listing_began:
                 plan.no_recording.append(sid)
             else:
+                # Listed before it could be over and processed: its recording may still come.
+                # Look at it through v3 (then reported as still active, or archived).
                 plan.to_archive.append(sid)
     finally:
         ledger.close()
@@ -142,6 +199,24 @@ async def backfill(
     *,
     on_result: Callable[[CallResult], None] | None = None,
 ) -> Report:
-    """Archive what ``plan`` says is left to archive."""
+    """Archive what ``plan`` says is left to archive.
+
+    The report holds every listed call: those the plan skipped (``already_archived`` with the
+    objects the ledger holds, ``no_recording`` without a request) and those archived now.
+    """
     limiter = plan.limiter.following() if plan.limiter is not None else None
-    return await archive_calls(settings, plan.to_archive, on_result=on_result, limiter=limiter)
+    report = await archive_calls(settings, plan.to_archive, on_result=on_result, limiter=limiter)
+    ledger = Ledger(settings.state_dir / "ledger.sqlite3")
+    try:
+        skipped = [
+            CallResult(sid, ALREADY_ARCHIVED, ledger.objects_of(sid))
+            for sid in plan.already_archived
+        ]
+    finally:
+        ledger.close()
+    skipped += [
+        CallResult(sid, NO_RECORDING, detail="the v1 listing shows no recording: not asked again")
+        for sid in plan.no_recording
+    ]
+    report.results[:0] = skipped
+    return report

@@ -242,6 +242,22 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "archiver",
+        "listing_settle",
+        "ARCHIVER_LISTING_SETTLE",
+        "--listing-settle",
+        "Hours after a backfill range ends (midnight after its last day, account time zone) "
+        "before a v1 listing of it counts as complete: only such a listing is saved and reused "
+        "by later runs, and only a call created this long before the listing began is taken to "
+        "have no recording when the listing shows none (a younger one is asked about through "
+        "v3). It must cover the longest call plus Exotel's post-call processing (recordings "
+        "appear up to ~15 minutes after the end).",
+        default=6.0,
+        kind="float",
+        minimum=0.25,
+        maximum=720,
+    ),
+    Option(
+        "archiver",
         "segment_entries",
         "ARCHIVER_SEGMENT_ENTRIES",
         "--segment-entries",
@@ -615,6 +631,8 @@ class Settings:
     max_recording_size: int = 2048 * 1024 * 1024
     """Bytes."""
     allow_private_addresses: bool = False
+    listing_settle: float = 6 * 3600.0
+    """Seconds: how long after a range's end its listing counts as complete (backfill)."""
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
     retention: RetentionPolicy | None = None
     """Compliance retention classes and rules (config file only), or None."""
@@ -878,6 +896,7 @@ def load_settings(
         log_format=values["log_format"],
         max_recording_size=values["max_recording_size"] * 1024 * 1024,
         allow_private_addresses=values["allow_private_addresses"] == "on",
+        listing_settle=values["listing_settle"] * 3600.0,
         daemon=daemon,
         retention=from_file.get(RETENTION),
         secrets=tuple(s for s in secrets if s),

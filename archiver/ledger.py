@@ -10,8 +10,9 @@ The ledger is what makes a re-run idempotent. Two tables:
   signature-free source URL, times. ``seq`` orders them; the checksum manifest is these rows, in
   this order (``archiver.manifest`` writes them out).
 
-Smaller tables keep saved listings (for resumed backfills), sealed manifest segments and the
-long-running worker's state (``worker_state``: e.g. the end of its last sweep).
+Smaller tables keep saved listings (for resumed backfills; ``listings.listed_at`` is when the
+listing began), sealed manifest segments and the long-running worker's state
+(``worker_state``: e.g. the end of its last sweep).
 
 Every state change is one transaction, so a crash leaves either the old state or the new one. An
 object row is written only after the destination has confirmed the object (size and checksum):
@@ -33,6 +34,10 @@ from pathlib import Path
 from archiver.errors import ConfigError
 
 SCHEMA_VERSION = 1
+
+UNFINISHED = ("pending", "not_ready", "failed")
+"""Outcomes of a call looked at but not done: it must be looked at again, whatever a listing
+says of it."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS calls (
@@ -143,7 +148,12 @@ def writer_lock(state_dir: Path, *, required: bool = True) -> Iterator[bool]:
 
 
 def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return utc_text(datetime.now(UTC))
+
+
+def utc_text(when: datetime) -> str:
+    """An aware time as the ledger keeps times: UTC, milliseconds, ``Z``."""
+    return when.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)
@@ -194,6 +204,15 @@ class EventRecord:
 
 Entry = ObjectRecord | EventRecord
 """A line of the manifest: an object, or an event about one."""
+
+
+@dataclass(frozen=True)
+class SavedListing:
+    """A v1 listing kept for a backfill range: when it began, and what it listed."""
+
+    began: datetime
+    calls: list[tuple[str, str, bool]]
+    """(call SID, created time ISO 8601, whether the listing showed a recording)."""
 
 
 @dataclass(frozen=True)
@@ -311,7 +330,8 @@ class Ledger:
         """(call SID, outcome, created time) of every call that is pending, not ready or failed."""
         rows = self._read.execute(
             "SELECT call_sid, outcome, created_time FROM calls "
-            "WHERE outcome IN ('pending', 'not_ready', 'failed') ORDER BY updated_at"
+            "WHERE outcome IN (?, ?, ?) ORDER BY updated_at",
+            UNFINISHED,
         )
         return [(str(r["call_sid"]), str(r["outcome"]), r["created_time"]) for r in rows]
 
@@ -336,24 +356,32 @@ class Ledger:
                 list(values.items()),
             )
 
-    def listing(self, range_key: str) -> list[tuple[str, str, bool]] | None:
-        """A complete listing saved for ``range_key``: (call SID, created, has recording)."""
-        if (
-            self._read.execute(
-                "SELECT 1 FROM listings WHERE range_key = ?", (range_key,)
-            ).fetchone()
-            is None
-        ):
+    def listing(self, range_key: str) -> SavedListing | None:
+        """The listing saved for ``range_key``, or None. Whether it is complete for the use at
+        hand is the caller's to decide, from when it began (``archiver.backfill``)."""
+        row = self._read.execute(
+            "SELECT listed_at FROM listings WHERE range_key = ?", (range_key,)
+        ).fetchone()
+        if row is None:
             return None
         rows = self._read.execute(
             "SELECT call_sid, created, has_recording FROM listed_calls WHERE range_key = ? "
             "ORDER BY created, call_sid",
             (range_key,),
         )
-        return [(str(r["call_sid"]), str(r["created"]), bool(r["has_recording"])) for r in rows]
+        return SavedListing(
+            began=datetime.fromisoformat(str(row["listed_at"])),
+            calls=[(str(r["call_sid"]), str(r["created"]), bool(r["has_recording"])) for r in rows],
+        )
 
-    def save_listing(self, range_key: str, calls: list[tuple[str, str, bool]]) -> None:
-        """Save a complete listing (all or nothing) so a resumed backfill need not list again."""
+    def save_listing(
+        self, range_key: str, calls: list[tuple[str, str, bool]], *, began: datetime
+    ) -> None:
+        """Save a complete listing (all or nothing) so a resumed backfill need not list again.
+
+        ``began`` is when the listing began (before its first request), not when it ended: a
+        call created while it ran may be missing from it. It is kept as ``listed_at``.
+        """
         with self._transaction():
             self._db.execute("DELETE FROM listed_calls WHERE range_key = ?", (range_key,))
             self._db.executemany(
@@ -363,7 +391,7 @@ class Ledger:
             )
             self._db.execute(
                 "INSERT OR REPLACE INTO listings (range_key, listed_at) VALUES (?, ?)",
-                (range_key, utc_now()),
+                (range_key, utc_text(began)),
             )
 
     def call_counts(self) -> dict[str, int]:

@@ -1,10 +1,25 @@
 """What a run did: per call, an outcome; for the run, the counters a summary needs.
 
-Outcomes: ``archived`` (every recording — and every asked-for artifact — is stored and
-recorded), ``already_archived`` (the ledger had it: nothing fetched), ``not_ready`` (still active,
-or its voice log still processing: looked at again next run), ``no_recording`` (terminal with no
-recording: looked at again next run, as recordings can appear late), ``failed`` (with the
-reason; what was stored before the failure stays recorded).
+Each call a run reports has exactly one outcome, and each count (a result's ``counts``, the
+printed summary, a backfill's plan) is the number of calls with that outcome; the same name
+means the same thing everywhere:
+
+* ``archived`` — this run stored or confirmed (found in the destination with the same SHA-256)
+  at least one object of the call, and the call is now whole: every recording, and every
+  asked-for artifact, stored and recorded.
+* ``already_archived`` — the ledger held the call whole before this run: nothing was stored.
+  Either the ledger said so (no API request: a backfill plan's ``already_archived``) or the
+  call's details were fetched and every object was found in the ledger.
+* ``not_ready`` — still active, or its voice log still processing: looked at again next run.
+* ``no_recording`` — the call has no recording at source: its v3 details say terminal without
+  one (asked again, the details are fetched again: recordings can appear late), or — in a
+  backfill — the listing shows none and the call was created at least ``listing_settle``
+  before the listing began (not asked about: no request; a plan's ``no_recording``).
+* ``failed`` — with the reason; what was stored before the failure stays recorded.
+
+A backfill's plan also counts ``to_archive`` (the calls its run looks at) and ``calls_listed``
+(every call the listing holds: ``already_archived + no_recording + to_archive``); its run's
+result reports every listed call, so the result's counts add up to ``calls_listed``.
 """
 
 from __future__ import annotations
@@ -32,7 +47,8 @@ class CallResult:
     outcome: str
     objects: list[ObjectRecord] = field(default_factory=list)
     stored: int = 0
-    """Objects written by this run (the rest were already in the destination)."""
+    """Objects stored by this run: written, or found in the destination with the same SHA-256
+    and recorded (the others of ``objects`` were in the ledger already)."""
     detail: str | None = None
     reason: str | None = None
     """For ``failed``: the kind of error, e.g. ``recording_expired`` (metrics count by it)."""

@@ -19,6 +19,7 @@ from archiver.archive import archive_calls
 from archiver.config import Settings, load_settings
 from archiver.errors import DestinationMismatch, ExotelAuthError
 from archiver.exotel.models import IST
+from archiver.ledger import Ledger
 from archiver.manifest import read_manifest
 from archiver.report import ALREADY_ARCHIVED, ARCHIVED, FAILED, NO_RECORDING, NOT_READY
 from archiver.simulator import Simulator, SimulatorServer
@@ -40,6 +41,14 @@ def settings(
     sim: Simulator, server: SimulatorServer, s3_env: None, bucket: str, tmp_path: Path
 ) -> Settings:
     return make_settings(sim, server.base_url, f"s3://{bucket}/{PREFIX}", tmp_path / "state")
+
+
+def drop_manifest(seaweed: Any, bucket: str) -> None:
+    """Delete the archive's chain and identity marker: what is left are objects with no archive
+    around them, which a new state directory may then claim (tests/test_identity.py)."""
+    client = seaweed.client()
+    for item in client.list_objects_v2(Bucket=bucket, Prefix=f"{PREFIX}/_manifest/")["Contents"]:
+        client.delete_object(Bucket=bucket, Key=item["Key"])
 
 
 def bucket_objects(seaweed: Any, bucket: str, *, everything: bool = False) -> dict[str, bytes]:
@@ -147,6 +156,31 @@ async def test_rerun_archives_nothing_twice(
     assert len(manifest) == 3
 
 
+async def test_a_call_whose_objects_are_all_in_the_ledger_is_already_archived(
+    sim: Simulator, settings: Settings, seaweed: Any, bucket: str
+) -> None:
+    """E.g. killed between its last object and its outcome, or after ``manifest rebuild``: the
+    details are looked at again, nothing is stored, and the result does not say ``archived``."""
+    call = sim.add_call(recordings=2)
+    first = await archive_calls(settings, [call.sid])
+    assert first.results[0].outcome == ARCHIVED and first.results[0].stored == 3
+    ledger = Ledger(settings.state_dir / "ledger.sqlite3")
+    ledger.set_call(call.sid, "pending")
+    ledger.close()
+    objects, manifest = bucket_objects(seaweed, bucket, everything=True), manifest_of(settings)
+
+    second = await archive_calls(settings, [call.sid])
+    result = second.results[0]
+    assert result.outcome == ALREADY_ARCHIVED and result.stored == 0 and len(result.objects) == 3
+    assert second.count(ARCHIVED) == 0 and second.bytes_archived == 0
+    assert second.as_dict()["counts"]["already_archived"] == 1
+    assert bucket_objects(seaweed, bucket, everything=True) == objects
+    assert manifest_of(settings) == manifest
+    ledger = Ledger(settings.state_dir / "ledger.sqlite3")
+    assert ledger.call_outcome(call.sid) == ARCHIVED
+    ledger.close()
+
+
 async def test_rerun_with_a_lost_ledger_finds_the_objects_already_stored(
     sim: Simulator, server: SimulatorServer, s3_env: None, seaweed: Any, bucket: str, tmp_path: Path
 ) -> None:
@@ -164,9 +198,7 @@ async def test_rerun_with_a_lost_ledger_finds_the_objects_already_stored(
     # objects with no manifest around them (copied in from elsewhere) are found and adopted.
     with pytest.raises(DestinationMismatch):
         await archive_calls(fresh, [call.sid])
-    client = seaweed.client()
-    for item in client.list_objects_v2(Bucket=bucket, Prefix=f"{PREFIX}/_manifest/")["Contents"]:
-        client.delete_object(Bucket=bucket, Key=item["Key"])
+    drop_manifest(seaweed, bucket)
     report = await archive_calls(fresh, [call.sid])
     assert report.results[0].outcome == ARCHIVED
     assert report.results[0].stored == 2  # recorded again in the new ledger...
@@ -204,6 +236,7 @@ async def test_a_planted_snapshot_is_recorded_with_its_own_sha256_not_its_metada
     assert planted != original
     client.put_object(Bucket=bucket, Key=key, Body=planted, Metadata={"sha256": recorded["sha256"]})
 
+    drop_manifest(seaweed, bucket)  # objects without their archive's chain and marker
     fresh = make_settings(sim, server.base_url, f"s3://{bucket}/{PREFIX}", tmp_path / "b", **env)
     report = await archive_calls(fresh, [call.sid])
     assert report.results[0].outcome == ARCHIVED

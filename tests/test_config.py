@@ -154,3 +154,15 @@ def test_state_dir_defaults_follow_systemd_then_xdg(tmp_path: Path) -> None:
 def test_bad_key_templates_are_refused(template: str, message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_settings(env={**ENV, "ARCHIVER_KEY_TEMPLATE": template})
+
+
+def test_the_listing_settle_margin_is_hours_from_flag_env_or_file(tmp_path: Path) -> None:
+    assert load_settings(env=ENV).listing_settle == 6 * 3600.0  # the default: 6 hours
+    cfg = tmp_path / "a.toml"
+    cfg.write_text("[archiver]\nlisting_settle = 12\n")
+    assert load_settings(env=ENV, config_file=cfg).listing_settle == 12 * 3600.0
+    env = {**ENV, "ARCHIVER_LISTING_SETTLE": "2.5"}
+    assert load_settings(env=env, config_file=cfg).listing_settle == 2.5 * 3600.0
+    assert load_settings({"listing_settle": 1}, env=env).listing_settle == 3600.0
+    with pytest.raises(ConfigError, match="listing_settle"):
+        load_settings(env={**ENV, "ARCHIVER_LISTING_SETTLE": "0.1"})  # shorter than Exotel's 15 min

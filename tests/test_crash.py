@@ -242,7 +242,7 @@ def test_sigkilled_at_random_moments_then_restarted_archives_everything_exactly_
     summary = json.loads(report.read_text())
     plan, counts = summary["plan"], summary["result"]["counts"]
     assert counts["failed"] == counts["not_ready"] == 0, f"{context}: {counts}"
-    assert plan["already_archived"] + counts["archived"] == len(with_audio), f"{context}: {plan}"
+    assert counts["already_archived"] + counts["archived"] == len(with_audio), f"{context}: {plan}"
 
     # Exactly the expected objects, byte for byte the simulator's source bytes; nothing else.
     expected: dict[str, bytes] = {}
@@ -365,7 +365,8 @@ def test_a_ledger_change_killed_halfway_leaves_the_old_state(
 
         ledger._db._connection.set_trace_callback(die)
         if method == "save_listing":
-            ledger.save_listing("r", [(f"CA{n}", "2026-01-01", True) for n in range(50)])
+            ledger.save_listing("r", [(f"CA{n}", "2026-01-01", True) for n in range(50)],
+                                began=__import__("datetime").datetime.now().astimezone())
         elif method == "add_segment":
             ledger.add_segment(SegmentRecord(1, "_manifest/segments/00000001.jsonl", "a" * 64,
                                              None, 1, 3))

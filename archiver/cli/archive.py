@@ -100,10 +100,19 @@ def backfill(
     click.echo(
         f"{plan.since}..{plan.until}: {plan.listed} calls listed"
         f"{' (saved listing reused)' if not plan.listing_requests else ''}; "
-        f"already archived: {len(plan.already_archived)}, no recording at source: "
+        f"already archived: {len(plan.already_archived)}, no recording: "
         f"{len(plan.no_recording)}, to archive: {len(plan.to_archive)} "
         f"(about {plan.api_requests} API requests, {plan.minutes_at(limit):.1f} min at {limit}/min)"
     )
+    if plan.listing_requests and plan.listing_complete:
+        click.echo("listing saved: later runs of this range reuse it")
+    elif not plan.listing_complete:
+        hours = settings.listing_settle / 3600
+        click.echo(
+            f"listing not saved: it began less than {hours:g} h (listing_settle) after the "
+            "range's end, when calls of the range may still have been in progress or "
+            "processing; later runs of this range list it again"
+        )
     path = report or settings.state_dir / f"backfill-{plan.since}-{plan.until}.json"
     if dry_run:
         write_json({"plan": plan.as_dict(limit), "dry_run": True}, path)

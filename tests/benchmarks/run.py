@@ -107,13 +107,15 @@ class Run:
         return f"archiver {a:.2f}, SeaweedFS {b:.2f}, simulator {c:.2f} of {os.cpu_count()} cores"
 
 
-def yesterday() -> str:
-    return (datetime.now(IST).date() - timedelta(days=1)).isoformat()
+def bench_day() -> str:
+    """The day the benchmark's calls are made: two days ago (IST), a range that has settled
+    (``listing_settle``), so the dry run's listing is saved and the timed run reuses it."""
+    return (datetime.now(IST).date() - timedelta(days=2)).isoformat()
 
 
 def add_calls(sim: Simulator, count: int, size: int) -> list[str]:
-    """``count`` terminal calls of one ``size``-byte recording each, created yesterday (IST)."""
-    day = datetime.now(IST).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=1)
+    """``count`` terminal calls of one ``size``-byte recording each, made on ``bench_day()``."""
+    day = datetime.now(IST).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=2)
     step = 86_000 / max(count, 1)
     return [
         sim.add_call(recordings=1, size=size, created=day + timedelta(seconds=i * step)).sid
@@ -149,7 +151,7 @@ WEED_PID = 0
 
 def backfill(env: dict[str, str], state: Path) -> Run:
     """List first (a dry run saves the listing), then time the archiving itself."""
-    day = yesterday()
+    day = bench_day()
     args = [sys.executable, "-m", "archiver", "backfill", "--range", f"{day}..{day}"]
     subprocess.run([*args, "--dry-run"], env=env, check=True, capture_output=True)
     report = state / "bench-report.json"
