@@ -4,13 +4,18 @@
 each up in the ledger:
 
 * ``archived`` — the ledger says the call is archived;
-* ``no_recording_at_source`` — Exotel lists no recording for it (and we did not archive one);
-* ``missing`` — Exotel has a recording and the archive does not (yet);
-* ``still_active`` — the ledger saw the call still active; Exotel's listing never shows calls in
-  progress, so these come from the ledger.
+* ``no_recording_at_source`` — Exotel lists no recording for it, the call ended at least
+  ``listing_settle`` before the listing began (so post-call processing is over), and the ledger
+  knows no unfinished attempt at it;
+* ``missing`` — Exotel has a recording and the archive does not (yet), or the ledger has the call
+  pending or failed;
+* ``still_active`` — the ledger saw the call still active (Exotel's listing never shows calls in
+  progress, so these also come from the ledger);
+* ``recording_pending`` — listed without a recording, but too recently for that to be final:
+  its recording may still be in post-call processing.
 
-A call Exotel lists but the ledger never saw is ``missing`` (or ``no_recording_at_source``). The
-report is complete only when nothing is ``missing``.
+The report is complete only when every call is ``archived`` or ``no_recording_at_source``: a
+range with calls still active or recordings still to come is not complete yet.
 """
 
 from __future__ import annotations
@@ -24,11 +29,12 @@ from archiver.config import Settings
 from archiver.exotel.client import ExotelClient
 from archiver.exotel.listing import list_calls
 from archiver.identity import check_destination
-from archiver.ledger import Ledger
+from archiver.ledger import UNFINISHED, Ledger
 from archiver.ratelimit import RateLimiter
 from archiver.report import ARCHIVED, NOT_READY
 
-RECONCILED = ("archived", "missing", "no_recording_at_source", "still_active")
+RECONCILED = ("archived", "missing", "no_recording_at_source", "still_active", "recording_pending")
+SETTLED = frozenset({"archived", "no_recording_at_source"})
 
 
 @dataclass
@@ -43,7 +49,7 @@ class ReconcileReport:
 
     @property
     def complete(self) -> bool:
-        return self.counts()["missing"] == 0
+        return all(c["state"] in SETTLED for c in self.calls)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -70,6 +76,7 @@ async def reconcile(settings: Settings, since: date, until: date) -> ReconcileRe
     ledger = Ledger(settings.state_dir / "ledger.sqlite3")
     try:
         seen: set[str] = set()
+        began, settle = datetime.now(tz), timedelta(seconds=settings.listing_settle)
         limiter = RateLimiter(settings.exotel.rate_limit, 60.0)
         async with ExotelClient(settings.exotel, limiter=limiter, retry=settings.retry) as client:
             async for call in list_calls(
@@ -83,10 +90,14 @@ async def reconcile(settings: Settings, since: date, until: date) -> ReconcileRe
                 outcome = ledger.call_outcome(call.sid)
                 if outcome == ARCHIVED:
                     state = "archived"
-                elif not call.has_recording:
-                    state = "no_recording_at_source"
-                else:
+                elif outcome == NOT_READY:
+                    state = "still_active"
+                elif call.has_recording or outcome in UNFINISHED:
                     state = "missing"
+                elif call.date_created > began - settle:
+                    state = "recording_pending"
+                else:
+                    state = "no_recording_at_source"
                 report.calls.append(
                     {
                         "call_sid": call.sid,

@@ -68,7 +68,33 @@ async def test_reconcile_names_what_is_missing(
     ) - len(half)
 
     await archive_calls(settings, [c.sid for c in with_audio])
+    still = await asyncio.to_thread(
+        CliRunner().invoke, main, ["reconcile", "--since", str(day), "--until", str(day)], env=env
+    )
+    assert still.exit_code == 1, still.output  # a call still active: not complete yet
+    active.end = active.ready_at = datetime.now(IST) - timedelta(minutes=1)
+    await archive_calls(settings, [active.sid])
     again = await asyncio.to_thread(
         CliRunner().invoke, main, ["reconcile", "--since", str(day), "--until", str(day)], env=env
     )
     assert again.exit_code == 0, again.output
+
+
+async def test_a_call_still_in_post_call_processing_is_not_reported_complete(
+    sim: Simulator, server: SimulatorServer, tmp_path: Path
+) -> None:
+    """Listed without a recording because Exotel is still processing it: not 'no recording'.
+
+    Issue 13, item 3 (the same trust in a young listing, in reconcile): the call was reported
+    no_recording_at_source and the range complete, exit 0."""
+    processing = sim.add_call(state="processing")
+    never_seen = sim.add_call(state="processing")
+    env = exotel_env(sim, server.base_url, str(tmp_path / "out"), tmp_path / "state")
+    settings = load_settings(env=env)
+    await archive_calls(settings, [processing.sid])  # v3 says active: not ready
+    day = processing.created.astimezone(IST).date()
+    report = await reconcile(settings, day, day)
+    states = {c["call_sid"]: c["state"] for c in report.calls}
+    assert states[processing.sid] == "still_active"
+    assert states[never_seen.sid] == "recording_pending"
+    assert not report.complete

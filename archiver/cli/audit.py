@@ -162,9 +162,10 @@ def reconcile(
     ctx: click.Context, /, since: Any, until: Any, report: Path | None, **cli: Any
 ) -> None:
     """Compare Exotel's own list of calls (v1) for a date range with the archive: each call is
-    archived, missing, no_recording_at_source or still_active.
+    archived, missing, no_recording_at_source, still_active or recording_pending (listed
+    without a recording less than --listing-settle hours after it was made).
 
-    Exit code 0 only when nothing is missing.
+    Exit code 0 only when the range is complete: every call archived or without a recording.
     """
     from archiver.reconcile import reconcile as run_reconcile
 
@@ -173,8 +174,9 @@ def reconcile(
     settings = make_settings(ctx, cli)
     result = run(run_reconcile(settings, since.date(), until.date()))
     for call in result.calls:
-        if call["state"] == "missing":
-            click.echo(f"  MISSING    {call['call_sid']} (created {call['created']})", err=True)
+        if call["state"] in ("missing", "still_active", "recording_pending"):
+            label = call["state"].replace("_", " ").upper()
+            click.echo(f"  {label:18} {call['call_sid']} (created {call['created']})", err=True)
     counts = result.counts()
     click.echo(", ".join(f"{state.replace('_', ' ')}: {n}" for state, n in counts.items()))
     write_json(result.as_dict(), report)
