@@ -261,7 +261,7 @@ async def bind(
         return None
     # A ledger with entries from before markers: it is this destination's only if its own
     # records say so.
-    problem = await _legacy_problem(sink, ledger)
+    problem = await _legacy_problem(sink, ledger, segments=not allow_lost_marker)
     if problem is not None:
         raise DestinationMismatch(
             f"the state directory {state} holds the record of another destination, not of "
@@ -312,12 +312,15 @@ async def _check_not_behind(settings: Settings, sink: Sink, ledger: Ledger) -> N
     )
 
 
-async def _legacy_problem(sink: Sink, ledger: Ledger) -> str | None:
+async def _legacy_problem(sink: Sink, ledger: Ledger, *, segments: bool = True) -> str | None:
+    """Why a ledger from before markers is not this destination's (None: it is). Its own
+    locations must be here; and, unless ``segments`` is False (``repair``, which puts lost
+    segments back), its last sealed segment must be there too."""
     for record in ledger.first_and_last_objects():
         if record.location != sink.location(record.key):
             return f"it recorded {record.key} at {record.location}"
     sealed = ledger.segments()
-    if sealed:
+    if sealed and segments:
         info = await sink.stat(sealed[-1].key)
         if info is None:
             return f"its manifest segment {sealed[-1].number} is not there"
@@ -346,6 +349,16 @@ async def _put_marker(settings: Settings, sink: Sink, ledger: Ledger, marker: Ma
         clear_binding(ledger)
         await bind(settings, sink, ledger, claim=False)
         raise
+    # Read it back: a store without write-once PUTs (ARCHIVER_S3_CONDITIONAL_WRITES=off checks,
+    # then writes) lets two claims both "succeed"; the one whose marker is not there lost.
+    there = await read_marker(sink)
+    if there is None or there.data != marker.data:
+        clear_binding(ledger)
+        await bind(settings, sink, ledger, claim=False)
+        raise DestinationMismatch(
+            f"{sink.location(MARKER_KEY)} was not written as claimed (another writer claimed "
+            f"{sink.describe()} at the same time). {NOTHING_DONE}"
+        )
     record_binding(ledger, marker, sink.describe(), confirmed=True)
     return marker
 

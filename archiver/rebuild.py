@@ -44,10 +44,7 @@ def call_outcomes(
     stays ``archived``: it is never fetched again. ``voice_logs``: ``off``, ``json`` or
     ``audio`` (True means ``json``, False ``off``).
     """
-    if isinstance(voice_logs, bool):
-        mode = "json" if voice_logs else "off"
-    else:
-        mode = voice_logs
+    mode = ("json" if voice_logs else "off") if isinstance(voice_logs, bool) else voice_logs
     wanted = {"call_details"}
     if legs:
         wanted.add("legs")
@@ -87,7 +84,8 @@ async def rebuild(
             + "; ".join(chain.problems)
         )
     records = records_from(chain)
-    ledger.restore(records, chain.segments, call_outcomes(records, voice_logs=voice_logs, legs=legs))
+    outcomes = call_outcomes(records, voice_logs=voice_logs, legs=legs)
+    ledger.restore(records, chain.segments, outcomes)
     return chain
 
 
