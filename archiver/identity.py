@@ -57,7 +57,7 @@ from archiver.config import Settings
 from archiver.errors import DestinationMismatch, StorageConflict
 from archiver.ledger import Ledger, utc_now
 from archiver.segments import PREFIX as SEGMENTS
-from archiver.segments import read_segment
+from archiver.segments import parse, read_segment, render, segment_key
 from archiver.sinks import Sink
 
 MARKER_KEY = "_manifest/destination.json"
@@ -157,6 +157,11 @@ def record_binding(ledger: Ledger, marker: Marker, location: str, *, confirmed: 
     )
 
 
+def clear_binding(ledger: Ledger) -> None:
+    """Forget a claim that never took (``binding`` is None again)."""
+    ledger.set_states({_ID: "", _LOCATION: "", _MARKER: "", _CONFIRMED: ""})
+
+
 async def _has_segments(sink: Sink) -> bool:
     async for _ in sink.list(SEGMENTS):
         return True
@@ -181,6 +186,18 @@ async def bind(
     marker = await read_marker(sink)
     bound = binding(ledger) if ledger is not None else None
     account = settings.exotel.account_sid or None
+    if (
+        bound is not None
+        and ledger is not None
+        and not bound.confirmed
+        and bound.location != here
+        and not ledger.has_entries()
+    ):
+        # A claim elsewhere that never took (the marker PUT failed, or the run stopped before
+        # it): nothing was archived under it, so this state directory is still a new one.
+        if claim:
+            clear_binding(ledger)
+        bound = None
     if bound is not None and bound.location != here:
         raise DestinationMismatch(
             f"the state directory {state} belongs to the archive in {bound.location}, not to "
@@ -208,6 +225,8 @@ async def bind(
                 f"EXOTEL_ACCOUNT_SID is {account}: give each account its own destination "
                 f"prefix and state directory. {NOTHING_DONE}"
             )
+        if ledger is not None:
+            await _check_not_behind(settings, sink, ledger)
         if ledger is not None and bound is not None and not bound.confirmed and claim:
             record_binding(ledger, marker, here, confirmed=True)
         return marker
@@ -242,7 +261,7 @@ async def bind(
         return None
     # A ledger with entries from before markers: it is this destination's only if its own
     # records say so.
-    problem = await _legacy_problem(sink, ledger)
+    problem = await _legacy_problem(sink, ledger, segments=not allow_lost_marker)
     if problem is not None:
         raise DestinationMismatch(
             f"the state directory {state} holds the record of another destination, not of "
@@ -251,17 +270,57 @@ async def bind(
             "ARCHIVER_DESTINATION back; `exotel-archiver manifest rebuild` restores a state "
             f"directory from a destination's chain. {NOTHING_DONE}"
         )
+    await _check_not_behind(settings, sink, ledger)
     if claim:
         return await _claim(settings, sink, ledger)
     return None
 
 
-async def _legacy_problem(sink: Sink, ledger: Ledger) -> str | None:
+async def _check_not_behind(settings: Settings, sink: Sink, ledger: Ledger) -> None:
+    """The destination holds no manifest segment after the ledger's last one, unless it is the
+    one this ledger was sealing when a run was cut short (its bytes are the ledger's unsealed
+    rows). Anything else was sealed by another writer of this archive — a state directory
+    restored from a backup, or a second one made with ``manifest rebuild`` while the first goes
+    on — and sealing after it would take that writer's segment for ours."""
+    known = ledger.segments()
+    number = known[-1].number + 1 if known else 1
+    key = segment_key(number)
+    if await sink.stat(key) is None:
+        return
+    try:
+        existing = parse(await read_segment(sink, key))
+        first, last = int(existing.header["first_seq"]), int(existing.header["last_seq"])
+        ours = ledger.entries_between(first, last)
+        unsealed = ledger.unsealed()
+        prev = known[-1].sha256 if known else None
+        if (
+            ours
+            and unsealed
+            and unsealed[0].seq == first
+            and all(e.segment is None for e in ours)
+            and hashlib.sha256(render(number, prev, ours)).hexdigest() == existing.sha256
+        ):
+            return  # our own seal, cut short before the ledger recorded it
+    except (ValueError, KeyError, TypeError):
+        pass
+    raise DestinationMismatch(
+        f"{sink.location(key)} is a manifest segment the state directory {settings.state_dir} "
+        "did not seal: another state directory is writing this archive (one restored from a "
+        "backup, or one made with `exotel-archiver manifest rebuild` while this one went on). "
+        "Stop the other writer, or leave this state directory: restore a current one with "
+        "`exotel-archiver manifest rebuild` into a new, empty --state-dir. " + NOTHING_DONE
+    )
+
+
+async def _legacy_problem(sink: Sink, ledger: Ledger, *, segments: bool = True) -> str | None:
+    """Why a ledger from before markers is not this destination's (None: it is). Its own
+    locations must be here; and, unless ``segments`` is False (``repair``, which puts lost
+    segments back), its last sealed segment must be there too."""
     for record in ledger.first_and_last_objects():
         if record.location != sink.location(record.key):
             return f"it recorded {record.key} at {record.location}"
     sealed = ledger.segments()
-    if sealed:
+    if sealed and segments:
         info = await sink.stat(sealed[-1].key)
         if info is None:
             return f"its manifest segment {sealed[-1].number} is not there"
@@ -286,9 +345,20 @@ async def _put_marker(settings: Settings, sink: Sink, ledger: Ledger, marker: Ma
             content_type="application/json",
         )
     except StorageConflict:
-        # Another writer claimed it first: refuse with what it wrote.
+        # Another writer claimed it first: our claim never took; refuse with what it wrote.
+        clear_binding(ledger)
         await bind(settings, sink, ledger, claim=False)
         raise
+    # Read it back: a store without write-once PUTs (ARCHIVER_S3_CONDITIONAL_WRITES=off checks,
+    # then writes) lets two claims both "succeed"; the one whose marker is not there lost.
+    there = await read_marker(sink)
+    if there is None or there.data != marker.data:
+        clear_binding(ledger)
+        await bind(settings, sink, ledger, claim=False)
+        raise DestinationMismatch(
+            f"{sink.location(MARKER_KEY)} was not written as claimed (another writer claimed "
+            f"{sink.describe()} at the same time). {NOTHING_DONE}"
+        )
     record_binding(ledger, marker, sink.describe(), confirmed=True)
     return marker
 

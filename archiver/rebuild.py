@@ -30,19 +30,36 @@ def _segment_of(segments: list[SegmentRecord], seq: int) -> int | None:
     return None
 
 
-def call_outcomes(records: list[Entry], *, voice_logs: bool) -> list[tuple[str, str, str, int]]:
+def call_outcomes(
+    records: list[Entry], *, voice_logs: bool | str, legs: bool = False
+) -> list[tuple[str, str, str, int]]:
     """(call SID, outcome, created time, recordings) of every call the entries name.
 
-    A call is ``archived`` once its ``call.json`` is stored — the archiver stores it after
-    every recording of the call — and, with voice logs on, its voice log too; else it is
-    ``pending``, looked at again by the next run. A call whose objects were erased since stays
-    ``archived``: it is never fetched again.
+    A call is ``archived`` once everything a run stores for it is in the chain: its
+    ``call.json`` (stored after every recording of the call), and, when they are asked for, its
+    legs, its voice log and (``voice_logs="audio"``) the voice-log file — each stored *after*
+    ``call.json``, so a call whose later part failed has a ``call.json`` and is not archived.
+    Else it is ``pending``, looked at again by the next run (which skips what is stored; at worst
+    a few API requests for a part Exotel never had). A call whose objects were erased since
+    stays ``archived``: it is never fetched again. ``voice_logs``: ``off``, ``json`` or
+    ``audio`` (True means ``json``, False ``off``).
     """
+    mode = ("json" if voice_logs else "off") if isinstance(voice_logs, bool) else voice_logs
+    wanted = {"call_details"}
+    if legs:
+        wanted.add("legs")
+    if mode != "off":
+        wanted.add("voice_log")
+    if mode == "audio":
+        wanted.add("voice_log_audio")
     kinds: dict[str, set[str]] = {}
     created: dict[str, str] = {}
     recordings: dict[str, int] = {}
+    erased: set[str] = set()
     for record in records:
         if not isinstance(record, ObjectRecord):
+            if record.kind == "erasure" and record.call_sid:
+                erased.add(record.call_sid)
             continue
         kinds.setdefault(record.call_sid, set()).add(record.kind)
         created.setdefault(record.call_sid, record.call_created)
@@ -51,12 +68,14 @@ def call_outcomes(records: list[Entry], *, voice_logs: bool) -> list[tuple[str, 
         )
     out = []
     for sid, have in kinds.items():
-        done = "call_details" in have and (not voice_logs or "voice_log" in have)
+        done = wanted <= have or ("call_details" in have and sid in erased)
         out.append((sid, ARCHIVED if done else PENDING, created[sid], recordings[sid]))
     return out
 
 
-async def rebuild(sink: Sink, ledger: Ledger, *, voice_logs: bool = False) -> Chain:
+async def rebuild(
+    sink: Sink, ledger: Ledger, *, voice_logs: bool | str = False, legs: bool = False
+) -> Chain:
     """Restore an empty ledger from the destination's segments. The chain must be intact."""
     chain = await load_chain(sink)
     if chain.problems:
@@ -65,7 +84,8 @@ async def rebuild(sink: Sink, ledger: Ledger, *, voice_logs: bool = False) -> Ch
             + "; ".join(chain.problems)
         )
     records = records_from(chain)
-    ledger.restore(records, chain.segments, call_outcomes(records, voice_logs=voice_logs))
+    outcomes = call_outcomes(records, voice_logs=voice_logs, legs=legs)
+    ledger.restore(records, chain.segments, outcomes)
     return chain
 
 
@@ -77,7 +97,9 @@ async def run_rebuild(settings: Settings) -> Chain:
         with writer_lock(settings.state_dir):
             ledger = Ledger(settings.state_dir / "ledger.sqlite3")
             try:
-                chain = await rebuild(sink, ledger, voice_logs=settings.voice_logs != "off")
+                chain = await rebuild(
+                    sink, ledger, voice_logs=settings.voice_logs, legs=settings.legs
+                )
                 # The restored ledger now speaks for this destination: bind it to its marker
                 # (or, for a chain from before markers, to a new one).
                 await identity.adopt(settings, sink, ledger, chain=bool(chain.segments))
