@@ -175,11 +175,6 @@ def test_a_claim_that_never_took_does_not_bind_the_state_directory(
         assert any(sid in k for k in chain_keys(fixed))
 
 
-@pytest.mark.xfail(
-    reason="not fixed: retention uses the ledger row's version_id, never the `repaired` "
-    "event's (fix in archiver/retention/archive.py items(), not ours to edit)",
-    strict=True,
-)
 async def test_a_repaired_recording_is_the_version_retention_acts_on(
     sim: Simulator, server: SimulatorServer, s3_env: None, seaweed: Any, tmp_path: Path
 ) -> None:

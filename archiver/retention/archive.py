@@ -20,7 +20,7 @@ import logging
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,7 +38,7 @@ from archiver.sinks import Sink
 log = logging.getLogger("archiver.retention")
 
 HOLD, RELEASE = "legal_hold", "legal_hold_release"
-EXTENDED, ERASURE = "retention_extended", "erasure"
+EXTENDED, ERASURE, REPAIRED = "retention_extended", "erasure", "repaired"
 
 
 def parse_time(value: str) -> datetime:
@@ -69,6 +69,9 @@ class Item:
     mode: str | None
     held: bool = False
     hold_reason: str | None = None
+    versions: tuple[str | None, ...] = ()
+    """Every version of the object the archive wrote, oldest first: the archived one and those
+    ``repair`` put back (``record.version_id`` is the newest). An erasure deletes them all."""
 
     @property
     def key(self) -> str:
@@ -104,6 +107,7 @@ class RetentionArchive:
         erased = {e.key for e in events if e.kind == ERASURE}
         extended: dict[str, dict[str, Any]] = {}
         held: dict[str, str | None] = {}
+        repaired: dict[str, list[str | None]] = {}
         for e in events:
             if e.kind == EXTENDED:
                 extended[e.key] = json.loads(e.details)
@@ -111,6 +115,8 @@ class RetentionArchive:
                 held[e.key] = json.loads(e.details).get("reason")
             elif e.kind == RELEASE:
                 held.pop(e.key, None)
+            elif e.kind == REPAIRED:
+                repaired.setdefault(e.key, []).append(e.version_id)
         classes: dict[str, RetentionClass] = {}
         out = []
         for record in self.ledger.all_objects():
@@ -124,7 +130,20 @@ class RetentionArchive:
             if record.key in extended:
                 until = max(until, parse_time(extended[record.key]["retain_until"]))
                 mode = extended[record.key].get("lock_mode") or mode
-            out.append(Item(record, cls, until, mode, record.key in held, held.get(record.key)))
+            versions = tuple(dict.fromkeys([record.version_id, *repaired.get(record.key, [])]))
+            if len(versions) > 1:  # put back by repair: the newest version is the object now
+                record = replace(record, version_id=versions[-1])
+            out.append(
+                Item(
+                    record,
+                    cls,
+                    until,
+                    mode,
+                    record.key in held,
+                    held.get(record.key),
+                    versions or (record.version_id,),
+                )
+            )
         return out
 
     def _class_of(self, record: ObjectRecord, cache: dict[str, RetentionClass]) -> RetentionClass:

@@ -207,21 +207,28 @@ async def purge(
         if item.held:
             report.add(item, "kept_held", reason=item.hold_reason)
             continue
-        stored = await archive.sink.lock_status(item.key, item.record.version_id)
-        if stored is None:
+        # Every version the archive wrote (the archived one, and those repair put back) must
+        # be free to go, and all of them go: an erasure receipt never leaves a copy behind.
+        versions = item.versions or (item.record.version_id,)
+        found = [await archive.sink.lock_status(item.key, v) for v in versions]
+        stored = [f for f in found if f is not None]
+        if not stored:
             report.fail(item, "already gone without an erasure receipt: see `retention audit`")
             continue
-        if stored.legal_hold:
+        if any(f.legal_hold for f in stored):
             report.add(item, "kept_held_at_store")
             continue
-        if stored.until is not None and stored.until > datetime.now(UTC):  # the store's clock
-            report.add(item, "kept_retained_at_store", stored_until=iso(stored.until))
+        retained = [f.until for f in stored if f.until is not None]
+        if retained and max(retained) > datetime.now(UTC):  # the store's clock
+            report.add(item, "kept_retained_at_store", stored_until=iso(max(retained)))
             continue
         if dry_run:
             report.add(item, "would_delete")
             continue
         try:
-            await archive.sink.delete(item.key, version_id=item.record.version_id)
+            for version, there in zip(versions, found, strict=True):
+                if there is not None:
+                    await archive.sink.delete(item.key, version_id=version)
         except StorageError as exc:
             report.fail(item, str(exc))
             continue
