@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 import shutil
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
+from archiver import daemon as daemon_module
 from archiver.archive import archive_calls
 from archiver.cli import main
 from archiver.config import Settings, load_settings
@@ -19,6 +24,7 @@ from archiver.rebuild import run_rebuild
 from archiver.simulator import Simulator, SimulatorServer
 from archiver.verify import run_verify
 from tests.support import exotel_env
+from tests.test_daemon import daemon_settings, make_daemon, running, until
 
 PREFIX = "v"
 
@@ -164,3 +170,67 @@ async def test_sampling_checks_a_stable_subset(archived: Settings) -> None:
     keys = [{x.key for x in r.checks} for r in (a, b, c)]
     assert keys[0] == keys[1] and 0 < len(keys[0]) < 7
     assert keys[0] != keys[2] or len(keys[2]) != len(keys[0])
+
+
+async def test_verify_reads_the_ledger_without_writing_to_it(archived: Settings) -> None:
+    """Beside a running worker: the worker may be in the middle of a commit (write lock held)."""
+    writer = sqlite3.connect(archived.state_dir / "ledger.sqlite3", isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    try:
+        started = time.monotonic()
+        result = await run_verify(archived)
+        assert result.ok, result.as_dict()
+        assert time.monotonic() - started < 4  # did not wait for the writer (busy timeout: 5 s)
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+
+
+async def test_verify_beside_a_working_worker_reports_pending_seal(
+    sim: Simulator,
+    server: SimulatorServer,
+    s3_env: None,
+    seaweed: Any,
+    bucket: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(daemon_module, "SEAL_IDLE", 3600.0, raising=False)  # no seal meanwhile
+    settings = daemon_settings(
+        sim, server, tmp_path, env={"ARCHIVER_DESTINATION": f"s3://{bucket}/{PREFIX}"}
+    )
+    await archive_calls(settings, [sim.add_call().sid])  # sealed history: segment 1
+    sim.add_call()  # found by the worker's first sweep
+    daemon = make_daemon(settings)
+    env = {
+        "ARCHIVER_DESTINATION": settings.destination or "",
+        "ARCHIVER_STATE_DIR": str(settings.state_dir),
+        "ARCHIVER_CONFIG": "",
+    }
+    async with running(daemon):
+        await until(lambda: daemon.metrics.calls["archived"] == 1)
+        result = await run_verify(settings)
+        assert result.ok, result.as_dict()
+        assert result.count("ok") == 2 and result.count("pending_seal") == 2
+        assert result.as_dict()["counts"]["pending_seal"] == 2  # type: ignore[index]
+        cli = await asyncio.to_thread(CliRunner().invoke, main, ["verify"], env=env)
+        assert cli.exit_code == 0, cli.output
+        assert "pending seal: 2" in cli.output
+
+        alone = await run_verify(dataclasses.replace(settings, state_dir=tmp_path / "none"))
+        assert alone.count("unexpected") == 2 and not alone.ok  # without the ledger: unexpected
+
+        # Recorded but not sealed is no excuse: the bytes are checked against the ledger's row.
+        pending = sorted(c.key for c in result.checks if c.status == "pending_seal")
+        [recording] = [k for k in pending if "/recording-" in k]
+        [details] = [k for k in pending if k != recording]
+        client = seaweed.client()
+        client.put_object(Bucket=bucket, Key=f"{PREFIX}/{recording}", Body=b"ID3 not the same")
+        altered = await run_verify(settings)
+        found = {c.key: c.status for c in altered.checks}
+        assert (found[recording], found[details]) == ("altered", "pending_seal")
+        assert not altered.ok
+        client.delete_object(Bucket=bucket, Key=f"{PREFIX}/{recording}")
+        missing = await run_verify(settings)
+        assert {c.key: c.status for c in missing.checks}[recording] == "missing"
+        assert not missing.ok
