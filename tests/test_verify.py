@@ -195,7 +195,7 @@ async def test_verify_beside_a_working_worker_reports_pending_seal(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(daemon_module, "SEAL_IDLE", 3600.0, raising=False)  # no seal meanwhile
+    monkeypatch.setattr(daemon_module, "SEAL_IDLE", 3600.0)  # no seal meanwhile
     settings = daemon_settings(
         sim, server, tmp_path, env={"ARCHIVER_DESTINATION": f"s3://{bucket}/{PREFIX}"}
     )
