@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import json
 import shutil
 import sqlite3
@@ -15,14 +16,14 @@ import pytest
 from click.testing import CliRunner
 
 from archiver import daemon as daemon_module
-from archiver.archive import archive_calls
+from archiver.archive import archive_calls, sink_for
 from archiver.cli import main
 from archiver.config import Settings, load_settings
-from archiver.ledger import Ledger
+from archiver.ledger import EventRecord, Ledger, ObjectRecord
 from archiver.manifest import read_manifest
 from archiver.rebuild import run_rebuild
 from archiver.simulator import Simulator, SimulatorServer
-from archiver.verify import run_verify
+from archiver.verify import ObjectCheck, run_verify, verify
 from tests.support import exotel_env
 from tests.test_daemon import daemon_settings, make_daemon, running, until
 
@@ -234,3 +235,79 @@ async def test_verify_beside_a_working_worker_reports_pending_seal(
         missing = await run_verify(settings)
         assert {c.key: c.status for c in missing.checks}[recording] == "missing"
         assert not missing.ok
+
+
+async def test_an_erasure_recorded_but_not_sealed_is_pending_seal(
+    archived: Settings, seaweed: Any, bucket: str
+) -> None:
+    """`retention purge` while the worker holds the state directory: the object is gone, its
+    receipt waits in the ledger for the worker's next seal."""
+    ledger = Ledger(archived.state_dir / "ledger.sqlite3")
+    victim = next(o for o in ledger.all_objects() if o.kind == "recording")
+    seaweed.client().delete_object(Bucket=bucket, Key=f"{PREFIX}/{victim.key}")
+    ledger.add_event(erasure_of(victim))
+    ledger.close()
+    result = await run_verify(archived)
+    assert result.ok, result.as_dict()
+    assert [(c.status, c.key) for c in result.checks if c.status != "ok"] == [
+        ("pending_seal", victim.key)
+    ]
+    alone = await run_verify(dataclasses.replace(archived, state_dir=archived.state_dir / "x"))
+    assert [(c.status, c.key) for c in alone.checks if c.status != "ok"] == [
+        ("missing", victim.key)
+    ]
+
+
+def erasure_of(record: ObjectRecord) -> EventRecord:
+    details = {"sha256": record.sha256, "size": record.size, "location": record.location}
+    return EventRecord(
+        kind="erasure",
+        call_sid=record.call_sid,
+        key=record.key,
+        at="2026-12-01T00:00:00.000Z",
+        actor="ops@host",
+        details=json.dumps(details, sort_keys=True),
+        version_id=record.version_id,
+    )
+
+
+async def test_what_the_worker_does_while_verify_runs_is_pending_seal(
+    archived: Settings, seaweed: Any, bucket: str
+) -> None:
+    """An object archived and another one erased after verify has read the ledger."""
+    writer = Ledger(archived.state_dir / "ledger.sqlite3")
+    reader = Ledger(archived.state_dir / "ledger.sqlite3", readonly=True)
+    sink = sink_for(archived)
+    objects = writer.all_objects()
+    victim = [o for o in objects if o.kind == "recording"][-1]
+    late_key = "2026/01/01/CAlate/recording-1.mp3"
+    data = b"ID3 archived while verify ran"
+    client = seaweed.client()
+
+    def meanwhile(check: ObjectCheck) -> None:
+        if check.key != objects[0].key:
+            return
+        client.put_object(Bucket=bucket, Key=f"{PREFIX}/{late_key}", Body=data)
+        writer.add_object(
+            dataclasses.replace(
+                objects[0],
+                call_sid="CAlate",
+                key=late_key,
+                size=len(data),
+                sha256=hashlib.sha256(data).hexdigest(),
+            )
+        )
+        client.delete_object(Bucket=bucket, Key=f"{PREFIX}/{victim.key}")
+        writer.add_event(erasure_of(victim))
+
+    try:
+        result = await verify(sink, reader, on_object=meanwhile)
+    finally:
+        writer.close()
+        reader.close()
+        await sink.close()
+    assert result.ok, result.as_dict()
+    assert sorted((c.status, c.key) for c in result.checks if c.status != "ok") == [
+        ("pending_seal", late_key),
+        ("pending_seal", victim.key),
+    ]
