@@ -24,6 +24,10 @@ webhook stop; in-flight calls get ``shutdown_grace`` seconds; unfinished ones st
 the next start; waiting manifest entries are sealed. A second ``stop()`` cancels what is in
 flight at once. Errors that concern every call (bad Exotel credentials, bucket missing or
 denied) stop the worker and are raised from ``run()``.
+
+Manifest entries are sealed into the destination every ``SEAL_EVERY`` seconds, and as soon as
+no call has been in flight for ``SEAL_IDLE`` seconds, so the chain there is complete soon after
+work stops (``verify`` reports entries still waiting as pending seal).
 """
 
 from __future__ import annotations
@@ -64,6 +68,9 @@ FAILURE_RETRIES = 5
 HINT_MEMORY = 10_000
 STATUS_EVERY = 10.0
 SEAL_EVERY = 600.0
+SEAL_IDLE = 30.0
+"""Seconds without a call in flight after which waiting manifest entries are sealed (besides
+every SEAL_EVERY seconds): the destination's chain catches up soon after work stops."""
 
 
 @dataclass
@@ -105,6 +112,8 @@ class Daemon:
         """Set once the worker serves (its listeners are up): when READY=1 goes to systemd."""
         self._fatal: BaseException | None = None
         self._warned_retention = 0.0
+        self._last_work = time.monotonic()
+        """When the last call was finished (for sealing once idle)."""
         self.ledger: Ledger | None = None
         self.archiver: Archiver | None = None
         self.exotel: ExotelClient | None = None
@@ -310,6 +319,7 @@ class Daemon:
         """Count a result and decide when, if ever, to look at the call again."""
         assert self.ledger is not None
         sid, outcome, now = result.call_sid, result.outcome, time.monotonic()
+        self._last_work = now
         self.metrics.calls[outcome] += 1
         recheck = self.config.recheck_interval
         if outcome in (ARCHIVED, ALREADY_ARCHIVED):
@@ -426,10 +436,19 @@ class Daemon:
             self.notifier.status(self._status_line())
             if self.notifier.watchdog_interval:
                 self.notifier.watchdog()  # this loop runs: the event loop is not stuck
-            if time.monotonic() - last_seal >= SEAL_EVERY:
+            if time.monotonic() - last_seal >= SEAL_EVERY or self._idle_with_entries():
                 last_seal = time.monotonic()
                 await self.archiver.recorder.seal()
             await self._pause(every)
+
+    def _idle_with_entries(self) -> bool:
+        """No call in flight for SEAL_IDLE seconds, and manifest entries wait to be sealed."""
+        assert self.ledger is not None
+        return (
+            not self.schedule.in_flight
+            and time.monotonic() - self._last_work >= SEAL_IDLE
+            and self.ledger.unsealed_count() > 0
+        )
 
     # --- gauges, status, retention ---------------------------------------------------------------
 

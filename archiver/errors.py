@@ -34,6 +34,8 @@ The tree::
         │                         overwritten, reported loudly; not retryable
         ├── StorageUnavailable    retryable: 5xx, SlowDown, timeouts, connection resets
         ├── StoragePermanent      bucket missing, access denied, bad credentials; not retryable
+        │   └── ManifestConflict  the destination holds a manifest segment this ledger did not
+        │                         write (another worker's, or written by hand); stops the run
         └── StorageLocked         a delete or retention change refused: Object Lock retention or
                                   a legal hold protects the object; not retryable
 
@@ -209,6 +211,12 @@ class StorageUnavailable(StorageError):
 
 class StoragePermanent(StorageError):
     """The destination refuses for good: no such bucket, access denied, bad credentials."""
+
+
+class ManifestConflict(StoragePermanent):
+    """A manifest segment is already stored under the number this ledger seals next, and its bytes
+    are not what this ledger would write there: another writer uses this destination's manifest.
+    Nothing is marked sealed; the run stops."""
 
 
 class StorageLocked(StorageError):

@@ -228,10 +228,17 @@ class SegmentRecord:
 
 
 class Ledger:
-    """The ledger at ``state_dir/ledger.sqlite3``. Single writer: one worker per state dir."""
+    """The ledger at ``state_dir/ledger.sqlite3``. Single writer: one worker per state dir.
 
-    def __init__(self, path: Path) -> None:
+    ``readonly=True`` is for readers beside the writer (``verify``): the file must exist, nothing
+    is created or upgraded, no write lock is taken, and every write raises."""
+
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
         self.path = path
+        self.readonly = readonly
+        if readonly:
+            self._open_readonly(path)
+            return
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -245,12 +252,7 @@ class Ledger:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=5000")
-        version = self._db.execute("PRAGMA user_version").rows[0][0]
-        if version > SCHEMA_VERSION:
-            raise ConfigError(
-                f"the ledger at {path} was written by a newer exotel-archiver (schema {version}); "
-                "upgrade exotel-archiver"
-            )
+        self._check_version()
         with self._transaction():
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
@@ -267,9 +269,45 @@ class Ledger:
         reader.execute("PRAGMA busy_timeout=5000")
         self._read = _Serialized(reader)
 
+    def _open_readonly(self, path: Path) -> None:
+        """For readers beside a running worker (``verify``): one ``mode=ro`` connection, no
+        schema created or upgraded, no write lock taken; every write raises."""
+        try:
+            connection = sqlite3.connect(
+                f"{path.resolve().as_uri()}?mode=ro",
+                uri=True,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            connection.row_factory = sqlite3.Row
+            connection.execute("PRAGMA busy_timeout=5000")
+            tables = {
+                str(r[0])
+                for r in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            }
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigError(f"cannot read the ledger at {path}: {exc}") from None
+        if not {"objects", "events", "segments"} <= tables:
+            connection.close()
+            raise ConfigError(
+                f"{path} is not a complete exotel-archiver ledger (tables missing): move it away, "
+                "or point --state-dir / ARCHIVER_STATE_DIR at the worker's state directory"
+            )
+        self._db = self._read = _Serialized(connection)
+        self._check_version()
+
+    def _check_version(self) -> None:
+        version = self._db.execute("PRAGMA user_version").rows[0][0]
+        if version > SCHEMA_VERSION:
+            raise ConfigError(
+                f"the ledger at {self.path} was written by a newer exotel-archiver (schema "
+                f"{version}); upgrade exotel-archiver"
+            )
+
     def close(self) -> None:
         self._read.close()
-        self._db.close()
+        if self._db is not self._read:
+            self._db.close()
 
     def _transaction(self) -> _Tx:
         return _Tx(self._db)
@@ -498,6 +536,20 @@ class Ledger:
             for r in self._read.execute("SELECT * FROM objects ORDER BY seq")
         ]
 
+    def snapshot(self) -> tuple[list[SegmentRecord], list[Entry]]:
+        """The sealed segments and every entry, read in one transaction: a consistent view even
+        while a worker records and seals (what ``verify`` compares the destination with)."""
+        with self._read.lock:
+            self._read.execute("BEGIN")
+            try:
+                return self.segments(), self._entries("1 = 1")
+            finally:
+                self._read.execute("COMMIT")
+
+    def object_at(self, key: str) -> ObjectRecord | None:
+        row = self._read.execute("SELECT * FROM objects WHERE key = ?", (key,)).fetchone()
+        return None if row is None else ObjectRecord(**dict(row))
+
     def segments(self) -> list[SegmentRecord]:
         rows = self._read.execute("SELECT * FROM segments ORDER BY number")
         return [SegmentRecord(**dict(r)) for r in rows]
@@ -550,10 +602,6 @@ class Ledger:
                      updated_at = excluded.updated_at""",
                 [(sid, outcome, created, n, now) for sid, outcome, created, n in calls],
             )
-
-    def object_at(self, key: str) -> ObjectRecord | None:
-        row = self._read.execute("SELECT * FROM objects WHERE key = ?", (key,)).fetchone()
-        return None if row is None else ObjectRecord(**dict(row))
 
     def entries_between(self, first: int, last: int) -> list[Entry]:
         """Manifest entries with ``first <= seq <= last``, in order (a sealed segment's)."""

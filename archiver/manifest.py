@@ -53,6 +53,8 @@ SCHEMA = 1
 """Version of the line format, in every line as ``schema``."""
 
 
+OBJECT_KINDS = frozenset({"recording", "call_details", "legs", "voice_log", "voice_log_audio"})
+"""The kinds of object entries (archiver.recorder's table)."""
 EVENT_KINDS = frozenset(
     {"legal_hold", "legal_hold_release", "retention_extended", "erasure", "repaired"}
 )

@@ -15,7 +15,9 @@ Its first line is a header, the other lines are manifest entries (``archiver.man
 ``prev_sha256`` chains each segment to the one before (null for segment 1), in the spirit of
 CloudTrail digest files: deleting, reordering or editing a segment breaks the chain. The bytes of
 a segment depend only on the ledger's rows, so sealing again after a crash writes the same bytes
-(and the write-once store answers "already there"). docs/manifest.md specifies the format for an
+(and the write-once store answers "already there"): a stored segment is adopted only if its bytes
+are exactly what the ledger renders for the range it covers; anything else is another writer's
+and stops the run (``ManifestConflict``). docs/manifest.md specifies the format for an
 independent checker.
 """
 
@@ -28,7 +30,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from archiver.errors import StorageConflict
+from archiver.errors import ManifestConflict, StorageConflict
 from archiver.ledger import Entry, Ledger, SegmentRecord
 from archiver.manifest import entry
 from archiver.sinks import Sink
@@ -107,23 +109,49 @@ async def seal(ledger: Ledger, sink: Sink) -> list[SegmentRecord]:
                 content_type="application/x-ndjson",
             )
         except StorageConflict:
-            # A crash after the PUT and before the ledger commit, then more entries: the segment
-            # in the destination is the truth. Adopt it and seal the rest after it.
-            existing = parse(await read_segment(sink, key))
-            if existing.header.get("prev_sha256") != prev:
-                raise
-            record = SegmentRecord(
+            # A crash after the PUT and before the ledger commit (then, maybe, more entries): the
+            # stored segment is adopted if it is exactly what this ledger writes for its range.
+            record = await adopt(ledger, sink, number, prev, pending)
+            log.warning(
+                "segment %d was already stored (a previous run); adopting it (seq %d-%d)",
                 number,
-                key,
-                existing.sha256,
-                prev,
-                int(existing.header["first_seq"]),
-                int(existing.header["last_seq"]),
+                record.first_seq,
+                record.last_seq,
             )
-            log.warning("segment %d was already stored (a previous run); adopting it", number)
         else:
             record = SegmentRecord(
                 number, key, sha, prev, int(pending[0].seq or 0), int(pending[-1].seq or 0)
             )
         ledger.add_segment(record)
         sealed.append(record)
+
+
+async def adopt(
+    ledger: Ledger, sink: Sink, number: int, prev: str | None, pending: list[Entry]
+) -> SegmentRecord:
+    """The record of segment ``number``, already stored, if its bytes are exactly what this ledger
+    renders for the entries it holds — the first ``n`` of ``pending``; else ManifestConflict.
+
+    Nothing looser will do: a segment with the right ``prev_sha256`` but other entries is another
+    writer's, and adopting it would mark this ledger's entries sealed though no segment holds
+    them.
+    """
+    key = segment_key(number)
+    stored = await read_segment(sink, key)
+    try:
+        header = json.loads(stored.split(b"\n", 1)[0])
+        first, last = int(header["first_seq"]), int(header["last_seq"])
+    except (ValueError, KeyError, TypeError):
+        first = last = 0
+    mine = [r for r in pending if first <= (r.seq or 0) <= last]
+    if mine and mine[0] is pending[0] and render(number, prev, mine) == stored:
+        return SegmentRecord(number, key, hashlib.sha256(stored).hexdigest(), prev, first, last)
+    raise ManifestConflict(
+        f"the manifest segment {sink.location(key)} is already stored, and it is not what this "
+        f"ledger ({ledger.path}) seals there (its entries from seq {pending[0].seq} on): "
+        "another writer — a worker with another state directory, or a hand — writes to this "
+        "destination's manifest. Nothing was marked sealed; the entries wait in the ledger. "
+        "Give each worker its own destination (bucket or prefix) and state directory; if this "
+        "state directory's ledger is a stale copy, rebuild it from the destination with "
+        "`exotel-archiver manifest rebuild` into a new --state-dir"
+    )

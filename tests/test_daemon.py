@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from archiver import daemon as daemon_module
 from archiver.archive import sink_for
 from archiver.config import Settings, load_settings
 from archiver.daemon import Daemon, Summary
@@ -402,3 +403,34 @@ async def test_a_call_that_ended_but_is_still_processing_is_looked_at_again(
         sim.finish(call.sid)
         await until(lambda: daemon.metrics.calls[ARCHIVED] == 1)
     assert list(archived_files(settings).values()) == [sim.recording_bytes(call.sid, 1)]
+
+
+async def test_an_idle_worker_seals_soon_not_only_every_ten_minutes(
+    sim: Simulator, server: SimulatorServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Entries wait for a seal while calls come in; once nothing is in flight for SEAL_IDLE
+    seconds they are sealed, so the destination's chain is soon complete again."""
+    monkeypatch.setattr(daemon_module, "SEAL_IDLE", 0.5)
+    monkeypatch.setattr(daemon_module, "STATUS_EVERY", 0.05)
+    assert daemon_module.SEAL_EVERY >= 600  # the timer alone would not seal within the test
+    sim.add_call(recordings=1, size=9_000)
+    settings = daemon_settings(sim, server, tmp_path)
+    segments = Path(settings.destination or "") / "_manifest" / "segments"
+    daemon = make_daemon(settings)
+    async with running(daemon):
+        await until(lambda: daemon.metrics.calls[ARCHIVED] == 1)
+        archived_at = time.monotonic()
+        assert not segments.exists() or not any(segments.iterdir())
+        await until(lambda: segments.exists() and any(segments.iterdir()), timeout=10)
+        assert time.monotonic() - archived_at >= 0.4  # after the idle time, not at once
+        assert not daemon.schedule.in_flight
+        ledger = Ledger(settings.state_dir / "ledger.sqlite3")
+        try:
+            assert ledger.unsealed_count() == 0 and len(ledger.segments()) == 1
+        finally:
+            ledger.close()
+        later = sim.add_call(recordings=1, size=7_000)
+        await daemon.sweep()
+        await until(lambda: daemon.metrics.calls[ARCHIVED] == 2)
+        await until(lambda: len(list(segments.iterdir())) == 2, timeout=10)
+    assert outcome(settings, later.sid) == ARCHIVED

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import shutil
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from archiver.archive import archive_calls
 from archiver.config import load_settings
+from archiver.errors import DestinationMismatch, StoragePermanent
 from archiver.ledger import Ledger, ObjectRecord
 from archiver.segments import parse, seal, segment_key
 from archiver.simulator import Simulator, SimulatorServer
@@ -18,7 +22,7 @@ from tests.support import exotel_env
 
 def segments_in(seaweed: Any, bucket: str, prefix: str) -> dict[str, bytes]:
     client = seaweed.client()
-    listed = client.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/_manifest/").get(
+    listed = client.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/_manifest/segments/").get(
         "Contents", []
     )
     return {o["Key"]: client.get_object(Bucket=bucket, Key=o["Key"])["Body"].read() for o in listed}
@@ -108,10 +112,15 @@ async def test_storage_requests_per_archived_call_are_counted_and_few(
     report = await archive_calls(settings, [sim.add_call().sid for _ in range(5)])
     objects = sum(len(r.objects) for r in report.results)  # 5 recordings + 5 call.json
     # per object one PUT (the store's answer confirms the checksum it verified: no HEAD); one
-    # bucket check; one PUT per segment
-    assert report.storage_requests == objects + 1 + report.segments_sealed
+    # bucket check; one PUT per segment; claiming the destination (archiver.identity): HEAD for
+    # a marker, LIST for segments, PUT the marker, HEAD + GET to read it back
+    assert report.storage_requests == objects + 1 + report.segments_sealed + 5
     assert report.segments_sealed == 1  # the manifest costs 2 requests per run, not per entry
     assert report.as_dict()["storage_requests"] == report.storage_requests
+    # Later runs: the marker read (HEAD + GET) and the HEAD after the last segment.
+    again = await archive_calls(settings, [sim.add_call().sid for _ in range(5)])
+    objects = sum(len(r.objects) for r in again.results)
+    assert again.storage_requests == objects + 1 + again.segments_sealed + 3
 
 
 async def test_a_versioned_bucket_records_version_ids(
@@ -125,3 +134,44 @@ async def test_a_versioned_bucket_records_version_ids(
     for e in parse(segment).entries:
         head = client.head_object(Bucket=bucket, Key=f"v/{e['key']}")
         assert e["version_id"] and e["version_id"] == head["VersionId"]
+
+
+async def test_a_second_ledger_writing_into_the_same_manifest_is_stopped(
+    sim: Simulator, server: SimulatorServer, s3_env: None, seaweed: Any, bucket: str, tmp_path: Path
+) -> None:
+    """Two state directories, one destination: the second worker's segment 1 is not its own.
+
+    Its prev_sha256 (null) matches; its entries do not. Adopting it would mark the second
+    ledger's entries sealed though no segment holds them."""
+    destination = f"s3://{bucket}/shared"
+    one = load_settings(env=exotel_env(sim, server.base_url, destination, tmp_path / "one"))
+    two = load_settings(env=exotel_env(sim, server.base_url, destination, tmp_path / "two"))
+    await archive_calls(one, [sim.add_call().sid])
+    before = segments_in(seaweed, bucket, "shared")
+    # The destination's marker stops it before anything is done (tests/test_identity.py); the
+    # seal's own check, should a second writer get that far, is the test below.
+    with pytest.raises(DestinationMismatch, match="another archive") as stopped:
+        await archive_calls(two, [sim.add_call().sid])
+    assert "manifest rebuild" in str(stopped.value)  # names the way out
+    assert segments_in(seaweed, bucket, "shared") == before  # nothing adopted, nothing written
+    ledger = Ledger(tmp_path / "two" / "ledger.sqlite3")
+    try:
+        assert ledger.segments() == [] and ledger.unsealed() == []
+    finally:
+        ledger.close()
+
+
+async def test_a_stored_segment_with_other_entries_is_not_adopted(tmp_path: Path) -> None:
+    """Same number, same prev_sha256, same seq range: other bytes all the same."""
+    sink = LocalSink(tmp_path / "dest")
+    ours = Ledger(tmp_path / "ours" / "ledger.sqlite3")
+    theirs = Ledger(tmp_path / "theirs" / "ledger.sqlite3")
+    for ledger, name in ((ours, "ours"), (theirs, "theirs")):
+        ledger.add_object(record(1))
+        ledger.add_object(dataclasses.replace(record(2), worker=name))
+    await seal(theirs, sink)
+    with pytest.raises(StoragePermanent, match="another"):
+        await seal(ours, sink)
+    assert ours.segments() == [] and len(ours.unsealed()) == 2
+    ours.close()
+    theirs.close()

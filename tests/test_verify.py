@@ -2,23 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import hashlib
 import json
 import shutil
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
-from archiver.archive import archive_calls
+from archiver import daemon as daemon_module
+from archiver.archive import archive_calls, sink_for
 from archiver.cli import main
 from archiver.config import Settings, load_settings
-from archiver.ledger import Ledger
+from archiver.ledger import EventRecord, Ledger, ObjectRecord
 from archiver.manifest import read_manifest
 from archiver.rebuild import run_rebuild
 from archiver.simulator import Simulator, SimulatorServer
-from archiver.verify import run_verify
+from archiver.verify import ObjectCheck, run_verify, verify
 from tests.support import exotel_env
+from tests.test_daemon import daemon_settings, make_daemon, running, until
 
 PREFIX = "v"
 
@@ -166,3 +173,143 @@ async def test_sampling_checks_a_stable_subset(archived: Settings) -> None:
     keys = [{x.key for x in r.checks} for r in (a, b, c)]
     assert keys[0] == keys[1] and 0 < len(keys[0]) < 7
     assert keys[0] != keys[2] or len(keys[2]) != len(keys[0])
+
+
+async def test_verify_reads_the_ledger_without_writing_to_it(archived: Settings) -> None:
+    """Beside a running worker: the worker may be in the middle of a commit (write lock held)."""
+    writer = sqlite3.connect(archived.state_dir / "ledger.sqlite3", isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    try:
+        started = time.monotonic()
+        result = await run_verify(archived)
+        assert result.ok, result.as_dict()
+        assert time.monotonic() - started < 4  # did not wait for the writer (busy timeout: 5 s)
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+
+
+async def test_verify_beside_a_working_worker_reports_pending_seal(
+    sim: Simulator,
+    server: SimulatorServer,
+    s3_env: None,
+    seaweed: Any,
+    bucket: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(daemon_module, "SEAL_IDLE", 3600.0)  # no seal meanwhile
+    settings = daemon_settings(
+        sim, server, tmp_path, env={"ARCHIVER_DESTINATION": f"s3://{bucket}/{PREFIX}"}
+    )
+    await archive_calls(settings, [sim.add_call().sid])  # sealed history: segment 1
+    sim.add_call()  # found by the worker's first sweep
+    daemon = make_daemon(settings)
+    env = {
+        "ARCHIVER_DESTINATION": settings.destination or "",
+        "ARCHIVER_STATE_DIR": str(settings.state_dir),
+        "ARCHIVER_CONFIG": "",
+    }
+    async with running(daemon):
+        await until(lambda: daemon.metrics.calls["archived"] == 1)
+        result = await run_verify(settings)
+        assert result.ok, result.as_dict()
+        assert result.count("ok") == 2 and result.count("pending_seal") == 2
+        assert result.as_dict()["counts"]["pending_seal"] == 2  # type: ignore[index]
+        cli = await asyncio.to_thread(CliRunner().invoke, main, ["verify"], env=env)
+        assert cli.exit_code == 0, cli.output
+        assert "pending seal: 2" in cli.output
+
+        alone = await run_verify(dataclasses.replace(settings, state_dir=tmp_path / "none"))
+        assert alone.count("unexpected") == 2 and not alone.ok  # without the ledger: unexpected
+
+        # Recorded but not sealed is no excuse: the bytes are checked against the ledger's row.
+        pending = sorted(c.key for c in result.checks if c.status == "pending_seal")
+        [recording] = [k for k in pending if "/recording-" in k]
+        [details] = [k for k in pending if k != recording]
+        client = seaweed.client()
+        client.put_object(Bucket=bucket, Key=f"{PREFIX}/{recording}", Body=b"ID3 not the same")
+        altered = await run_verify(settings)
+        found = {c.key: c.status for c in altered.checks}
+        assert (found[recording], found[details]) == ("altered", "pending_seal")
+        assert not altered.ok
+        client.delete_object(Bucket=bucket, Key=f"{PREFIX}/{recording}")
+        missing = await run_verify(settings)
+        assert {c.key: c.status for c in missing.checks}[recording] == "missing"
+        assert not missing.ok
+
+
+async def test_an_erasure_recorded_but_not_sealed_is_pending_seal(
+    archived: Settings, seaweed: Any, bucket: str
+) -> None:
+    """`retention purge` while the worker holds the state directory: the object is gone, its
+    receipt waits in the ledger for the worker's next seal."""
+    ledger = Ledger(archived.state_dir / "ledger.sqlite3")
+    victim = next(o for o in ledger.all_objects() if o.kind == "recording")
+    seaweed.client().delete_object(Bucket=bucket, Key=f"{PREFIX}/{victim.key}")
+    ledger.add_event(erasure_of(victim))
+    ledger.close()
+    result = await run_verify(archived)
+    assert result.ok, result.as_dict()
+    assert [(c.status, c.key) for c in result.checks if c.status != "ok"] == [
+        ("pending_seal", victim.key)
+    ]
+    alone = await run_verify(dataclasses.replace(archived, state_dir=archived.state_dir / "x"))
+    assert [(c.status, c.key) for c in alone.checks if c.status != "ok"] == [
+        ("missing", victim.key)
+    ]
+
+
+def erasure_of(record: ObjectRecord) -> EventRecord:
+    details = {"sha256": record.sha256, "size": record.size, "location": record.location}
+    return EventRecord(
+        kind="erasure",
+        call_sid=record.call_sid,
+        key=record.key,
+        at="2026-12-01T00:00:00.000Z",
+        actor="ops@host",
+        details=json.dumps(details, sort_keys=True),
+        version_id=record.version_id,
+    )
+
+
+async def test_what_the_worker_does_while_verify_runs_is_pending_seal(
+    archived: Settings, seaweed: Any, bucket: str
+) -> None:
+    """An object archived and another one erased after verify has read the ledger."""
+    writer = Ledger(archived.state_dir / "ledger.sqlite3")
+    reader = Ledger(archived.state_dir / "ledger.sqlite3", readonly=True)
+    sink = sink_for(archived)
+    objects = writer.all_objects()
+    victim = [o for o in objects if o.kind == "recording"][-1]
+    late_key = "2026/01/01/CAlate/recording-1.mp3"
+    data = b"ID3 archived while verify ran"
+    client = seaweed.client()
+
+    def meanwhile(check: ObjectCheck) -> None:
+        if check.key != objects[0].key:
+            return
+        client.put_object(Bucket=bucket, Key=f"{PREFIX}/{late_key}", Body=data)
+        writer.add_object(
+            dataclasses.replace(
+                objects[0],
+                call_sid="CAlate",
+                key=late_key,
+                size=len(data),
+                sha256=hashlib.sha256(data).hexdigest(),
+            )
+        )
+        client.delete_object(Bucket=bucket, Key=f"{PREFIX}/{victim.key}")
+        writer.add_event(erasure_of(victim))
+
+    try:
+        result = await verify(sink, reader, on_object=meanwhile)
+    finally:
+        writer.close()
+        reader.close()
+        await sink.close()
+    assert result.ok, result.as_dict()
+    assert sorted((c.status, c.key) for c in result.checks if c.status != "ok") == [
+        ("pending_seal", late_key),
+        ("pending_seal", victim.key),
+    ]

@@ -50,14 +50,30 @@ def verify(
     report: Path | None,
     **cli: Any,
 ) -> None:
-    """Fixity audit: check the manifest chain in the destination, re-read the objects it names
-    and compare size and SHA-256, and name every object no manifest entry names.
+    """Fixity audit: check the manifest chain in the destination (and against the local ledger,
+    if the state directory has one: opened read-only, so it may run beside the worker), re-read
+    the objects it names and compare size and SHA-256, and name every object no entry names.
 
-    Exit code 0 only when everything checked is OK.
+    Objects the worker has recorded but not sealed yet are "pending seal" (not a failure); without
+    a ledger they are unexpected. docs/manifest.md lists what is detected with and without the
+    ledger.
+
+    Exit code 0 only when the chain is intact and every object checked is ok, erased or pending
+    seal.
     """
     from datetime import date
 
-    from archiver.verify import ALTERED, MISSING, OK, UNEXPECTED, run_verify
+    from archiver.verify import (
+        ALTERED,
+        ERASED,
+        MISSING,
+        NOT_ERASED,
+        OK,
+        PASSING,
+        PENDING_SEAL,
+        UNEXPECTED,
+        run_verify,
+    )
 
     settings = make_settings(ctx, cli)
     with Progress(None, "Verifying") as advance:
@@ -73,14 +89,19 @@ def verify(
         )
     for problem in result.chain.problems:
         click.echo(f"  CHAIN      {problem}", err=True)
+    for note in result.chain.notes:
+        click.echo(f"  NOTE       {note}", err=True)
     for check in result.checks:
-        if check.status != OK:
+        if check.status not in PASSING:
             click.echo(f"  {check.status.upper():10} {check.key}", err=True)
     state = "intact" if not result.chain.problems else "BROKEN"
+    against = "checked against the ledger" if result.chain.ledger_used else "no ledger"
     click.echo(
-        f"segments: {len(result.chain.segments)} ({state}); "
-        f"objects ok: {result.count(OK)}, missing: {result.count(MISSING)}, "
-        f"altered: {result.count(ALTERED)}, unexpected: {result.count(UNEXPECTED)}"
+        f"segments: {len(result.chain.segments)} ({state}, {against}); "
+        f"objects ok: {result.count(OK)}, pending seal: {result.count(PENDING_SEAL)}, "
+        f"missing: {result.count(MISSING)}, altered: {result.count(ALTERED)}, "
+        f"unexpected: {result.count(UNEXPECTED)}, erased: {result.count(ERASED)}, "
+        f"not erased: {result.count(NOT_ERASED)}"
     )
     write_json(result.as_dict(), report)
     sys.exit(EXIT_OK if result.ok else EXIT_FAILURES)

@@ -9,7 +9,7 @@ get their class from the rules and the call details stored beside them (``call.j
 Jobs record what they did as events in the ledger (``record``): legal holds, releases,
 retention extensions, erasure receipts. When the job holds the state directory's writer lock it
 also appends them to ``manifest.jsonl`` and seals them into the destination's chain at the end;
-when the long-running worker holds it, the worker seals them within ten minutes.
+when the long-running worker holds it, the worker seals them once idle, or within ten minutes.
 """
 
 from __future__ import annotations
