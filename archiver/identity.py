@@ -175,12 +175,14 @@ async def bind(
     *,
     claim: bool,
     allow_lost_marker: bool = False,
+    check_chain: bool = True,
 ) -> Marker | None:
     """Check that ``ledger`` (None: no ledger yet) and ``sink`` are one archive; see the module
     docstring. With ``claim``, a new destination is claimed (marker written, ledger bound); without
     it nothing is written anywhere. ``allow_lost_marker`` (``repair``) lets a bound ledger go on at
     its own location when the marker is gone. Returns the destination's marker, if any. Raises
-    ``DestinationMismatch``."""
+    ``DestinationMismatch``. ``check_chain`` False (``verify``, which reports it) skips the check
+    for a segment this ledger did not seal."""
     here = sink.describe()
     state = settings.state_dir
     marker = await read_marker(sink)
@@ -225,7 +227,7 @@ async def bind(
                 f"EXOTEL_ACCOUNT_SID is {account}: give each account its own destination "
                 f"prefix and state directory. {NOTHING_DONE}"
             )
-        if ledger is not None:
+        if ledger is not None and check_chain:
             await _check_not_behind(settings, sink, ledger)
         if ledger is not None and bound is not None and not bound.confirmed and claim:
             record_binding(ledger, marker, here, confirmed=True)
@@ -270,7 +272,8 @@ async def bind(
             "ARCHIVER_DESTINATION back; `exotel-archiver manifest rebuild` restores a state "
             f"directory from a destination's chain. {NOTHING_DONE}"
         )
-    await _check_not_behind(settings, sink, ledger)
+    if check_chain:
+        await _check_not_behind(settings, sink, ledger)
     if claim:
         return await _claim(settings, sink, ledger)
     return None
@@ -397,7 +400,7 @@ async def check_destination(settings: Settings, sink: Sink) -> None:
     if not path.exists():
         await bind(settings, sink, None, claim=False)
         return
-    ledger = Ledger(path)
+    ledger = Ledger(path, readonly=True)
     try:
         await bind(settings, sink, ledger, claim=False)
     finally:

@@ -44,6 +44,7 @@ from archiver.config import Settings
 from archiver.errors import (
     ArchiverError,
     ConfigError,
+    DestinationMismatch,
     ExotelNotFound,
     StorageLocked,
 )
@@ -55,7 +56,7 @@ from archiver.ratelimit import RateLimiter
 from archiver.recorder import SNAPSHOT_KINDS
 from archiver.redact import strip_url
 from archiver.retention.archive import default_actor
-from archiver.segments import render, seal
+from archiver.segments import read_segment, render, seal
 from archiver.sinks import Lock, Sink
 from archiver.transfer import Partial, recording_session
 from archiver.verify import ALTERED, MISSING, verify
@@ -128,6 +129,7 @@ async def run_repair(
             ledger = Ledger(path)
             try:
                 await preflight(settings, sink)
+                await _reclaim_marker(settings, sink, ledger, report)
                 await identity.bind(settings, sink, ledger, claim=False, allow_lost_marker=True)
                 await _repair(settings, sink, ledger, report, since, until, on_item)
             finally:
@@ -198,6 +200,38 @@ async def _repair(
     manifest.sync(ledger)
     manifest.fsync()
     await seal(ledger, sink)
+
+
+async def _reclaim_marker(
+    settings: Settings, sink: Sink, ledger: Ledger, report: RepairReport
+) -> None:
+    """A marker replaced by another (or made unreadable) while the destination still holds
+    exactly the chain this ledger sealed: keep the stranger aside and put ours back."""
+    bound = identity.binding(ledger)
+    if bound is None or not bound.confirmed or bound.location != sink.describe():
+        return
+    try:
+        there = await identity.read_marker(sink)
+    except DestinationMismatch:  # not a marker at all any more
+        there = None
+    else:
+        if there is None or there.data == bound.marker:
+            return  # lost (put back later) or intact
+    if await sink.stat(identity.MARKER_KEY) is None:
+        return
+    sealed = ledger.segments()
+    if not sealed:
+        return  # nothing to tell this ledger's destination from another's: leave it to bind
+    last = sealed[-1]
+    if hashlib.sha256(await read_segment(sink, last.key)).hexdigest() != last.sha256:
+        return
+    if report.dry_run:
+        report.items.append(Item(identity.MARKER_KEY, None, "marker", ALTERED))
+        return
+    aside = await _set_aside(sink, identity.MARKER_KEY, settings.state_dir)
+    await identity.restore_marker(sink, ledger)
+    report.marker_restored = True
+    log.warning("the identity marker was replaced; kept aside at %s, ours put back", aside)
 
 
 async def _restore_segment(sink: Sink, ledger: Ledger, segment: SegmentRecord, item: Item) -> None:

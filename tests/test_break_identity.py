@@ -11,7 +11,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import pytest
 from click.testing import CliRunner
 
 from archiver.archive import sink_for
@@ -347,11 +346,6 @@ def test_repair_then_rebuild_then_archive_and_verify(
     assert cli(["repair"], env).exit_code == 0
 
 
-@pytest.mark.xfail(
-    reason="not fixed: segments.seal adopts another writer's segment N when its prev_sha256 is "
-    "ours; the marker read-back only narrows the race (fix in segments.py, not ours to edit)",
-    strict=False,
-)
 async def test_two_claims_racing_without_conditional_writes_lose_nothing(
     sim: Simulator, server: SimulatorServer, s3_env: None, bucket: str, tmp_path: Path
 ) -> None:
@@ -378,10 +372,6 @@ async def test_two_claims_racing_without_conditional_writes_lose_nothing(
             assert any(sid in k for k in keys), f"{sid} reported archived, in no chain"
 
 
-@pytest.mark.xfail(
-    reason="not fixed: repair refuses a replaced marker; the ledger holds the original bytes",
-    strict=True,
-)
 def test_a_replaced_marker_is_put_back_by_repair(
     sim: Simulator, server: SimulatorServer, s3_env: None, bucket: str, tmp_path: Path, seaweed: Any
 ) -> None:

@@ -252,3 +252,33 @@ def test_after_a_rebuild_plan_and_result_agree_on_what_is_archived(
     real = cli(args, env)
     assert real.exit_code == 0, real.output
     assert sim.counters.get("v3_call_details", 0) == details_before
+
+
+def test_verify_and_reconcile_refuse_a_ledger_of_another_destination(
+    sim: Simulator, server: SimulatorServer, s3_env: None, bucket: str, tmp_path: Path
+) -> None:
+    """The ledger would be compared with a destination it never wrote: a false report."""
+    env = exotel_env(sim, server.base_url, f"s3://{bucket}/a", tmp_path / "state")
+    assert cli(["archive", sim.add_call().sid], env).exit_code == 0
+    moved = {**env, "ARCHIVER_DESTINATION": f"s3://{bucket}/b"}
+    before = sim_requests(sim)
+    for args in (["verify"], ["reconcile", "--since", "2026-11-30", "--until", "2026-12-01"]):
+        result = cli(args, moved)
+        assert result.exit_code == 2, (args, result.output)
+        assert f"s3://{bucket}/a" in result.output and f"s3://{bucket}/b" in result.output
+    assert sim_requests(sim) == before
+    # Without a ledger, verify checks any destination from its own chain (an auditor's view).
+    auditor = {**env, "ARCHIVER_STATE_DIR": str(tmp_path / "auditor")}
+    assert cli(["verify"], auditor).exit_code == 0
+
+
+def test_verify_names_a_lost_marker_and_repair_puts_it_back(
+    sim: Simulator, server: SimulatorServer, s3_env: None, bucket: str, tmp_path: Path, seaweed: Any
+) -> None:
+    env = exotel_env(sim, server.base_url, f"s3://{bucket}/a", tmp_path / "state")
+    assert cli(["archive", sim.add_call().sid], env).exit_code == 0
+    seaweed.client().delete_object(Bucket=bucket, Key=f"a/{MARKER_KEY}")
+    result = cli(["verify"], env)
+    assert result.exit_code == 1 and "identity marker" in result.output, result.output
+    assert cli(["repair"], env).exit_code == 0
+    assert cli(["verify"], env).exit_code == 0
