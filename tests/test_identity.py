@@ -282,3 +282,24 @@ def test_verify_names_a_lost_marker_and_repair_puts_it_back(
     assert result.exit_code == 1 and "identity marker" in result.output, result.output
     assert cli(["repair"], env).exit_code == 0
     assert cli(["verify"], env).exit_code == 0
+
+
+def test_from_a_local_directory_to_a_bucket_and_back(
+    sim: Simulator, server: SimulatorServer, s3_env: None, bucket: str, tmp_path: Path, seaweed: Any
+) -> None:
+    """The other way round: tried with a local directory first, then the bucket configured."""
+    state = tmp_path / "state"
+    local = exotel_env(sim, server.base_url, str(tmp_path / "trial"), state)
+    sids = [sim.add_call().sid for _ in range(2)]
+    assert cli(["archive", *sids], local).exit_code == 0
+    s3 = {**local, "ARCHIVER_DESTINATION": f"s3://{bucket}/prod"}
+    result = cli(["archive", *sids], s3)
+    assert result.exit_code == 2 and str(tmp_path / "trial") in result.output, result.output
+    assert keys_in(seaweed, bucket) == []
+    # The fix the message names: a state directory of its own for the bucket.
+    prod = {**s3, "ARCHIVER_STATE_DIR": str(tmp_path / "state-prod")}
+    result = cli(["archive", *sids], prod)
+    assert result.exit_code == 0 and "archived: 2" in result.output, result.output
+    stored = [k for k in keys_in(seaweed, bucket, "prod/") if "/recording-" in k]
+    assert len(stored) == 2  # every call reported archived is in the bucket
+    assert cli(["verify"], prod).exit_code == 0 and cli(["verify"], local).exit_code == 0
