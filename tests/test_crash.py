@@ -36,6 +36,7 @@ import pytest
 
 from archiver import segments
 from archiver.exotel.models import IST
+from archiver.identity import MARKER_KEY
 from archiver.manifest import read_manifest
 from archiver.simulator import Simulator, SimulatorServer
 from tests.seaweed import SeaweedFS
@@ -43,6 +44,7 @@ from tests.support import exotel_env
 
 PREFIX = "archive"
 SEG_PREFIX = f"{PREFIX}/{segments.PREFIX}"
+MARKER = f"{PREFIX}/{MARKER_KEY}"
 KILLS = 22
 BIG = 6 * 1024 * 1024  # over the 5 MiB part size: a two-part multipart upload
 STATE_FILES = {"ledger.sqlite3", "ledger.sqlite3-wal", "ledger.sqlite3-shm", "manifest.jsonl"}
@@ -111,7 +113,7 @@ def check_invariants(
         if full or row["size"] < 64 * 1024:
             data = _get(client, bucket, full_key)
             assert hashlib.sha256(data).hexdigest() == row["sha256"], f"{why}: {row['key']} bytes"
-    data_keys = {k for k in stored if not k.startswith(SEG_PREFIX)}
+    data_keys = {k for k in stored if not k.startswith(SEG_PREFIX) and k != MARKER}
     if data_keys - {f"{PREFIX}/{k}" for k in keys}:
         phases["stored, not yet in the ledger"] += 1
     # The manifest file: a prefix of the ledger, line for line, no entry twice.
@@ -252,8 +254,9 @@ def test_sigkilled_at_random_moments_then_restarted_archives_everything_exactly_
             expected[f"{folder}/recording-{index}.mp3"] = sim.recording_bytes(call.sid, index)
         expected[f"{folder}/call.json"] = b""
     stored = _objects(client, bucket)
-    data_keys = {k for k in stored if not k.startswith(SEG_PREFIX)}
+    data_keys = {k for k in stored if not k.startswith(SEG_PREFIX) and k != MARKER}
     assert data_keys == set(expected), f"{context}: {sorted(data_keys ^ set(expected))[:5]}"
+    assert MARKER in stored, f"{context}: the destination's identity marker is not there"
     for key, source in expected.items():
         data = _get(client, bucket, key)
         if "/recording-" in key:

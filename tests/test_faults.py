@@ -139,7 +139,9 @@ def _assert_archived_exactly_once(
     assert not duplicates, f"{len(duplicates)} keys stored more than once: {duplicates[:5]}"
     segments = {k for k in keys if k.startswith(f"{PREFIX}/_manifest/segments/")}
     assert segments, "no manifest segment was sealed"
-    extras = set(keys) - set(expected) - segments
+    marker = f"{PREFIX}/_manifest/destination.json"  # the destination's identity, written once
+    assert keys.count(marker) == 1
+    extras = set(keys) - set(expected) - segments - {marker}
     missing = set(expected) - set(keys)
     assert not extras, f"unexpected objects: {sorted(extras)[:5]}"
     assert not missing, f"{len(missing)} objects missing, e.g. {sorted(missing)[:5]}"

@@ -59,7 +59,8 @@ def verify(
     ledger.
 
     Exit code 0 only when the chain is intact and every object checked is ok, erased or pending
-    seal.
+    seal; 1 otherwise (`exotel-archiver repair` puts back what it can); 2 when the state
+    directory's ledger belongs to another destination.
     """
     from datetime import date
 
