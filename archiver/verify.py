@@ -437,7 +437,8 @@ def _compare(
         )
     was_sealed = {r.seq for r in before[1] if r.segment is not None}
     chain.checked = [entry(r) for r in after[1]]
-    chain.pending = {r.seq or 0 for r in after[1] if r.seq not in vouched | was_sealed}
+    settled = vouched | was_sealed  # (once: inside the comprehension it was quadratic)
+    chain.pending = {r.seq or 0 for r in after[1] if r.seq not in settled}
 
 
 def _differs(known: SegmentRecord, there: SegmentRecord) -> str:
