@@ -3,16 +3,22 @@ code it was written against, with real parts (SeaweedFS, the Exotel simulator ov
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
+import pytest
+
+from archiver import verify as verify_module
 from archiver.archive import archive_calls, sink_for
 from archiver.config import Settings, load_settings
-from archiver.ledger import Ledger
+from archiver.ledger import Ledger, ObjectRecord
+from archiver.recorder import Recorder
 from archiver.segments import seal
 from archiver.simulator import Simulator, SimulatorServer
-from archiver.verify import load_chain
+from archiver.verify import load_chain, run_verify
 from tests.support import exotel_env
 
 PREFIX = "b"
@@ -77,3 +83,40 @@ async def test_verify_with_the_ledger_is_not_quadratic_in_the_entries(
     assert not chain.problems, chain.problems[:3]
     assert len(chain.checked) == 15005
     assert took < 6, f"load_chain took {took:.1f} s for 15 005 entries"
+
+
+async def test_verify_while_an_object_is_stored_but_not_yet_recorded(
+    sim: Simulator,
+    server: SimulatorServer,
+    s3_env: None,
+    bucket: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Severity: medium (false alarm). The recorder PUTs (and confirms: a HEAD, or a whole
+    read-back in md5 mode) before it commits the row; a verify listing in between named the
+    worker's new recording ``unexpected`` and exited 1 on a healthy archive. The commit is only
+    held back here (the real store and the real archiver do the rest)."""
+    settings = await _archived(sim, server, bucket, tmp_path)
+    stored, release = threading.Event(), threading.Event()
+    record = Recorder._record
+
+    def slow_commit(self: Recorder, row: ObjectRecord) -> ObjectRecord:
+        if row.kind == "recording":
+            stored.set()
+            release.wait(30)
+        return record(self, row)
+
+    monkeypatch.setattr(Recorder, "_record", slow_commit)
+    monkeypatch.setattr(verify_module, "LATE_GRACE", 15.0)
+    work = asyncio.create_task(archive_calls(settings, [sim.add_call().sid]))
+    try:
+        assert await asyncio.to_thread(stored.wait, 30)  # in the bucket, not in the ledger
+        asyncio.get_running_loop().call_later(1.0, release.set)  # the commit lands 1 s later
+        result = await run_verify(settings)
+    finally:
+        release.set()
+        assert (await work).count("archived") == 1
+    assert result.ok, result.as_dict()
+    assert result.count("unexpected") == 0
+    assert (await run_verify(settings)).ok
