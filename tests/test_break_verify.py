@@ -7,7 +7,9 @@ import asyncio
 import sqlite3
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -108,7 +110,7 @@ async def test_verify_while_an_object_is_stored_but_not_yet_recorded(
         return record(self, row)
 
     monkeypatch.setattr(Recorder, "_record", slow_commit)
-    monkeypatch.setattr(verify_module, "LATE_GRACE", 15.0)
+    monkeypatch.setattr(verify_module, "LATE_GRACE", 15.0, raising=False)
     work = asyncio.create_task(archive_calls(settings, [sim.add_call().sid]))
     try:
         assert await asyncio.to_thread(stored.wait, 30)  # in the bucket, not in the ledger
@@ -119,4 +121,53 @@ async def test_verify_while_an_object_is_stored_but_not_yet_recorded(
         assert (await work).count("archived") == 1
     assert result.ok, result.as_dict()
     assert result.count("unexpected") == 0
+    assert (await run_verify(settings)).ok
+
+
+async def test_verify_while_purge_has_deleted_but_not_yet_recorded_the_receipt(
+    sim: Simulator,
+    server: SimulatorServer,
+    s3_env: None,
+    seaweed: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Severity: medium (false alarm). ``retention purge`` deletes every version, then records
+    the receipt; a verify in between named the erased recording ``missing`` (exit 1)."""
+    from archiver.retention.archive import RetentionArchive, open_retention
+    from archiver.retention.jobs import purge
+    from tests.test_retention import settings_for
+
+    bucket = f"lock-b-{time.time_ns()}"
+    seaweed.client().create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
+    expired = sim.add_call(recordings=1, size=3000, created=sim.now() - timedelta(days=40))
+    settings = settings_for(sim, server, tmp_path, bucket)
+    await archive_calls(settings, [expired.sid])
+    deleted, release = threading.Event(), threading.Event()
+    record = RetentionArchive.record
+
+    def slow_record(self: RetentionArchive, kind: str, item: Any, **details: Any) -> Any:
+        if kind == "erasure":
+            deleted.set()
+            release.wait(30)
+        return record(self, kind, item, **details)
+
+    monkeypatch.setattr(RetentionArchive, "record", slow_record)
+    monkeypatch.setattr(verify_module, "LATE_GRACE", 15.0, raising=False)
+
+    async def job() -> Any:
+        async with open_retention(settings, actor="dpo@example") as archive:
+            return await purge(archive, dry_run=False)
+
+    work = asyncio.create_task(asyncio.to_thread(asyncio.run, job()))
+    try:
+        assert await asyncio.to_thread(deleted.wait, 30)  # gone from the bucket, no receipt yet
+        asyncio.get_running_loop().call_later(1.0, release.set)
+        result = await run_verify(settings)
+    finally:
+        release.set()
+        done = await work
+    assert not done.failures
+    assert result.ok, result.as_dict()
+    assert result.count("missing") == 0
     assert (await run_verify(settings)).ok
