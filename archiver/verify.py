@@ -27,9 +27,11 @@ or ``pending_seal``, with nothing unexpected.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import re
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date
@@ -61,6 +63,11 @@ _OBJECT_FIELDS = (
 RECEIPTS = frozenset({"erasure", "repaired"})
 """Events that name the bytes of the object they are about: they must match its entry."""
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+LATE_GRACE = 15.0
+"""Seconds verify waits, with the ledger, for the worker's commit of an object it found stored
+(or gone) that the ledger does not have (or has no receipt for) yet: the worker confirms an object
+(a HEAD, or in md5 mode a whole read-back) before it commits the row, and ``retention purge``
+deletes before it records the receipt. Only an object in doubt costs the wait."""
 
 
 @dataclass
@@ -437,7 +444,8 @@ def _compare(
         )
     was_sealed = {r.seq for r in before[1] if r.segment is not None}
     chain.checked = [entry(r) for r in after[1]]
-    chain.pending = {r.seq or 0 for r in after[1] if r.seq not in vouched | was_sealed}
+    settled = vouched | was_sealed  # (once: inside the comprehension it was quadratic)
+    chain.pending = {r.seq or 0 for r in after[1] if r.seq not in settled}
 
 
 def _differs(known: SegmentRecord, there: SegmentRecord) -> str:
@@ -507,6 +515,8 @@ async def verify(
 
     erased = cross_check(chain.checked)[1]
     named = {str(e["key"]) for e in chain.checked}
+    gone: dict[str, tuple[dict[str, Any], ObjectCheck]] = {}
+    stray: dict[str, ObjectCheck] = {}
     for e in chain.checked:
         if is_event(e) or not selected(e, since, until, sample, seed):
             continue
@@ -521,20 +531,42 @@ async def verify(
         check = await _check(sink, e)
         if check.status == OK and e["seq"] in chain.pending:
             check.status = PENDING_SEAL
-        elif check.status == MISSING and chain.ledger_used and _erased_since(ledger, e):
-            check.status = PENDING_SEAL  # erased by a retention job as verify ran
+        elif check.status == MISSING and chain.ledger_used:
+            gone[key] = (e, check)  # erased by a retention job as verify ran?
+            continue
         add(check)
     async for info in sink.list():
         if info.key.startswith("_manifest/") or info.key in named:
             continue
-        late = ledger.object_at(info.key) if ledger is not None and chain.ledger_used else None
-        if late is None:
+        if chain.ledger_used:
+            stray[info.key] = ObjectCheck(info.key, UNEXPECTED, found_size=info.size)
+        else:
             add(ObjectCheck(info.key, UNEXPECTED, found_size=info.size))
-        elif selected(entry(late), since, until, sample, seed):  # archived as verify ran
-            check = await _check(sink, entry(late))
-            if check.status == OK:
+    # With the ledger, an object stored but not recorded yet (or deleted, its receipt not yet
+    # recorded) is the worker's work in progress: its commit is waited for (LATE_GRACE).
+    deadline = time.monotonic() + LATE_GRACE
+    while gone or stray:
+        for key, (e, check) in list(gone.items()):
+            if _erased_since(ledger, e):
                 check.status = PENDING_SEAL
-            add(check)
+                add(gone.pop(key)[1])
+        for key in list(stray):
+            late = ledger.object_at(key) if ledger is not None else None
+            if late is None:
+                continue
+            del stray[key]
+            if selected(entry(late), since, until, sample, seed):  # archived as verify ran
+                check = await _check(sink, entry(late))
+                if check.status == OK:
+                    check.status = PENDING_SEAL
+                add(check)
+        if time.monotonic() >= deadline or not (gone or stray):
+            break
+        await asyncio.sleep(0.2)
+    for _, check in gone.values():
+        add(check)
+    for check in stray.values():
+        add(check)
     return report
 
 

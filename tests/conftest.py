@@ -61,3 +61,12 @@ def server(sim: Simulator) -> Iterator[SimulatorServer]:
     """``sim`` served over real HTTP on loopback, from a background thread."""
     with SimulatorServer(sim, host="127.0.0.1", port=0) as srv:
         yield srv
+
+
+@pytest.fixture(autouse=True)
+def _short_late_grace(monkeypatch: pytest.MonkeyPatch) -> None:
+    """verify waits ``LATE_GRACE`` for a worker's commit of an object in doubt; the suite's
+    tampered archives need not wait 15 s each (tests of the wait set their own)."""
+    from archiver import verify
+
+    monkeypatch.setattr(verify, "LATE_GRACE", 0.3, raising=False)
