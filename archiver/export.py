@@ -24,12 +24,13 @@ from typing import Any
 
 from archiver import __version__
 from archiver.archive import sink_for
+from archiver.chain import load_chain
 from archiver.config import Settings
 from archiver.errors import ConfigError, StorageError
 from archiver.files import write_atomic
 from archiver.manifest import present_objects
 from archiver.sinks import Sink, validate_key
-from archiver.verify import load_chain, selected
+from archiver.verify import selected
 
 
 @dataclass(frozen=True)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from archiver import identity
 from archiver.archive import sink_for
+from archiver.chain import Chain, load_chain
 from archiver.config import Settings
 from archiver.errors import ConfigError
 from archiver.ledger import Entry, Ledger, ObjectRecord, SegmentRecord, writer_lock
 from archiver.manifest import ManifestWriter, record_from_entry
 from archiver.report import ARCHIVED
 from archiver.sinks import Sink
-from archiver.verify import Chain, load_chain
 
 PENDING = "pending"
 

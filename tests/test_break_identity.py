@@ -14,11 +14,11 @@ from typing import Any
 from click.testing import CliRunner
 
 from archiver.archive import sink_for
+from archiver.chain import load_chain
 from archiver.cli import main
 from archiver.config import load_settings
 from archiver.manifest import is_event
 from archiver.simulator import Simulator, SimulatorServer
-from archiver.verify import load_chain
 from tests.support import exotel_env
 
 

@@ -15,12 +15,13 @@ import pytest
 
 from archiver import verify as verify_module
 from archiver.archive import archive_calls, sink_for
+from archiver.chain import load_chain
 from archiver.config import Settings, load_settings
 from archiver.ledger import Ledger, ObjectRecord
 from archiver.recorder import Recorder
 from archiver.segments import seal
 from archiver.simulator import Simulator, SimulatorServer
-from archiver.verify import load_chain, run_verify
+from archiver.verify import run_verify
 from tests.support import exotel_env
 
 PREFIX = "b"
