@@ -138,6 +138,18 @@ def check_range(since: date, until: date, *, today: date | None = None) -> None:
         )
 
 
+def one_per_call(listing: list[tuple[str, str, bool]]) -> list[tuple[str, str, bool]]:
+    """The listing with each call once, in first-listed order. Paging can repeat a call (an item
+    of one page again on the next); a call is listed with a recording if any of its items shows
+    one. Counted twice it would make ``calls_listed`` exceed the calls the run reports, and the
+    saved listing keeps one row a call — the last, maybe the one without its recording."""
+    once: dict[str, tuple[str, bool]] = {}
+    for sid, created, has_recording in listing:
+        first = once.get(sid)
+        once[sid] = (first[0], first[1] or has_recording) if first else (created, has_recording)
+    return [(sid, created, has) for sid, (created, has) in once.items()]
+
+
 async def plan_backfill(settings: Settings, since: date, until: date) -> Plan:
     """List the range (or reuse a saved complete listing) and sort its calls."""
     settings.require_exotel_credentials()
@@ -171,6 +183,7 @@ async def plan_backfill(settings: Settings, since: date, until: date) -> Plan:
                     )
                 ]
                 plan.listing_requests = c.requests
+            listing = one_per_call(listing)
             plan.listing_began = began
             if listing_complete(until, tz, settle, began):  # the same rule with --dry-run
                 ledger.save_listing(key, listing, began=began)
