@@ -71,7 +71,9 @@ def archive(
 @click.option(
     "--report",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Where to write the JSON summary. Default: STATE_DIR/backfill-SINCE-UNTIL.json.",
+    help="Where to write the JSON summary. Default: STATE_DIR/backfill-SINCE-UNTIL.json "
+    "(a dry run's plan: STATE_DIR/backfill-SINCE-UNTIL.plan.json, so it never replaces the "
+    "summary of a run).",
 )
 @settings_options
 @click.pass_context
@@ -113,7 +115,8 @@ def backfill(
             "range's end, when calls of the range may still have been in progress or "
             "processing; later runs of this range list it again"
         )
-    path = report or settings.state_dir / f"backfill-{plan.since}-{plan.until}.json"
+    name = f"backfill-{plan.since}-{plan.until}{'.plan' if dry_run else ''}.json"
+    path = report or settings.state_dir / name
     if dry_run:
         write_json({"plan": plan.as_dict(limit), "dry_run": True}, path)
         click.echo(f"dry run: nothing archived. Plan written to {path}")
