@@ -8,9 +8,10 @@ each up in the ledger:
   ``listing_settle`` before the listing began (so post-call processing is over), and the ledger
   knows no unfinished attempt at it;
 * ``missing`` — Exotel has a recording and the archive does not (yet), or the ledger has the call
-  pending or failed;
-* ``still_active`` — the ledger saw the call still active (Exotel's listing never shows calls in
-  progress, so these also come from the ledger);
+  pending or failed (a failed call of the range is reported even if Exotel does not list it);
+* ``still_active`` — the ledger saw the call still active, or the worker found it in progress
+  and Exotel does not list it yet (Exotel's listing never shows calls in progress, so these also
+  come from the ledger: every call it has pending or not ready, created in the range);
 * ``recording_pending`` — listed without a recording, but too recently for that to be final:
   its recording may still be in post-call processing.
 
@@ -21,17 +22,17 @@ range with calls still active or recordings still to come is not complete yet.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime, time, timedelta, tzinfo
 
 from archiver.archive import sink_for
 from archiver.config import Settings
 from archiver.exotel.client import ExotelClient
-from archiver.exotel.listing import list_calls
+from archiver.exotel.listing import ListedCall, list_calls
 from archiver.identity import check_destination
 from archiver.ledger import UNFINISHED, Ledger
 from archiver.ratelimit import RateLimiter
-from archiver.report import ARCHIVED, NOT_READY
+from archiver.report import ARCHIVED, FAILED, NOT_READY
 
 RECONCILED = ("archived", "missing", "no_recording_at_source", "still_active", "recording_pending")
 SETTLED = frozenset({"archived", "no_recording_at_source"})
@@ -75,9 +76,9 @@ async def reconcile(settings: Settings, since: date, until: date) -> ReconcileRe
         await sink.close()
     ledger = Ledger(settings.state_dir / "ledger.sqlite3")
     try:
-        seen: set[str] = set()
         began, settle = datetime.now(tz), timedelta(seconds=settings.listing_settle)
         limiter = RateLimiter(settings.exotel.rate_limit, 60.0)
+        listed: dict[str, ListedCall] = {}  # a call a page repeats is reported once
         async with ExotelClient(settings.exotel, limiter=limiter, retry=settings.retry) as client:
             async for call in list_calls(
                 client,
@@ -86,36 +87,57 @@ async def reconcile(settings: Settings, since: date, until: date) -> ReconcileRe
                 tz=tz,
                 url_validity_minutes=int(settings.url_validity // 60),
             ):
-                seen.add(call.sid)
-                outcome = ledger.call_outcome(call.sid)
-                if outcome == ARCHIVED:
-                    state = "archived"
-                elif outcome == NOT_READY:
-                    state = "still_active"
-                elif call.has_recording or outcome in UNFINISHED:
-                    state = "missing"
-                elif call.date_created > began - settle:
-                    state = "recording_pending"
-                else:
-                    state = "no_recording_at_source"
-                report.calls.append(
-                    {
-                        "call_sid": call.sid,
-                        "created": call.date_created.isoformat(),
-                        "state": state,
-                        "exotel_status": call.status,
-                    }
-                )
-        for sid, created in ledger.calls_with_outcome(NOT_READY):
-            if sid not in seen and created and start <= datetime.fromisoformat(created) <= end:
-                report.calls.append(
-                    {
-                        "call_sid": sid,
-                        "created": created,
-                        "state": "still_active",
-                        "exotel_status": "in-progress",
-                    }
-                )
+                first = listed.get(call.sid)
+                if first is None:
+                    listed[call.sid] = call
+                elif call.has_recording and not first.has_recording:
+                    listed[call.sid] = replace(first, has_recording=True)
+        for call in listed.values():
+            outcome = ledger.call_outcome(call.sid)
+            if outcome == ARCHIVED:
+                state = "archived"
+            elif outcome == NOT_READY:
+                state = "still_active"
+            elif call.has_recording or outcome in UNFINISHED:
+                state = "missing"
+            elif call.date_created > began - settle:
+                state = "recording_pending"
+            else:
+                state = "no_recording_at_source"
+            report.calls.append(
+                {
+                    "call_sid": call.sid,
+                    "created": call.date_created.isoformat(),
+                    "state": state,
+                    "exotel_status": call.status,
+                }
+            )
+        # Calls of the range the ledger knows unfinished but Exotel does not list: in progress
+        # (found by the worker: pending, or seen active: not ready), or failed — never complete.
+        for sid, outcome, created in ledger.unarchived():
+            when = _aware(created, tz)
+            if sid in listed or when is None or not start <= when < end + timedelta(seconds=1):
+                continue
+            report.calls.append(
+                {
+                    "call_sid": sid,
+                    "created": created or "",
+                    "state": "missing" if outcome == FAILED else "still_active",
+                    "exotel_status": "not listed" if outcome == FAILED else "in-progress",
+                }
+            )
     finally:
         ledger.close()
     return report
+
+
+def _aware(created: str | None, tz: tzinfo) -> datetime | None:
+    """A ledger's created time as an aware time (one without offset read in ``tz``), or None
+    when it is unknown or unreadable."""
+    if not created:
+        return None
+    try:
+        when = datetime.fromisoformat(created)
+    except ValueError:
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=tz)
