@@ -4,6 +4,8 @@
 each up in the ledger:
 
 * ``archived`` — the ledger says the call is archived;
+* ``erased`` — it was archived, and ``retention purge`` has since deleted every recording of it
+  under the retention rules (erasure receipts in the manifest chain): settled, not missing;
 * ``no_recording_at_source`` — Exotel lists no recording for it, the call ended at least
   ``listing_settle`` before the listing began (so post-call processing is over), and the ledger
   knows no unfinished attempt at it;
@@ -15,7 +17,8 @@ each up in the ledger:
 * ``recording_pending`` — listed without a recording, but too recently for that to be final:
   its recording may still be in post-call processing.
 
-The report is complete only when every call is ``archived`` or ``no_recording_at_source``: a
+The report is complete only when every call is ``archived``, ``erased`` or
+``no_recording_at_source``: a
 range with calls still active or recordings still to come is not complete yet.
 """
 
@@ -34,8 +37,15 @@ from archiver.ledger import UNFINISHED, Ledger
 from archiver.ratelimit import RateLimiter
 from archiver.report import ARCHIVED, FAILED, NOT_READY
 
-RECONCILED = ("archived", "missing", "no_recording_at_source", "still_active", "recording_pending")
-SETTLED = frozenset({"archived", "no_recording_at_source"})
+RECONCILED = (
+    "archived",
+    "erased",
+    "missing",
+    "no_recording_at_source",
+    "still_active",
+    "recording_pending",
+)
+SETTLED = frozenset({"archived", "erased", "no_recording_at_source"})
 
 
 @dataclass
@@ -92,10 +102,11 @@ async def reconcile(settings: Settings, since: date, until: date) -> ReconcileRe
                     listed[call.sid] = call
                 elif call.has_recording and not first.has_recording:
                     listed[call.sid] = replace(first, has_recording=True)
+        erased = {e.key for e in ledger.events() if e.kind == "erasure"}
         for call in listed.values():
             outcome = ledger.call_outcome(call.sid)
             if outcome == ARCHIVED:
-                state = "archived"
+                state = "erased" if _erased(ledger, call.sid, erased) else "archived"
             elif outcome == NOT_READY:
                 state = "still_active"
             elif call.has_recording or outcome in UNFINISHED:
@@ -129,6 +140,12 @@ async def reconcile(settings: Settings, since: date, until: date) -> ReconcileRe
     finally:
         ledger.close()
     return report
+
+
+def _erased(ledger: Ledger, call_sid: str, erased: set[str]) -> bool:
+    """Whether every recording of the call was erased (with a receipt) since it was archived."""
+    recordings = [o.key for o in ledger.objects_of(call_sid) if o.kind == "recording"]
+    return bool(recordings) and all(key in erased for key in recordings)
 
 
 def _aware(created: str | None, tz: tzinfo) -> datetime | None:

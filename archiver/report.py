@@ -9,7 +9,9 @@ means the same thing everywhere:
   asked-for artifact, stored and recorded.
 * ``already_archived`` — the ledger held the call whole before this run: nothing was stored.
   Either the ledger said so (no API request: a backfill plan's ``already_archived``) or the
-  call's details were fetched and every object was found in the ledger.
+  call's details were fetched and every object was found in the ledger. "Whole" is judged by
+  the settings the call was archived with: ``voice_logs`` and ``legs`` apply to calls archived
+  after they are turned on, not to calls already archived.
 * ``not_ready`` — still active, or its voice log still processing: looked at again next run.
 * ``no_recording`` — the call has no recording at source: its v3 details say terminal without
   one (asked again, the details are fetched again: recordings can appear late), or — in a

@@ -184,10 +184,12 @@ def reconcile(
     ctx: click.Context, /, since: Any, until: Any, report: Path | None, **cli: Any
 ) -> None:
     """Compare Exotel's own list of calls (v1) for a date range with the archive: each call is
-    archived, missing, no_recording_at_source, still_active or recording_pending (listed
-    without a recording less than --listing-settle hours after it was made).
+    archived, erased (archived, then deleted by `retention purge` under the rules), missing,
+    no_recording_at_source, still_active or recording_pending (listed without a recording less
+    than --listing-settle hours after it was made).
 
-    Exit code 0 only when the range is complete: every call archived or without a recording.
+    Exit code 0 only when the range is complete: every call archived, erased or without a
+    recording.
     """
     from archiver.reconcile import reconcile as run_reconcile
 
