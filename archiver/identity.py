@@ -45,7 +45,6 @@ the per-account template) gets its own prefix: docs/operations.md.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import secrets
 import socket
@@ -58,7 +57,7 @@ from archiver.errors import DestinationMismatch, StorageConflict
 from archiver.ledger import Ledger, utc_now
 from archiver.segments import PREFIX as SEGMENTS
 from archiver.segments import parse, read_segment, render, segment_key
-from archiver.sinks import Sink
+from archiver.sinks import Sink, put_bytes
 
 MARKER_KEY = "_manifest/destination.json"
 MARKER_TYPE = "exotel-archiver-destination"
@@ -340,13 +339,7 @@ async def _claim(settings: Settings, sink: Sink, ledger: Ledger) -> Marker:
 
 async def _put_marker(settings: Settings, sink: Sink, ledger: Ledger, marker: Marker) -> Marker:
     try:
-        await sink.put(
-            MARKER_KEY,
-            io.BytesIO(marker.data),
-            size=len(marker.data),
-            sha256=hashlib.sha256(marker.data).hexdigest(),
-            content_type="application/json",
-        )
+        await put_bytes(sink, MARKER_KEY, marker.data, content_type="application/json")
     except StorageConflict:
         # Another writer claimed it first: our claim never took; refuse with what it wrote.
         clear_binding(ledger)
@@ -383,13 +376,7 @@ async def restore_marker(sink: Sink, ledger: Ledger) -> bool:
     bound = binding(ledger)
     if bound is None or bound.location != sink.describe() or await read_marker(sink):
         return False
-    await sink.put(
-        MARKER_KEY,
-        io.BytesIO(bound.marker),
-        size=len(bound.marker),
-        sha256=hashlib.sha256(bound.marker).hexdigest(),
-        content_type="application/json",
-    )
+    await put_bytes(sink, MARKER_KEY, bound.marker, content_type="application/json")
     return True
 
 

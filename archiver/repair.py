@@ -27,7 +27,6 @@ new ``request_id``, fresh URLs), so the recorded bytes cannot be fetched again.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import tempfile
@@ -57,7 +56,7 @@ from archiver.recorder import SNAPSHOT_KINDS
 from archiver.redact import strip_url
 from archiver.retention.archive import default_actor
 from archiver.segments import read_segment, render, seal
-from archiver.sinks import Lock, Sink
+from archiver.sinks import Lock, Sink, put_bytes
 from archiver.transfer import Partial, recording_session
 from archiver.verify import ALTERED, MISSING, verify
 
@@ -245,13 +244,7 @@ async def _restore_segment(sink: Sink, ledger: Ledger, segment: SegmentRecord, i
             "ledger was changed since; nothing was put"
         )
         return
-    await sink.put(
-        segment.key,
-        io.BytesIO(data),
-        size=len(data),
-        sha256=sha,
-        content_type="application/x-ndjson",
-    )
+    await put_bytes(sink, segment.key, data, content_type="application/x-ndjson")
     item.outcome = REPAIRED
     log.info("manifest segment %d put back at %s", segment.number, sink.location(segment.key))
 

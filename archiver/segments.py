@@ -24,7 +24,6 @@ independent checker.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from typing import Any
 from archiver.errors import ManifestConflict, StorageConflict
 from archiver.ledger import Entry, Ledger, SegmentRecord
 from archiver.manifest import entry
-from archiver.sinks import Sink
+from archiver.sinks import Sink, put_bytes
 
 log = logging.getLogger("archiver.segments")
 
@@ -101,13 +100,7 @@ async def seal(ledger: Ledger, sink: Sink) -> list[SegmentRecord]:
         key = segment_key(number)
         sha = hashlib.sha256(data).hexdigest()
         try:
-            await sink.put(
-                key,
-                io.BytesIO(data),
-                size=len(data),
-                sha256=sha,
-                content_type="application/x-ndjson",
-            )
+            await put_bytes(sink, key, data, content_type="application/x-ndjson")
         except StorageConflict:
             # A crash after the PUT and before the ledger commit (then, maybe, more entries): the
             # stored segment is adopted if it is exactly what this ledger writes for its range.

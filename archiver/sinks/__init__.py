@@ -12,7 +12,15 @@ from urllib.parse import unquote, urlsplit
 
 from archiver.errors import ConfigError
 from archiver.retry import RetryPolicy
-from archiver.sinks.base import Lock, LockStatus, ObjectInfo, PutResult, Sink, validate_key
+from archiver.sinks.base import (
+    Lock,
+    LockStatus,
+    ObjectInfo,
+    PutResult,
+    Sink,
+    put_bytes,
+    validate_key,
+)
 from archiver.sinks.retrying import RetryingSink
 
 __all__ = [
@@ -23,6 +31,7 @@ __all__ = [
     "RetryingSink",
     "Sink",
     "open_sink",
+    "put_bytes",
     "validate_key",
 ]
 

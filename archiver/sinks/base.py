@@ -46,6 +46,8 @@ each backend to hold them to it.
 
 from __future__ import annotations
 
+import hashlib
+import io
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -187,3 +189,14 @@ def validate_key(key: str) -> str:
     if any(ord(ch) < 0x20 or ch in "\x7f\\" for ch in key):
         raise StoragePermanent(f"invalid object key {key!r}: control character or backslash")
     return key
+
+
+async def put_bytes(sink: Sink, key: str, data: bytes, *, content_type: str) -> PutResult:
+    """``sink.put`` of a small document held in memory (a manifest segment, the marker)."""
+    return await sink.put(
+        key,
+        io.BytesIO(data),
+        size=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+        content_type=content_type,
+    )
