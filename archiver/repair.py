@@ -120,7 +120,6 @@ async def run_repair(
             "Restore it first with `exotel-archiver manifest rebuild` (if the destination's "
             "chain is intact), or point --state-dir at the archive's state directory"
         )
-    settings.require_exotel_credentials()
     sink = sink_for(settings)
     report = RepairReport(dry_run=dry_run)
     try:
@@ -173,6 +172,7 @@ async def _repair(
             record = ledger.object_at(check.key)
             done(Item(check.key, check.call_sid, record.kind if record else None, check.status))
         return
+    settings.require_exotel_credentials()  # only now: recordings are to be fetched again
     manifest = ManifestWriter(settings.state_dir / "manifest.jsonl")
     manifest.sync(ledger)
     limiter = RateLimiter(settings.exotel.rate_limit, 60.0)

@@ -179,3 +179,22 @@ def test_a_dry_run_names_what_it_would_repair_and_changes_nothing(
     assert lost["key"] in result.output
     assert sim.counters.get("api_requests", 0) == before
     assert cli(["verify"], env).exit_code == 1
+
+
+def test_a_dry_run_and_a_lost_segment_need_no_exotel_credentials(
+    archived: dict[str, Any], seaweed: Any, bucket: str
+) -> None:
+    env = {
+        k: v
+        for k, v in archived["env"].items()
+        if k not in ("EXOTEL_API_KEY", "EXOTEL_API_TOKEN", "EXOTEL_ACCOUNT_SID")
+    }
+    listed = seaweed.client().list_objects_v2(Bucket=bucket, Prefix=f"{PREFIX}/_manifest/segments/")
+    [segment] = [o["Key"] for o in listed["Contents"]]
+    original = body(seaweed, bucket, segment)
+    seaweed.client().delete_object(Bucket=bucket, Key=segment)
+    dry = cli(["repair", "--dry-run"], env)
+    assert dry.exit_code == 0 and segment.removeprefix(f"{PREFIX}/") in dry.output, dry.output
+    result = cli(["repair"], env)
+    assert result.exit_code == 0, result.output
+    assert body(seaweed, bucket, segment) == original

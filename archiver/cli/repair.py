@@ -48,8 +48,9 @@ def repair(
     is kept aside under _manifest/quarantine/ first; a locked one is never touched. Each object
     put back gets a `repaired` event in the manifest chain.
 
-    Exit code 0 when everything is whole again, 1 when something cannot be repaired (each is
-    named with the reason).
+    Exotel credentials are needed only when recordings are to be fetched again (not for a dry
+    run, nor for the marker and segments). Exit code 0 when everything is whole again, 1 when
+    something cannot be repaired (each is named with the reason).
 
     Example: exotel-archiver repair --since 2026-11-01 --dry-run
     """
