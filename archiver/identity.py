@@ -54,9 +54,9 @@ from typing import Any
 
 from archiver.config import Settings
 from archiver.errors import DestinationMismatch, StorageConflict
-from archiver.ledger import Ledger, utc_now
+from archiver.ledger import Ledger, SegmentRecord, utc_now
 from archiver.segments import PREFIX as SEGMENTS
-from archiver.segments import parse, read_segment, render, segment_key
+from archiver.segments import ParsedSegment, parse, read_segment, render, segment_key
 from archiver.sinks import Sink, put_bytes
 
 MARKER_KEY = "_manifest/destination.json"
@@ -284,33 +284,50 @@ async def _check_not_behind(settings: Settings, sink: Sink, ledger: Ledger) -> N
     rows). Anything else was sealed by another writer of this archive — a state directory
     restored from a backup, or a second one made with ``manifest rebuild`` while the first goes
     on — and sealing after it would take that writer's segment for ours."""
-    known = ledger.segments()
-    number = known[-1].number + 1 if known else 1
-    key = segment_key(number)
-    if await sink.stat(key) is None:
-        return
-    try:
-        existing = parse(await read_segment(sink, key))
-        first, last = int(existing.header["first_seq"]), int(existing.header["last_seq"])
-        ours = ledger.entries_between(first, last)
-        unsealed = ledger.unsealed()
-        prev = known[-1].sha256 if known else None
-        if (
-            ours
-            and unsealed
-            and unsealed[0].seq == first
-            and all(e.segment is None for e in ours)
-            and hashlib.sha256(render(number, prev, ours)).hexdigest() == existing.sha256
-        ):
+    while True:
+        known = ledger.segments()
+        number = known[-1].number + 1 if known else 1
+        key = segment_key(number)
+        if await sink.stat(key) is None:
+            return
+        try:
+            existing = parse(await read_segment(sink, key))
+        except ValueError:
+            break
+        if _sealing_it(ledger, known, number, existing):
             return  # our own seal, cut short before the ledger recorded it
-    except (ValueError, KeyError, TypeError):
-        pass
+        now = {s.number: s.sha256 for s in ledger.segments()}
+        if now.get(number) != existing.sha256:
+            break
+        # The worker beside us (this check is a dry run, reconcile or a retention job) sealed
+        # it meanwhile: look after it too.
     raise DestinationMismatch(
         f"{sink.location(key)} is a manifest segment the state directory {settings.state_dir} "
         "did not seal: another state directory is writing this archive (one restored from a "
         "backup, or one made with `exotel-archiver manifest rebuild` while this one went on). "
         "Stop the other writer, or leave this state directory: restore a current one with "
         "`exotel-archiver manifest rebuild` into a new, empty --state-dir. " + NOTHING_DONE
+    )
+
+
+def _sealing_it(
+    ledger: Ledger, known: list[SegmentRecord], number: int, existing: ParsedSegment
+) -> bool:
+    """Whether ``existing`` (segment ``number``) is exactly what this ledger is sealing there:
+    its rows from the first unsealed one, rendered after the ledger's last known segment."""
+    try:
+        first, last = int(existing.header["first_seq"]), int(existing.header["last_seq"])
+    except (KeyError, TypeError, ValueError):
+        return False
+    ours = ledger.entries_between(first, last)
+    unsealed = ledger.unsealed()
+    prev = known[-1].sha256 if known else None
+    return (
+        bool(ours)
+        and bool(unsealed)
+        and unsealed[0].seq == first
+        and all(e.segment is None for e in ours)
+        and hashlib.sha256(render(number, prev, ours)).hexdigest() == existing.sha256
     )
 
 

@@ -303,3 +303,51 @@ def test_from_a_local_directory_to_a_bucket_and_back(
     stored = [k for k in keys_in(seaweed, bucket, "prod/") if "/recording-" in k]
     assert len(stored) == 2  # every call reported archived is in the bucket
     assert cli(["verify"], prod).exit_code == 0 and cli(["verify"], local).exit_code == 0
+
+
+class _SealsFirst:
+    """A real sink whose first HEAD of ``key`` lets the worker seal first: the moment a check
+    beside a running worker (a dry run, a retention job) looks after the ledger's last segment
+    while the worker seals it."""
+
+    def __init__(self, inner: Any, key: str, ledger: Ledger) -> None:
+        self._inner, self._key, self._ledger, self.sealed = inner, key, ledger, False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def stat(self, key: str) -> Any:
+        if key.endswith(self._key) and not self.sealed:
+            from archiver.segments import seal
+
+            self.sealed = True
+            await seal(self._ledger, self._inner)
+        return await self._inner.stat(key)
+
+
+async def test_a_check_beside_a_worker_that_seals_is_not_a_false_refusal(
+    sim: Simulator, server: SimulatorServer, s3_env: None, bucket: str, tmp_path: Path
+) -> None:
+    from archiver.archive import sink_for
+    from archiver.identity import check_destination
+    from archiver.ledger import ObjectRecord
+    from archiver.segments import segment_key
+
+    settings = load_settings(
+        env=exotel_env(sim, server.base_url, f"s3://{bucket}/a", tmp_path / "state")
+    )
+    await archive_calls(settings, [sim.add_call().sid])
+    worker = Ledger(settings.state_dir / "ledger.sqlite3")
+    [row] = [r for r in worker.all_objects() if r.kind == "recording"]
+    worker.add_object(
+        ObjectRecord(
+            **{**row.__dict__, "seq": None, "segment": None, "key": row.key + ".x", "idx": 9}
+        )
+    )
+    sink = _SealsFirst(sink_for(settings), segment_key(2), worker)
+    try:
+        await check_destination(settings, sink)  # type: ignore[arg-type]
+    finally:
+        worker.close()
+        await sink.close()
+    assert sink.sealed
