@@ -17,6 +17,8 @@ unless a fault applies. Two ways to inject one:
                     reset: the client never learns that it succeeded
   ================  =========================================================================
 
+  A request a ``fail`` rule names meets that rule, never a random fault.
+
   ``fail(..., action="fake_ok")`` answers 200 without passing the request on: a store that
   acknowledges a write it never made (a CompleteMultipartUpload gets a minimal result document).
 
@@ -149,11 +151,13 @@ class FaultyS3Proxy:
             return web.Response(status=599)  # never sent: the transport is gone
 
     async def _handle_or_reset(self, request: web.Request) -> web.StreamResponse:
-        fault = self.random.draw(request.method, request.path_qs) if self.random else None
-        rule = None
-        if fault is None:
-            rule = self._rule_for(request.method, request.path_qs)
-            fault = rule.action if rule is not None else None
+        # A rule says what the requests it names must meet; random faults are for the others
+        # (drawn first, a random lost answer could store the object a rule is there to refuse).
+        rule = self._rule_for(request.method, request.path_qs)
+        if rule is not None:
+            fault = rule.action
+        else:
+            fault = self.random.draw(request.method, request.path_qs) if self.random else None
         if fault is not None:
             self.injected[fault] += 1
         if fault == "reset":

@@ -354,3 +354,29 @@ def test_fault_matrix_1000_calls(
     _assert_archived_exactly_once(seaweed, bucket, sim, sizes, state)
     _verify(env)
     print(f"1000-call matrix: injected {dict(proxy.injected)}, simulator {sim.counters}")
+
+
+def test_a_rule_s_request_never_meets_a_random_fault_first(
+    seaweed: Any, proxy: FaultyS3Proxy, bucket: str
+) -> None:
+    """The quick matrix's rule refuses one call.json for good; drawn first, a random lost answer
+    let the store keep it (then the call failed, and verify rightly named it unexpected)."""
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import ClientError
+
+    client = boto3.client(
+        "s3",
+        endpoint_url=proxy.endpoint,
+        aws_access_key_id=seaweed.access_key,
+        aws_secret_access_key=seaweed.secret_key,
+        region_name="us-east-1",
+        config=Config(retries={"total_max_attempts": 1}),
+    )
+    proxy.random_faults(1.0, kinds=("lost_answer",))
+    proxy.fail(lambda method, path: method == "PUT" and "refused" in path, times=5, status=503)
+    for _ in range(5):
+        with pytest.raises(ClientError):
+            client.put_object(Bucket=bucket, Key="refused.json", Body=b"{}")
+    assert proxy.injected["rule:InternalError"] == 5 and proxy.injected["lost_answer"] == 0
+    assert seaweed.client().list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
