@@ -151,11 +151,10 @@ async def _repair(
         if on_item is not None:
             on_item(item)
 
-    if identity.binding(ledger) is not None and await identity.read_marker(sink) is None:
-        if not report.dry_run:
-            report.marker_restored = await identity.restore_marker(sink, ledger)
-        else:
-            done(Item(identity.MARKER_KEY, None, "marker", MISSING))
+    if not report.dry_run:
+        report.marker_restored = await identity.restore_marker(sink, ledger)
+    elif identity.binding(ledger) is not None and await identity.read_marker(sink) is None:
+        done(Item(identity.MARKER_KEY, None, "marker", MISSING))
     for segment in ledger.segments():
         if await sink.stat(segment.key) is None:
             item = Item(segment.key, None, "segment", MISSING)

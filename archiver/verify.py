@@ -231,15 +231,16 @@ async def run_verify(
     ledger = Ledger(path, readonly=True) if path.exists() else None
     try:
         await sink.check()
+        marker = None
         if ledger is not None:  # a ledger of another destination would be compared falsely
-            await identity.bind(
+            marker = await identity.bind(
                 settings, sink, ledger, claim=False, allow_lost_marker=True, check_chain=False
             )
         report = await verify(
             sink, ledger, since=since, until=until, sample=sample, seed=seed, on_object=on_object
         )
         bound = identity.binding(ledger) if ledger is not None else None
-        if bound is not None and bound.confirmed and await identity.read_marker(sink) is None:
+        if bound is not None and bound.confirmed and marker is None:
             report.chain.problems.append(
                 f"the destination's identity marker ({identity.MARKER_KEY}) is missing: the "
                 "destination was emptied or is another store; `exotel-archiver repair` puts it "
