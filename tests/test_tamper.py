@@ -19,13 +19,13 @@ from typing import Any
 
 import pytest
 
-from archiver.archive import archive_calls, sink_for
-from archiver.config import Settings, load_settings
+from archiver.archive import sink_for
+from archiver.config import Settings
 from archiver.ledger import EventRecord, Ledger
 from archiver.segments import seal
 from archiver.simulator import Simulator, SimulatorServer
 from archiver.verify import VerifyReport, run_verify
-from tests.support import exotel_env
+from tests.support import archive_in_two_runs
 
 PREFIX = "t"
 SEGMENTS = f"{PREFIX}/_manifest/segments/"
@@ -36,12 +36,7 @@ async def archived(
     sim: Simulator, server: SimulatorServer, s3_env: None, bucket: str, tmp_path: Path
 ) -> Settings:
     """Three calls archived in two runs: segment 1 holds seq 1-5, segment 2 seq 6-7."""
-    settings = load_settings(
-        env=exotel_env(sim, server.base_url, f"s3://{bucket}/{PREFIX}", tmp_path / "state")
-    )
-    await archive_calls(settings, [sim.add_call(recordings=2).sid, sim.add_call().sid])
-    await archive_calls(settings, [sim.add_call().sid])
-    return settings
+    return await archive_in_two_runs(sim, server.base_url, f"s3://{bucket}/{PREFIX}", tmp_path)
 
 
 class Bucket:

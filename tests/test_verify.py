@@ -18,13 +18,13 @@ from click.testing import CliRunner
 from archiver import daemon as daemon_module
 from archiver.archive import archive_calls, sink_for
 from archiver.cli import main
-from archiver.config import Settings, load_settings
+from archiver.config import Settings
 from archiver.ledger import EventRecord, Ledger, ObjectRecord
 from archiver.manifest import read_manifest
 from archiver.rebuild import run_rebuild
 from archiver.simulator import Simulator, SimulatorServer
 from archiver.verify import ObjectCheck, run_verify, verify
-from tests.support import exotel_env
+from tests.support import archive_in_two_runs
 from tests.test_daemon import daemon_settings, make_daemon, running, until
 
 PREFIX = "v"
@@ -35,12 +35,7 @@ async def archived(
     sim: Simulator, server: SimulatorServer, s3_env: None, bucket: str, tmp_path: Path
 ) -> Settings:
     """Three calls archived in two runs: two segments in the bucket."""
-    settings = load_settings(
-        env=exotel_env(sim, server.base_url, f"s3://{bucket}/{PREFIX}", tmp_path / "state")
-    )
-    await archive_calls(settings, [sim.add_call(recordings=2).sid, sim.add_call().sid])
-    await archive_calls(settings, [sim.add_call().sid])
-    return settings
+    return await archive_in_two_runs(sim, server.base_url, f"s3://{bucket}/{PREFIX}", tmp_path)
 
 
 def recording_keys(seaweed: Any, bucket: str) -> list[str]:
