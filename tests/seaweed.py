@@ -4,6 +4,11 @@
 beside the venv's python. The server is started with every port given explicitly (its defaults
 are fixed ports and not loopback), an identities file so that requests are authenticated, and its
 logs in its own folder. On stop we wait for the process to exit before deleting the folder.
+
+Two identities: ``access_key`` may do anything (SeaweedFS's ``Admin``, which includes bypassing
+GOVERNANCE retention); ``limited_key`` may read, write, list and manage Object Lock retention and
+legal holds, but has no ``BypassGovernanceRetention`` — as the worker's or a retention job's
+credentials should be (``limited_env()``).
 """
 
 from __future__ import annotations
@@ -46,6 +51,8 @@ class SeaweedFS:
         self.folder = folder
         self.access_key = "test-" + secrets.token_hex(6)
         self.secret_key = secrets.token_hex(20)
+        self.limited_key = "limited-" + secrets.token_hex(6)
+        self.limited_secret = secrets.token_hex(20)
         self.s3_port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.s3_port}"
         self.process: subprocess.Popen[bytes] | None = None
@@ -66,7 +73,24 @@ class SeaweedFS:
                                 {"accessKey": self.access_key, "secretKey": self.secret_key}
                             ],
                             "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-                        }
+                        },
+                        {
+                            "name": "no-bypass",
+                            "credentials": [
+                                {"accessKey": self.limited_key, "secretKey": self.limited_secret}
+                            ],
+                            "actions": [
+                                "Read",
+                                "Write",
+                                "List",
+                                "Tagging",
+                                "GetObjectRetention",
+                                "PutObjectRetention",
+                                "GetObjectLegalHold",
+                                "PutObjectLegalHold",
+                                "GetBucketObjectLockConfiguration",
+                            ],
+                        },
                     ]
                 }
             )
@@ -150,6 +174,14 @@ class SeaweedFS:
             "AWS_SECRET_ACCESS_KEY": self.secret_key,
             "AWS_DEFAULT_REGION": "us-east-1",
             "AWS_EC2_METADATA_DISABLED": "true",
+        }
+
+    def limited_env(self) -> dict[str, str]:
+        """``env()`` with the credentials that lack ``BypassGovernanceRetention``."""
+        return {
+            **self.env(),
+            "AWS_ACCESS_KEY_ID": self.limited_key,
+            "AWS_SECRET_ACCESS_KEY": self.limited_secret,
         }
 
     def client(self) -> Any:

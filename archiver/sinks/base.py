@@ -41,7 +41,16 @@ each backend to hold them to it.
    afterwards, and ``delete`` removes one version for good; a store that holds the object
    locked refuses with ``StorageLocked`` (not retried). A store without Object Lock (a local
    directory) says so in ``object_lock_enabled`` and refuses every lock request with
-   ``StoragePermanent``; its ``delete`` works.
+   ``StoragePermanent``, whatever it is asked; its ``delete`` works.
+
+   GOVERNANCE is bypassed only when asked, and only to strengthen. No request carries
+   ``x-amz-bypass-governance-retention`` unless the caller passes
+   ``set_retention(..., bypass_governance=True)``; callers pass it only for the one change that
+   needs it and strengthens the lock, GOVERNANCE → COMPLIANCE (the explicit opt-in of
+   ``retention apply --strengthen-governance``). Even then the header is sent only if the stored
+   version is GOVERNANCE and the date asked is not earlier than the stored one; anything else
+   (a shorter date, COMPLIANCE → GOVERNANCE, an extension in the same mode, an unlocked object)
+   goes without it, so the store refuses what would weaken the lock. ``delete`` never sends it.
 """
 
 from __future__ import annotations
@@ -146,8 +155,17 @@ class Sink(Protocol):
         """The Object Lock state of the object (version) at ``key``; None if there is none."""
         ...
 
-    async def set_retention(self, key: str, lock: Lock, *, version_id: str | None = None) -> None:
-        """Set the object version's retention (the store refuses to shorten COMPLIANCE)."""
+    async def set_retention(
+        self,
+        key: str,
+        lock: Lock,
+        *,
+        version_id: str | None = None,
+        bypass_governance: bool = False,
+    ) -> None:
+        """Set the object version's retention (the store refuses to shorten COMPLIANCE, and to
+        shorten or change GOVERNANCE without the bypass). ``bypass_governance``: the caller's
+        opt-in for GOVERNANCE → COMPLIANCE; see the module docstring, item 9."""
         ...
 
     async def set_legal_hold(self, key: str, on: bool, *, version_id: str | None = None) -> None:

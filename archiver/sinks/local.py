@@ -215,7 +215,14 @@ class LocalSink:
     async def lock_status(self, key: str, version_id: str | None = None) -> LockStatus | None:
         return None if await self.stat(key) is None else LockStatus()
 
-    async def set_retention(self, key: str, lock: Lock, *, version_id: str | None = None) -> None:
+    async def set_retention(
+        self,
+        key: str,
+        lock: Lock,
+        *,
+        version_id: str | None = None,
+        bypass_governance: bool = False,
+    ) -> None:
         self._no_lock(f"set the retention of {key}")
 
     async def set_legal_hold(self, key: str, on: bool, *, version_id: str | None = None) -> None:

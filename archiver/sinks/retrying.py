@@ -79,10 +79,19 @@ class RetryingSink:
             lambda: self.inner.lock_status(key, version_id),
         )
 
-    async def set_retention(self, key: str, lock: Lock, *, version_id: str | None = None) -> None:
+    async def set_retention(
+        self,
+        key: str,
+        lock: Lock,
+        *,
+        version_id: str | None = None,
+        bypass_governance: bool = False,
+    ) -> None:
         await self._retried(
             f"set retention of {self.location(key)}",
-            lambda: self.inner.set_retention(key, lock, version_id=version_id),
+            lambda: self.inner.set_retention(
+                key, lock, version_id=version_id, bypass_governance=bypass_governance
+            ),
         )
 
     async def set_legal_hold(self, key: str, on: bool, *, version_id: str | None = None) -> None:

@@ -28,6 +28,10 @@ flexible checksums of its own. The body's SHA-256 is then checked by the sink it
 reads the body to compute the MD5: a body that is not the one announced is never sent. No
 checksum header is sent in this mode, ``ChecksumMode`` included, so the store reports no SHA-256:
 every PUT is confirmed, and every existing object adopted, by reading it back.
+
+Object Lock: ``x-amz-bypass-governance-retention`` is sent by ``set_retention`` only when its
+caller opts in, and then only for GOVERNANCE → COMPLIANCE with a date not earlier than the
+stored one; ``delete`` never sends it (``archiver.sinks.base``, item 9).
 """
 
 from __future__ import annotations
@@ -103,6 +107,10 @@ _RETRYABLE_CODES = {
 }
 
 
+_STRENGTHEN_HINT = (
+    "changing GOVERNANCE to COMPLIANCE needs s3:BypassGovernanceRetention and "
+    "`retention apply --strengthen-governance` (docs/compliance.md)"
+)
 _NO_LOCK_CONFIG = frozenset(
     {"ObjectLockConfigurationNotFoundError", "ObjectLockConfigurationNotFound", "404"}
 )
@@ -531,15 +539,51 @@ class S3Sink:
             version_id=head.get("VersionId"),
         )
 
-    async def set_retention(self, key: str, lock: Lock, *, version_id: str | None = None) -> None:
+    async def set_retention(
+        self,
+        key: str,
+        lock: Lock,
+        *,
+        version_id: str | None = None,
+        bypass_governance: bool = False,
+    ) -> None:
+        """PutObjectRetention. ``x-amz-bypass-governance-retention`` goes only with
+        ``bypass_governance`` and only for GOVERNANCE → COMPLIANCE with a date not earlier than
+        the stored one (one HEAD to see the stored lock); everything else goes without it, so
+        the store itself refuses to shorten or weaken. Between that HEAD and the PUT another
+        principal could extend the GOVERNANCE date; the PUT would then set the date asked."""
         full = self._full(key)
+        what = f"set the retention of {full} to {lock.mode} until {lock.until:%Y-%m-%d %H:%M:%S}"
+        bypass, hint = False, ""
+        if bypass_governance and lock.mode != "COMPLIANCE":
+            hint = "the bypass header was not sent: it is only for GOVERNANCE to COMPLIANCE"
+        elif bypass_governance:
+            stored = await self.lock_status(key, version_id)
+            if stored is not None and stored.mode == "GOVERNANCE":
+                if stored.until is not None and lock.until < stored.until:
+                    hint = (
+                        "the bypass header was not sent: the stored GOVERNANCE date "
+                        f"{stored.until:%Y-%m-%d %H:%M:%S} is later than the date asked, and "
+                        "the bypass never shortens"
+                    )
+                else:
+                    bypass = True
+        elif lock.mode == "COMPLIANCE":
+            hint = _STRENGTHEN_HINT
+        if bypass:
+            hint = (
+                "with the governance bypass: these credentials lack s3:BypassGovernanceRetention "
+                "(docs/storage.md)"
+            )
         await self._locked_call(
-            f"set the retention of {full} to {lock.mode} until {lock.until:%Y-%m-%d %H:%M:%S}",
+            what,
             self.client.put_object_retention,
+            hint=hint,
             Bucket=self.bucket,
             Key=full,
             Retention={"Mode": lock.mode, "RetainUntilDate": lock.until},
             **_version(version_id),
+            **({"BypassGovernanceRetention": True} if bypass else {}),
         )
 
     async def set_legal_hold(self, key: str, on: bool, *, version_id: str | None = None) -> None:
@@ -580,13 +624,16 @@ class S3Sink:
             if v.get("Key") == full and v.get("VersionId") not in (None, "null")
         ]
 
-    async def _locked_call(self, what: str, fn: Callable[..., Any], /, **kwargs: Any) -> None:
-        """A call that Object Lock may refuse: AccessDenied becomes ``StorageLocked``."""
+    async def _locked_call(
+        self, what: str, fn: Callable[..., Any], /, *, hint: str = "", **kwargs: Any
+    ) -> None:
+        """A call that Object Lock may refuse: AccessDenied becomes ``StorageLocked`` (with
+        ``hint``, when the caller knows more about why)."""
         if await self.call_unless(frozenset({"AccessDenied"}), what, fn, **kwargs) is None:
             raise StorageLocked(
                 f"{what}: refused (AccessDenied) by {self.describe()}: the object is protected by "
                 "its Object Lock retention or a legal hold — or these credentials lack the "
-                "permission (docs/compliance.md lists them)"
+                "permission (docs/compliance.md lists them)" + (f"; {hint}" if hint else "")
             )
 
     async def read(self, key: str) -> AsyncIterator[bytes]:
