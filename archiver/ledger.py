@@ -35,6 +35,9 @@ from archiver.errors import ConfigError
 
 SCHEMA_VERSION = 1
 
+PAGE = 500
+"""Rows a paged read returns at a time (and keys one ``events_of`` query takes)."""
+
 UNFINISHED = ("pending", "not_ready", "failed")
 """Outcomes of a call looked at but not done: it must be looked at again, whatever a listing
 says of it."""
@@ -80,6 +83,7 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS objects_unsealed ON objects (seq) WHERE segment IS NULL;
 CREATE INDEX IF NOT EXISTS events_unsealed ON events (seq) WHERE segment IS NULL;
+CREATE INDEX IF NOT EXISTS events_key ON events (key);
 CREATE TABLE IF NOT EXISTS listed_calls (
     range_key     TEXT NOT NULL,
     call_sid      TEXT NOT NULL,
@@ -528,6 +532,48 @@ class Ledger:
             rows = self._read.execute(
                 "SELECT * FROM events WHERE call_sid = ? ORDER BY seq", (call_sid,)
             )
+        return [EventRecord(**dict(r)) for r in rows]
+
+    def object_pages(self, size: int = PAGE) -> Iterator[list[ObjectRecord]]:
+        """Every object row in order, ``size`` at a time: what a job over the whole archive
+        reads, in bounded memory (rows recorded meanwhile are included when their turn comes)."""
+        after = 0
+        while True:
+            rows = self._read.execute(
+                "SELECT * FROM objects WHERE seq > ? ORDER BY seq LIMIT ?", (after, size)
+            ).rows
+            if not rows:
+                return
+            page = [ObjectRecord(**dict(r)) for r in rows]
+            yield page
+            after = page[-1].seq or after
+
+    def event_pages(self, kind: str, size: int = PAGE) -> Iterator[list[EventRecord]]:
+        """The events of one ``kind`` in order, ``size`` at a time."""
+        after = 0
+        while True:
+            rows = self._read.execute(
+                "SELECT * FROM events WHERE kind = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (kind, after, size),
+            ).rows
+            if not rows:
+                return
+            page = [EventRecord(**dict(r)) for r in rows]
+            yield page
+            after = page[-1].seq or after
+
+    def events_of(self, keys: Sequence[str], *, before: int | None = None) -> list[EventRecord]:
+        """The events about these keys (at most ``PAGE`` of them), in order; only those recorded
+        before the entry ``before`` if it is given."""
+        if len(keys) > PAGE:
+            raise ValueError(f"events_of takes at most {PAGE} keys")
+        if not keys:
+            return []
+        marks = ", ".join("?" * len(keys))
+        rows = self._read.execute(
+            f"SELECT * FROM events WHERE key IN ({marks}) AND seq < ? ORDER BY seq",
+            (*keys, before if before is not None else 2**62),
+        )
         return [EventRecord(**dict(r)) for r in rows]
 
     def all_objects(self) -> list[ObjectRecord]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import sqlite3
 from pathlib import Path
 
 from archiver.archive import archive_calls
@@ -32,3 +34,40 @@ async def archive_in_two_runs(
     await archive_calls(settings, [sim.add_call(recordings=2).sid, sim.add_call().sid])
     await archive_calls(settings, [sim.add_call().sid])
     return settings
+
+
+def add_bulk_objects(state_dir: Path, root: Path, count: int) -> None:
+    """``count`` small files in the local destination ``root``, recorded in the ledger of
+    ``state_dir`` as the archive records objects: bound to the class ``general``, their
+    retain-until date long past. In one transaction: setup for the memory test and the
+    benchmark, not archiving."""
+    body = b"hello"
+    digest = hashlib.sha256(body).hexdigest()
+    db = sqlite3.connect(state_dir / "ledger.sqlite3")
+    try:
+        (start,) = db.execute(
+            "SELECT MAX(m) FROM (SELECT MAX(seq) AS m FROM objects "
+            "UNION SELECT MAX(seq) FROM events)"
+        ).fetchone()
+        rows = []
+        for n in range(count):
+            sid = f"bulk{n:08d}"
+            key = f"2026/09/01/{sid}/recording-1.mp3"
+            path = root / key
+            path.parent.mkdir(parents=True)
+            path.write_bytes(body)
+            rows.append(
+                (start + n + 1, sid, "recording", 1, key, str(path), len(body), digest,
+                 "audio/mpeg", "mp3", f"https://recordings.example/{sid}.mp3",
+                 "2026-09-01T10:00:00+05:30", "2026-09-01T05:00:00.000Z", "bulk", "general",
+                 "2026-10-01T04:30:00Z")
+            )  # fmt: skip
+        db.executemany(
+            "INSERT INTO objects (seq, call_sid, kind, idx, key, location, size, sha256, "
+            "content_type, format, source, call_created, archived_at, worker, retention_class, "
+            "retain_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+        db.commit()
+    finally:
+        db.close()

@@ -166,7 +166,7 @@ async def test_objects_are_written_locked_by_class_and_cannot_be_deleted_or_repl
     assert {e["lock_mode"] for e in snapshots} == {"COMPLIANCE", "GOVERNANCE"}
 
     async with open_retention(settings) as archive:
-        item = next(i for i in archive.items() if i.record.call_sid == order.sid)
+        item = (await archive.items_of(order.sid))[0]
         with pytest.raises(StorageLocked, match="Object Lock"):
             await archive.sink.delete(item.key, version_id=item.record.version_id)
         import io
@@ -286,7 +286,7 @@ async def test_a_locked_object_the_rules_call_expired_is_not_deleted_and_is_repo
     assert entries(settings, "erasure") == []
     # Forcing the delete: the store refuses, and it is reported as such.
     async with open_retention(settings) as archive:
-        item = archive.items()[0]
+        item = (await archive.items_of(call.sid))[0]
         with pytest.raises(StorageLocked):
             await archive.sink.delete(item.key, version_id=item.record.version_id)
 
@@ -316,11 +316,12 @@ async def test_apply_extends_and_locks_but_never_shortens(
     async with open_retention(shorter) as archive:
         planned = await plan(archive, days=30)
         applied = await apply(archive)
-    beyond = {r["key"] for r in planned.rows if r["action"] == "kept_beyond_class"}
+    # The class now says 1 day, the date bound at archive time 2: the bound date holds.
+    beyond = {r["key"] for r in planned.rows if r["action"] == "bound_beyond_class"}
     assert key in beyond
     assert {r["key"]: r["action"] for r in planned.rows}.get(old_key) == "lock"  # from call.json
     assert head(seaweed, lock_bucket, key)["ObjectLockRetainUntilDate"] == stored_before
-    assert {r["action"] for r in applied.rows if r["key"] == key} == {"left_longer"}
+    assert {r["action"] for r in applied.rows if r["key"] == key} == set()  # nothing to change
     old = head(seaweed, lock_bucket, old_key)
     assert old["ObjectLockMode"] == "COMPLIANCE"  # the pre-rules object is now locked
 

@@ -17,19 +17,17 @@ from archiver.cli import main
 from archiver.cli._shared import (
     EXIT_FAILURES,
     EXIT_OK,
+    EXIT_USAGE,
     make_settings,
     report_option,
     run,
     settings_options,
-    write_json,
 )
 from archiver.config import Settings
 from archiver.retention.archive import RetentionArchive, open_retention
-from archiver.retention.jobs import JobReport
+from archiver.retention.reports import AuditReport, JobReport
 
 T = TypeVar("T")
-SHOWN = 50
-"""Objects listed on the terminal; the JSON report has them all."""
 
 
 @main.group()
@@ -54,16 +52,31 @@ async def _with_archive(
         return await job(archive)
 
 
+def _write(result: JobReport | AuditReport, report: Path | None) -> None:
+    """The whole report as JSON, streamed from its spool; then its spool is gone."""
+    try:
+        if report is not None:
+            result.write(report)
+    except OSError as exc:
+        click.echo(f"error: cannot write the report to {report}: {exc.strerror}", err=True)
+        sys.exit(EXIT_USAGE)
+    finally:
+        result.close()
+
+
 def _finish(result: JobReport, report: Path | None, *, failed: bool) -> None:
-    counts = result.as_dict()["counts"]
+    counts = result.summary()
     click.echo(f"{result.job}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-    for row in result.rows[:SHOWN]:
-        click.echo(f"  {row['action']:<24} {row['call_sid']}  {row['key']}")
-    if len(result.rows) > SHOWN:
-        click.echo(f"  ... and {len(result.rows) - SHOWN} more (see --report)")
-    for row in result.failures:
+    for row in result.rows.first:
+        click.echo(f"  {row['action']:<26} {row['call_sid']}  {row['key']}")
+    if len(result.rows) > len(result.rows.first):
+        click.echo(f"  ... and {len(result.rows) - len(result.rows.first)} more (see --report)")
+    for row in result.failures.first:
         click.echo(f"  FAILED {row['key']}: {row['error']}", err=True)
-    write_json(result.as_dict(), report)
+    if len(result.failures) > len(result.failures.first):
+        more = len(result.failures) - len(result.failures.first)
+        click.echo(f"  ... and {more} more failure(s) (see --report)", err=True)
+    _write(result, report)
     sys.exit(EXIT_FAILURES if failed else EXIT_OK)
 
 
@@ -89,21 +102,40 @@ def plan_command(ctx: click.Context, /, days: int, report: Path | None, **cli: A
 
 
 @retention.command("apply")
+@click.option(
+    "--strengthen-governance",
+    is_flag=True,
+    envvar="ARCHIVER_STRENGTHEN_GOVERNANCE",
+    help="Also turn stored GOVERNANCE retention into COMPLIANCE where the class says so. S3 "
+    "allows that change only with the GOVERNANCE bypass: the credentials need "
+    "s3:BypassGovernanceRetention, and the bypass is asked for that change alone, never to "
+    "shorten or weaken (docs/compliance.md). Without it such objects are reported as failed. "
+    "[env: ARCHIVER_STRENGTHEN_GOVERNANCE]",
+)
 @report_option()
 @actor_option
 @settings_options
 @click.pass_context
 def apply_command(
-    ctx: click.Context, /, report: Path | None, actor: str | None, **cli: Any
+    ctx: click.Context,
+    /,
+    strengthen_governance: bool,
+    report: Path | None,
+    actor: str | None,
+    **cli: Any,
 ) -> None:
-    """Bring stored retention up to the rules: lock unlocked objects, strengthen GOVERNANCE to
-    COMPLIANCE, extend dates. Never shortens a date nor weakens a mode. Each change is
-    recorded in the manifest."""
+    """Bring stored retention up to the rules: lock unlocked objects, extend dates, and (with
+    --strengthen-governance) turn GOVERNANCE into COMPLIANCE. Never shortens a date nor
+    weakens a mode. Each change is recorded in the manifest. Exit code 1 if a change failed."""
     from archiver.retention.jobs import apply
 
     settings = make_settings(ctx, cli)
-    result = run(_with_archive(settings, actor, lambda a: apply(a)))
-    _finish(result, report, failed=bool(result.failures))
+    result = run(
+        _with_archive(
+            settings, actor, lambda a: apply(a, strengthen_governance=strengthen_governance)
+        )
+    )
+    _finish(result, report, failed=bool(len(result.failures)))
 
 
 def _hold_command(on: bool) -> Callable[..., None]:
@@ -122,7 +154,7 @@ def _hold_command(on: bool) -> Callable[..., None]:
         result = run(
             _with_archive(settings, actor, lambda a: hold(a, list(call_sids), reason=reason, on=on))
         )
-        _finish(result, report, failed=bool(result.failures))
+        _finish(result, report, failed=bool(len(result.failures)))
 
     return command
 
@@ -170,7 +202,7 @@ def purge_command(
 
     settings = make_settings(ctx, cli)
     result = run(_with_archive(settings, actor, lambda a: purge(a, dry_run=dry_run)))
-    _finish(result, report, failed=bool(result.failures))
+    _finish(result, report, failed=bool(len(result.failures)))
 
 
 @retention.command("audit")
@@ -197,19 +229,19 @@ def audit_command(ctx: click.Context, /, grace_days: int, report: Path | None, *
     result = run(
         _with_archive(settings, None, lambda a: audit(a, grace=timedelta(days=grace_days)))
     )
-    data = result.as_dict()
+    counts = result.head()["counts"]
     click.echo(
-        f"audit: {result.checked} object(s) checked, {len(result.findings)} finding(s)"
-        + (
-            ": " + ", ".join(f"{k} {v}" for k, v in data["counts"].items())
-            if data["counts"]
-            else ""
-        )
+        f"audit: {result.checked} object(s) and {result.receipts} erasure receipt(s) checked, "
+        f"{len(result.findings)} finding(s)"
+        + (": " + ", ".join(f"{k} {v}" for k, v in counts.items()) if counts else "")
     )
-    for finding in result.findings[:SHOWN]:
+    for finding in result.findings.first:
         click.echo(
-            f"  {finding['problem']:<20} {finding['call_sid']}  {finding['key']}: "
+            f"  {finding['problem']:<22} {finding['call_sid']}  {finding['key']}: "
             f"{finding['detail']}"
         )
-    write_json(data, report)
-    sys.exit(EXIT_OK if result.ok else EXIT_FAILURES)
+    if len(result.findings) > len(result.findings.first):
+        click.echo(f"  ... and {len(result.findings) - len(result.findings.first)} more")
+    ok = result.ok
+    _write(result, report)
+    sys.exit(EXIT_OK if ok else EXIT_FAILURES)

@@ -2,9 +2,17 @@
 
 ``open_retention(settings)`` opens the destination and the ledger for a job. Each object the
 ledger holds (and no erasure receipt has removed) becomes an ``Item``: its record, the class it
-is kept under, the retention it must have (the class's, or later the one ``apply`` extended it
-to) and whether a legal hold is recorded for it. Objects archived before retention rules existed
-get their class from the rules and the call details stored beside them (``call.json``).
+is kept under, the retention it must have and whether a legal hold is recorded for it.
+
+What was bound at archive time is a floor no configuration edit lowers: the class recorded with
+the object stays its class (a class since renamed or removed keeps the object, never purged, and
+is reported), and its retention is the latest of the bound ``retain_until``, the date the class
+gives as configured now, and any extension ``apply`` recorded. Only objects archived before
+retention rules existed get their class now, from the rules and the call details stored beside
+them (``call.json``).
+
+``items()`` reads the ledger a page at a time, so a job over millions of objects runs in bounded
+memory.
 
 Jobs record what they did as events in the ledger (``record``): legal holds, releases,
 retention extensions, erasure receipts. When the job holds the state directory's writer lock it
@@ -18,6 +26,7 @@ import getpass
 import json
 import logging
 import socket
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -29,9 +38,9 @@ from archiver.config import Settings
 from archiver.errors import ArchiverError, ConfigError
 from archiver.exotel.models import parse_call_details
 from archiver.identity import bind
-from archiver.ledger import EventRecord, Ledger, ObjectRecord, utc_now, writer_lock
+from archiver.ledger import PAGE, EventRecord, Ledger, ObjectRecord, utc_now, writer_lock
 from archiver.manifest import ManifestWriter
-from archiver.retention.policy import RetentionClass, RetentionPolicy
+from archiver.retention.policy import Period, RetentionClass, RetentionPolicy
 from archiver.segments import seal
 from archiver.sinks import Sink
 
@@ -57,21 +66,44 @@ def default_actor() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
+def stronger(a: str | None, b: str | None) -> str | None:
+    """The stronger of two lock modes (COMPLIANCE > GOVERNANCE > none)."""
+    order = {None: 0, "GOVERNANCE": 1, "COMPLIANCE": 2}
+    return a if order.get(a, 0) >= order.get(b, 0) else b
+
+
+FOREVER = datetime.max.replace(tzinfo=UTC)
+SNAPSHOT_CACHE = 1024
+"""Calls archived before the rules whose class (from their ``call.json``) is remembered."""
+
+
 @dataclass
 class Item:
     """One stored object under the retention rules."""
 
     record: ObjectRecord
     cls: RetentionClass
+    """The class bound at archive time, as configured now (for an object archived before the
+    rules: the class the rules give its call.json). A bound class no longer configured is kept
+    as an unconfigured class that says ``keep`` (see ``unconfigured``)."""
     until: datetime
-    """The retention it must have: its class's as configured now, or what ``apply`` extended
-    it to, whichever is later."""
+    """The retention it must have: the latest of the date bound at archive time, the date its
+    class gives as configured now, and what ``apply`` extended it to. Never earlier than the
+    bound date, whatever the configuration says later."""
     mode: str | None
+    """The lock it must have: the stronger of the mode it was written with, its class's mode now
+    and what ``apply`` set."""
     held: bool = False
     hold_reason: str | None = None
     versions: tuple[str | None, ...] = ()
     """Every version of the object the archive wrote, oldest first: the archived one and those
     ``repair`` put back (``record.version_id`` is the newest). An erasure deletes them all."""
+    bound_until: datetime | None = None
+    """``retain_until`` as bound at archive time (None: archived before retention rules)."""
+    unconfigured: bool = False
+    """Its bound class is not in the config any more (renamed or removed): never purged."""
+    class_until: datetime | None = None
+    """The date its class gives as configured now (None for an unconfigured class)."""
 
     @property
     def key(self) -> str:
@@ -88,6 +120,40 @@ class Item:
             "legal_hold": self.held,
         }
 
+    def not_configured(self) -> str:
+        """The report's words for an object whose bound class is gone from the config."""
+        return (
+            f"class {self.cls.name!r}, bound at archive time, is not in the config's "
+            f"[retention.classes]: add it back (a renamed class must keep its old name for the "
+            "objects archived under it); until then its objects are kept, never purged"
+        )
+
+
+@dataclass
+class _Events:
+    """What the events of one page of objects say about each key."""
+
+    erased: set[str] = field(default_factory=set)
+    extended: dict[str, dict[str, Any]] = field(default_factory=dict)
+    held: dict[str, str | None] = field(default_factory=dict)
+    repaired: dict[str, list[str | None]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, events: list[EventRecord]) -> _Events:
+        found = cls()
+        for e in events:  # in order: a release after a hold lifts it
+            if e.kind == ERASURE:
+                found.erased.add(e.key)
+            elif e.kind == EXTENDED:
+                found.extended[e.key] = json.loads(e.details)
+            elif e.kind == HOLD:
+                found.held[e.key] = json.loads(e.details).get("reason")
+            elif e.kind == RELEASE:
+                found.held.pop(e.key, None)
+            elif e.kind == REPAIRED:
+                found.repaired.setdefault(e.key, []).append(e.version_id)
+        return found
+
 
 @dataclass
 class RetentionArchive:
@@ -99,81 +165,99 @@ class RetentionArchive:
     owns_manifest: bool
     actor: str
     added: list[EventRecord] = field(default_factory=list)
-    _snapshot_classes: dict[str, RetentionClass] = field(default_factory=dict)
+    _snapshot_classes: OrderedDict[str, RetentionClass] = field(default_factory=OrderedDict)
 
-    def items(self) -> list[Item]:
-        """Every stored object not erased, with the retention it must have."""
-        events = self.ledger.events()
-        erased = {e.key for e in events if e.kind == ERASURE}
-        extended: dict[str, dict[str, Any]] = {}
-        held: dict[str, str | None] = {}
-        repaired: dict[str, list[str | None]] = {}
-        for e in events:
-            if e.kind == EXTENDED:
-                extended[e.key] = json.loads(e.details)
-            elif e.kind == HOLD:
-                held[e.key] = json.loads(e.details).get("reason")
-            elif e.kind == RELEASE:
-                held.pop(e.key, None)
-            elif e.kind == REPAIRED:
-                repaired.setdefault(e.key, []).append(e.version_id)
-        classes: dict[str, RetentionClass] = {}
-        out = []
-        for record in self.ledger.all_objects():
-            if record.key in erased:
-                continue
-            cls = self._class_of(record, classes)
-            # The class as configured now (a class lengthened since applies to old objects too;
-            # one shortened is reported, and a stored date is never moved earlier).
-            until = cls.retain_until(datetime.fromisoformat(record.call_created))
-            mode = cls.lock
-            if record.key in extended:
-                until = max(until, parse_time(extended[record.key]["retain_until"]))
-                mode = extended[record.key].get("lock_mode") or mode
-            versions = tuple(dict.fromkeys([record.version_id, *repaired.get(record.key, [])]))
-            if len(versions) > 1:  # put back by repair: the newest version is the object now
-                record = replace(record, version_id=versions[-1])
-            out.append(
-                Item(
-                    record,
-                    cls,
-                    until,
-                    mode,
-                    record.key in held,
-                    held.get(record.key),
-                    versions or (record.version_id,),
-                )
-            )
-        return out
+    async def items(self) -> AsyncIterator[Item]:
+        """Every stored object not erased, with the retention it must have, in manifest order.
 
-    def _class_of(self, record: ObjectRecord, cache: dict[str, RetentionClass]) -> RetentionClass:
-        if record.retention_class in self.policy.classes:
-            return self.policy.classes[record.retention_class]
-        if record.call_sid not in cache:
-            cache[record.call_sid] = self._classify_from_snapshot(record.call_sid)
-        return cache[record.call_sid]
+        Read a page of the ledger at a time: memory stays bounded however large the archive.
+        """
+        for page in self.ledger.object_pages():
+            events = _Events.of(self.ledger.events_of([r.key for r in page]))
+            for record in page:
+                if record.key not in events.erased:
+                    yield await self._item(record, events)
 
-    def _classify_from_snapshot(self, call_sid: str) -> RetentionClass:
-        """The class of a call archived before the rules (or under a class since removed):
-        from its stored call details, else the default class."""
-        found = self._snapshot_classes.get(call_sid)
-        return found or self.policy.classes[self.policy.default]
+    async def items_of(self, call_sid: str) -> list[Item]:
+        """The stored objects of one call not erased."""
+        records = self.ledger.objects_of(call_sid)
+        keys = [r.key for r in records]
+        events = _Events.of(
+            [
+                e
+                for n in range(0, len(keys), PAGE)
+                for e in self.ledger.events_of(keys[n : n + PAGE])
+            ]
+        )
+        return [await self._item(r, events) for r in records if r.key not in events.erased]
 
-    async def load_snapshots(self) -> None:
-        """Classify calls archived without a class from their stored ``call.json``."""
-        for record in self.ledger.all_objects():
-            if record.kind != "call_details" or record.retention_class in self.policy.classes:
-                continue
+    async def _item(self, record: ObjectRecord, events: _Events) -> Item:
+        cls, configured = await self._class_of(record)
+        bound = parse_time(record.retain_until) if record.retain_until else None
+        # A class lengthened since applies to old objects too; one shortened does not.
+        by_class = (
+            cls.retain_until(datetime.fromisoformat(record.call_created)) if configured else None
+        )
+        until = max([d for d in (bound, by_class) if d is not None], default=FOREVER)
+        mode = stronger(cls.lock, record.lock_mode)
+        if (change := events.extended.get(record.key)) is not None:
+            until = max(until, parse_time(change["retain_until"]))
+            mode = stronger(change.get("lock_mode"), mode)
+        versions = tuple(dict.fromkeys([record.version_id, *events.repaired.get(record.key, [])]))
+        if len(versions) > 1:  # put back by repair: the newest version is the object now
+            record = replace(record, version_id=versions[-1])
+        return Item(
+            record,
+            cls,
+            until,
+            mode,
+            record.key in events.held,
+            events.held.get(record.key),
+            versions or (record.version_id,),
+            bound,
+            not configured,
+            by_class,
+        )
+
+    async def _class_of(self, record: ObjectRecord) -> tuple[RetentionClass, bool]:
+        """The object's class and whether it is configured now.
+
+        The class bound at archive time is the object's class for good: if the config no longer
+        has it, the object is kept (``at_end = keep``) with its bound lock mode, never moved to
+        another class. Only an object archived before any rules gets its class now, from its
+        call's stored details."""
+        bound = record.retention_class
+        if bound is not None:
+            if bound in self.policy.classes:
+                return self.policy.classes[bound], True
+            return RetentionClass(bound, Period(), record.lock_mode, "keep"), False
+        return await self._classify_from_snapshot(record.call_sid), True
+
+    async def _classify_from_snapshot(self, call_sid: str) -> RetentionClass:
+        """The class the rules give a call archived before them, from its stored call.json;
+        else the default class. The last ``SNAPSHOT_CACHE`` calls are remembered."""
+        cache = self._snapshot_classes
+        if call_sid in cache:
+            cache.move_to_end(call_sid)
+            return cache[call_sid]
+        found = self.policy.classes[self.policy.default]
+        snapshot = self.ledger.object_for(call_sid, "call_details", 0)
+        if snapshot is not None and snapshot.key not in self._erased_snapshots(snapshot.key):
             try:
-                data = b"".join([chunk async for chunk in self.sink.read(record.key)])
+                data = b"".join([chunk async for chunk in self.sink.read(snapshot.key)])
                 envelope = json.loads(data)
-                details = parse_call_details(envelope["response"]["call_details"])
-            except (ArchiverError, ValueError, KeyError, TypeError) as exc:
-                log.warning(
-                    "call %s: cannot read its call.json (%s): default class", record.call_sid, exc
+                found = self.policy.classify(
+                    parse_call_details(envelope["response"]["call_details"])
                 )
-                continue
-            self._snapshot_classes[record.call_sid] = self.policy.classify(details)
+            except (ArchiverError, ValueError, KeyError, TypeError) as exc:
+                log.warning("call %s: cannot read its call.json (%s): default class", call_sid, exc)
+        cache[call_sid] = found
+        if len(cache) > SNAPSHOT_CACHE:
+            cache.popitem(last=False)
+        return found
+
+    def _erased_snapshots(self, key: str) -> set[str]:
+        return {e.key for e in self.ledger.events_of([key]) if e.kind == ERASURE}
 
     def record(self, kind: str, item: Item, **details: Any) -> EventRecord:
         """Add an event about ``item``'s object to the ledger (and so to the manifest chain)."""
@@ -219,7 +303,6 @@ async def open_retention(
                     owns,
                     actor or default_actor(),
                 )
-                await archive.load_snapshots()
                 yield archive
                 if archive.added and owns:
                     ManifestWriter(settings.state_dir / "manifest.jsonl").sync(ledger)

@@ -6,34 +6,41 @@ Safety rules, enforced here and by the store:
 * ``apply`` only extends: a retain-until date is never moved earlier and COMPLIANCE is never
   turned into GOVERNANCE. An object kept longer or stronger than its class says is reported and
   left alone (a COMPLIANCE date cannot be shortened by anyone; a GOVERNANCE one could, but this
-  job does not try).
-* ``purge`` deletes only objects whose class says ``delete``, whose retention has ended both by
-  the rules and at the store, and that carry no legal hold (recorded or at the store). It never
-  bypasses GOVERNANCE retention. Each deletion removes the stored version for good and writes an
-  erasure receipt into the manifest chain.
+  job does not try). Turning GOVERNANCE into COMPLIANCE is the one change S3 lets only a
+  principal allowed to bypass GOVERNANCE make: ``apply`` asks for the bypass for that change
+  alone, and only when told to (``strengthen_governance``); otherwise it reports the object as
+  failed, with the fix.
+* ``purge`` deletes only objects whose class says ``delete``, whose retention has ended by the
+  date bound at archive time, by the rules as configured now and at the store, and that carry no
+  legal hold (recorded or at the store). An object whose bound class is no longer configured is
+  never deleted. It never bypasses GOVERNANCE retention. Each deletion removes the stored
+  versions for good and writes an erasure receipt (with the bound class and dates) into the
+  manifest chain.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from archiver.errors import ConfigError, StorageError
-from archiver.retention.archive import ERASURE, EXTENDED, HOLD, RELEASE, Item, RetentionArchive, iso
+from archiver.retention.archive import (
+    ERASURE,
+    EXTENDED,
+    HOLD,
+    RELEASE,
+    Item,
+    RetentionArchive,
+    iso,
+    stronger,
+)
+from archiver.retention.reports import JobReport
 from archiver.sinks import Lock, LockStatus
 
 log = logging.getLogger("archiver.retention")
 
 SLACK = timedelta(seconds=1)
 """Stores keep retain-until dates to the second."""
-
-
-def stronger(a: str | None, b: str | None) -> str | None:
-    """The stronger of two lock modes (COMPLIANCE > GOVERNANCE > none)."""
-    order = {None: 0, "GOVERNANCE": 1, "COMPLIANCE": 2}
-    return a if order.get(a, 0) >= order.get(b, 0) else b
 
 
 def needed_change(item: Item, stored: LockStatus, now: datetime) -> str | None:
@@ -58,31 +65,11 @@ def kept_beyond(item: Item, stored: LockStatus) -> str | None:
     return None
 
 
-@dataclass
-class JobReport:
-    """What a job found or did, per object; printed and written as JSON."""
-
-    job: str
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    failures: list[dict[str, Any]] = field(default_factory=list)
-
-    def add(self, item: Item, action: str, **extra: Any) -> None:
-        self.rows.append({**item.brief(), "action": action, **extra})
-
-    def fail(self, item: Item, error: str) -> None:
-        self.failures.append({**item.brief(), "error": error})
-
-    def count(self, action: str) -> int:
-        return sum(1 for r in self.rows if r["action"] == action)
-
-    def as_dict(self) -> dict[str, Any]:
-        actions = sorted({r["action"] for r in self.rows})
-        return {
-            "job": self.job,
-            "counts": {a: self.count(a) for a in actions} | {"failed": len(self.failures)},
-            "objects": self.rows,
-            "failures": self.failures,
-        }
+STRENGTHEN_NEEDS_OPT_IN = (
+    "stored GOVERNANCE, the class says COMPLIANCE: S3 lets only a principal allowed to bypass "
+    "GOVERNANCE retention change it; run `retention apply --strengthen-governance` with "
+    "credentials granted s3:BypassGovernanceRetention (docs/compliance.md, docs/storage.md)"
+)
 
 
 async def plan(archive: RetentionArchive, *, days: int, now: datetime | None = None) -> JobReport:
@@ -90,12 +77,26 @@ async def plan(archive: RetentionArchive, *, days: int, now: datetime | None = N
     now = now or datetime.now(UTC)
     report = JobReport("plan")
     horizon = now + timedelta(days=days)
-    for item in archive.items():
+    async for item in archive.items():
         if item.held:
             report.add(item, "held", reason=item.hold_reason)
-        if now < item.until <= horizon or (item.until <= now and item.cls.at_end == "delete"):
+        if item.unconfigured:
+            report.add(item, "class_not_configured", detail=item.not_configured())
+        elif now < item.until <= horizon or (item.until <= now and item.cls.at_end == "delete"):
             ends = "delete" if item.cls.at_end == "delete" and not item.held else "keep"
             report.add(item, f"ends_then_{ends}")
+        if (
+            item.bound_until is not None
+            and item.class_until is not None
+            and item.bound_until > item.class_until + SLACK
+            and item.bound_until > now
+        ):
+            report.add(
+                item,
+                "bound_beyond_class",
+                detail=f"bound at archive time until {iso(item.bound_until)}; class "
+                f"{item.cls.name} now says {iso(item.class_until)}: kept until the bound date",
+            )
         if item.mode is None or not archive.lock_enabled:
             continue
         stored = await archive.sink.lock_status(item.key, item.record.version_id)
@@ -110,17 +111,29 @@ async def plan(archive: RetentionArchive, *, days: int, now: datetime | None = N
     return report
 
 
-async def apply(archive: RetentionArchive, *, now: datetime | None = None) -> JobReport:
-    """Bring stored retention up to the rules: lock, strengthen or extend — never shorten."""
+async def apply(
+    archive: RetentionArchive,
+    *,
+    strengthen_governance: bool = False,
+    now: datetime | None = None,
+) -> JobReport:
+    """Bring stored retention up to the rules: lock, extend, and (only with
+    ``strengthen_governance``) turn GOVERNANCE into COMPLIANCE — never shorten, never weaken."""
     now = now or datetime.now(UTC)
     report = JobReport("apply")
-    needs_lock = [i for i in archive.items() if i.mode is not None and i.until > now]
-    if needs_lock and not archive.lock_enabled:
-        raise ConfigError(
-            f"{len(needs_lock)} object(s) belong to classes with a lock mode, but "
-            f"{archive.sink.describe()} has no Object Lock: nothing can be applied"
-        )
-    for item in needs_lock:
+    if not archive.lock_enabled:
+        needs_lock = 0
+        async for item in archive.items():
+            needs_lock += item.mode is not None and item.until > now
+        if needs_lock:
+            raise ConfigError(
+                f"{needs_lock} object(s) belong to classes with a lock mode, but "
+                f"{archive.sink.describe()} has no Object Lock: nothing can be applied"
+            )
+        return report
+    async for item in archive.items():
+        if item.mode is None or item.until <= now:
+            continue
         stored = await archive.sink.lock_status(item.key, item.record.version_id)
         if stored is None:
             report.fail(item, "the object is missing: run `exotel-archiver retention audit`")
@@ -130,11 +143,17 @@ async def apply(archive: RetentionArchive, *, now: datetime | None = None) -> Jo
             if (beyond := kept_beyond(item, stored)) is not None:
                 report.add(item, "left_longer", detail=beyond)
             continue
+        if change == "strengthen" and not strengthen_governance:
+            report.fail(item, STRENGTHEN_NEEDS_OPT_IN)
+            continue
         until = max(item.until, stored.until or item.until)  # never earlier than stored
         mode = stronger(item.mode, stored.mode) or "GOVERNANCE"
         try:
             await archive.sink.set_retention(
-                item.key, Lock(mode, until), version_id=item.record.version_id
+                item.key,
+                Lock(mode, until),
+                version_id=item.record.version_id,
+                bypass_governance=change == "strengthen",
             )
         except StorageError as exc:
             report.fail(item, str(exc))
@@ -159,11 +178,11 @@ async def hold(
     if not reason.strip():
         raise ConfigError("--reason must say why (it goes into the manifest)")
     report = JobReport("hold" if on else "release")
-    items = archive.items()
-    for sid in call_sids:
-        mine = [i for i in items if i.record.call_sid == sid]
+    calls = [(sid, await archive.items_of(sid)) for sid in call_sids]
+    for sid, mine in calls:
         if not mine:
             raise ConfigError(f"call {sid} has no archived objects in this archive")
+    for _sid, mine in calls:
         for item in mine:
             if item.held == on:
                 report.add(item, "already_held" if on else "not_held")
@@ -182,7 +201,7 @@ async def hold(
                 "held" if on else "released",
                 enforced_by_store=archive.lock_enabled,
             )
-    if not archive.lock_enabled and report.rows:
+    if not archive.lock_enabled and len(report.rows):
         log.warning(
             "%s has no Object Lock: the hold is recorded in the manifest and respected by "
             "`retention purge`, but the store itself does not enforce it",
@@ -201,7 +220,10 @@ async def purge(
     """
     now = now or datetime.now(UTC)
     report = JobReport("purge")
-    for item in archive.items():
+    async for item in archive.items():
+        if item.unconfigured:
+            report.add(item, "kept_class_not_configured", detail=item.not_configured())
+            continue
         if item.cls.at_end != "delete" or item.until > now:
             continue
         if item.held:
@@ -239,6 +261,8 @@ async def purge(
             size=item.record.size,
             retention_class=item.cls.name,
             retain_until=iso(item.until),
+            bound_retain_until=_iso(item.bound_until),
+            at_end=item.cls.at_end,
             deleted_at=iso(datetime.now(UTC)),
             location=item.record.location,
         )

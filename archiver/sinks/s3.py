@@ -108,8 +108,9 @@ _RETRYABLE_CODES = {
 
 
 _STRENGTHEN_HINT = (
-    "changing GOVERNANCE to COMPLIANCE needs s3:BypassGovernanceRetention and "
-    "`retention apply --strengthen-governance` (docs/compliance.md)"
+    "if the version is held under GOVERNANCE: changing GOVERNANCE to COMPLIANCE needs "
+    "s3:BypassGovernanceRetention and `retention apply --strengthen-governance` "
+    "(docs/compliance.md)"
 )
 _NO_LOCK_CONFIG = frozenset(
     {"ObjectLockConfigurationNotFoundError", "ObjectLockConfigurationNotFound", "404"}

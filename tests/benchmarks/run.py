@@ -1,6 +1,6 @@
-"""The benchmark: six figures of exotel-archiver, each against a baseline measured in the same run.
+"""The benchmark: seven figures of exotel-archiver, each against a baseline measured in one run.
 
-    python -m tests.benchmarks.run                  # all six figures (about 45 minutes)
+    python -m tests.benchmarks.run                  # all seven figures (about 45 minutes)
     python -m tests.benchmarks.run --quick          # the same, ten times smaller (a few minutes)
     python -m tests.benchmarks.run --only 1,3       # some figures
     python -m tests.benchmarks.run --json out.json  # where the JSON result goes
@@ -565,10 +565,88 @@ def figure_5(bench: Bench, sizes: list[int]) -> None:
     )
 
 
+RETENTION_RULES = """
+[retention]
+default = "general"
+
+[retention.classes.general]
+period = "30d"
+lock = "none"
+at_end = "delete"
+"""
+
+
+def job_peak(env: dict[str, str], args: list[str]) -> tuple[float, float, int]:
+    """Run ``exotel-archiver ARGS`` as its own process: seconds, peak RSS (MiB), exit code."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "archiver", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    _, status, usage = os.wait4(proc.pid, 0)
+    return time.perf_counter() - started, usage.ru_maxrss / 1024, os.waitstatus_to_exitcode(status)
+
+
+def figure_7(bench: Bench) -> None:
+    """Retention jobs over a large archive: peak RSS at 10·N objects against N, same run.
+
+    A local destination (the jobs' memory, not the store's speed, is what is measured); every
+    object is past its date, so each job names every one in its report."""
+    import asyncio
+
+    from archiver.archive import archive_calls
+    from archiver.config import load_settings
+    from tests.support import add_bulk_objects
+
+    small, large = bench.n(10_000, 1_000), bench.n(100_000, 10_000)
+    peaks: dict[int, dict[str, float]] = {}
+    for count in (small, large):
+        sim, state = fresh(bench, f"f7-{count}")
+        config = state / "archiver.toml"
+        config.write_text(RETENTION_RULES)
+        with SimulatorServer(sim) as server:
+            env = {
+                **{k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
+                **exotel_env(sim, server.base_url, str(state / "archive"), state / "state"),
+                "ARCHIVER_CONFIG": str(config),
+            }
+            settings = load_settings(env=env, config_file=config)
+            asyncio.run(archive_calls(settings, add_calls(sim, 1, 4096)))
+        add_bulk_objects(state / "state", state / "archive", count)
+        peaks[count] = {}
+        for job in (["audit"], ["purge", "--dry-run"], ["plan"]):
+            report = state / f"{job[0]}.json"
+            seconds, rss, rc = job_peak(env, ["retention", *job, "--report", str(report)])
+            peaks[count][job[0]] = rss
+            bench.add(
+                Row(
+                    "7",
+                    f"retention {' '.join(job)}, {count:,} objects: peak RSS",
+                    rss,
+                    "MiB",
+                    note=f"{seconds:.0f} s, rc {rc}, report {report.stat().st_size // 1024} KiB",
+                )
+            )
+    for job in ("audit", "purge", "plan"):
+        ratio = peaks[large][job] / peaks[small][job]
+        bench.add(
+            Row(
+                "7",
+                f"retention {job}: peak RSS {large:,} / {small:,} objects",
+                ratio,
+                "x",
+                target="<= 1.2",
+                met=ratio <= 1.2,
+            )
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="ten times smaller")
-    parser.add_argument("--only", default="1,2,3,4,5,6", help="figures to run, e.g. 1,3")
+    parser.add_argument("--only", default="1,2,3,4,5,6,7", help="figures to run, e.g. 1,3")
     parser.add_argument(
         "--scale-sizes", default="1000,10000,100000", help="call counts of figure 5"
     )
@@ -618,6 +696,7 @@ def main() -> None:
                     bench, [bench.n(int(n), 100) for n in args.scale_sizes.split(",")]
                 ),
             ),
+            ("7", lambda: figure_7(bench)),
         ]
         for name, step in steps:
             wanted = name in selected or (name == "1" and "6" in selected)
