@@ -25,7 +25,11 @@ way: other bytes at a recording's key are a conflict.
 
 With retention rules (``archiver.retention.policy``), every object of a call gets the call's
 class and retain-until date in its ledger row and manifest line, and — when the class has a lock
-mode and the date is still ahead — is written with that Object Lock in the same PUT.
+mode and the date is still ahead — is written with that Object Lock in the same PUT. An object
+found already at its key (left by a run that crashed between its PUT and its ledger commit, or
+put by someone else) is recorded with the lock mode the store reports for it, after its lock is
+brought up to the class where that only strengthens it (never a shorter date, never a weaker
+mode); ``retain_until`` stays the class's date.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import logging
 import threading
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, BinaryIO
@@ -48,6 +53,10 @@ if TYPE_CHECKING:
     from archiver.retention.policy import RetentionPolicy
 
 SNAPSHOT_KINDS = frozenset({"call_details", "legs", "voice_log"})
+_STRENGTH = {None: 0, "GOVERNANCE": 1, "COMPLIANCE": 2}
+"""Object Lock modes, weakest first."""
+
+log = logging.getLogger("archiver.recorder")
 
 
 class Recorder:
@@ -97,13 +106,18 @@ class Recorder:
                 key, body, size=size, sha256=sha256, content_type=mime, lock=lock
             )
             location, size, sha256, version = put.location, put.size, put.sha256, put.version_id
+            adopted = not put.created
             if put.created and lock is not None:
                 lock_mode = lock.mode
         except StorageConflict:
             if kind not in SNAPSHOT_KINDS:
                 raise
             location, size, sha256 = await self._existing(key)
-            version = None
+            version, adopted = None, True
+        if adopted and self.policy is not None:
+            # Not written by this PUT (e.g. left by a run that crashed before its ledger commit,
+            # or put by someone else): its lock is whatever the store holds.
+            lock_mode, version = await self._adopt_lock(key, version, lock)
         row = ObjectRecord(
             call_sid=details.sid,
             kind=kind,
@@ -164,6 +178,46 @@ class Recorder:
             fmt="json",
             source=source,
         )
+
+    async def _adopt_lock(
+        self, key: str, version: str | None, wanted: Lock | None
+    ) -> tuple[str | None, str | None]:
+        """The lock mode and version the store reports for an object already at ``key``, after
+        bringing its lock up to ``wanted`` where that only strengthens it: an unlocked object
+        is locked, a date of the same (or a stronger) mode that ends earlier is extended. A
+        date is never shortened and a mode never weakened; a GOVERNANCE lock where the class
+        says COMPLIANCE is left to ``retention apply``."""
+        status = await self.sink.lock_status(key, version)
+        if status is None:  # gone since the put confirmed it: nothing to report
+            return None, version
+        version = version or status.version_id
+        if wanted is None or status.mode not in _STRENGTH:  # nothing to bring up, or unknown
+            return status.mode, version
+        if _STRENGTH[status.mode] < _STRENGTH[wanted.mode]:
+            if status.mode is not None:
+                log.warning(
+                    "%s was already stored with %s retention, its class says %s: left as is; "
+                    "run `exotel-archiver retention apply` to strengthen it",
+                    self.sink.location(key),
+                    status.mode,
+                    wanted.mode,
+                )
+                return status.mode, version
+            raised = wanted
+        elif status.until is None or status.until < wanted.until:
+            raised = Lock(str(status.mode), wanted.until)  # as strong already: extend the date
+        else:
+            return status.mode, version
+        await self.sink.set_retention(key, raised, version_id=version)
+        log.info(
+            "%s was already stored with %s retention: now %s until %s, as its class says",
+            self.sink.location(key),
+            status.mode or "no",
+            raised.mode,
+            raised.until.isoformat(),
+        )
+        after = await self.sink.lock_status(key, version)
+        return (after.mode if after is not None else None), version
 
     async def _existing(self, key: str) -> tuple[str, int, str]:
         """Location, size and SHA-256 of the object already at ``key``: the SHA-256 the store

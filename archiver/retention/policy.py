@@ -6,6 +6,7 @@
 
     [retention.classes.general]
     period = "5y"                       # 5y, 18mo, 90d, 12h, 30min, 45s; a bare number is days
+                                        # (units may be combined: 1y6mo; at most 1000 years)
     lock = "governance"                 # compliance, governance or none (S3 Object Lock mode)
     at_end = "delete"                   # delete (purge may erase it) or keep
 
@@ -26,10 +27,11 @@ date in the same PUT. The rules are read with the call details Exotel gave, noth
 
 from __future__ import annotations
 
+import calendar
 import fnmatch
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import MAXYEAR, MINYEAR, UTC, datetime, timedelta
 from typing import Any
 
 from archiver.errors import ConfigError
@@ -37,8 +39,24 @@ from archiver.exotel.models import CallDetails
 
 LOCK_MODES = ("compliance", "governance", "none")
 AT_END = ("delete", "keep")
+MAX_PERIOD_YEARS = 1000
+"""The longest period a class may have. Longer than any law asks (SEBI's longest is 5 years,
+DPDP's a year), and the call's creation time plus the period must stay a date Python (and S3)
+can represent (year 9999 at most): past it, retain-until dates cannot be computed at all.
+Calls to keep for good say ``at_end = "keep"``, not a huge period."""
 _MATCH_FIELDS = ("virtual_number", "app_id", "app_name", "direction", "status", "custom_field")
-_PERIOD = re.compile(r"(\d+)\s*(y|years?|mo|months?|w|weeks?|d|days?|h|hours?|min|s|sec)", re.I)
+_PERIOD = re.compile(
+    r"([0-9]+)\s*(y|years?|mo|months?|w|weeks?|d|days?|h|hours?|min|s|sec)", re.I | re.ASCII
+)
+_NEGATIVE = re.compile(r"-\s*[0-9]")
+_YEAR_SECONDS = 31_556_952
+"""The mean Gregorian year (365.2425 days), to weigh calendar months against exact durations."""
+_MONTH_SECONDS = _YEAR_SECONDS // 12
+_UNIT_SECONDS = {"w": 7 * 86400, "d": 86400, "h": 3600, "min": 60, "s": 1}
+_MAX_SECONDS = MAX_PERIOD_YEARS * _YEAR_SECONDS
+_MAX_DIGITS = 20
+"""A number with more significant digits is over the bound whatever its unit (and int() of
+thousands of digits is refused, or slow)."""
 
 
 @dataclass(frozen=True)
@@ -49,47 +67,91 @@ class Period:
     exact: timedelta = timedelta(0)
 
     def after(self, start: datetime) -> datetime:
-        """``start`` plus this period, in UTC (the 31st plus a month is the month's last day)."""
-        start = start.astimezone(UTC)
-        year, month = divmod(start.month - 1 + self.months, 12)
-        day = start.day
-        while True:
-            try:
-                shifted = start.replace(year=start.year + year, month=month + 1, day=day)
-                break
-            except ValueError:
-                day -= 1
-        return shifted + self.exact
+        """``start`` plus this period, in UTC (the 31st plus a month is the month's last day).
+
+        Raises ``ConfigError`` if the date is past what a ``datetime`` represents: never for a
+        period ``parse_period`` accepted and a start in the 21st century.
+        """
+        try:
+            start = start.astimezone(UTC)
+            year, month = divmod(start.month - 1 + self.months, 12)
+            year, month = start.year + year, month + 1
+            if not MINYEAR <= year <= MAXYEAR:
+                raise OverflowError(f"year {year} is out of range")
+            day = min(start.day, calendar.monthrange(year, month)[1])
+            return start.replace(year=year, month=month, day=day) + self.exact
+        except (OverflowError, ValueError):
+            raise ConfigError(
+                f"a retention period of {self.describe()} from {start.isoformat()} ends "
+                f"outside the representable dates (years {MINYEAR} to {MAXYEAR}): retention "
+                f"periods are at most {MAX_PERIOD_YEARS} years"
+            ) from None
+
+    def describe(self) -> str:
+        """The period for people: ``36 months + 5 days, 0:00:00``."""
+        parts = [f"{self.months} months"] if self.months else []
+        if self.exact or not parts:
+            parts.append(str(self.exact))
+        return " + ".join(parts)
 
 
 def parse_period(value: object, where: str) -> Period:
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return Period(exact=timedelta(days=value))
+    """The period a class's ``period = ...`` gives (``where`` names the file and class), at most
+    ``MAX_PERIOD_YEARS`` long: a ``ConfigError`` naming value, limit and fix otherwise."""
+    shown = _shown(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise ConfigError(f"{where}: period {shown} is negative: use 0 or more days")
+        return _bounded(0, value * 86400, shown, where)
     text = str(value).strip().replace(" ", "") if isinstance(value, str) else ""
+    if _NEGATIVE.search(text):
+        raise ConfigError(
+            f"{where}: period {shown} is negative: a period is 0 or more, e.g. 90d or 5y"
+        )
     parts = list(_PERIOD.finditer(text))
     if not parts or "".join(p.group(0) for p in parts) != text:
         raise ConfigError(
-            f"{where}: period {value!r} is not understood: use e.g. 5y, 18mo, 90d, 12h, 30min "
+            f"{where}: period {shown} is not understood: use e.g. 5y, 18mo, 90d, 12h, 30min "
             "or 45s (or a number of days)"
         )
-    months, exact = 0, timedelta(0)
+    months = seconds = 0
     for part in parts:
-        n, unit = int(part.group(1)), part.group(2).lower()
+        digits, unit = part.group(1).lstrip("0") or "0", part.group(2).lower()
+        if len(digits) > _MAX_DIGITS:
+            raise _too_long(shown, where)
+        n = int(digits)
         if unit.startswith("y"):
             months += 12 * n
         elif unit.startswith("mo"):
             months += n
-        elif unit.startswith("w"):
-            exact += timedelta(weeks=n)
-        elif unit.startswith("d"):
-            exact += timedelta(days=n)
-        elif unit.startswith("h"):
-            exact += timedelta(hours=n)
-        elif unit == "min":
-            exact += timedelta(minutes=n)
         else:
-            exact += timedelta(seconds=n)
-    return Period(months, exact)
+            seconds += n * _UNIT_SECONDS["min" if unit == "min" else unit[0]]
+    return _bounded(months, seconds, shown, where)
+
+
+def _shown(value: object) -> str:
+    """``value`` for a message: as written, or its start if it is long."""
+    if isinstance(value, int) and value.bit_length() > 64:  # repr() of 10**5000 raises
+        return f"<a {value.bit_length()}-bit number>"
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:20]}... ({len(text)} characters)"
+
+
+def _bounded(months: int, seconds: int, shown: str, where: str) -> Period:
+    """``Period(months, seconds)``, if no longer than ``MAX_PERIOD_YEARS`` (months weighed at
+    a twelfth of the mean Gregorian year)."""
+    if months * _MONTH_SECONDS + seconds > _MAX_SECONDS:
+        raise _too_long(shown, where)
+    return Period(months, timedelta(seconds=seconds))
+
+
+def _too_long(shown: str, where: str) -> ConfigError:
+    return ConfigError(
+        f"{where}: period {shown} is longer than {MAX_PERIOD_YEARS} years, the longest "
+        f"retention period (no law asks for more, and the call's creation time plus the "
+        f'period must stay a representable date): use e.g. period = "{MAX_PERIOD_YEARS}y" or '
+        'less, or at_end = "keep" to keep the calls for good'
+    )
 
 
 @dataclass(frozen=True)
