@@ -497,24 +497,29 @@ class Ledger:
         )
         return cursor.lastrowid
 
-    def _entries(self, where: str, args: tuple[object, ...] = ()) -> list[Entry]:
+    def _entries(
+        self, where: str, args: tuple[object, ...] = (), limit: int | None = None
+    ) -> list[Entry]:
+        """Object and event rows matching ``where``, in ``seq`` order (the first ``limit``)."""
+        tail, more = ("", ()) if limit is None else (" ORDER BY seq LIMIT ?", (limit,))
         objects: list[Entry] = [
             ObjectRecord(**dict(r))
-            for r in self._read.execute(f"SELECT * FROM objects WHERE {where}", args)
+            for r in self._read.execute(f"SELECT * FROM objects WHERE {where}{tail}", args + more)
         ]
         events: list[Entry] = [
             EventRecord(**dict(r))
-            for r in self._read.execute(f"SELECT * FROM events WHERE {where}", args)
+            for r in self._read.execute(f"SELECT * FROM events WHERE {where}{tail}", args + more)
         ]
-        return sorted(objects + events, key=lambda e: e.seq or 0)
+        return sorted(objects + events, key=lambda e: e.seq or 0)[:limit]
 
-    def entries_after(self, seq: int) -> list[Entry]:
-        """Manifest entries (objects and events) with a sequence number past ``seq``, in order."""
-        return self._entries("seq > ?", (seq,))
+    def entries_after(self, seq: int, limit: int | None = None) -> list[Entry]:
+        """Manifest entries (objects and events) with a sequence number past ``seq``, in order
+        (the first ``limit`` of them)."""
+        return self._entries("seq > ?", (seq,), limit)
 
-    def unsealed(self) -> list[Entry]:
-        """Manifest entries not yet in a sealed segment, in order."""
-        return self._entries("segment IS NULL")
+    def unsealed(self, limit: int | None = None) -> list[Entry]:
+        """Manifest entries not yet in a sealed segment, in order (the first ``limit``)."""
+        return self._entries("segment IS NULL", (), limit)
 
     def unsealed_count(self) -> int:
         return int(

@@ -58,6 +58,8 @@ OBJECT_KINDS = frozenset({"recording", "call_details", "legs", "voice_log", "voi
 EVENT_KINDS = frozenset(
     {"legal_hold", "legal_hold_release", "retention_extended", "erasure", "repaired"}
 )
+SYNC_BATCH = 10_000
+"""Ledger entries ``ManifestWriter.sync`` reads and appends at a time."""
 _RETENTION_FIELDS = ("retention_class", "retain_until", "lock_mode")
 
 
@@ -173,40 +175,43 @@ class ManifestWriter:
         self._last_seq = self._recover()
 
     def _recover(self) -> int:
-        """The last complete line's seq; a torn tail is truncated away."""
+        """The last complete line's seq; a torn tail is truncated away. Read a line at a time:
+        the file of a multi-year archive is not held in memory."""
         if not self.path.exists():
             return 0
-        data = self.path.read_bytes()
         good_end, last_seq = 0, 0
-        pos = 0
-        while pos < len(data):
-            nl = data.find(b"\n", pos)
-            if nl < 0:
-                break
-            try:
-                last_seq = int(json.loads(data[pos:nl])["seq"])
-            except (ValueError, KeyError, TypeError):
-                break
-            good_end = pos = nl + 1
-        if good_end != len(data):
+        with self.path.open("rb") as fh:
+            for line in fh:
+                if not line.endswith(b"\n"):
+                    break
+                try:
+                    last_seq = int(json.loads(line)["seq"])
+                except (ValueError, KeyError, TypeError):
+                    break
+                good_end += len(line)
+            size = fh.seek(0, 2)
+        if good_end != size:
             with self.path.open("r+b") as fh:
                 fh.truncate(good_end)
                 os.fsync(fh.fileno())
         return last_seq
 
     def sync(self, ledger: Ledger) -> int:
-        """Append every ledger entry not yet in the file; returns how many lines were written."""
-        lines = [
-            json.dumps(entry(r), separators=(",", ":"), ensure_ascii=True) + "\n"
-            for r in ledger.entries_after(self._last_seq)
-        ]
-        if not lines:
-            return 0
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("ab") as fh:
-            fh.write("".join(lines).encode())
-        self._last_seq = int(json.loads(lines[-1])["seq"])
-        return len(lines)
+        """Append every ledger entry not yet in the file; returns how many lines were written.
+        (``SYNC_BATCH`` entries at a time: a retention job may have added a million.)"""
+        written = 0
+        while True:
+            lines = [
+                json.dumps(entry(r), separators=(",", ":"), ensure_ascii=True) + "\n"
+                for r in ledger.entries_after(self._last_seq, SYNC_BATCH)
+            ]
+            if not lines:
+                return written
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("ab") as fh:
+                fh.write("".join(lines).encode())
+            self._last_seq = int(json.loads(lines[-1])["seq"])
+            written += len(lines)
 
     def fsync(self) -> None:
         """Force the appended lines to disk (done when segments are sealed, and at the end)."""

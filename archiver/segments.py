@@ -37,6 +37,9 @@ from archiver.sinks import Sink, put_bytes
 log = logging.getLogger("archiver.segments")
 
 PREFIX = "_manifest/segments/"
+SEGMENT_MAX = 10_000
+"""The most entries one segment holds: a retention job that recorded a million events while the
+worker was idle is sealed as many segments, each built in bounded memory."""
 SCHEMA = 1
 
 
@@ -90,7 +93,7 @@ async def seal(ledger: Ledger, sink: Sink) -> list[SegmentRecord]:
     """Seal every entry waiting in the ledger into new segments; returns what was sealed."""
     sealed: list[SegmentRecord] = []
     while True:
-        pending = ledger.unsealed()
+        pending = ledger.unsealed(SEGMENT_MAX)
         if not pending:
             return sealed
         known = ledger.segments()

@@ -175,3 +175,29 @@ async def test_a_stored_segment_with_other_entries_is_not_adopted(tmp_path: Path
     assert ours.segments() == [] and len(ours.unsealed()) == 2
     ours.close()
     theirs.close()
+
+
+async def test_a_long_wait_is_sealed_as_several_bounded_segments(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retention job can record a million events while the worker is idle: the worker then
+    seals them as segments of at most SEGMENT_MAX entries, never one built whole in memory."""
+    import archiver.segments
+    from archiver.ledger import EventRecord
+
+    monkeypatch.setattr(archiver.segments, "SEGMENT_MAX", 4)
+    sink = LocalSink(tmp_path / "dest")
+    ledger = Ledger(tmp_path / "ledger.sqlite3")
+    for n in range(1, 4):
+        ledger.add_object(record(n))
+    for n in range(1, 4):
+        for kind in ("legal_hold", "legal_hold_release"):
+            ledger.add_event(
+                EventRecord(kind, f"c{n}", f"a/c{n}/recording-1.mp3", "2026-11-21T10:00:00Z", "x")
+            )
+    sealed = await seal(ledger, sink)
+    assert [(s.first_seq, s.last_seq) for s in sealed] == [(1, 4), (5, 8), (9, 9)]
+    chain = [parse((tmp_path / "dest" / segment_key(s.number)).read_bytes()) for s in sealed]
+    assert [len(c.entries) for c in chain] == [4, 4, 1]
+    assert [c.header["prev_sha256"] for c in chain] == [None, chain[0].sha256, chain[1].sha256]
+    assert ledger.unsealed() == []

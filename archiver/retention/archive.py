@@ -164,7 +164,10 @@ class RetentionArchive:
     lock_enabled: bool
     owns_manifest: bool
     actor: str
-    added: list[EventRecord] = field(default_factory=list)
+    added: int = 0
+    """Events this job recorded."""
+    _flushed: int = 0
+    _manifest: ManifestWriter | None = None
     _snapshot_classes: OrderedDict[str, RetentionClass] = field(default_factory=OrderedDict)
 
     async def items(self) -> AsyncIterator[Item]:
@@ -177,6 +180,7 @@ class RetentionArchive:
             for record in page:
                 if record.key not in events.erased:
                     yield await self._item(record, events)
+            await self.flush(every=self.settings.segment_entries)
 
     async def items_of(self, call_sid: str) -> list[Item]:
         """The stored objects of one call not erased."""
@@ -272,8 +276,19 @@ class RetentionArchive:
                 version_id=item.record.version_id,
             )
         )
-        self.added.append(event)
+        self.added += 1
         return event
+
+    async def flush(self, *, every: int = 0) -> None:
+        """Append the events recorded so far to ``manifest.jsonl`` and seal them into the
+        destination, if this job holds the writer lock and at least ``every`` are waiting:
+        a job that records a million events seals them as it goes, in bounded memory."""
+        if self.owns_manifest and self.added - self._flushed > max(every - 1, 0):
+            if self._manifest is None:
+                self._manifest = ManifestWriter(self.settings.state_dir / "manifest.jsonl")
+            self._manifest.sync(self.ledger)
+            await seal(self.ledger, self.sink)
+            self._flushed = self.added
 
 
 @asynccontextmanager
@@ -304,13 +319,12 @@ async def open_retention(
                     actor or default_actor(),
                 )
                 yield archive
-                if archive.added and owns:
-                    ManifestWriter(settings.state_dir / "manifest.jsonl").sync(ledger)
-                    await seal(ledger, sink)
+                if owns:
+                    await archive.flush()
                 elif archive.added:
                     log.info(
                         "%d event(s) recorded; the running worker seals them into the manifest",
-                        len(archive.added),
+                        archive.added,
                     )
             finally:
                 ledger.close()
