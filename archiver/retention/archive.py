@@ -23,6 +23,7 @@ when the long-running worker holds it, the worker seals them once idle, or withi
 from __future__ import annotations
 
 import getpass
+import hashlib
 import json
 import logging
 import socket
@@ -85,7 +86,7 @@ class Item:
     cls: RetentionClass
     """The class bound at archive time, as configured now (for an object archived before the
     rules: the class the rules give its call.json). A bound class no longer configured is kept
-    as an unconfigured class that says ``keep`` (see ``unconfigured``)."""
+    as an unconfigured class that says ``keep`` (see ``undecided``)."""
     until: datetime
     """The retention it must have: the latest of the date bound at archive time, the date its
     class gives as configured now, and what ``apply`` extended it to. Never earlier than the
@@ -100,10 +101,15 @@ class Item:
     ``repair`` put back (``record.version_id`` is the newest). An erasure deletes them all."""
     bound_until: datetime | None = None
     """``retain_until`` as bound at archive time (None: archived before retention rules)."""
-    unconfigured: bool = False
-    """Its bound class is not in the config any more (renamed or removed): never purged."""
+    undecided: tuple[str, str] | None = None
+    """Why the rules cannot decide this object's retention now — (problem, detail) — so it is
+    kept, never purged, and reported: ``class_not_configured`` (its bound class was renamed or
+    removed), ``class_unknown`` (archived before the rules, and its call.json cannot be read,
+    or is not the archived one), ``retention_unreadable`` (its dates cannot be computed)."""
     class_until: datetime | None = None
-    """The date its class gives as configured now (None for an unconfigured class)."""
+    """The date its class gives as configured now (None when undecided)."""
+    quarantined: tuple[str, ...] = ()
+    """Keys of the altered copies ``repair`` set aside for this object: erased with it."""
 
     @property
     def key(self) -> str:
@@ -120,13 +126,26 @@ class Item:
             "legal_hold": self.held,
         }
 
-    def not_configured(self) -> str:
-        """The report's words for an object whose bound class is gone from the config."""
-        return (
-            f"class {self.cls.name!r}, bound at archive time, is not in the config's "
-            f"[retention.classes]: add it back (a renamed class must keep its old name for the "
-            "objects archived under it); until then its objects are kept, never purged"
-        )
+    def kept_because(self) -> str:
+        """The report's words for an undecided object."""
+        return self.undecided[1] if self.undecided else ""
+
+
+def _class_unknown(why: str) -> tuple[str, str]:
+    return (
+        "class_unknown",
+        f"archived before the retention rules, and {why}: its class cannot be known, so it is "
+        "kept, never purged",
+    )
+
+
+def _not_configured(name: str) -> tuple[str, str]:
+    return (
+        "class_not_configured",
+        f"class {name!r}, bound at archive time, is not in the config's [retention.classes]: "
+        "add it back (a renamed class must keep its old name for the objects archived under "
+        "it); until then its objects are kept, never purged",
+    )
 
 
 @dataclass
@@ -137,6 +156,7 @@ class _Events:
     extended: dict[str, dict[str, Any]] = field(default_factory=dict)
     held: dict[str, str | None] = field(default_factory=dict)
     repaired: dict[str, list[str | None]] = field(default_factory=dict)
+    quarantined: dict[str, list[str]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, events: list[EventRecord]) -> _Events:
@@ -152,6 +172,9 @@ class _Events:
                 found.held.pop(e.key, None)
             elif e.kind == REPAIRED:
                 found.repaired.setdefault(e.key, []).append(e.version_id)
+                aside = json.loads(e.details).get("quarantined_as")
+                if isinstance(aside, str) and aside:
+                    found.quarantined.setdefault(e.key, []).append(aside)
         return found
 
 
@@ -196,13 +219,22 @@ class RetentionArchive:
         return [await self._item(r, events) for r in records if r.key not in events.erased]
 
     async def _item(self, record: ObjectRecord, events: _Events) -> Item:
-        cls, configured = await self._class_of(record)
-        bound = parse_time(record.retain_until) if record.retain_until else None
-        # A class lengthened since applies to old objects too; one shortened does not.
-        by_class = (
-            cls.retain_until(datetime.fromisoformat(record.call_created)) if configured else None
-        )
+        cls, undecided = await self._class_of(record)
+        bound = by_class = None
+        try:
+            bound = parse_time(record.retain_until) if record.retain_until else None
+            # A class lengthened since applies to old objects too; one shortened does not.
+            if undecided is None:
+                by_class = cls.retain_until(datetime.fromisoformat(record.call_created))
+        except (ValueError, TypeError, ConfigError) as exc:
+            undecided = (
+                "retention_unreadable",
+                f"its retention cannot be computed ({exc}): kept, never purged; check its "
+                "manifest entry (call_created, retain_until)",
+            )
         until = max([d for d in (bound, by_class) if d is not None], default=FOREVER)
+        if undecided is not None and cls.at_end != "keep":
+            cls = RetentionClass(cls.name, Period(), cls.lock, "keep")
         mode = stronger(cls.lock, record.lock_mode)
         if (change := events.extended.get(record.key)) is not None:
             until = max(until, parse_time(change["retain_until"]))
@@ -219,12 +251,24 @@ class RetentionArchive:
             events.held.get(record.key),
             versions or (record.version_id,),
             bound,
-            not configured,
+            undecided,
             by_class,
+            tuple(events.quarantined.get(record.key, ())),
         )
 
-    async def _class_of(self, record: ObjectRecord) -> tuple[RetentionClass, bool]:
-        """The object's class and whether it is configured now.
+    def held_now(self, key: str) -> bool:
+        """Whether a legal hold is recorded for ``key`` now (read again just before a purge
+        deletes: a hold recorded while the job runs counts)."""
+        held = False
+        for e in self.ledger.events_of([key]):
+            if e.kind in (HOLD, RELEASE):
+                held = e.kind == HOLD
+        return held
+
+    async def _class_of(
+        self, record: ObjectRecord
+    ) -> tuple[RetentionClass, tuple[str, str] | None]:
+        """The object's class, and why its retention is undecided (None if it is decided).
 
         The class bound at archive time is the object's class for good: if the config no longer
         has it, the object is kept (``at_end = keep``) with its bound lock mode, never moved to
@@ -233,35 +277,57 @@ class RetentionArchive:
         bound = record.retention_class
         if bound is not None:
             if bound in self.policy.classes:
-                return self.policy.classes[bound], True
-            return RetentionClass(bound, Period(), record.lock_mode, "keep"), False
-        return await self._classify_from_snapshot(record.call_sid), True
+                return self.policy.classes[bound], None
+            return RetentionClass(bound, Period(), record.lock_mode, "keep"), _not_configured(bound)
+        found = await self.class_from_snapshot(record.call_sid)
+        if not isinstance(found, RetentionClass):
+            default = self.policy.classes[self.policy.default]
+            return RetentionClass(default.name, Period(), default.lock, "keep"), found
+        return found, None
 
-    async def _classify_from_snapshot(self, call_sid: str) -> RetentionClass:
-        """The class the rules give a call archived before them, from its stored call.json;
-        else the default class. The last ``SNAPSHOT_CACHE`` calls are remembered."""
+    async def class_from_snapshot(
+        self, call_sid: str, *, default_if_gone: bool = True
+    ) -> RetentionClass | tuple[str, str] | None:
+        """The class the rules give a call archived before them, from its stored call.json —
+        or why it cannot be known: its call.json cannot be read, or is not the one archived
+        (SHA-256). A call without a call.json (none archived, or erased) gets the default class
+        (None if not ``default_if_gone``). The last ``SNAPSHOT_CACHE`` classes read are
+        remembered; a failed read is not, so the next job tries again."""
         cache = self._snapshot_classes
         if call_sid in cache:
             cache.move_to_end(call_sid)
             return cache[call_sid]
-        found = self.policy.classes[self.policy.default]
         snapshot = self.ledger.object_for(call_sid, "call_details", 0)
-        if snapshot is not None and snapshot.key not in self._erased_snapshots(snapshot.key):
-            try:
-                data = b"".join([chunk async for chunk in self.sink.read(snapshot.key)])
-                envelope = json.loads(data)
-                found = self.policy.classify(
-                    parse_call_details(envelope["response"]["call_details"])
-                )
-            except (ArchiverError, ValueError, KeyError, TypeError) as exc:
-                log.warning("call %s: cannot read its call.json (%s): default class", call_sid, exc)
+        if snapshot is None:
+            return self.policy.classes[self.policy.default] if default_if_gone else None
+        receipts = [e for e in self.ledger.events_of([snapshot.key]) if e.kind == ERASURE]
+        if receipts:  # erased: the class its receipt states (it was the call's when it went)
+            stated = json.loads(receipts[0].details).get("retention_class")
+            if stated in self.policy.classes:
+                return self.policy.classes[stated]
+            return self.policy.classes[self.policy.default] if default_if_gone else None
+        digest, data = hashlib.sha256(), bytearray()
+        try:
+            async for chunk in self.sink.read(snapshot.key):
+                digest.update(chunk)
+                data += chunk
+        except ArchiverError as exc:
+            log.warning("call %s: cannot read its call.json: %s", call_sid, exc)
+            return _class_unknown(f"its call.json cannot be read now ({exc})")
+        if digest.hexdigest() != snapshot.sha256:
+            return _class_unknown(
+                f"its call.json is not the archived one (SHA-256 {digest.hexdigest()}, "
+                f"archived {snapshot.sha256}): run `exotel-archiver verify` and `repair`"
+            )
+        try:
+            envelope = json.loads(bytes(data))
+            found = self.policy.classify(parse_call_details(envelope["response"]["call_details"]))
+        except (ArchiverError, ValueError, KeyError, TypeError) as exc:
+            return _class_unknown(f"its archived call.json cannot be read as call details ({exc})")
         cache[call_sid] = found
         if len(cache) > SNAPSHOT_CACHE:
             cache.popitem(last=False)
         return found
-
-    def _erased_snapshots(self, key: str) -> set[str]:
-        return {e.key for e in self.ledger.events_of([key]) if e.kind == ERASURE}
 
     def record(self, kind: str, item: Item, **details: Any) -> EventRecord:
         """Add an event about ``item``'s object to the ledger (and so to the manifest chain)."""
@@ -279,11 +345,15 @@ class RetentionArchive:
         self.added += 1
         return event
 
-    async def flush(self, *, every: int = 0) -> None:
+    async def flush(self, *, every: int = 0, leftovers: bool = False) -> None:
         """Append the events recorded so far to ``manifest.jsonl`` and seal them into the
         destination, if this job holds the writer lock and at least ``every`` are waiting:
-        a job that records a million events seals them as it goes, in bounded memory."""
-        if self.owns_manifest and self.added - self._flushed > max(every - 1, 0):
+        a job that records a million events seals them as it goes, in bounded memory.
+        ``leftovers``: whatever the ledger holds unsealed, whoever recorded it."""
+        waiting = self.added - self._flushed > max(every - 1, 0)
+        if leftovers:
+            waiting = self.ledger.unsealed_count() > 0
+        if self.owns_manifest and waiting:
             if self._manifest is None:
                 self._manifest = ManifestWriter(self.settings.state_dir / "manifest.jsonl")
             self._manifest.sync(self.ledger)
@@ -318,7 +388,16 @@ async def open_retention(
                     owns,
                     actor or default_actor(),
                 )
-                yield archive
+                if owns:  # what an earlier job recorded and could not seal (it failed) goes first
+                    await archive.flush(leftovers=True)
+                try:
+                    yield archive
+                except Exception:
+                    # The job failed part way: what it recorded (erasures done) is sealed now,
+                    # not left for a later job; the job's error is the one reported.
+                    if owns:
+                        await _flush_quietly(archive)
+                    raise
                 if owns:
                     await archive.flush()
                 elif archive.added:
@@ -330,3 +409,12 @@ async def open_retention(
                 ledger.close()
     finally:
         await sink.close()
+
+
+async def _flush_quietly(archive: RetentionArchive) -> None:
+    """``archive.flush()`` after a job failed: its own failure is not the one to report (the
+    events stay in the ledger, and the next job seals them first)."""
+    try:
+        await archive.flush()
+    except ArchiverError as exc:
+        log.warning("could not seal this job's %d event(s) now (%s)", archive.added, exc)

@@ -33,20 +33,25 @@ itself: a receipt can only claim what the entry allowed.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from archiver.errors import ConfigError, StorageError
 from archiver.ledger import EventRecord, ObjectRecord
 from archiver.retention.archive import (
     ERASURE,
+    EXTENDED,
     HOLD,
     RELEASE,
+    REPAIRED,
     Item,
     RetentionArchive,
     iso,
     parse_time,
 )
 from archiver.retention.jobs import SLACK
+from archiver.retention.policy import RetentionClass
 from archiver.retention.reports import AuditReport
 
 
@@ -57,32 +62,72 @@ async def audit(
     report = AuditReport()
     async for item in archive.items():
         report.checked += 1
-        await _check_item(archive, item, report, now, grace)
+        try:
+            await _check_item(archive, item, report, now, grace)
+        except StorageError as exc:
+            report.add("check_failed", item.record.call_sid, item.key, str(exc))
     for page in archive.ledger.event_pages(ERASURE):
         for event in page:
             report.receipts += 1
-            await _check_receipt(archive, event, report)
+            try:
+                await _check_receipt(archive, event, report, now)
+            except StorageError as exc:
+                report.add("check_failed", event.call_sid, event.key, str(exc))
     return report
 
 
+@dataclass
+class _Before:
+    """What the chain said about a key before one of its receipts."""
+
+    held: bool = False
+    erased: bool = False
+    extended_until: str | None = None
+    versions: set[str | None] = field(default_factory=set)
+
+
+def _before(archive: RetentionArchive, entry: ObjectRecord, seq: int) -> _Before:
+    found = _Before(versions={entry.version_id})
+    for e in archive.ledger.events_of([entry.key], before=seq):
+        if e.kind in (HOLD, RELEASE):
+            found.held = e.kind == HOLD
+        elif e.kind == ERASURE:
+            found.erased = True
+        elif e.kind == REPAIRED:
+            found.versions.add(e.version_id)
+        elif e.kind == EXTENDED:
+            until = _field(json.loads(e.details), "retain_until")
+            if until and (
+                found.extended_until is None or _time(until) > _time(found.extended_until)
+            ):
+                found.extended_until = until
+    return found
+
+
 async def _check_receipt(
-    archive: RetentionArchive, event: EventRecord, report: AuditReport
+    archive: RetentionArchive, event: EventRecord, report: AuditReport, now: datetime
 ) -> None:
-    """An erasure receipt holds only if the object's own manifest entry allowed that erasure:
-    the entry exists and is the object the receipt names, the receipt states the class bound to
-    it, it was erased no earlier than the entry's bound date and the receipt's own, with no legal
-    hold in force — and the object is gone."""
+    """An erasure receipt holds only if the object's own manifest entry (and the chain before
+    the receipt) allowed that erasure: the entry exists and is the object the receipt names
+    (bytes, version), the receipt states the class bound to it, the object was erased no
+    earlier than the entry's bound date, any extension recorded before, its class's date (for
+    an object archived before the rules) and the receipt's own date, with no legal hold in
+    force, once — and no version of it is still stored."""
     sid, key = event.call_sid, event.key
     try:
-        details: dict[str, Any] = json.loads(event.details)
-        erased_at = min(parse_time(event.at), parse_time(details.get("deleted_at") or event.at))
-    except (ValueError, TypeError, AttributeError):
-        report.add("receipt_unreadable", sid, key, f"receipt {event.at}: not a valid receipt")
+        details = json.loads(event.details)
+        if not isinstance(details, dict):
+            raise TypeError("not a JSON object")
+        stated_until = _field(details, "retain_until")
+        deleted_at = _field(details, "deleted_at") or event.at
+        erased_at = min(_time(event.at, strict=True), _time(deleted_at, strict=True))
+    except (ValueError, TypeError) as exc:
+        report.add("receipt_unreadable", sid, key, f"receipt {event.at!r}: {exc}")
         return
-    if await archive.sink.stat(key) is not None:
-        report.add("erased_but_present", sid, key, f"receipt {event.at}")
     entry = archive.ledger.object_at(key)
     if entry is None or (event.seq or 0) < (entry.seq or 0):
+        if await archive.sink.stat(key) is not None:
+            report.add("erased_but_present", sid, key, f"receipt {event.at}")
         report.add(
             "receipt_without_entry",
             sid,
@@ -90,58 +135,95 @@ async def _check_receipt(
             f"receipt {event.at} names an object the manifest did not hold before it",
         )
         return
-    for problem in _receipt_against_entry(details, entry):
+    before = _before(archive, entry, event.seq or 0)
+    still = [v for v in sorted(before.versions, key=str) if await archive.sink.lock_status(key, v)]
+    if still or await archive.sink.stat(key) is not None:
+        report.add("erased_but_present", sid, key, f"receipt {event.at}")
+    if erased_at > now + SLACK:
+        report.add(
+            "receipt_dated_ahead", sid, key, f"receipt dated {iso(erased_at)}, after this audit"
+        )
+    if before.erased:
+        report.add("receipt_duplicate", sid, key, f"receipt {event.at}: the key was erased before")
+    for problem in await _receipt_against_entry(archive, details, entry, event, before):
         report.add("receipt_mismatch", sid, key, f"receipt {event.at}: {problem}")
-    floors = [(entry.retain_until, "bound at archive time"), (details.get("retain_until"), "")]
+    floors = [
+        (entry.retain_until, "bound at archive time"),
+        (before.extended_until, "extended by `retention apply`"),
+        (await _class_floor(archive, entry), "its class's date"),
+        (stated_until, "the receipt's own"),
+    ]
     for until, why in floors:
-        if until and erased_at + SLACK < _time(until):
+        if until and erased_at < _time(until) - SLACK:
             report.add(
                 "deleted_early",
                 sid,
                 key,
-                f"deleted {iso(erased_at)}, retention until {until}" + (f" ({why})" if why else ""),
+                f"deleted {iso(erased_at)}, retention until {until} ({why})",
             )
             break
-    if _held_before(archive, key, event.seq or 0):
+    if before.held:
         report.add("deleted_while_held", sid, key, f"receipt {event.at}: a legal hold was in force")
 
 
-def _receipt_against_entry(details: dict[str, Any], entry: ObjectRecord) -> list[str]:
+async def _receipt_against_entry(
+    archive: RetentionArchive,
+    details: dict[str, Any],
+    entry: ObjectRecord,
+    event: EventRecord,
+    before: _Before,
+) -> list[str]:
     problems = []
-    if (
-        entry.retention_class is not None
-        and details.get("retention_class") != entry.retention_class
-    ):
-        problems.append(
-            f"states class {details.get('retention_class')!r}, the object was bound to "
-            f"{entry.retention_class!r}"
-        )
+    stated = details.get("retention_class")
+    bound = entry.retention_class
+    if bound is None:  # archived before the rules: the class its stored call.json gives now
+        known = await archive.class_from_snapshot(entry.call_sid, default_if_gone=False)
+        bound = known.name if isinstance(known, RetentionClass) else None
+    if bound is not None and stated != bound:
+        problems.append(f"states class {stated!r}, the object's class is {bound!r}")
     if details.get("sha256") != entry.sha256 or details.get("size") != entry.size:
         problems.append("names other bytes (sha256, size) than the manifest entry")
+    if event.version_id not in before.versions:
+        problems.append(f"names version {event.version_id!r}, which the archive never wrote there")
     return problems
 
 
-def _held_before(archive: RetentionArchive, key: str, seq: int) -> bool:
-    held = False
-    for e in archive.ledger.events_of([key], before=seq):
-        if e.kind in (HOLD, RELEASE):
-            held = e.kind == HOLD
-    return held
+async def _class_floor(archive: RetentionArchive, entry: ObjectRecord) -> str | None:
+    """For an object archived before the rules: the date its class (from its call.json) gives."""
+    if entry.retention_class is not None:
+        return None
+    known = await archive.class_from_snapshot(entry.call_sid, default_if_gone=False)
+    if not isinstance(known, RetentionClass):
+        return None
+    try:
+        return iso(known.retain_until(datetime.fromisoformat(entry.call_created)))
+    except (ValueError, TypeError, ConfigError):
+        return None
 
 
-def _time(value: str) -> datetime:
+def _field(details: dict[str, Any], name: str) -> str | None:
+    value = details.get(name)
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"{name} is {type(value).__name__}, not a time")
+    return value
+
+
+def _time(value: str, *, strict: bool = False) -> datetime:
+    """A receipt's time; an unreadable one allows nothing (or raises, ``strict``)."""
     try:
         return parse_time(value)
-    except ValueError:
-        return datetime.max.replace(tzinfo=UTC)  # an unreadable date allows nothing
+    except (ValueError, TypeError, AttributeError):
+        if strict:
+            raise ValueError(f"{value!r} is not a time") from None
+        return datetime.max.replace(tzinfo=UTC)
 
 
 async def _check_item(
     archive: RetentionArchive, item: Item, report: AuditReport, now: datetime, grace: timedelta
 ) -> None:
     sid, key = item.record.call_sid, item.key
-    if item.unconfigured:
-        report.add("class_not_configured", sid, key, item.not_configured())
+    if item.undecided is not None:
+        report.add(item.undecided[0], sid, key, item.kept_because())
     stored = await archive.sink.lock_status(key, item.record.version_id)
     if stored is None:
         early = " before its retention ended" if item.until > now else ""
@@ -154,7 +236,7 @@ async def _check_item(
             )
         elif stored.mode == "GOVERNANCE" and item.mode == "COMPLIANCE":
             report.add("weaker_lock", sid, key, "stored GOVERNANCE, class says COMPLIANCE")
-        elif stored.until is None or stored.until + SLACK < item.until:
+        elif stored.until is None or stored.until < item.until - SLACK:
             shown = iso(stored.until) if stored.until else "none"
             report.add(
                 "retention_shorter",
@@ -168,7 +250,7 @@ async def _check_item(
         report.add("hold_not_recorded", sid, key, "the store holds it; the manifest does not")
     if (
         item.cls.at_end == "delete"
-        and item.until + grace < now
+        and item.until < now - grace
         and not item.held
         and not stored.legal_hold
     ):

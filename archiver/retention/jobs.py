@@ -51,14 +51,14 @@ def needed_change(item: Item, stored: LockStatus, now: datetime) -> str | None:
         return "lock"
     if stored.mode == "GOVERNANCE" and item.mode == "COMPLIANCE":
         return "strengthen"
-    if stored.until is None or stored.until + SLACK < item.until:
+    if stored.until is None or stored.until < item.until - SLACK:
         return "extend"
     return None
 
 
 def kept_beyond(item: Item, stored: LockStatus) -> str | None:
     """Why the store keeps more than the class says (left alone), or None."""
-    if stored.until is not None and stored.until > item.until + SLACK:
+    if stored.until is not None and stored.until - SLACK > item.until:
         return f"stored retention until {iso(stored.until)} is later than the class's"
     if stronger(stored.mode, item.mode) != item.mode:
         return f"stored mode {stored.mode} is stronger than the class's {item.mode}"
@@ -80,15 +80,15 @@ async def plan(archive: RetentionArchive, *, days: int, now: datetime | None = N
     async for item in archive.items():
         if item.held:
             report.add(item, "held", reason=item.hold_reason)
-        if item.unconfigured:
-            report.add(item, "class_not_configured", detail=item.not_configured())
+        if item.undecided is not None:
+            report.add(item, item.undecided[0], detail=item.kept_because())
         elif now < item.until <= horizon or (item.until <= now and item.cls.at_end == "delete"):
             ends = "delete" if item.cls.at_end == "delete" and not item.held else "keep"
             report.add(item, f"ends_then_{ends}")
         if (
             item.bound_until is not None
             and item.class_until is not None
-            and item.bound_until > item.class_until + SLACK
+            and item.bound_until - SLACK > item.class_until
             and item.bound_until > now
         ):
             report.add(
@@ -99,7 +99,11 @@ async def plan(archive: RetentionArchive, *, days: int, now: datetime | None = N
             )
         if item.mode is None or not archive.lock_enabled:
             continue
-        stored = await archive.sink.lock_status(item.key, item.record.version_id)
+        try:
+            stored = await archive.sink.lock_status(item.key, item.record.version_id)
+        except StorageError as exc:
+            report.fail(item, str(exc))
+            continue
         if stored is None:
             report.add(item, "missing")
             continue
@@ -134,7 +138,11 @@ async def apply(
     async for item in archive.items():
         if item.mode is None or item.until <= now:
             continue
-        stored = await archive.sink.lock_status(item.key, item.record.version_id)
+        try:
+            stored = await archive.sink.lock_status(item.key, item.record.version_id)
+        except StorageError as exc:
+            report.fail(item, str(exc))
+            continue
         if stored is None:
             report.fail(item, "the object is missing: run `exotel-archiver retention audit`")
             continue
@@ -143,11 +151,15 @@ async def apply(
             if (beyond := kept_beyond(item, stored)) is not None:
                 report.add(item, "left_longer", detail=beyond)
             continue
-        if change == "strengthen" and not strengthen_governance:
-            report.fail(item, STRENGTHEN_NEEDS_OPT_IN)
-            continue
         until = max(item.until, stored.until or item.until)  # never earlier than stored
         mode = stronger(item.mode, stored.mode) or "GOVERNANCE"
+        if change == "strengthen" and not strengthen_governance:
+            report.fail(item, STRENGTHEN_NEEDS_OPT_IN)
+            if stored.until is None or stored.until >= item.until - SLACK:
+                continue
+            # The mode cannot change without the opt-in, the date can: extended in GOVERNANCE
+            # (no bypass needed), the object stays protected until the class's date.
+            change, mode = "extend", "GOVERNANCE"
         try:
             await archive.sink.set_retention(
                 item.key,
@@ -221,53 +233,73 @@ async def purge(
     now = now or datetime.now(UTC)
     report = JobReport("purge")
     async for item in archive.items():
-        if item.unconfigured:
-            report.add(item, "kept_class_not_configured", detail=item.not_configured())
+        if item.undecided is not None:
+            report.add(item, f"kept_{item.undecided[0]}", detail=item.kept_because())
             continue
         if item.cls.at_end != "delete" or item.until > now:
             continue
         if item.held:
             report.add(item, "kept_held", reason=item.hold_reason)
             continue
-        # Every version the archive wrote (the archived one, and those repair put back) must
-        # be free to go, and all of them go: an erasure receipt never leaves a copy behind.
-        versions = item.versions or (item.record.version_id,)
-        found = [await archive.sink.lock_status(item.key, v) for v in versions]
-        stored = [f for f in found if f is not None]
-        if not stored:
-            report.fail(item, "already gone without an erasure receipt: see `retention audit`")
-            continue
-        if any(f.legal_hold for f in stored):
-            report.add(item, "kept_held_at_store")
-            continue
-        retained = [f.until for f in stored if f.until is not None]
-        if retained and max(retained) > datetime.now(UTC):  # the store's clock
-            report.add(item, "kept_retained_at_store", stored_until=iso(max(retained)))
-            continue
-        if dry_run:
-            report.add(item, "would_delete")
-            continue
         try:
-            for version, there in zip(versions, found, strict=True):
-                if there is not None:
-                    await archive.sink.delete(item.key, version_id=version)
+            await _erase(archive, item, report, dry_run=dry_run)
         except StorageError as exc:
             report.fail(item, str(exc))
-            continue
-        archive.record(
-            ERASURE,
-            item,
-            sha256=item.record.sha256,
-            size=item.record.size,
-            retention_class=item.cls.name,
-            retain_until=iso(item.until),
-            bound_retain_until=_iso(item.bound_until),
-            at_end=item.cls.at_end,
-            deleted_at=iso(datetime.now(UTC)),
-            location=item.record.location,
-        )
-        report.add(item, "deleted")
     return report
+
+
+async def _erase(
+    archive: RetentionArchive, item: Item, report: JobReport, *, dry_run: bool
+) -> None:
+    """Erase one object whose retention has ended by the rules, if the store lets it go."""
+    # Every version the archive wrote (the archived one, and those repair put back) must be free
+    # to go, and all of them go — with the altered copies repair set aside: an erasure receipt
+    # never leaves a copy behind.
+    versions = item.versions or (item.record.version_id,)
+    found = [await archive.sink.lock_status(item.key, v) for v in versions]
+    stored = [f for f in found if f is not None]
+    if not stored:
+        report.fail(item, "already gone without an erasure receipt: see `retention audit`")
+        return
+    if any(f.legal_hold for f in stored):
+        report.add(item, "kept_held_at_store")
+        return
+    retained = [f.until for f in stored if f.until is not None]
+    if retained and max(retained) > datetime.now(UTC):  # the store's clock
+        report.add(item, "kept_retained_at_store", stored_until=iso(max(retained)))
+        return
+    if dry_run:
+        report.add(item, "would_delete")
+        return
+    if archive.held_now(item.key):  # a hold recorded since this job read the object
+        report.add(item, "kept_held", reason="placed while this purge ran")
+        return
+    for aside in item.quarantined:
+        await archive.sink.delete(aside)
+    for version, there in zip(versions, found, strict=True):
+        if there is not None:
+            await archive.sink.delete(item.key, version_id=version)
+    archive.record(
+        ERASURE,
+        item,
+        sha256=item.record.sha256,
+        size=item.record.size,
+        retention_class=item.cls.name,
+        retain_until=iso(item.until),
+        bound_retain_until=_iso(item.bound_until),
+        at_end=item.cls.at_end,
+        deleted_at=iso(datetime.now(UTC)),
+        location=item.record.location,
+        quarantine_erased=list(item.quarantined),
+    )
+    if await archive.sink.stat(item.key) is not None:
+        report.fail(
+            item,
+            "the archived version(s) were erased (receipt written), but the key still holds a "
+            "version the archive did not write: erase it by hand, then run `retention audit`",
+        )
+        return
+    report.add(item, "deleted")
 
 
 def _iso(moment: datetime | None) -> str | None:
