@@ -320,7 +320,7 @@ def _sealing_it(
     except (KeyError, TypeError, ValueError):
         return False
     ours = ledger.entries_between(first, last)
-    unsealed = ledger.unsealed()
+    unsealed = ledger.unsealed(1)
     prev = known[-1].sha256 if known else None
     return (
         bool(ours)

@@ -42,12 +42,12 @@ import threading
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, BinaryIO
 
-from archiver.errors import StorageConflict
+from archiver.errors import StorageConflict, StoragePermanent
 from archiver.exotel.models import CallDetails
 from archiver.ledger import Ledger, ObjectRecord, utc_now
 from archiver.manifest import ManifestWriter
 from archiver.segments import seal
-from archiver.sinks import Lock, Sink
+from archiver.sinks import Lock, PutResult, Sink
 
 if TYPE_CHECKING:
     from archiver.retention.policy import RetentionPolicy
@@ -102,9 +102,7 @@ class Recorder:
             retention_class = cls.name
             retain_until = until.isoformat().replace("+00:00", "Z")
         try:
-            put = await self.sink.put(
-                key, body, size=size, sha256=sha256, content_type=mime, lock=lock
-            )
+            put, lock = await self._put(key, body, size, sha256, mime, lock)
             location, size, sha256, version = put.location, put.size, put.sha256, put.version_id
             adopted = not put.created
             if put.created and lock is not None:
@@ -179,6 +177,23 @@ class Recorder:
             source=source,
         )
 
+    async def _put(
+        self, key: str, body: BinaryIO, size: int, sha256: str, mime: str, lock: Lock | None
+    ) -> tuple[PutResult, Lock | None]:
+        """``sink.put``, and the lock it was written with. If the class's date passed while the
+        PUT was retried, the store refuses the lock (a date in the past): the object is then
+        written unlocked, as any call archived after its date is."""
+        try:
+            put = await self.sink.put(
+                key, body, size=size, sha256=sha256, content_type=mime, lock=lock
+            )
+            return put, lock
+        except StoragePermanent:  # StorageConflict is not one: other bytes at the key
+            if lock is None or lock.until > datetime.now(UTC):
+                raise
+        put = await self.sink.put(key, body, size=size, sha256=sha256, content_type=mime)
+        return put, None
+
     async def _adopt_lock(
         self, key: str, version: str | None, wanted: Lock | None
     ) -> tuple[str | None, str | None]:
@@ -186,29 +201,45 @@ class Recorder:
         bringing its lock up to ``wanted`` where that only strengthens it: an unlocked object
         is locked, a date of the same (or a stronger) mode that ends earlier is extended. A
         date is never shortened and a mode never weakened; a GOVERNANCE lock where the class
-        says COMPLIANCE is left to ``retention apply``."""
+        says COMPLIANCE keeps its mode (changing it is ``retention apply
+        --strengthen-governance``'s) and gets the class's date."""
         status = await self.sink.lock_status(key, version)
         if status is None:  # gone since the put confirmed it: nothing to report
             return None, version
         version = version or status.version_id
-        if wanted is None or status.mode not in _STRENGTH:  # nothing to bring up, or unknown
-            return status.mode, version
-        if _STRENGTH[status.mode] < _STRENGTH[wanted.mode]:
-            if status.mode is not None:
-                log.warning(
-                    "%s was already stored with %s retention, its class says %s: left as is; "
-                    "run `exotel-archiver retention apply` to strengthen it",
-                    self.sink.location(key),
-                    status.mode,
-                    wanted.mode,
-                )
+        if wanted is None or status.mode not in _STRENGTH or wanted.until <= datetime.now(UTC):
+            return (
+                status.mode,
+                version,
+            )  # nothing to bring up (its date may have passed), or unknown
+        if _STRENGTH[status.mode] < _STRENGTH[wanted.mode] and status.mode is not None:
+            # GOVERNANCE where the class says COMPLIANCE: the mode takes the bypass (`retention
+            # apply --strengthen-governance`); the date does not, so it is extended meanwhile.
+            log.warning(
+                "%s was already stored with %s retention, its class says %s: run `exotel-archiver "
+                "retention apply --strengthen-governance` to strengthen it",
+                self.sink.location(key),
+                status.mode,
+                wanted.mode,
+            )
+            if status.until is not None and status.until >= wanted.until:
                 return status.mode, version
+            raised = Lock(str(status.mode), wanted.until)
+        elif status.mode is None:
             raised = wanted
         elif status.until is None or status.until < wanted.until:
             raised = Lock(str(status.mode), wanted.until)  # as strong already: extend the date
         else:
             return status.mode, version
-        await self.sink.set_retention(key, raised, version_id=version)
+        try:
+            await self.sink.set_retention(key, raised, version_id=version)
+        except StoragePermanent:
+            if raised.until > datetime.now(UTC):
+                raise
+            # The date passed while the request was retried: the store refuses a date in the
+            # past, and there is nothing left to lock. Recorded as the store holds it.
+            after = await self.sink.lock_status(key, version)
+            return (after.mode if after is not None else None), version
         log.info(
             "%s was already stored with %s retention: now %s until %s, as its class says",
             self.sink.location(key),

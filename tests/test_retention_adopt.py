@@ -235,7 +235,8 @@ async def test_an_adopted_lock_is_extended_never_shortened_nor_weakened(
 ) -> None:
     """GOVERNANCE until tomorrow where the class says 30 days: extended to the class's date.
     GOVERNANCE for longer than the class: left as is. GOVERNANCE where the class says
-    COMPLIANCE: left as is (``retention apply`` strengthens it), with a warning."""
+    COMPLIANCE: its mode left as is (``retention apply --strengthen-governance`` strengthens
+    it), with a warning, and its date extended to the class's (that needs no bypass)."""
     now = datetime.now(UTC).replace(microsecond=0)
     short = sim.add_call(recordings=1, size=5000)
     long = sim.add_call(recordings=1, size=5000)
@@ -252,7 +253,7 @@ async def test_an_adopted_lock_is_extended_never_shortened_nor_weakened(
     for call, mode, until in (
         (short, "GOVERNANCE", class_until(short, GENERAL)),
         (long, "GOVERNANCE", now + timedelta(days=90)),
-        (weaker, "GOVERNANCE", now + timedelta(days=2)),
+        (weaker, "GOVERNANCE", class_until(weaker, ORDERS)),
     ):
         stored = head(seaweed, lock_bucket, recording_key(call))
         assert stored["ObjectLockMode"] == mode, call.sid

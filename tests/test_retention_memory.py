@@ -9,6 +9,7 @@ RSS on a shared machine) must not grow with N. The benchmark (figure 7) measures
 
 from __future__ import annotations
 
+import gc
 import tracemalloc
 from pathlib import Path
 
@@ -48,6 +49,7 @@ async def peak_of_jobs(
     await archive_calls(settings, [sim.add_call(recordings=1, size=2000).sid])
     add_bulk_objects(settings.state_dir, root, count)
     await archive_calls(settings, [])  # seals them, as if they had been archived one by one
+    gc.collect()  # what earlier tests left is not this job's
     tracemalloc.start()
     try:
         async with open_retention(settings) as archive:
@@ -74,5 +76,6 @@ async def test_plan_audit_and_purge_do_not_grow_with_the_archive(
     large, checked = await peak_of_jobs(sim, server, tmp_path / "large", 4_000)
     assert checked > 4_000
     # Ten times the objects, about the same peak (one page of the ledger at a time); holding
-    # every object (or every report row) would make it several times larger.
-    assert large < 1.5 * small + 1024 * 1024, (small, large)
+    # every object (or every report row) made it four to six times larger. The margin is for
+    # what other threads of the test session allocate meanwhile.
+    assert large < 2 * small + 2 * 1024 * 1024, (small, large)

@@ -46,7 +46,7 @@ can represent (year 9999 at most): past it, retain-until dates cannot be compute
 Calls to keep for good say ``at_end = "keep"``, not a huge period."""
 _MATCH_FIELDS = ("virtual_number", "app_id", "app_name", "direction", "status", "custom_field")
 _PERIOD = re.compile(
-    r"([0-9]+)\s*(y|years?|mo|months?|w|weeks?|d|days?|h|hours?|min|s|sec)", re.I | re.ASCII
+    r"([0-9]+)\s*(years?|y|months?|mo|weeks?|w|days?|d|hours?|h|min|sec|s)", re.I | re.ASCII
 )
 _NEGATIVE = re.compile(r"-\s*[0-9]")
 _YEAR_SECONDS = 31_556_952
@@ -69,11 +69,20 @@ class Period:
     def after(self, start: datetime) -> datetime:
         """``start`` plus this period, in UTC (the 31st plus a month is the month's last day).
 
+        Calendar months are counted both in UTC and in ``start``'s own offset (the account's
+        time zone: a call of 1 March 03:00 IST is 28 February in UTC), and the later end wins:
+        a period never ends earlier than the call's own calendar says.
+
         Raises ``ConfigError`` if the date is past what a ``datetime`` represents: never for a
         period ``parse_period`` accepted and a start in the 21st century.
         """
+        ends = {self._after(start.astimezone(UTC))}
+        if start.tzinfo is not None:
+            ends.add(self._after(start).astimezone(UTC))
+        return max(ends)
+
+    def _after(self, start: datetime) -> datetime:
         try:
-            start = start.astimezone(UTC)
             year, month = divmod(start.month - 1 + self.months, 12)
             year, month = start.year + year, month + 1
             if not MINYEAR <= year <= MAXYEAR:

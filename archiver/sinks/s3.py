@@ -112,6 +112,8 @@ _STRENGTHEN_HINT = (
     "s3:BypassGovernanceRetention and `retention apply --strengthen-governance` "
     "(docs/compliance.md)"
 )
+_NO_RETENTION = frozenset({"NoSuchObjectLockConfiguration", "ObjectLockConfigurationNotFoundError"})
+"""GetObjectRetention's answer for a version without retention (AWS; SeaweedFS)."""
 _NO_LOCK_CONFIG = frozenset(
     {"ObjectLockConfigurationNotFoundError", "ObjectLockConfigurationNotFound", "404"}
 )
@@ -192,6 +194,9 @@ class S3Sink:
         self.part_size = max(part_size, multipart.MIN_PART)
         self.part_retry = part_retry or RetryPolicy()
         self.requests = 0
+        self._lock_enabled = False
+        """Whether ``object_lock_enabled`` found Object Lock on (lock_status then confirms an
+        unlocked HEAD with GetObjectRetention)."""
         config = Config(
             retries={"total_max_attempts": 1},
             connect_timeout=10,
@@ -524,18 +529,36 @@ class S3Sink:
             self.client.get_object_lock_configuration,
             Bucket=self.bucket,
         )
-        if answer is None:
-            return False
-        config: dict[str, Any] = dict(answer.get("ObjectLockConfiguration") or {})
-        return config.get("ObjectLockEnabled") == "Enabled"
+        found: dict[str, Any] = dict(answer or {})
+        config: dict[str, Any] = dict(found.get("ObjectLockConfiguration") or {})
+        self._lock_enabled = config.get("ObjectLockEnabled") == "Enabled"
+        return self._lock_enabled
 
     async def lock_status(self, key: str, version_id: str | None = None) -> LockStatus | None:
         head = await self._head(key, **_version(version_id))
         if head is None:
             return None
+        mode, until = head.get("ObjectLockMode"), head.get("ObjectLockRetainUntilDate")
+        if mode is None and self._lock_enabled:
+            # AWS shows a version's retention in HEAD only to callers allowed
+            # s3:GetObjectRetention; to others a locked version looks unlocked. So an unlocked
+            # answer in a bucket with Object Lock is asked again, where "none" is an answer
+            # and a missing permission an error.
+            full = self._full(key)
+            answer = await self.call_unless(
+                _NO_RETENTION,
+                f"read the retention of {full}",
+                self.client.get_object_retention,
+                Bucket=self.bucket,
+                Key=full,
+                **_version(head.get("VersionId") or version_id),
+            )
+            found: dict[str, Any] = dict(answer or {})
+            retention: dict[str, Any] = dict(found.get("Retention") or {})
+            mode, until = retention.get("Mode"), retention.get("RetainUntilDate")
         return LockStatus(
-            mode=head.get("ObjectLockMode"),
-            until=head.get("ObjectLockRetainUntilDate"),
+            mode=mode,
+            until=until,
             legal_hold=head.get("ObjectLockLegalHoldStatus") == "ON",
             version_id=head.get("VersionId"),
         )
