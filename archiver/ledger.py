@@ -542,30 +542,24 @@ class Ledger:
     def object_pages(self, size: int = PAGE) -> Iterator[list[ObjectRecord]]:
         """Every object row in order, ``size`` at a time: what a job over the whole archive
         reads, in bounded memory (rows recorded meanwhile are included when their turn comes)."""
-        after = 0
-        while True:
-            rows = self._read.execute(
-                "SELECT * FROM objects WHERE seq > ? ORDER BY seq LIMIT ?", (after, size)
-            ).rows
-            if not rows:
-                return
-            page = [ObjectRecord(**dict(r)) for r in rows]
-            yield page
-            after = page[-1].seq or after
+        for rows in self._pages("objects", "1 = 1", (), size):
+            yield [ObjectRecord(**dict(r)) for r in rows]
 
     def event_pages(self, kind: str, size: int = PAGE) -> Iterator[list[EventRecord]]:
         """The events of one ``kind`` in order, ``size`` at a time."""
+        for rows in self._pages("events", "kind = ?", (kind,), size):
+            yield [EventRecord(**dict(r)) for r in rows]
+
+    def _pages(
+        self, table: str, where: str, args: tuple[object, ...], size: int
+    ) -> Iterator[list[sqlite3.Row]]:
         after = 0
-        while True:
-            rows = self._read.execute(
-                "SELECT * FROM events WHERE kind = ? AND seq > ? ORDER BY seq LIMIT ?",
-                (kind, after, size),
-            ).rows
-            if not rows:
-                return
-            page = [EventRecord(**dict(r)) for r in rows]
-            yield page
-            after = page[-1].seq or after
+        while rows := self._read.execute(
+            f"SELECT * FROM {table} WHERE {where} AND seq > ? ORDER BY seq LIMIT ?",
+            (*args, after, size),
+        ).rows:
+            yield rows
+            after = int(rows[-1]["seq"])
 
     def events_of(self, keys: Sequence[str], *, before: int | None = None) -> list[EventRecord]:
         """The events about these keys (at most ``PAGE`` of them), in order; only those recorded

@@ -44,6 +44,14 @@ def s3_env(seaweed: SeaweedFS, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
 
 
 @pytest.fixture
+def lock_bucket(seaweed: SeaweedFS) -> str:
+    """A new bucket with Object Lock enabled (SeaweedFS enforces it as AWS does)."""
+    name = f"lock-bucket-{next(_bucket_numbers)}"
+    seaweed.client().create_bucket(Bucket=name, ObjectLockEnabledForBucket=True)
+    return name
+
+
+@pytest.fixture
 def bucket(seaweed: SeaweedFS) -> str:
     name = f"test-bucket-{next(_bucket_numbers)}"
     seaweed.client().create_bucket(Bucket=name)

@@ -66,13 +66,6 @@ def config_text(general: str = "30d", general_lock: str = "governance") -> str:
 
 
 @pytest.fixture
-def lock_bucket(seaweed: Any) -> str:
-    name = f"brk-{datetime.now(UTC):%H%M%S%f}"
-    seaweed.client().create_bucket(Bucket=name, ObjectLockEnabledForBucket=True)
-    return name
-
-
-@pytest.fixture
 def proxy(seaweed: Any) -> Iterator[FaultyS3Proxy]:
     with FaultyS3Proxy(seaweed.endpoint) as p:
         yield p

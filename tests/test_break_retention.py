@@ -136,13 +136,6 @@ def invoke(args: list[str], env: dict[str, str]) -> Any:
 
 
 @pytest.fixture
-def lock_bucket(seaweed: Any) -> str:
-    name = f"brk-lock-{datetime.now(UTC):%H%M%S%f}"
-    seaweed.client().create_bucket(Bucket=name, ObjectLockEnabledForBucket=True)
-    return name
-
-
-@pytest.fixture
 def versioned_bucket(seaweed: Any) -> str:
     name = f"brk-ver-{datetime.now(UTC):%H%M%S%f}"
     client = seaweed.client()

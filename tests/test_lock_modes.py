@@ -39,13 +39,6 @@ _keys = iter(range(1, 10_000))
 
 
 @pytest.fixture
-def lock_bucket(seaweed: SeaweedFS) -> str:
-    name = f"modes-{datetime.now(UTC):%H%M%S%f}"
-    seaweed.client().create_bucket(Bucket=name, ObjectLockEnabledForBucket=True)
-    return name
-
-
-@pytest.fixture
 async def sink(s3_env: None, lock_bucket: str) -> AsyncIterator[Sink]:
     """The S3 sink as the archiver opens it: ``S3Sink`` inside ``RetryingSink``."""
     opened = open_sink(f"s3://{lock_bucket}/{PREFIX}", retry=FAST)

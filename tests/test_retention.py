@@ -50,13 +50,6 @@ app_id = "{app}"
 """
 
 
-@pytest.fixture
-def lock_bucket(seaweed: Any) -> str:
-    name = f"lock-{datetime.now(UTC):%H%M%S%f}"
-    seaweed.client().create_bucket(Bucket=name, ObjectLockEnabledForBucket=True)
-    return name
-
-
 def settings_for(
     sim: Simulator,
     server: SimulatorServer,

@@ -75,13 +75,6 @@ asyncio.run(archive_calls(load_settings(env=env, config_file=config), [sid]))
 """
 
 
-@pytest.fixture
-def lock_bucket(seaweed: Any) -> str:
-    name = f"adopt-{datetime.now(UTC):%H%M%S%f}"
-    seaweed.client().create_bucket(Bucket=name, ObjectLockEnabledForBucket=True)
-    return name
-
-
 def env_for(sim: Simulator, server: SimulatorServer, tmp_path: Path, bucket: str) -> dict[str, str]:
     env = exotel_env(sim, server.base_url, f"s3://{bucket}/{PREFIX}", tmp_path / "state")
     return {**env, "ARCHIVER_ATTEMPTS": "2"}

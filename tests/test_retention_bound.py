@@ -269,10 +269,14 @@ at_end = "delete"
 
 
 async def test_governance_becomes_compliance_only_with_the_opt_in_and_the_permission(
-    sim: Simulator, server: SimulatorServer, s3_env: None, seaweed: Any, tmp_path: Path
+    sim: Simulator,
+    server: SimulatorServer,
+    s3_env: None,
+    seaweed: Any,
+    lock_bucket: str,
+    tmp_path: Path,
 ) -> None:
-    bucket = f"lock-{datetime.now(UTC):%H%M%S%f}"
-    seaweed.client().create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
+    bucket = lock_bucket
     config = tmp_path / "archiver.toml"
     config.write_text(LOCKED.format(lock="governance"))
     env = {
