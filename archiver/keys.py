@@ -37,6 +37,10 @@ VOICE_LOG_JSON = "voice-log.json"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 _MAX_VALUE = 64  # a value from the API never makes a key longer than S3's 1024 bytes
 
+QUARANTINE = "_manifest/quarantine/"
+"""Where ``repair`` sets aside an altered object before it puts the archived bytes back:
+``_manifest/quarantine/<key>/<sha256 of the altered bytes>``."""
+
 
 @dataclass(frozen=True)
 class KeyLayout:

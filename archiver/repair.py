@@ -49,6 +49,7 @@ from archiver.errors import (
 )
 from archiver.exotel.client import ExotelClient
 from archiver.exotel.models import CallDetails
+from archiver.keys import QUARANTINE
 from archiver.ledger import EventRecord, Ledger, ObjectRecord, SegmentRecord, utc_now, writer_lock
 from archiver.manifest import ManifestWriter
 from archiver.ratelimit import RateLimiter
@@ -63,7 +64,6 @@ from archiver.verify import ALTERED, MISSING, verify
 log = logging.getLogger("archiver.repair")
 
 REPAIRED, CANNOT, WOULD_REPAIR = "repaired", "cannot_repair", "would_repair"
-QUARANTINE = "_manifest/quarantine/"
 
 
 @dataclass

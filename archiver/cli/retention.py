@@ -49,7 +49,10 @@ async def _with_archive(
     settings: Settings, actor: str | None, job: Callable[[RetentionArchive], Awaitable[T]]
 ) -> T:
     async with open_retention(settings, actor=actor) as archive:
-        return await job(archive)
+        result = await job(archive)
+    if isinstance(result, JobReport):
+        result.seal_error = archive.seal_error
+    return result
 
 
 def _write(result: JobReport | AuditReport, report: Path | None) -> None:
@@ -76,8 +79,15 @@ def _finish(result: JobReport, report: Path | None, *, failed: bool) -> None:
     if len(result.failures) > len(result.failures.first):
         more = len(result.failures) - len(result.failures.first)
         click.echo(f"  ... and {more} more failure(s) (see --report)", err=True)
+    if result.seal_error is not None:
+        click.echo(
+            f"  NOT SEALED: what this job did is recorded in the ledger and manifest.jsonl, but "
+            f"could not be sealed into the destination ({result.seal_error}); the next job or "
+            "the worker seals it",
+            err=True,
+        )
     _write(result, report)
-    sys.exit(EXIT_FAILURES if failed else EXIT_OK)
+    sys.exit(EXIT_FAILURES if failed or result.seal_error is not None else EXIT_OK)
 
 
 @retention.command("plan")

@@ -26,6 +26,7 @@ import getpass
 import hashlib
 import json
 import logging
+import re
 import socket
 from collections import OrderedDict
 from collections.abc import AsyncIterator
@@ -39,6 +40,7 @@ from archiver.config import Settings
 from archiver.errors import ArchiverError, ConfigError
 from archiver.exotel.models import parse_call_details
 from archiver.identity import bind
+from archiver.keys import QUARANTINE
 from archiver.ledger import PAGE, EventRecord, Ledger, ObjectRecord, utc_now, writer_lock
 from archiver.manifest import ManifestWriter
 from archiver.retention.policy import Period, RetentionClass, RetentionPolicy
@@ -74,6 +76,8 @@ def stronger(a: str | None, b: str | None) -> str | None:
 
 
 FOREVER = datetime.max.replace(tzinfo=UTC)
+_QUARANTINED = re.compile(re.escape(QUARANTINE) + r".+/[0-9a-f]{64}")
+"""The key of a copy ``repair`` set aside: ``_manifest/quarantine/<key>/<sha256>``."""
 SNAPSHOT_CACHE = 1024
 """Calls archived before the rules whose class (from their ``call.json``) is remembered."""
 
@@ -173,7 +177,11 @@ class _Events:
             elif e.kind == REPAIRED:
                 found.repaired.setdefault(e.key, []).append(e.version_id)
                 aside = json.loads(e.details).get("quarantined_as")
-                if isinstance(aside, str) and aside:
+                if (
+                    isinstance(aside, str)
+                    and _QUARANTINED.fullmatch(aside)
+                    and aside.startswith(f"{QUARANTINE}{e.key}/")
+                ):  # only the copy repair sets aside for this key, never another object
                     found.quarantined.setdefault(e.key, []).append(aside)
         return found
 
@@ -190,6 +198,9 @@ class RetentionArchive:
     added: int = 0
     """Events this job recorded."""
     _flushed: int = 0
+    seal_error: str | None = None
+    """Why the events recorded could not be sealed into the destination yet (they are in the
+    ledger and ``manifest.jsonl``; the next job, or the worker, seals them)."""
     _manifest: ManifestWriter | None = None
     _snapshot_classes: OrderedDict[str, RetentionClass] = field(default_factory=OrderedDict)
 
@@ -203,7 +214,7 @@ class RetentionArchive:
             for record in page:
                 if record.key not in events.erased:
                     yield await self._item(record, events)
-            await self.flush(every=self.settings.segment_entries)
+            await self.flush(every=self.settings.segment_entries, quietly=True)
 
     async def items_of(self, call_sid: str) -> list[Item]:
         """The stored objects of one call not erased."""
@@ -233,9 +244,12 @@ class RetentionArchive:
                 "manifest entry (call_created, retain_until)",
             )
         until = max([d for d in (bound, by_class) if d is not None], default=FOREVER)
-        if undecided is not None and cls.at_end != "keep":
-            cls = RetentionClass(cls.name, Period(), cls.lock, "keep")
         mode = stronger(cls.lock, record.lock_mode)
+        if undecided is not None:
+            # Kept, never purged; a lock is asked only as far as a date was bound (never one
+            # "until the end of time" on a class nobody can read).
+            cls = RetentionClass(cls.name, Period(), None, "keep")
+            mode = record.lock_mode if bound is not None else None
         if (change := events.extended.get(record.key)) is not None:
             until = max(until, parse_time(change["retain_until"]))
             mode = stronger(change.get("lock_mode"), mode)
@@ -290,22 +304,24 @@ class RetentionArchive:
     ) -> RetentionClass | tuple[str, str] | None:
         """The class the rules give a call archived before them, from its stored call.json —
         or why it cannot be known: its call.json cannot be read, or is not the one archived
-        (SHA-256). A call without a call.json (none archived, or erased) gets the default class
-        (None if not ``default_if_gone``). The last ``SNAPSHOT_CACHE`` classes read are
+        (SHA-256), or is gone (erased or lost: None if not ``default_if_gone``). A call archived
+        without a call.json gets the default class. The last ``SNAPSHOT_CACHE`` classes read are
         remembered; a failed read is not, so the next job tries again."""
         cache = self._snapshot_classes
         if call_sid in cache:
             cache.move_to_end(call_sid)
             return cache[call_sid]
         snapshot = self.ledger.object_for(call_sid, "call_details", 0)
-        if snapshot is None:
+        if snapshot is None:  # a call archived without its details: the rules' default
             return self.policy.classes[self.policy.default] if default_if_gone else None
-        receipts = [e for e in self.ledger.events_of([snapshot.key]) if e.kind == ERASURE]
-        if receipts:  # erased: the class its receipt states (it was the call's when it went)
-            stated = json.loads(receipts[0].details).get("retention_class")
-            if stated in self.policy.classes:
-                return self.policy.classes[stated]
-            return self.policy.classes[self.policy.default] if default_if_gone else None
+        # The archived call.json decides, read and checked against its SHA-256; a receipt's
+        # word for it never does (a receipt is what a forger writes).
+        try:
+            present = await self.sink.stat(snapshot.key) is not None
+        except ArchiverError as exc:
+            return _class_unknown(f"its call.json cannot be read now ({exc})")
+        if not present:
+            return _class_unknown("its call.json is gone") if default_if_gone else None
         digest, data = hashlib.sha256(), bytearray()
         try:
             async for chunk in self.sink.read(snapshot.key):
@@ -345,20 +361,37 @@ class RetentionArchive:
         self.added += 1
         return event
 
-    async def flush(self, *, every: int = 0, leftovers: bool = False) -> None:
+    async def flush(
+        self, *, every: int = 0, leftovers: bool = False, quietly: bool = False
+    ) -> None:
         """Append the events recorded so far to ``manifest.jsonl`` and seal them into the
         destination, if this job holds the writer lock and at least ``every`` are waiting:
         a job that records a million events seals them as it goes, in bounded memory.
-        ``leftovers``: whatever the ledger holds unsealed, whoever recorded it."""
+        ``leftovers``: whatever the ledger holds unsealed, whoever recorded it. ``quietly``: a
+        store error is kept in ``seal_error`` (the job goes on; its report says so, and the next
+        job seals what waits) instead of raised."""
         waiting = self.added - self._flushed > max(every - 1, 0)
         if leftovers:
             waiting = self.ledger.unsealed_count() > 0
-        if self.owns_manifest and waiting:
-            if self._manifest is None:
-                self._manifest = ManifestWriter(self.settings.state_dir / "manifest.jsonl")
-            self._manifest.sync(self.ledger)
+        if not (self.owns_manifest and waiting):
+            return
+        if self._manifest is None:
+            self._manifest = ManifestWriter(self.settings.state_dir / "manifest.jsonl")
+        self._manifest.sync(self.ledger)
+        try:
             await seal(self.ledger, self.sink)
-            self._flushed = self.added
+        except ArchiverError as exc:
+            if not quietly:
+                raise
+            self.seal_error = str(exc)
+            log.warning(
+                "could not seal %d event(s) into the destination now: %s",
+                self.added - self._flushed,
+                exc,
+            )
+            return
+        self._flushed = self.added
+        self.seal_error = None
 
 
 @asynccontextmanager
@@ -389,17 +422,17 @@ async def open_retention(
                     actor or default_actor(),
                 )
                 if owns:  # what an earlier job recorded and could not seal (it failed) goes first
-                    await archive.flush(leftovers=True)
+                    await archive.flush(leftovers=True, quietly=True)
                 try:
                     yield archive
                 except Exception:
                     # The job failed part way: what it recorded (erasures done) is sealed now,
                     # not left for a later job; the job's error is the one reported.
                     if owns:
-                        await _flush_quietly(archive)
+                        await archive.flush(quietly=True)
                     raise
                 if owns:
-                    await archive.flush()
+                    await archive.flush(quietly=True)
                 elif archive.added:
                     log.info(
                         "%d event(s) recorded; the running worker seals them into the manifest",
@@ -409,12 +442,3 @@ async def open_retention(
                 ledger.close()
     finally:
         await sink.close()
-
-
-async def _flush_quietly(archive: RetentionArchive) -> None:
-    """``archive.flush()`` after a job failed: its own failure is not the one to report (the
-    events stay in the ledger, and the next job seals them first)."""
-    try:
-        await archive.flush()
-    except ArchiverError as exc:
-        log.warning("could not seal this job's %d event(s) now (%s)", archive.added, exc)

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from archiver.errors import ConfigError, StorageError
+from archiver.errors import StorageError
 from archiver.ledger import EventRecord, ObjectRecord
 from archiver.retention.archive import (
     ERASURE,
@@ -110,9 +110,11 @@ async def _check_receipt(
     """An erasure receipt holds only if the object's own manifest entry (and the chain before
     the receipt) allowed that erasure: the entry exists and is the object the receipt names
     (bytes, version), the receipt states the class bound to it, the object was erased no
-    earlier than the entry's bound date, any extension recorded before, its class's date (for
-    an object archived before the rules) and the receipt's own date, with no legal hold in
-    force, once — and no version of it is still stored."""
+    earlier than the entry's bound date, any extension recorded before and the receipt's own
+    date, with no legal hold in
+    force, once — and no version of it is still stored. (For an object archived before the
+    rules, whose class its call.json gives under today's rules, only the class is compared when
+    the call.json can still be read: today's period is not the one its purge applied.)"""
     sid, key = event.call_sid, event.key
     try:
         details = json.loads(event.details)
@@ -150,7 +152,6 @@ async def _check_receipt(
     floors = [
         (entry.retain_until, "bound at archive time"),
         (before.extended_until, "extended by `retention apply`"),
-        (await _class_floor(archive, entry), "its class's date"),
         (stated_until, "the receipt's own"),
     ]
     for until, why in floors:
@@ -186,19 +187,6 @@ async def _receipt_against_entry(
     if event.version_id not in before.versions:
         problems.append(f"names version {event.version_id!r}, which the archive never wrote there")
     return problems
-
-
-async def _class_floor(archive: RetentionArchive, entry: ObjectRecord) -> str | None:
-    """For an object archived before the rules: the date its class (from its call.json) gives."""
-    if entry.retention_class is not None:
-        return None
-    known = await archive.class_from_snapshot(entry.call_sid, default_if_gone=False)
-    if not isinstance(known, RetentionClass):
-        return None
-    try:
-        return iso(known.retain_until(datetime.fromisoformat(entry.call_created)))
-    except (ValueError, TypeError, ConfigError):
-        return None
 
 
 def _field(details: dict[str, Any], name: str) -> str | None:

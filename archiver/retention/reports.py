@@ -95,6 +95,8 @@ class JobReport:
     counts: Counter[str] = field(default_factory=Counter)
     rows: Spool = field(default_factory=Spool)
     failures: Spool = field(default_factory=Spool)
+    seal_error: str | None = None
+    """Why what the job recorded is not sealed into the destination yet (the next job seals it)."""
 
     def add(self, item: Briefed, action: str, **extra: Any) -> None:
         self.counts[action] += 1
@@ -111,19 +113,13 @@ class JobReport:
 
     def as_dict(self) -> dict[str, Any]:
         """The whole report in memory (small reports, tests); ``write`` streams it."""
-        return {
-            "job": self.job,
-            "counts": self.summary(),
-            "objects": list(self.rows),
-            "failures": list(self.failures),
-        }
+        return {**self._head(), "objects": list(self.rows), "failures": list(self.failures)}
+
+    def _head(self) -> dict[str, Any]:
+        return {"job": self.job, "counts": self.summary(), "seal_error": self.seal_error}
 
     def write(self, path: Path) -> None:
-        _write(
-            path,
-            {"job": self.job, "counts": self.summary()},
-            {"objects": self.rows, "failures": self.failures},
-        )
+        _write(path, self._head(), {"objects": self.rows, "failures": self.failures})
 
     def close(self) -> None:
         self.rows.close()

@@ -114,6 +114,14 @@ _STRENGTHEN_HINT = (
 )
 _NO_RETENTION = frozenset({"NoSuchObjectLockConfiguration", "ObjectLockConfigurationNotFoundError"})
 """GetObjectRetention's answer for a version without retention (AWS; SeaweedFS)."""
+_NO_LEGAL_HOLD = frozenset(
+    {
+        "NoSuchObjectLegalHold",
+        "NoSuchObjectLockConfiguration",
+        "ObjectLockConfigurationNotFoundError",
+    }
+)
+"""GetObjectLegalHold's answer for a version that never had a legal hold."""
 _NO_LOCK_CONFIG = frozenset(
     {"ObjectLockConfigurationNotFoundError", "ObjectLockConfigurationNotFound", "404"}
 )
@@ -540,14 +548,15 @@ class S3Sink:
             return None
         mode, until = head.get("ObjectLockMode"), head.get("ObjectLockRetainUntilDate")
         if mode is None and self._lock_enabled:
-            # AWS shows a version's retention in HEAD only to callers allowed
-            # s3:GetObjectRetention; to others a locked version looks unlocked. So an unlocked
-            # answer in a bucket with Object Lock is asked again, where "none" is an answer
-            # and a missing permission an error.
+            # AWS shows a version's retention (legal hold) in HEAD only to callers allowed
+            # s3:GetObjectRetention (s3:GetObjectLegalHold); to others a locked version looks
+            # unlocked. So in a bucket with Object Lock an answer without them is asked again,
+            # where "none" is an answer and a missing permission an error.
             full = self._full(key)
             answer = await self.call_unless(
                 _NO_RETENTION,
-                f"read the retention of {full}",
+                f"read the retention of {full} (GetObjectRetention: the credentials need "
+                "s3:GetObjectRetention, docs/compliance.md)",
                 self.client.get_object_retention,
                 Bucket=self.bucket,
                 Key=full,
@@ -556,10 +565,24 @@ class S3Sink:
             found: dict[str, Any] = dict(answer or {})
             retention: dict[str, Any] = dict(found.get("Retention") or {})
             mode, until = retention.get("Mode"), retention.get("RetainUntilDate")
+        hold = head.get("ObjectLockLegalHoldStatus")
+        if hold is None and self._lock_enabled:  # hidden from callers without the permission
+            full = self._full(key)
+            legal = await self.call_unless(
+                _NO_LEGAL_HOLD,
+                f"read the legal hold of {full} (GetObjectLegalHold: the credentials need "
+                "s3:GetObjectLegalHold, docs/compliance.md)",
+                self.client.get_object_legal_hold,
+                Bucket=self.bucket,
+                Key=full,
+                **_version(head.get("VersionId") or version_id),
+            )
+            status: dict[str, Any] = dict(legal or {})
+            hold = dict(status.get("LegalHold") or {}).get("Status")
         return LockStatus(
             mode=mode,
             until=until,
-            legal_hold=head.get("ObjectLockLegalHoldStatus") == "ON",
+            legal_hold=hold == "ON",
             version_id=head.get("VersionId"),
         )
 
