@@ -116,7 +116,10 @@ class JobReport:
         return {**self._head(), "objects": list(self.rows), "failures": list(self.failures)}
 
     def _head(self) -> dict[str, Any]:
-        return {"job": self.job, "counts": self.summary(), "seal_error": self.seal_error}
+        head: dict[str, Any] = {"job": self.job, "counts": self.summary()}
+        if self.seal_error is not None:
+            head["seal_error"] = self.seal_error
+        return head
 
     def write(self, path: Path) -> None:
         _write(path, self._head(), {"objects": self.rows, "failures": self.failures})
