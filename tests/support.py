@@ -36,11 +36,13 @@ async def archive_in_two_runs(
     return settings
 
 
-def add_bulk_objects(state_dir: Path, root: Path, count: int) -> None:
+def add_bulk_objects(
+    state_dir: Path, root: Path, count: int, *, call_sid: str | None = None
+) -> list[str]:
     """``count`` small files in the local destination ``root``, recorded in the ledger of
     ``state_dir`` as the archive records objects: bound to the class ``general``, their
-    retain-until date long past. In one transaction: setup for the memory test and the
-    benchmark, not archiving."""
+    retain-until date long past. One call each, or all recordings of ``call_sid``. In one
+    transaction: setup for the memory tests and the benchmark, not archiving. Their keys."""
     body = b"hello"
     digest = hashlib.sha256(body).hexdigest()
     db = sqlite3.connect(state_dir / "ledger.sqlite3")
@@ -49,16 +51,17 @@ def add_bulk_objects(state_dir: Path, root: Path, count: int) -> None:
             "SELECT MAX(m) FROM (SELECT MAX(seq) AS m FROM objects "
             "UNION SELECT MAX(seq) FROM events)"
         ).fetchone()
-        rows = []
+        rows, keys = [], []
         for n in range(count):
-            sid = f"bulk{n:08d}"
-            key = f"2026/09/01/{sid}/recording-1.mp3"
+            sid, idx = (call_sid, n + 1) if call_sid else (f"bulk{n:08d}", 1)
+            key = f"2026/09/01/{sid}/recording-{idx}.mp3"
             path = root / key
-            path.parent.mkdir(parents=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(body)
+            keys.append(key)
             rows.append(
-                (start + n + 1, sid, "recording", 1, key, str(path), len(body), digest,
-                 "audio/mpeg", "mp3", f"https://recordings.example/{sid}.mp3",
+                (start + n + 1, sid, "recording", idx, key, str(path), len(body), digest,
+                 "audio/mpeg", "mp3", f"https://recordings.example/{sid}-{idx}.mp3",
                  "2026-09-01T10:00:00+05:30", "2026-09-01T05:00:00.000Z", "bulk", "general",
                  "2026-10-01T04:30:00Z")
             )  # fmt: skip
@@ -71,3 +74,4 @@ def add_bulk_objects(state_dir: Path, root: Path, count: int) -> None:
         db.commit()
     finally:
         db.close()
+    return keys

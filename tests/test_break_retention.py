@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -637,44 +636,6 @@ async def test_was_a_hold_recorded_while_purge_is_running_is_ignored_and_the_cal
 # =================================================================================================
 
 
-def add_objects_of_one_call(state_dir: Path, root: Path, sid: str, count: int) -> list[str]:
-    """``count`` recordings of one call in the local destination ``root``, in the ledger as the
-    archive records them (class general, retain-until long past)."""
-    import hashlib
-
-    body = b"hello"
-    digest = hashlib.sha256(body).hexdigest()
-    db = sqlite3.connect(state_dir / "ledger.sqlite3")
-    try:
-        (start,) = db.execute(
-            "SELECT MAX(m) FROM (SELECT MAX(seq) AS m FROM objects "
-            "UNION SELECT MAX(seq) FROM events)"
-        ).fetchone()
-        rows, keys = [], []
-        for n in range(count):
-            key = f"2026/09/01/{sid}/recording-{n + 1}.mp3"
-            path = root / key
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(body)
-            keys.append(key)
-            rows.append(
-                (start + n + 1, sid, "recording", n + 1, key, str(path), len(body), digest,
-                 "audio/mpeg", "mp3", f"https://recordings.example/{sid}-{n}.mp3",
-                 "2026-09-01T10:00:00+05:30", "2026-09-01T05:00:00.000Z", "bulk", "general",
-                 "2026-10-01T04:30:00Z")
-            )  # fmt: skip
-        db.executemany(
-            "INSERT INTO objects (seq, call_sid, kind, idx, key, location, size, sha256, "
-            "content_type, format, source, call_created, archived_at, worker, retention_class, "
-            "retain_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            rows,
-        )
-        db.commit()
-    finally:
-        db.close()
-    return keys
-
-
 async def test_held_purge_pages_1200_objects_once_each_with_a_hold_recorded_on_page_three(
     sim: Simulator, server: SimulatorServer, tmp_path: Path
 ) -> None:
@@ -713,7 +674,7 @@ async def test_held_a_hold_covers_every_object_of_a_call_of_1200_objects(
     env = env_for(sim, server, tmp_path, str(root), config)
     settings = settings_of(env, config)
     await archive_calls(settings, [sim.add_call(recordings=1, size=2000).sid])
-    keys = add_objects_of_one_call(settings.state_dir, root, "bigcall0001", 1200)
+    keys = add_bulk_objects(settings.state_dir, root, 1200, call_sid="bigcall0001")
     async with open_retention(settings, actor="dpo") as archive:
         held = await hold(archive, ["bigcall0001"], reason="case 8", on=True)
     assert held.count("held") == 1200

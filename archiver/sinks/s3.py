@@ -547,44 +547,43 @@ class S3Sink:
         if head is None:
             return None
         mode, until = head.get("ObjectLockMode"), head.get("ObjectLockRetainUntilDate")
-        if mode is None and self._lock_enabled:
-            # AWS shows a version's retention (legal hold) in HEAD only to callers allowed
-            # s3:GetObjectRetention (s3:GetObjectLegalHold); to others a locked version looks
-            # unlocked. So in a bucket with Object Lock an answer without them is asked again,
-            # where "none" is an answer and a missing permission an error.
-            full = self._full(key)
-            answer = await self.call_unless(
-                _NO_RETENTION,
-                f"read the retention of {full} (GetObjectRetention: the credentials need "
-                "s3:GetObjectRetention, docs/compliance.md)",
-                self.client.get_object_retention,
-                Bucket=self.bucket,
-                Key=full,
-                **_version(head.get("VersionId") or version_id),
-            )
-            found: dict[str, Any] = dict(answer or {})
-            retention: dict[str, Any] = dict(found.get("Retention") or {})
-            mode, until = retention.get("Mode"), retention.get("RetainUntilDate")
         hold = head.get("ObjectLockLegalHoldStatus")
-        if hold is None and self._lock_enabled:  # hidden from callers without the permission
-            full = self._full(key)
-            legal = await self.call_unless(
-                _NO_LEGAL_HOLD,
-                f"read the legal hold of {full} (GetObjectLegalHold: the credentials need "
-                "s3:GetObjectLegalHold, docs/compliance.md)",
-                self.client.get_object_legal_hold,
-                Bucket=self.bucket,
-                Key=full,
-                **_version(head.get("VersionId") or version_id),
-            )
-            status: dict[str, Any] = dict(legal or {})
-            hold = dict(status.get("LegalHold") or {}).get("Status")
+        version = head.get("VersionId") or version_id
+        if mode is None and self._lock_enabled:
+            retention = await self._ask_lock(key, version, "Retention")
+            mode, until = retention.get("Mode"), retention.get("RetainUntilDate")
+        if hold is None and self._lock_enabled:
+            hold = (await self._ask_lock(key, version, "LegalHold")).get("Status")
         return LockStatus(
             mode=mode,
             until=until,
             legal_hold=hold == "ON",
             version_id=head.get("VersionId"),
         )
+
+    async def _ask_lock(self, key: str, version: str | None, part: str) -> dict[str, Any]:
+        """The version's ``Retention`` or ``LegalHold``, asked with its own request.
+
+        AWS shows a version's retention (legal hold) in HEAD only to callers allowed
+        s3:GetObjectRetention (s3:GetObjectLegalHold); to others a locked version looks
+        unlocked. So in a bucket with Object Lock a HEAD without them is asked again, where
+        "none" is an answer ({}) and a missing permission an error that names it."""
+        full = self._full(key)
+        operation, fn, codes = (
+            ("GetObjectRetention", self.client.get_object_retention, _NO_RETENTION)
+            if part == "Retention"
+            else ("GetObjectLegalHold", self.client.get_object_legal_hold, _NO_LEGAL_HOLD)
+        )
+        answer: Any = await self.call_unless(
+            codes,
+            f"read the {part} of {full} ({operation}: the credentials need s3:{operation}, "
+            "docs/compliance.md)",
+            fn,
+            Bucket=self.bucket,
+            Key=full,
+            **_version(version),
+        )
+        return dict(dict(answer or {}).get(part) or {})
 
     async def set_retention(
         self,
