@@ -218,3 +218,28 @@ async def test_v1_bulk_pages_every_terminal_call_once_in_order(
 async def test_v1_page_size_over_100_is_refused(server: SimulatorServer) -> None:
     status, _, _ = await get(server.base_url + "/v1/Accounts/simaccount/Calls.json?PageSize=101")
     assert status == 400
+
+
+async def test_per_call_hostile_hooks(sim: Simulator, server: SimulatorServer) -> None:
+    """The soak's hostile values reach one call only: its recording URL, its v1 item; and
+    the active-calls endpoint can ignore ``offset``."""
+    day = (datetime.now(IST) - timedelta(days=1)).date()
+    bad, good = sim.populate(2, day=day)
+    sim.faults.recording_url_for[bad.sid] = "https://a..b/rec.mp3"
+    sim.faults.bulk_item_patches[bad.sid] = {"DateCreated": "not a date"}
+    for call, url_is_bad in ((bad, True), (good, False)):
+        _, _, body = await get(v3(server, f"/calls/{call.sid}"))
+        url = json.loads(body)["response"]["call_details"]["recordings"][0]["url"]
+        assert (url == "https://a..b/rec.mp3") is url_is_bad
+    query = f"DateCreated=gte:{day} 00:00:00;lte:{day} 23:59:59&PageSize=100"
+    _, _, body = await get(f"{server.base_url}/v1/Accounts/simaccount/Calls.json?{query}")
+    dates = {c["Sid"]: c["DateCreated"] for c in json.loads(body)["Calls"]}
+    assert dates[bad.sid] == "not a date" and dates[good.sid] != "not a date"
+    for _ in range(3):
+        sim.add_call(state="active")
+    sim.faults.active_ignores_offset = True
+    firsts = set()
+    for offset in (0, 1, 2):
+        _, _, body = await get(v3(server, f"/calls/active?limit=1&offset={offset}"))
+        firsts.add(json.loads(body)["response"]["active_calls"][0]["call_sid"])
+    assert len(firsts) == 1

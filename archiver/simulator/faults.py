@@ -96,6 +96,15 @@ class Faults:
         """Raw bytes every v1 page is answered with (status 200)."""
         self.bulk_items_patch: dict[str, Any] = {}
         """Fields merged into every v1 ``Calls[]`` item (``DROP`` removes one)."""
+        self.recording_url_for: dict[str, str] = {}
+        """Call SID -> the recording URL its call details carry instead of a pre-signed one
+        (a hostile value: a port out of range, an empty host label...)."""
+        self.bulk_item_patches: dict[str, dict[str, Any]] = {}
+        """Call SID -> fields merged into that call's v1 ``Calls[]`` item only (an invalid
+        ``Sid`` or ``DateCreated`` for one item of a page)."""
+        self.active_ignores_offset = False
+        """True: the active-calls endpoint answers every page with the first one (it ignores
+        ``offset``), as a misbehaving API might."""
         self.redirect_to: str | None = None
         """Where the ``redirect`` recording fault sends the client."""
 

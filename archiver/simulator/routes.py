@@ -107,6 +107,8 @@ def add_routes(app: web.Application, sim: Simulator) -> None:
             {"url": rewrite(sim.presign(base_url(request), call, i))}
             for i in range(1, len(call.recordings) + 1)
         ]
+        if call.sid in sim.faults.recording_url_for and recordings:
+            recordings[0] = {"url": sim.faults.recording_url_for[call.sid]}
         duration = int((call.end - call.created).total_seconds())
         return {
             **common,
@@ -167,6 +169,8 @@ def add_routes(app: web.Application, sim: Simulator) -> None:
         if "limit" in request.query:  # the older page's paging; the newer one lists them all
             try:
                 offset = int(request.query.get("offset", "0"))
+                if sim.faults.active_ignores_offset:
+                    offset = 0
                 limit = int(request.query["limit"])
             except ValueError:
                 return api_error(400, "limit and offset must be whole numbers")
@@ -230,7 +234,10 @@ def add_routes(app: web.Application, sim: Simulator) -> None:
         if sim.faults.next_page_uri is not None:
             next_uri = sim.faults.next_page_uri
         items = [
-            _patched(_v1_item(sim, c, base_url(request), ttl), sim.faults.bulk_items_patch)
+            _patched(
+                _patched(_v1_item(sim, c, base_url(request), ttl), sim.faults.bulk_items_patch),
+                sim.faults.bulk_item_patches.get(c.sid, {}),
+            )
             for c in page
         ]
         return web.json_response(
