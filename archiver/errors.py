@@ -11,8 +11,11 @@ The tree::
     │                             writer, a wiped destination): stops before any API request
     ├── InvalidCallSid            a call SID that cannot safely become part of an object key
     ├── UnsafeAddress             a URL Exotel handed us (recording, voice log) whose scheme or
-    │                             address the address policy refuses (archiver.addresses);
-    │                             not retryable
+    │   │                         address the address policy refuses (archiver.addresses);
+    │   │                         not retryable; fails that call only
+    │   └── BadUrl                not a well-formed http(s) URL: no host, an empty or over-long
+    │                             host label, a port out of range, spaces or control characters,
+    │                             a name IDNA cannot encode, absurd length; fails that call only
     ├── ExotelError               the Exotel API (v1/v3) answered with an error, or not at all
     │   ├── ExotelBadRequest      400: our request was wrong; not retryable
     │   ├── ExotelAuthError       401/403: API key/token or account SID wrong; not retryable
@@ -33,11 +36,23 @@ The tree::
         ├── StorageConflict       an object already exists at the key with other bytes; never
         │                         overwritten, reported loudly; not retryable
         ├── StorageUnavailable    retryable: 5xx, SlowDown, timeouts, connection resets
-        ├── StoragePermanent      bucket missing, access denied, bad credentials; not retryable
+        ├── StoragePermanent      bucket missing, access denied, bad credentials, a read-only
+        │   │                     or full destination: concerns every call; stops the run
         │   └── ManifestConflict  the destination holds a manifest segment this ledger did not
         │                         write (another worker's, or written by hand); stops the run
+        ├── StorageRejected       the store refused this one object (an unrecognised 4xx:
+        │                         InvalidArgument, 409, 411, KeyTooLong...; a file name the
+        │                         local file system refuses): fails that call only; not retryable
         └── StorageLocked         a delete or retention change refused: Object Lock retention or
                                   a legal hold protects the object; not retryable
+
+What stops a run and what fails one call: ``ConfigError`` (certificates and destination
+mismatches included), ``ExotelAuthError`` and ``StoragePermanent`` concern every call and stop
+the run (exit code 2); every other error fails the call it happened in, with its reason
+(``error_reason``), and the run goes on. An exception outside this tree while archiving one call
+is a bug: that call is failed with the reason ``internal_error`` (logged once with its
+traceback) and the run goes on — unless it is an ``OSError``, ``sqlite3.Error`` or
+``MemoryError`` of the worker itself (its state directory, its ledger), which concern every call.
 
 Errors are classified where the wire protocol is spoken (``archiver.exotel.client``,
 ``archiver.transfer``, ``archiver.sinks.*``); everything else looks only at ``retryable``.
@@ -93,6 +108,12 @@ class InvalidCallSid(ArchiverError):
 class UnsafeAddress(ArchiverError):
     """A URL from Exotel that the address policy refuses: not http(s), or a host that is (or
     resolves to) a loopback, link-local, private, metadata or otherwise non-public address."""
+
+
+class BadUrl(UnsafeAddress):
+    """A URL from Exotel that is not a well-formed http(s) URL (``archiver.addresses``): no host,
+    an empty or over-long host label, a port out of range, spaces or control characters, a name
+    IDNA cannot encode, thousands of characters. No connection is attempted; that call fails."""
 
 
 # --- Exotel API ------------------------------------------------------------------------------
@@ -217,6 +238,13 @@ class ManifestConflict(StoragePermanent):
     """A manifest segment is already stored under the number this ledger seals next, and its bytes
     are not what this ledger would write there: another writer uses this destination's manifest.
     Nothing is marked sealed; the run stops."""
+
+
+class StorageRejected(StorageError):
+    """The store refused this one object for a reason that does not concern the others: an S3
+    answer outside the known account-wide and transient ones (400 InvalidArgument, 409, 411,
+    KeyTooLongError...), or a file name the local file system refuses. Not retried as is; the
+    call fails with this reason and the run goes on."""
 
 
 class StorageLocked(StorageError):
