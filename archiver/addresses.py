@@ -22,21 +22,34 @@ recording session's connector), so a name that resolves to a public address when
 to 127.0.0.1 when connected (DNS rebinding) is still refused. IP literals do not go through a
 resolver; the up-front check, made again on every redirect hop, covers them.
 
-A refusal is ``UnsafeAddress``: permanent (not retried), and the call is recorded as failed.
+Before any of that, the URL must be well formed (``well_formed``): a string of at most
+``MAX_URL_LENGTH`` characters, without spaces or control characters, that ``urllib`` and
+``yarl`` (what aiohttp connects with) both parse, with a host: an IP literal, or a name of
+labels of 1 to 63 characters (letters, digits, ``-``, ``_``; 253 in all) that IDNA encodes and
+that does not end in an all-digit label (no top-level domain is numeric: ``256.1.1.1`` is a
+broken IP address, not a name), and a port from 0 to 65535. Anything else is ``BadUrl``: the
+URL fails its call before any DNS lookup or connection, whatever DNS or the HTTP stack would
+have made of it (``ValueError``/``UnicodeError`` deep inside, or retries of a name that can
+never resolve).
+
+A refusal is ``UnsafeAddress`` (``BadUrl`` for a malformed URL): permanent (not retried), and
+only that call is recorded as failed; the run goes on.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
+import yarl
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
-from archiver.errors import UnsafeAddress
+from archiver.errors import BadUrl, UnsafeAddress
 from archiver.redact import strip_url
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -49,6 +62,86 @@ METADATA = frozenset(
 FIX = (
     "if this host is really yours and meant to be reached, set ARCHIVER_ALLOW_PRIVATE_ADDRESSES=on"
 )
+
+
+MAX_URL_LENGTH = 8192
+"""Characters in a URL from Exotel, at most: a pre-signed S3 URL with a session token is
+about 2,000; proxies and S3 itself refuse request lines much longer than 8 KiB."""
+_LABEL = re.compile(r"^[A-Za-z0-9_-]{1,63}$", re.ASCII)
+
+
+def _shown(url: str) -> str:
+    """``url`` for a message: no user-info, query or signature; short; one line."""
+    return repr(strip_url(url)[:100])
+
+
+def well_formed(url: object, *, what: str) -> SplitResult:
+    """The parts of ``url`` if it is a well-formed http(s) URL with a host (see the module
+    docstring); ``BadUrl`` (or ``UnsafeAddress`` for another scheme, or user-info) if not."""
+    if not isinstance(url, str) or not url:
+        raise BadUrl(f"{what}: the URL is empty or not a string")
+    if len(url) > MAX_URL_LENGTH:
+        raise BadUrl(
+            f"{what}: the URL is {len(url)} characters long (at most {MAX_URL_LENGTH}); refused"
+        )
+    if any(ch.isspace() or not ch.isprintable() for ch in url):
+        raise BadUrl(f"{what}: the URL contains a space or a control character; refused")
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError as exc:
+        raise BadUrl(f"{what}: the URL is malformed ({_reason(exc)}): {_shown(url)}") from None
+    scheme = parts.scheme.lower()
+    if scheme and scheme not in ("http", "https"):
+        raise UnsafeAddress(
+            f"{what}: refused a {scheme}: URL, which is not an http(s) URL; only http(s) URLs "
+            "are downloaded (Exotel sent something that is not a recording link)"
+        )
+    if not scheme or "://" not in url:
+        raise BadUrl(f"{what}: {_shown(url)} is not a URL (no http(s)://host)")
+    if "@" in parts.netloc:
+        raise UnsafeAddress(f"{what}: the URL carries a user name or password; refused")
+    if not host:
+        raise BadUrl(f"{what}: the URL has no host: {_shown(url)}")
+    try:
+        raw = yarl.URL(url).raw_host or ""
+    except (ValueError, TypeError) as exc:  # UnicodeError is a ValueError
+        raise BadUrl(f"{what}: the URL's host cannot be encoded ({_reason(exc)})") from None
+    if _ip(host) is None:
+        _check_name(raw or host, what)
+    if port is not None and not 0 < port <= 65535:
+        raise BadUrl(f"{what}: the URL's port {port} is out of range (1-65535)")
+    return parts
+
+
+def _check_name(name: str, what: str) -> None:
+    """A host name (IDNA-encoded, as it goes to DNS) that DNS can carry; else ``BadUrl``."""
+    labels = name[:-1].split(".") if name.endswith(".") else name.split(".")
+    if len(name.rstrip(".")) > 253:
+        raise BadUrl(f"{what}: the URL's host name is {len(name)} characters long (at most 253)")
+    for label in labels:
+        if not _LABEL.match(label):
+            problem = (
+                "an empty label"
+                if not label
+                else f"a label of {len(label)} characters (at most 63)"
+                if len(label) > 63
+                else "characters a host name cannot have"
+            )
+            raise BadUrl(f"{what}: the URL's host name has {problem}: {name[:80]!r}")
+    if labels[-1].isdigit():
+        raise BadUrl(f"{what}: the URL's host {name[:80]!r} is neither an IP address nor a name")
+    try:
+        name.encode("idna")  # what the resolver does with it
+    except UnicodeError as exc:
+        raise BadUrl(f"{what}: the URL's host name cannot be encoded ({_reason(exc)})") from None
+
+
+def _reason(exc: BaseException) -> str:
+    """A parser's complaint, for a message: one short line, no URL in it."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:80]
 
 
 def _ip(host: str) -> IPAddress | None:
@@ -103,25 +196,9 @@ class AddressPolicy:
         return why
 
     def check_url(self, url: str, *, what: str) -> None:
-        """Refuse (``UnsafeAddress``) a URL that is not http(s) or names a refused address."""
-        try:
-            parts = urlsplit(url)
-            host = parts.hostname or ""
-            parts.port  # noqa: B018  (raises ValueError for a port that is not a number)
-        except ValueError:
-            raise UnsafeAddress(
-                f"{what}: the URL is malformed ({strip_url(url)[:120]!r})"
-            ) from None
-        scheme = parts.scheme.lower()
-        if scheme not in ("http", "https"):
-            raise UnsafeAddress(
-                f"{what}: refused a {scheme or 'scheme-less'}: URL; only http(s) URLs are "
-                "downloaded (Exotel sent something that is not a recording link)"
-            )
-        if not host:
-            raise UnsafeAddress(f"{what}: the URL has no host")
-        if parts.username or parts.password:
-            raise UnsafeAddress(f"{what}: the URL carries a user name or password; refused")
+        """Refuse a URL that is malformed (``BadUrl``), not http(s) or names a refused address
+        (``UnsafeAddress``)."""
+        host = well_formed(url, what=what).hostname or ""
         ip = _ip(host)
         if ip is None:
             if host.rstrip(".").lower() == "localhost" or host.lower().endswith(".localhost"):

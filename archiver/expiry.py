@@ -29,8 +29,8 @@ FRESH = 1.0
 
 def url_deadline(url: str, fetched_at: float, validity: float = DEFAULT_VALIDITY) -> float:
     """POSIX time after which ``url`` will be refused."""
-    query = parse_qs(urlsplit(url).query)
     try:
+        query = parse_qs(urlsplit(url).query)
         signed = datetime.strptime(query["X-Amz-Date"][0], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
         return signed.timestamp() + float(query["X-Amz-Expires"][0])
     except (KeyError, IndexError, ValueError):

@@ -49,11 +49,11 @@ def strip_url(url: str) -> str:
     """``url`` without user-info, query string or fragment: safe to log and to store."""
     try:
         parts = urlsplit(url)
-    except ValueError:
+        host = parts.hostname or ""
+        if parts.port is not None:
+            host = f"{host}:{parts.port}"
+    except ValueError:  # unbalanced brackets, a port out of range or not a number
         return REDACTED
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 

@@ -13,7 +13,10 @@ host's HTTP is spoken:
 * status 200 with an HTML/XML/JSON body, or an empty body → ``NotARecording``.
 * more bytes than ``max_bytes`` (announced by Content-Length, or streamed) → ``RecordingTooLarge``
   (not retried; the spool file is dropped with the failed attempt).
-* a URL (or a redirect) the address policy refuses → ``UnsafeAddress`` (``archiver.addresses``).
+* a URL (or a redirect) the address policy refuses → ``UnsafeAddress`` (``archiver.addresses``);
+  one that is not a well-formed http(s) URL → ``BadUrl``, before any connection (and if the
+  HTTP stack still finds something to refuse in it, that is ``BadUrl`` too, never a bare
+  ``ValueError``/``UnicodeError`` or a retried transfer error).
 
 ``Content-Encoding: gzip`` (or ``deflate``): the recording is what the source means — the
 decoded audio — so the body is decoded as it streams, the SHA-256, size and content gate are
@@ -43,8 +46,9 @@ from urllib.parse import urljoin
 
 import aiohttp
 
-from archiver.addresses import AddressPolicy, GuardedResolver
+from archiver.addresses import AddressPolicy, GuardedResolver, well_formed
 from archiver.errors import (
+    BadUrl,
     NotARecording,
     RecordingExpired,
     RecordingTooLarge,
@@ -182,11 +186,22 @@ async def _get(
     for _hop in range(MAX_REDIRECTS + 1):
         if policy is not None:
             policy.check_url(url, what=what)
-        resp = await session.get(url, headers=headers, allow_redirects=False)
+        else:
+            well_formed(url, what=what)
+        try:
+            resp = await session.get(url, headers=headers, allow_redirects=False)
+        except (aiohttp.InvalidURL, ValueError) as exc:  # UnicodeError (IDNA) is a ValueError
+            raise BadUrl(
+                f"{what}: the URL was refused by the HTTP client ({type(exc).__name__}): "
+                f"{strip_url(url)[:100]!r}"
+            ) from None
         location = resp.headers.get("Location")
         if resp.status in _REDIRECTS and location:
             resp.release()
-            url = urljoin(url, location)
+            try:
+                url = urljoin(url, location)
+            except ValueError:
+                raise BadUrl(f"{what}: redirected to a malformed URL") from None
             continue
         try:
             yield resp

@@ -12,6 +12,9 @@ leaves room, the parser accepts both readings and says so here:
   ``1970-01-01 05:30:00+05:30``, parsed as ``None``.
 * While ``state`` is ``active``, ``status``, ``recordings``, ``total_duration`` and
   ``total_talk_time`` may be null or absent.
+* ``recordings[].url`` must be a string with an http(s) scheme. Whether it is a well-formed
+  URL to an allowed address is judged when it is downloaded (``archiver.addresses``): a URL
+  with a port out of range or an empty host label fails that call as ``BadUrl``, not here.
 * ``recordings[]`` listing the same file twice (the same scheme, host and path; the signature
   may differ) is read as one recording: the first entry is kept, with its position as
   ``index``; the repeat is dropped, so the same audio is never stored under two keys.
@@ -182,13 +185,17 @@ def _recordings(value: Any) -> tuple[Recording, ...] | None:
         url = item.get("url") if isinstance(item, dict) else None
         if not isinstance(url, str) or not url:
             raise ExotelProtocolError(f"call details: recordings[{i - 1}] has no 'url' string")
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ExotelProtocolError(
-                f"call details: recordings[{i - 1}].url is not an http(s) URL "
-                f"(scheme {parts.scheme[:10]!r})"
-            )
-        file = (parts.scheme.lower(), parts.netloc.lower(), parts.path)
+        try:
+            parts = urlsplit(url)
+        except ValueError:  # unbalanced brackets: refused as BadUrl when it is downloaded
+            file = ("", url, "")
+        else:
+            if parts.scheme.lower() not in ("http", "https"):
+                raise ExotelProtocolError(
+                    f"call details: recordings[{i - 1}].url is not an http(s) URL "
+                    f"(scheme {parts.scheme[:10]!r})"
+                )
+            file = (parts.scheme.lower(), parts.netloc.lower(), parts.path)
         if file in seen:
             continue  # the same recording listed twice: kept once
         seen.add(file)
