@@ -42,7 +42,7 @@ import threading
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, BinaryIO
 
-from archiver.errors import StorageConflict, StoragePermanent
+from archiver.errors import StorageConflict, StoragePermanent, StorageRejected
 from archiver.exotel.models import CallDetails
 from archiver.ledger import Ledger, ObjectRecord, utc_now
 from archiver.manifest import ManifestWriter
@@ -188,7 +188,9 @@ class Recorder:
                 key, body, size=size, sha256=sha256, content_type=mime, lock=lock
             )
             return put, lock
-        except StoragePermanent:  # StorageConflict is not one: other bytes at the key
+        except (StoragePermanent, StorageRejected):  # not StorageConflict: other bytes there
+            # A retain-until date in the past is refused with 400 (InvalidArgument on AWS,
+            # InvalidRequest on SeaweedFS): StorageRejected.
             if lock is None or lock.until > datetime.now(UTC):
                 raise
         put = await self.sink.put(key, body, size=size, sha256=sha256, content_type=mime)
@@ -233,7 +235,7 @@ class Recorder:
             return status.mode, version
         try:
             await self.sink.set_retention(key, raised, version_id=version)
-        except StoragePermanent:
+        except (StoragePermanent, StorageRejected):
             if raised.until > datetime.now(UTC):
                 raise
             # The date passed while the request was retried: the store refuses a date in the

@@ -28,7 +28,13 @@ from typing import BinaryIO
 import aiofiles
 import aiofiles.os
 
-from archiver.errors import StorageConflict, StorageError, StoragePermanent, StorageUnavailable
+from archiver.errors import (
+    StorageConflict,
+    StorageError,
+    StoragePermanent,
+    StorageRejected,
+    StorageUnavailable,
+)
 from archiver.sinks.base import Lock, LockStatus, ObjectInfo, PutResult, validate_key
 
 _CHUNK = 1024 * 1024
@@ -46,6 +52,8 @@ def _classify(exc: OSError, what: str) -> StorageError:
         return StoragePermanent(f"{what}: the disk is full: free space or choose another directory")
     if exc.errno == errno.EROFS:
         return StoragePermanent(f"{what}: the file system is read-only")
+    if exc.errno in (errno.ENAMETOOLONG, errno.EILSEQ):  # this one name: the call fails
+        return StorageRejected(f"{what}: the file system refuses this name ({exc.strerror})")
     return StorageUnavailable(f"{what}: {exc.strerror or type(exc).__name__}")
 
 
@@ -145,8 +153,8 @@ class LocalSink:
             await asyncio.to_thread(_fsync_dir, final.parent)
         except OSError as exc:
             raise _classify(exc, what) from None
-        finally:
-            with contextlib.suppress(FileNotFoundError):
+        finally:  # best effort: a name too long to create is too long to remove
+            with contextlib.suppress(OSError):
                 await aiofiles.os.remove(temp)
         await asyncio.to_thread(_remove_stale_temps, final)
         return PutResult(key=key, size=size, sha256=sha256, created=True, location=str(final))

@@ -29,6 +29,13 @@ reads the body to compute the MD5: a body that is not the one announced is never
 checksum header is sent in this mode, ``ChecksumMode`` included, so the store reports no SHA-256:
 every PUT is confirmed, and every existing object adopted, by reading it back.
 
+Errors (``_classify``): the codes that concern every call — credentials, the bucket missing
+or denied (``_PERMANENT_CODES``, a bare 401/403), a TLS certificate refused — are
+``StoragePermanent`` and stop the run; 5xx, 429 and the transient codes (``_RETRYABLE_CODES``)
+are ``StorageUnavailable``; any other 4xx is about the one object it was sent for
+(InvalidArgument, InvalidRequest, 409, 411, KeyTooLongError...) and is ``StorageRejected``: that
+call fails, the run goes on.
+
 Object Lock: ``x-amz-bypass-governance-retention`` is sent by ``set_retention`` only when its
 caller opts in, and then only for GOVERNANCE → COMPLIANCE with a date not earlier than the
 stored one; ``delete`` never sends it (``archiver.sinks.base``, item 9).
@@ -64,6 +71,7 @@ from archiver.errors import (
     StorageError,
     StorageLocked,
     StoragePermanent,
+    StorageRejected,
     StorageUnavailable,
 )
 from archiver.retry import RetryPolicy
@@ -92,6 +100,7 @@ _PERMANENT_CODES = {
     "ExpiredToken": "the AWS session token has expired: refresh the credentials",
 }
 _CHUNK = 1024 * 1024
+_OBJECT_MISSING = frozenset({"NoSuchKey"})
 _MISSING = frozenset({"404", "NoSuchKey", "NotFound"})
 _EXISTS = frozenset({"PreconditionFailed", "412"})
 _RETRYABLE_CODES = {
@@ -104,6 +113,7 @@ _RETRYABLE_CODES = {
     "XAmzContentSHA256Mismatch",
     "IncompleteBody",
     "OperationAborted",
+    "ConditionalRequestConflict",
 }
 
 
@@ -296,7 +306,15 @@ class S3Sink:
                 )
             if code in _RETRYABLE_CODES or status >= 500 or status == 429:
                 return StorageUnavailable(f"{where}: {code or status} {message}".rstrip())
-            return StoragePermanent(f"{where}: {code or status} {message}".rstrip())
+            if code in ("401", "403") or status in (401, 403) or code in _OBJECT_MISSING:
+                # No code (a HEAD has no body): the credentials are refused, for every call.
+                # NoSuchKey: an object that should be there is not (Sink.read's contract).
+                return StoragePermanent(f"{where}: {code or status} {message}".rstrip())
+            # Anything else is about this one object (400 InvalidArgument, 409, 411,
+            # KeyTooLongError...): that call fails, the others go on.
+            return StorageRejected(
+                f"{where}: the store refused this object ({code or status} {message}".rstrip() + ")"
+            )
         return StorageUnavailable(f"{where}: {type(exc).__name__}")
 
     async def check(self) -> None:
