@@ -14,8 +14,14 @@
    A call whose objects were all in the ledger already is marked so too, but reported
    ``already_archived``: nothing was stored in this run.
 
-Errors that concern every call (bad Exotel credentials, a missing bucket, denied access) stop the
-run with that error instead of failing each call in turn.
+Errors that concern every call (bad Exotel credentials, a missing bucket, denied access, a
+certificate refused) stop the run with that error instead of failing each call in turn. Every
+other error fails only the call it happened in, with its reason: a malformed recording URL
+(``bad_url``), one the address policy refuses (``unsafe_address``), one object the store refuses
+(``storage_rejected``)... An exception outside the error tree (a bug) fails that call as
+``internal_error``, logged once with its traceback, and the run goes on; an ``OSError``,
+``sqlite3.Error`` or ``MemoryError`` of the worker's own (its state directory, its ledger)
+concerns every call and stops it.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import sqlite3
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -53,7 +60,7 @@ from archiver.ledger import Ledger, ObjectRecord, writer_lock
 from archiver.manifest import ManifestWriter
 from archiver.ratelimit import RateLimiter
 from archiver.recorder import Recorder
-from archiver.redact import strip_signed_urls, strip_url
+from archiver.redact import redact_text, strip_signed_urls, strip_url
 from archiver.report import (
     ALREADY_ARCHIVED,
     ARCHIVED,
@@ -69,6 +76,8 @@ from archiver.sinks import Sink, open_sink
 from archiver.transfer import Downloaded, Partial, download, recording_session
 
 log = logging.getLogger("archiver.archive")
+INTERNAL_ERROR = "internal_error"
+"""The reason of a call failed by an exception outside the error tree (a bug)."""
 
 
 class Archiver:
@@ -117,15 +126,29 @@ class Archiver:
             return CallResult(call_sid, FAILED, detail=str(exc), reason="invalid_call_sid")
         except ArchiverError as exc:
             log.error("call %s failed: %s", call_sid, exc)
-            self.ledger.set_call(call_sid, FAILED, detail=str(exc))
-            return CallResult(
-                call_sid,
-                FAILED,
-                self.ledger.objects_of(call_sid),
-                detail=str(exc),
-                reason=error_reason(exc),
-                retryable=exc.retryable,
+            return self._failed(call_sid, str(exc), error_reason(exc), retryable=exc.retryable)
+        except (OSError, sqlite3.Error, MemoryError):
+            raise  # the worker's own state directory or ledger: every call would fail alike
+        except Exception as exc:  # a bug: this call fails, the run goes on
+            detail = (
+                f"internal error ({type(exc).__name__}: "
+                f"{redact_text(str(exc), self.settings.secrets)[:200]}); this is a bug in the "
+                "archiver: please report it with the log line above"
             )
+            log.error("call %s failed on an unexpected error", call_sid, exc_info=True)
+            return self._failed(call_sid, detail, INTERNAL_ERROR, retryable=False)
+
+    def _failed(self, sid: str, detail: str, reason: str, *, retryable: bool) -> CallResult:
+        """Record ``sid`` as failed (never archived) and say why."""
+        self.ledger.set_call(sid, FAILED, detail=detail)
+        return CallResult(
+            sid,
+            FAILED,
+            self.ledger.objects_of(sid),
+            detail=detail,
+            reason=reason,
+            retryable=retryable,
+        )
 
     async def _archive_details(
         self, details: CallDetails, raw: bytes, *, fetched_at: float

@@ -112,6 +112,7 @@ class Report:
                 {
                     "call_sid": r.call_sid,
                     "outcome": r.outcome,
+                    "reason": r.reason,
                     "detail": r.detail,
                     "objects": [
                         {"key": o.key, "size": o.size, "sha256": o.sha256} for o in r.objects
