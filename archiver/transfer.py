@@ -38,6 +38,7 @@ import asyncio
 import contextlib
 import hashlib
 import re
+import ssl
 import zlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -190,7 +191,12 @@ async def _get(
             well_formed(url, what=what)
         try:
             resp = await session.get(url, headers=headers, allow_redirects=False)
-        except (aiohttp.InvalidURL, ValueError) as exc:  # UnicodeError (IDNA) is a ValueError
+        except (aiohttp.ClientError, ValueError) as exc:  # UnicodeError (IDNA) is a ValueError
+            # A certificate error is a ValueError too: left to download() to classify.
+            if isinstance(exc, ssl.SSLError | aiohttp.ClientError) and not isinstance(
+                exc, aiohttp.InvalidURL
+            ):
+                raise
             raise BadUrl(
                 f"{what}: the URL was refused by the HTTP client ({type(exc).__name__}): "
                 f"{strip_url(url)[:100]!r}"
