@@ -647,6 +647,13 @@ def _check_hostile(report: SoakReport, seen: Seen) -> None:
         if unnamed:
             detail += "; no log line names the skipped item of " + _few(unnamed)
     report.check("bad v1 items skipped and reported", ok, detail)
+    sweeps = metric(seen.metrics, "exotel_archiver_sweeps_total") or 0
+    errors = metric(seen.metrics, "exotel_archiver_sweep_errors_total") or 0
+    report.check(
+        "every sweep completed",
+        sweeps >= 1 and errors == 0,
+        f"{sweeps:g} sweep(s) done, {errors:g} failed",
+    )
 
     stuck = seen.of(STUCK_ACTIVE, STUCK_PROCESSING)
     dropped = [
