@@ -7,6 +7,9 @@ name exists, so write-once holds even against another process; the folder is fsy
 name survives a power loss. A local store cannot report a checksum without reading the file, so
 ``stat`` leaves ``sha256`` empty and ``put`` reads an existing file to compare.
 
+Files are created ``0600`` and the folders it makes ``0700``, each fsynced into its parent
+(``archiver.files``); an existing root keeps its mode.
+
 A process killed mid-write leaves its temp file behind (never at the key's name). Once a key is
 in place, ``put`` removes the temp files of that key left by earlier attempts: nothing can
 become of them any more (the name is taken, write-once).
@@ -29,6 +32,7 @@ import aiofiles
 import aiofiles.os
 
 from archiver.errors import StorageConflict, StorageError, StoragePermanent, StorageUnavailable
+from archiver.files import make_dirs, private_opener
 from archiver.sinks.base import Lock, LockStatus, ObjectInfo, PutResult, validate_key
 
 _CHUNK = 1024 * 1024
@@ -92,9 +96,9 @@ class LocalSink:
     async def check(self) -> None:
         what = f"check directory {self.root}"
         try:
-            await asyncio.to_thread(self.root.mkdir, parents=True, exist_ok=True)
+            await asyncio.to_thread(make_dirs, self.root)
             probe = self.root / f".probe{_TEMP_MARK}{uuid.uuid4().hex}"
-            async with aiofiles.open(probe, "wb") as fh:
+            async with aiofiles.open(probe, "wb", opener=private_opener) as fh:
                 await fh.write(b"probe")
             await aiofiles.os.remove(probe)
         except OSError as exc:
@@ -120,10 +124,10 @@ class LocalSink:
             return existing
         temp = final.parent / f".{final.name}{_TEMP_MARK}{uuid.uuid4().hex}"
         try:
-            await asyncio.to_thread(final.parent.mkdir, parents=True, exist_ok=True)
+            await asyncio.to_thread(make_dirs, final.parent)
             digest, written = hashlib.sha256(), 0
             body.seek(0)
-            async with aiofiles.open(temp, "wb") as out:
+            async with aiofiles.open(temp, "wb", opener=private_opener) as out:  # 0600
                 while written < size:
                     chunk = await asyncio.to_thread(body.read, min(_CHUNK, size - written))
                     if not chunk:
