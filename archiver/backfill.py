@@ -160,7 +160,8 @@ async def plan_backfill(settings: Settings, since: date, until: date) -> Plan:
     plan = Plan(since, until)
     plan.requests_per_call = 1 + int(settings.legs) + int(settings.voice_logs != "off")
     sink = sink_for(settings)
-    try:  # before any API request (and writing nothing): the destination is this ledger's
+    try:  # before any API request: the destination can be written, and is this ledger's
+        await sink.check()
         await check_destination(settings, sink)
     finally:
         await sink.close()

@@ -24,14 +24,20 @@ import glob
 import hashlib
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
 import aiofiles
 import aiofiles.os
 
-from archiver.errors import StorageConflict, StorageError, StoragePermanent, StorageUnavailable
+from archiver.errors import (
+    ConfigError,
+    StorageConflict,
+    StorageError,
+    StoragePermanent,
+    StorageUnavailable,
+)
 from archiver.files import make_dirs, private_opener
 from archiver.sinks.base import Lock, LockStatus, ObjectInfo, PutResult, validate_key
 
@@ -77,6 +83,46 @@ def _hash_file(path: Path) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
+_NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+DROP_IN_DOC = "docs/installation.md#a-local-directory-as-the-destination"
+
+
+def under_systemd(env: Mapping[str, str] | None = None) -> bool:
+    """Started by systemd (a service's environment has INVOCATION_ID, its stderr in the journal
+    JOURNAL_STREAM)."""
+    env = os.environ if env is None else env
+    return bool(env.get("INVOCATION_ID") or env.get("JOURNAL_STREAM"))
+
+
+def not_writable(root: Path, error: int, env: Mapping[str, str] | None = None) -> str:
+    """Why the local destination ``root`` cannot be written, and the fix: under systemd, the
+    drop-in that lets the sandboxed units write there."""
+    if error == errno.EROFS:
+        why = "read-only file system"
+    else:
+        why = f"permission denied to uid {os.geteuid()}, the user the archiver runs as"
+    head = f"the local destination {root} cannot be written ({why})"
+    if under_systemd(env):
+        cause = (
+            "the units make every path read-only but their state directory (ProtectSystem=strict)"
+            if error == errno.EROFS
+            else "the units run as a transient user (DynamicUser=yes) that owns nothing there"
+        )
+        drop_in = "/etc/systemd/system/exotel-.service.d/destination.conf"
+        return (
+            f"{head}: under systemd, {cause}. Create the directory and let every exotel-archiver "
+            f"unit write it with a drop-in, {drop_in}: [Service] ReadWritePaths={root} (then "
+            "systemctl daemon-reload); and give it to the service's user: a static user "
+            "(DynamicUser=no, User=, chown), or put the destination in a StateDirectory= under "
+            f"/var/lib that systemd owns for it. Both are explained in {DROP_IN_DOC}"
+        )
+    if error == errno.EROFS:
+        fix = "remount it read-write, or choose a writable directory"
+    else:
+        fix = "give that user write access to it (chown or chmod), or choose another directory"
+    return f"{head}: {fix} (ARCHIVER_DESTINATION, or destination in the config file)"
+
+
 class LocalSink:
     """A directory tree. See ``archiver.sinks.base`` for the promises."""
 
@@ -94,6 +140,9 @@ class LocalSink:
         return str(self._path(key))
 
     async def check(self) -> None:
+        """The root can be written: made (0700) if missing, a probe file written and removed.
+        A root the file system refuses (read-only, permission) is a configuration error: every
+        call would fail, so the run stops at start, before any API request."""
         what = f"check directory {self.root}"
         try:
             await asyncio.to_thread(make_dirs, self.root)
@@ -102,6 +151,8 @@ class LocalSink:
                 await fh.write(b"probe")
             await aiofiles.os.remove(probe)
         except OSError as exc:
+            if exc.errno in _NOT_WRITABLE:
+                raise ConfigError(not_writable(self.root, exc.errno)) from None
             raise _classify(exc, what) from None
 
     async def put(
