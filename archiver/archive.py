@@ -55,6 +55,7 @@ from archiver.errors import (
 from archiver.exotel.client import ExotelClient
 from archiver.exotel.models import CallDetails, validate_call_sid
 from archiver.expiry import RateMeter, too_close, url_deadline
+from archiver.files import make_dirs
 from archiver.keys import CALL_JSON, LEGS_JSON, VOICE_LOG_JSON
 from archiver.ledger import Ledger, ObjectRecord, writer_lock
 from archiver.manifest import ManifestWriter
@@ -106,7 +107,7 @@ class Archiver:
             policy=settings.retention,
         )
         self.spool_dir = settings.state_dir / "spool"
-        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.spool_dir)  # 0700: the spool files hold recordings
         self.rates = RateMeter()
         self.addresses = address_policy(settings)
         self.url_refreshes = 0

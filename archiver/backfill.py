@@ -150,8 +150,11 @@ def one_per_call(listing: list[tuple[str, str, bool]]) -> list[tuple[str, str, b
     return [(sid, created, has) for sid, (created, has) in once.items()]
 
 
-async def plan_backfill(settings: Settings, since: date, until: date) -> Plan:
-    """List the range (or reuse a saved complete listing) and sort its calls."""
+async def plan_backfill(
+    settings: Settings, since: date, until: date, *, dry_run: bool = False
+) -> Plan:
+    """List the range (or reuse a saved complete listing) and sort its calls. Unless it is for a
+    dry run, which writes nothing, the destination is first checked writable."""
     settings.require_exotel_credentials()
     tz = settings.exotel.timezone
     began = wall_clock(tz)
@@ -160,7 +163,9 @@ async def plan_backfill(settings: Settings, since: date, until: date) -> Plan:
     plan = Plan(since, until)
     plan.requests_per_call = 1 + int(settings.legs) + int(settings.voice_logs != "off")
     sink = sink_for(settings)
-    try:  # before any API request (and writing nothing): the destination is this ledger's
+    try:  # before any API request: the destination can be written, and is this ledger's
+        if not dry_run:
+            await sink.check()
         await check_destination(settings, sink)
     finally:
         await sink.close()

@@ -27,7 +27,7 @@ from archiver.archive import sink_for
 from archiver.chain import load_chain
 from archiver.config import Settings
 from archiver.errors import ConfigError, StorageError
-from archiver.files import write_atomic
+from archiver.files import make_dirs, private_opener, write_atomic
 from archiver.manifest import present_objects
 from archiver.sinks import Sink, validate_key
 from archiver.verify import selected
@@ -86,9 +86,9 @@ async def export_bag(
         for e in entries:
             key = validate_key(str(e["key"]))
             target = out / "data" / key
-            target.parent.mkdir(parents=True, exist_ok=True)
+            make_dirs(target.parent)
             h256, h512, size = hashlib.sha256(), hashlib.sha512(), 0
-            with target.open("wb") as fh:
+            with open(target, "wb", opener=private_opener) as fh:
                 async for chunk in sink.read(key):
                     fh.write(chunk)
                     h256.update(chunk)

@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from archiver.errors import ConfigError
+from archiver.files import create_private, make_dirs
 
 SCHEMA_VERSION = 1
 
@@ -124,7 +125,7 @@ def writer_lock(state_dir: Path, *, required: bool = True) -> Iterator[bool]:
     """
     path = state_dir / "writer.lock"
     try:
-        state_dir.mkdir(parents=True, exist_ok=True)
+        make_dirs(state_dir)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as exc:
         raise ConfigError(
@@ -244,7 +245,9 @@ class Ledger:
             self._open_readonly(path)
             return
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            # Created 0600 before SQLite opens it: SQLite gives the -wal, -shm and -journal files
+            # the main file's mode, and would create that one 0644 under the usual umask.
+            create_private(path)
             connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError(

@@ -47,6 +47,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from archiver.files import fsync_dir, make_dirs, private_opener
 from archiver.ledger import Entry, EventRecord, Ledger, ObjectRecord
 
 SCHEMA = 1
@@ -207,9 +208,12 @@ class ManifestWriter:
             ]
             if not lines:
                 return written
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("ab") as fh:
+            make_dirs(self.path.parent)
+            new = not self.path.exists()
+            with open(self.path, "ab", opener=private_opener) as fh:  # a new file is 0600
                 fh.write("".join(lines).encode())
+            if new:
+                fsync_dir(self.path.parent)
             self._last_seq = int(json.loads(lines[-1])["seq"])
             written += len(lines)
 

@@ -421,7 +421,18 @@ async def test_an_idle_worker_seals_soon_not_only_every_ten_minutes(
         await until(lambda: daemon.metrics.calls[ARCHIVED] == 1)
         archived_at = time.monotonic()
         assert not segments.exists() or not any(segments.iterdir())
-        await until(lambda: segments.exists() and any(segments.iterdir()), timeout=10)
+
+        def sealed() -> bool:
+            # The segment is in the destination a moment before the ledger records it sealed
+            # (and a temp file of it before that): wait for both.
+            ledger = daemon.ledger
+            return (
+                ledger is not None
+                and any(segments.glob("*.jsonl"))
+                and ledger.unsealed_count() == 0
+            )
+
+        await until(sealed, timeout=10)
         assert time.monotonic() - archived_at >= 0.4  # after the idle time, not at once
         assert not daemon.schedule.in_flight
         ledger = Ledger(settings.state_dir / "ledger.sqlite3")

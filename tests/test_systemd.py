@@ -216,3 +216,58 @@ def test_units_sharing_a_state_directory_run_as_one_user() -> None:
     assert users, "no unit has a StateDirectory="
     for state, names in users.items():
         assert len(names) == 1, f"StateDirectory={state} is used by units running as {names}"
+
+
+# --- What systemd restarts ------------------------------------------------------------------------
+
+EXIT_USAGE = 2
+"""The CLI's exit code for a usage or configuration error (archiver.cli._shared.EXIT_USAGE)."""
+
+
+def restart_policy(unit: Path) -> str:
+    """The unit's Restart= (the last assignment wins; systemd's default is "no")."""
+    return (values(unit, "Service", "Restart") or ["no"])[-1]
+
+
+def prevented_exit_statuses(unit: Path) -> set[str]:
+    """Every exit status (or signal) RestartPreventExitStatus= lists; an empty assignment resets
+    the list, as in systemd."""
+    found: set[str] = set()
+    for value in values(unit, "Service", "RestartPreventExitStatus"):
+        found = found | set(value.split()) if value else set()
+    return found
+
+
+def test_the_exit_code_for_a_configuration_error_is_the_one_the_units_know() -> None:
+    from archiver.cli._shared import EXIT_USAGE as cli_exit_usage
+
+    assert cli_exit_usage == EXIT_USAGE
+
+
+@pytest.mark.parametrize("unit", SERVICES, ids=lambda p: p.name)
+def test_a_configuration_error_is_not_restarted(unit: Path) -> None:
+    # Exit code 2 is a configuration error (bad setting, credentials refused, bucket missing, a
+    # local destination it may not write): starting again changes nothing. Restarted every
+    # RestartSec=10 it never reaches the start limit, so without RestartPreventExitStatus=2 the
+    # unit would loop forever instead of staying failed with its message in the journal.
+    if restart_policy(unit) == "no":
+        # Nothing restarts it (the oneshot jobs: their timer starts them again at the next
+        # elapse, a day or a week later, which is what should happen to a failed job).
+        assert values(unit, "Service", "Type") == ["oneshot"], (
+            f"{unit.name}: a long-running service that systemd never restarts"
+        )
+        return
+    assert str(EXIT_USAGE) in prevented_exit_statuses(unit), (
+        f"{unit.name}: Restart={restart_policy(unit)} without RestartPreventExitStatus="
+        f"{EXIT_USAGE}: a configuration error would be restarted every "
+        f"RestartSec={(values(unit, 'Service', 'RestartSec') or ['100ms'])[-1]}, forever"
+    )
+
+
+def test_the_long_running_workers_restart_after_a_crash() -> None:
+    # What can recover (a crash, the watchdog, a forced stop: exit 1, a signal) is restarted.
+    workers = [u for u in SERVICES if values(u, "Service", "Type") == ["notify"]]
+    assert {u.name for u in workers} == {"exotel-archiver.service", "exotel-archiver@.service"}
+    for unit in workers:
+        assert restart_policy(unit) == "on-failure", unit.name
+        assert "1" not in prevented_exit_statuses(unit), unit.name

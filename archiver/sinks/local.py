@@ -7,6 +7,9 @@ name exists, so write-once holds even against another process; the folder is fsy
 name survives a power loss. A local store cannot report a checksum without reading the file, so
 ``stat`` leaves ``sha256`` empty and ``put`` reads an existing file to compare.
 
+Files are created ``0600`` and the folders it makes ``0700``, each fsynced into its parent
+(``archiver.files``); an existing root keeps its mode.
+
 A process killed mid-write leaves its temp file behind (never at the key's name). Once a key is
 in place, ``put`` removes the temp files of that key left by earlier attempts: nothing can
 become of them any more (the name is taken, write-once).
@@ -21,7 +24,7 @@ import glob
 import hashlib
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
@@ -29,12 +32,14 @@ import aiofiles
 import aiofiles.os
 
 from archiver.errors import (
+    ConfigError,
     StorageConflict,
     StorageError,
     StoragePermanent,
     StorageRejected,
     StorageUnavailable,
 )
+from archiver.files import make_dirs, private_opener
 from archiver.sinks.base import Lock, LockStatus, ObjectInfo, PutResult, validate_key
 
 _CHUNK = 1024 * 1024
@@ -81,6 +86,46 @@ def _hash_file(path: Path) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
+_NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+DROP_IN_DOC = "docs/installation.md#a-local-directory-as-the-destination"
+
+
+def under_systemd(env: Mapping[str, str] | None = None) -> bool:
+    """Started by systemd (a service's environment has INVOCATION_ID, its stderr in the journal
+    JOURNAL_STREAM)."""
+    env = os.environ if env is None else env
+    return bool(env.get("INVOCATION_ID") or env.get("JOURNAL_STREAM"))
+
+
+def not_writable(root: Path, error: int, env: Mapping[str, str] | None = None) -> str:
+    """Why the local destination ``root`` cannot be written, and the fix: under systemd, the
+    drop-in that lets the sandboxed units write there."""
+    if error == errno.EROFS:
+        why = "read-only file system"
+    else:
+        why = f"permission denied to uid {os.geteuid()}, the user the archiver runs as"
+    head = f"the local destination {root} cannot be written ({why})"
+    if under_systemd(env):
+        cause = (
+            "the units make every path read-only but their state directory (ProtectSystem=strict)"
+            if error == errno.EROFS
+            else "the units run as a transient user (DynamicUser=yes) that owns nothing there"
+        )
+        drop_in = "/etc/systemd/system/exotel-.service.d/destination.conf"
+        return (
+            f"{head}: under systemd, {cause}. Create the directory and let every exotel-archiver "
+            f"unit write it with a drop-in, {drop_in}: [Service] ReadWritePaths={root} (then "
+            "systemctl daemon-reload); and give it to the service's user: a static user "
+            "(DynamicUser=no, User=, chown), or put the destination in a StateDirectory= under "
+            f"/var/lib that systemd owns for it. Both are explained in {DROP_IN_DOC}"
+        )
+    if error == errno.EROFS:
+        fix = "remount it read-write, or choose a writable directory"
+    else:
+        fix = "give that user write access to it (chown or chmod), or choose another directory"
+    return f"{head}: {fix} (ARCHIVER_DESTINATION, or destination in the config file)"
+
+
 class LocalSink:
     """A directory tree. See ``archiver.sinks.base`` for the promises."""
 
@@ -98,14 +143,19 @@ class LocalSink:
         return str(self._path(key))
 
     async def check(self) -> None:
+        """The root can be written: made (0700) if missing, a probe file written and removed.
+        A root the file system refuses (read-only, permission) is a configuration error: every
+        call would fail, so the run stops at start, before any API request."""
         what = f"check directory {self.root}"
         try:
-            await asyncio.to_thread(self.root.mkdir, parents=True, exist_ok=True)
+            await asyncio.to_thread(make_dirs, self.root)
             probe = self.root / f".probe{_TEMP_MARK}{uuid.uuid4().hex}"
-            async with aiofiles.open(probe, "wb") as fh:
+            async with aiofiles.open(probe, "wb", opener=private_opener) as fh:
                 await fh.write(b"probe")
             await aiofiles.os.remove(probe)
         except OSError as exc:
+            if exc.errno in _NOT_WRITABLE:
+                raise ConfigError(not_writable(self.root, exc.errno)) from None
             raise _classify(exc, what) from None
 
     async def put(
@@ -128,10 +178,10 @@ class LocalSink:
             return existing
         temp = final.parent / f".{final.name}{_TEMP_MARK}{uuid.uuid4().hex}"
         try:
-            await asyncio.to_thread(final.parent.mkdir, parents=True, exist_ok=True)
+            await asyncio.to_thread(make_dirs, final.parent)
             digest, written = hashlib.sha256(), 0
             body.seek(0)
-            async with aiofiles.open(temp, "wb") as out:
+            async with aiofiles.open(temp, "wb", opener=private_opener) as out:  # 0600
                 while written < size:
                     chunk = await asyncio.to_thread(body.read, min(_CHUNK, size - written))
                     if not chunk:

@@ -1,0 +1,183 @@
+"""A local destination the archiver may not write stops it at start, before any API request,
+with a configuration error (exit 2) that names the fix — under systemd, the drop-in.
+
+The shipped units make the whole file system read-only but the state directory
+(``ProtectSystem=strict``), so a local destination outside it fails with EROFS ("Read-only file
+system"); a directory the service's transient user does not own fails with EACCES. Both are
+made real here, not simulated: EROFS by a read-only bind mount in a private mount namespace
+(``unshare -m``, which needs root — the test suite runs as root in its container), EACCES by a
+path under /sys, where even root may not create anything. "Under systemd" is what the archiver
+sees of it: ``INVOCATION_ID`` (and ``JOURNAL_STREAM``) in the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from archiver.exotel.models import IST
+from archiver.simulator import Simulator
+from archiver.simulator.server import SimulatorServer
+from tests.support import exotel_env
+
+UNDER_SYSTEMD = {
+    "INVOCATION_ID": "8c5b0e3cf4a6495c8b8ff0a2d2b0d7a1",
+    "JOURNAL_STREAM": "8:12345",
+}
+DOC_SECTION = "docs/installation.md#a-local-directory-as-the-destination"
+
+
+def clean_env() -> dict[str, str]:
+    """This process's environment without systemd's marks (the suite may itself run in a unit)."""
+    return {k: v for k, v in os.environ.items() if k not in UNDER_SYSTEMD}
+
+
+def can_mount_read_only(tmp_path: Path) -> bool:
+    """unshare -m and a read-only bind mount work here (root, and mounts allowed)."""
+    if shutil.which("unshare") is None or shutil.which("mount") is None or os.geteuid() != 0:
+        return False
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    result = subprocess.run(
+        ["unshare", "-m", "sh", "-c", read_only(probe, f"! touch {shlex.quote(str(probe))}/x")],
+        capture_output=True,
+        timeout=30,
+    )
+    return result.returncode == 0 and not (probe / "x").exists()
+
+
+def read_only(folder: Path, then: str) -> str:
+    """A shell line that makes ``folder`` a read-only bind mount (in this mount namespace), then
+    runs ``then``."""
+    where = shlex.quote(str(folder))
+    return (
+        "mount --make-rprivate / && "
+        f"mount --bind {where} {where} && mount -o remount,ro,bind {where} && {then}"
+    )
+
+
+def archiver_command(*args: str) -> str:
+    return shlex.join([sys.executable, "-m", "archiver", *args])
+
+
+YESTERDAY = str((datetime.now(IST) - timedelta(days=1)).date())
+COMMANDS = {
+    "archive": ["archive", "CALL"],
+    "run": ["run"],
+    "backfill": ["backfill", "--since", YESTERDAY, "--until", YESTERDAY],
+}
+
+
+def assert_refused_at_start(
+    result: subprocess.CompletedProcess[str], sim: Simulator, *must: str
+) -> str:
+    err = result.stderr
+    assert result.returncode == 2, f"exit code {result.returncode}:\n{result.stdout}\n{err}"
+    assert "Traceback" not in err, err
+    requests = sim.counters.get("api_requests", 0)
+    assert requests == 0, f"{requests} API request(s) before the check:\n{err}"
+    for text in must:
+        assert text in err, f"{text!r} not in:\n{err}"
+    return err
+
+
+@pytest.fixture
+def read_only_ok(tmp_path: Path) -> None:
+    if not can_mount_read_only(tmp_path):
+        pytest.skip("no read-only bind mount here (needs root and unshare -m)")
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_a_read_only_destination_under_systemd_names_the_drop_in(
+    sim: Simulator, server: SimulatorServer, tmp_path: Path, read_only_ok: None, command: str
+) -> None:
+    mounted = tmp_path / "srv"
+    destination = mounted / "recordings"
+    mounted.mkdir()
+    call = sim.add_call(recordings=1)
+    args = [a.replace("CALL", call.sid) for a in COMMANDS[command]]
+    env = {
+        **clean_env(),
+        **exotel_env(sim, server.base_url, str(destination), tmp_path / "state"),
+        **UNDER_SYSTEMD,
+    }
+    result = subprocess.run(
+        ["unshare", "-m", "sh", "-c", read_only(mounted, "exec " + archiver_command(*args))],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    err = assert_refused_at_start(
+        result,
+        sim,
+        f"the local destination {destination} cannot be written",
+        "read-only file system",
+        f"ReadWritePaths={destination}",
+        "/etc/systemd/system/exotel-.service.d/",
+        DOC_SECTION,
+    )
+    assert "None" not in err and "Errno" not in err
+    assert not destination.exists()
+
+
+def test_a_read_only_destination_outside_systemd_is_about_the_path(
+    sim: Simulator, server: SimulatorServer, tmp_path: Path, read_only_ok: None
+) -> None:
+    mounted = tmp_path / "srv"
+    mounted.mkdir()
+    env = {**clean_env(), **exotel_env(sim, server.base_url, str(mounted), tmp_path / "state")}
+    result = subprocess.run(
+        [
+            "unshare",
+            "-m",
+            "sh",
+            "-c",
+            read_only(mounted, "exec " + archiver_command("archive", sim.add_call().sid)),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    err = assert_refused_at_start(
+        result, sim, f"the local destination {mounted} cannot be written", "read-only file system"
+    )
+    assert "ReadWritePaths" not in err and "systemd" not in err
+
+
+@pytest.mark.parametrize("systemd", [True, False], ids=["under-systemd", "outside-systemd"])
+def test_a_destination_it_may_not_write_is_refused_at_start(
+    sim: Simulator, server: SimulatorServer, tmp_path: Path, systemd: bool
+) -> None:
+    # sysfs lets no one create a file or folder, root included: a real EACCES/EPERM.
+    destination = Path("/sys/kernel/exotel-archiver-test")
+    if destination.exists() or not Path("/sys/kernel").is_dir():
+        pytest.skip("no /sys/kernel here")
+    env = {
+        **clean_env(),
+        **exotel_env(sim, server.base_url, str(destination), tmp_path / "state"),
+        **(UNDER_SYSTEMD if systemd else {}),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "archiver", "archive", sim.add_call().sid],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    err = assert_refused_at_start(
+        result, sim, f"the local destination {destination} cannot be written", "permission"
+    )
+    if systemd:
+        assert f"ReadWritePaths={destination}" in err and DOC_SECTION in err
+    else:
+        assert "ReadWritePaths" not in err and "systemd" not in err
+        assert "ARCHIVER_DESTINATION" in err
