@@ -203,3 +203,29 @@ def test_an_item_that_is_not_an_object_is_skipped_too(
     assert "an item of 'Calls' is not an object: an int (42)" in result.output
     assert "archived: 0 calls" in result.output and sim.counters["v3_call_details"] == 0
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("recording-*"))
+
+
+async def test_a_caller_without_on_skip_still_gets_the_error(
+    sim: Simulator, server: SimulatorServer, tmp_path: Path
+) -> None:
+    """reconcile must see every call: for it a malformed item still fails the listing."""
+    from archiver.errors import ExotelProtocolError
+    from archiver.exotel.listing import SkippedItem, list_calls
+    from tests.test_listing import client_for
+
+    calls = [sim.add_call(created=sim.now() - dt.timedelta(hours=h)) for h in (3, 2)]
+    sim.faults.bulk_item_patches[calls[0].sid] = {"Sid": HOSTILE_SID}
+    since = sim.now() - dt.timedelta(hours=4)
+    async with client_for(sim, server, tmp_path) as client:
+        with pytest.raises(ExotelProtocolError, match="page 1: a malformed item: invalid call SID"):
+            async for _ in list_calls(client, since, sim.now(), tz=IST):
+                pass
+        skipped: list[SkippedItem] = []
+        listed = [
+            c.sid
+            async for c in list_calls(client, since, sim.now(), tz=IST, on_skip=skipped.append)
+        ]
+    assert listed == [calls[1].sid]
+    assert [(s.reason, s.sid) for s in skipped] == [
+        ("invalid_sid", '"../../etc/passwd\\u001b[2J\\u0417"')
+    ]

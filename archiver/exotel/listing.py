@@ -160,11 +160,12 @@ async def list_calls(
                 try:
                     listed = _listed_call(item, tz)
                 except _BadItem as bad:
+                    if on_skip is None:  # the caller must see every call: the listing fails
+                        raise ExotelProtocolError(
+                            f"{what}: a malformed item: {bad.problem}"
+                        ) from None
                     sid = quoted(item.get("Sid")) if isinstance(item, dict) else "missing"
-                    skipped = SkippedItem(bad.reason, what, sid, bad.problem)
-                    if on_skip is None:
-                        raise ExotelProtocolError(skipped.line()) from None
-                    on_skip(skipped)
+                    on_skip(SkippedItem(bad.reason, what, sid, bad.problem))
                     continue
                 yield listed
             next_uri = metadata.get("NextPageUri")
