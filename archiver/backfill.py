@@ -9,12 +9,17 @@
    created at 23:59 may end hours later). Only a complete listing is saved in the ledger — with
    when it began, under a key naming the time zone — so an interrupted backfill of a settled
    range resumes without listing again; any other range is listed again by every run (a dry
-   run included: it saves exactly what a run would).
+   run included: it saves exactly what a run would). A malformed item of the listing (an
+   invalid ``Sid`` or ``DateCreated``) is skipped and kept in the plan (``skipped_items``),
+   named in the output and the summary; the rest of the range is archived, the run exits 1,
+   and the listing is not saved, so a later run lists the range again and reports it again
+   (or finds it mended) instead of reusing a listing without it.
 2. **Plan**: calls already archived (the ledger says so: no request needed), calls with no
    recording (listed without one, created ``listing_settle`` or more before the listing began,
    and not known to the ledger as pending, not ready or failed: no request needed), and the
    rest, to archive. ``--dry-run`` stops here and prints the plan with the API requests and the
-   time they take at the rate limit.
+   time they take at the rate limit (``exotel.rate_limit``: the worker's share of the
+   account's 200 a minute).
 3. **Archive** the rest with ``archive_calls`` — the same path as ``archive`` — with progress,
    and a summary printed and written as JSON. The summary's result holds every listed call,
    the ones the plan skipped included, so its counts add up to the plan's.
@@ -34,7 +39,7 @@ from archiver.archive import archive_calls, sink_for
 from archiver.config import Settings
 from archiver.errors import ConfigError
 from archiver.exotel.client import ExotelClient
-from archiver.exotel.listing import list_calls
+from archiver.exotel.listing import SkippedItem, list_calls
 from archiver.identity import check_destination
 from archiver.ledger import UNFINISHED, Ledger, utc_text
 from archiver.ratelimit import RateLimiter
@@ -71,9 +76,13 @@ class Plan:
     listing_began: datetime | None = None
     """When the listing used began (a reused one: when it was made)."""
     listing_complete: bool = False
-    """The range ended at least ``listing_settle`` before the listing began: every call of it
-    was over and processed, so the listing is saved and later runs reuse it."""
+    """The range ended at least ``listing_settle`` before the listing began (every call of it
+    was over and processed) and no item was skipped, so the listing is saved and later runs
+    reuse it."""
     requests_per_call: int = 1
+    skipped: list[SkippedItem] = field(default_factory=list)
+    """Malformed items of the listing, left out of it (none when a saved listing was reused:
+    a listing with any is never saved)."""
     limiter: RateLimiter | None = field(default=None, repr=False, compare=False)
     """The limiter the listing used, for the archiving to continue from (one budget)."""
 
@@ -83,6 +92,8 @@ class Plan:
         return len(self.to_archive) * self.requests_per_call
 
     def minutes_at(self, rate_limit: int) -> float:
+        """Minutes the archiving takes at ``rate_limit`` requests a minute, when the API is
+        what limits it (the listing is done by then)."""
         return self.api_requests / rate_limit
 
     def as_dict(self, rate_limit: int) -> dict[str, object]:
@@ -97,9 +108,26 @@ class Plan:
             "listing_began": utc_text(self.listing_began) if self.listing_began else None,
             "listing_complete": self.listing_complete,
             "estimated_api_requests": self.api_requests,
+            "rate_limit_per_minute": rate_limit,
             "estimated_minutes_at_rate_limit": round(self.minutes_at(rate_limit), 1),
+            "estimated_duration": duration_text(self.minutes_at(rate_limit)),
             "estimated_bytes": None,  # Exotel's listing does not give recording sizes
+            "skipped_items": [item.as_dict() for item in self.skipped],
         }
+
+
+def duration_text(minutes: float) -> str:
+    """``minutes`` for people: ``under a minute``, ``42 min``, ``3 h 5 min``, ``2 d 4 h``."""
+    whole = round(minutes)
+    if whole < 1:
+        return "under a minute"
+    if whole < 60:
+        return f"{whole} min"
+    hours, rest = divmod(whole, 60)
+    if hours < 24:
+        return f"{hours} h {rest} min" if rest else f"{hours} h"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h" if hours else f"{days} d"
 
 
 def range_end(until: date, tz: tzinfo) -> datetime:
@@ -184,15 +212,24 @@ async def plan_backfill(
                 listing = [
                     (call.sid, call.date_created.isoformat(), call.has_recording)
                     async for call in list_calls(
-                        c, start, end, tz=tz, url_validity_minutes=int(settings.url_validity // 60)
+                        c,
+                        start,
+                        end,
+                        tz=tz,
+                        url_validity_minutes=int(settings.url_validity // 60),
+                        on_skip=plan.skipped.append,
                     )
                 ]
                 plan.listing_requests = c.requests
             listing = one_per_call(listing)
             plan.listing_began = began
-            if listing_complete(until, tz, settle, began):  # the same rule with --dry-run
+            # The same rule with --dry-run. A listing with skipped items is not saved: reused,
+            # it would hide them from every later run.
+            if listing_complete(until, tz, settle, began) and not plan.skipped:
                 ledger.save_listing(key, listing, began=began)
-        plan.listing_complete = listing_complete(until, tz, settle, plan.listing_began)
+        plan.listing_complete = not plan.skipped and listing_complete(
+            until, tz, settle, plan.listing_began
+        )
         plan.listed = len(listing)
         for sid, created, has_recording in listing:
             outcome = ledger.call_outcome(sid)

@@ -160,9 +160,10 @@ OPTIONS: tuple[Option, ...] = (
         "rate_limit",
         "EXOTEL_RATE_LIMIT",
         "--rate-limit",
-        "Exotel API requests per minute, shared by every request of this worker. "
-        "Exotel allows 200 per account; set lower if other systems use the same account.",
-        default=200,
+        "Exotel API requests per minute, shared by every request of this worker. Exotel allows "
+        "200 per account, shared with every other system using it (click-to-call, CRM): the "
+        "default leaves them 80. Raise it only if nothing else uses the account.",
+        default=120,
         kind="int",
         minimum=1,
         maximum=10_000,
@@ -431,11 +432,51 @@ OPTIONS: tuple[Option, ...] = (
         "ARCHIVER_RECHECK_INTERVAL",
         "--recheck-interval",
         "Seconds before a call that is not ready (still active, voice log processing, no "
-        "recording yet) is looked at again.",
+        "recording yet) is looked at again. A call still active or processing waits twice as "
+        "long each time, up to recheck_max.",
         default=60.0,
         kind="float",
         minimum=1,
         maximum=3600,
+        daemon=True,
+    ),
+    Option(
+        "daemon",
+        "recheck_max",
+        "ARCHIVER_RECHECK_MAX",
+        "--recheck-max",
+        "Minutes: the longest wait between two looks at a call still active or processing "
+        "(the wait doubles from recheck_interval up to this). At least recheck_interval.",
+        default=30.0,
+        kind="float",
+        minimum=1,
+        maximum=1440,
+        daemon=True,
+    ),
+    Option(
+        "daemon",
+        "stuck_after",
+        "ARCHIVER_STUCK_AFTER",
+        "--stuck-after",
+        "Hours after its creation a call still active or processing is reported stuck (one "
+        "warning, stuck_calls metrics) and from then on looked at every stuck_recheck minutes. "
+        "It is never dropped: it stays not ready in the ledger and in the schedule.",
+        default=6.0,
+        kind="float",
+        minimum=0.25,
+        maximum=720,
+        daemon=True,
+    ),
+    Option(
+        "daemon",
+        "stuck_recheck",
+        "ARCHIVER_STUCK_RECHECK",
+        "--stuck-recheck",
+        "Minutes between two looks at a stuck call.",
+        default=60.0,
+        kind="float",
+        minimum=1,
+        maximum=1440,
         daemon=True,
     ),
     Option(
@@ -469,8 +510,9 @@ OPTIONS: tuple[Option, ...] = (
         "sweep_lookback",
         "ARCHIVER_SWEEP_LOOKBACK",
         "--sweep-lookback",
-        "Hours of the recent past each sweep lists. After downtime, the first sweep reaches back "
-        "to the last completed one instead (at most Exotel's six months).",
+        "Hours of the recent past each sweep lists. After downtime, sweeps reach back to where "
+        "the last one got to (at most Exotel's six months) in steps of this many hours (24 at "
+        "least) plus one of overlap, one after the other, each step's progress saved.",
         default=24.0,
         kind="float",
         minimum=1,
@@ -589,6 +631,9 @@ class DaemonSettings:
 
     poll_interval: float = 30.0
     recheck_interval: float = 60.0
+    recheck_max: float = 1800.0
+    stuck_after: float = 6 * 3600.0
+    stuck_recheck: float = 3600.0
     recording_grace: float = 1200.0
     sweep_interval: float = 900.0
     sweep_lookback: float = 86400.0
@@ -852,9 +897,18 @@ def load_settings(
     webhook_basic_auth = values["webhook_basic_auth"] or ""
     if webhook_basic_auth and ":" not in webhook_basic_auth:
         raise ConfigError("ARCHIVER_WEBHOOK_BASIC_AUTH must be USER:PASSWORD")
+    if values["recheck_max"] * 60.0 < values["recheck_interval"]:
+        raise ConfigError(
+            f"daemon.recheck_max ({values['recheck_max']:g} minutes) is shorter than "
+            f"daemon.recheck_interval ({values['recheck_interval']:g} seconds): raise "
+            "ARCHIVER_RECHECK_MAX or lower ARCHIVER_RECHECK_INTERVAL"
+        )
     daemon = DaemonSettings(
         poll_interval=values["poll_interval"],
         recheck_interval=values["recheck_interval"],
+        recheck_max=values["recheck_max"] * 60.0,
+        stuck_after=values["stuck_after"] * 3600.0,
+        stuck_recheck=values["stuck_recheck"] * 60.0,
         recording_grace=values["recording_grace"] * 60.0,
         sweep_interval=values["sweep_interval"] * 60.0,
         sweep_lookback=values["sweep_lookback"] * 3600.0,

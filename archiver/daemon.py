@@ -4,16 +4,26 @@ One asyncio process, one rate limiter, one ledger. Calls reach one schedule (cal
 look at it next) from four sources:
 
 * **active** — ``GET .../calls/active`` every ``poll_interval``: a call is watched while it is
-  listed (no call-details request is spent on it then) and scheduled as soon as it is not;
-* **sweep** — every ``sweep_interval``, the v1 listing of the recent past (back to the previous
-  sweep after downtime): calls never seen active, failed calls and calls whose recording
-  appeared late are scheduled; it catches what polling and callbacks miss;
+  listed (no call-details request is spent on it then) and scheduled as soon as it is not. A
+  poll reads at most ``MAX_ACTIVE_PAGES`` pages and stops at a page that brings nothing new;
+  either stop is counted (``active_poll_truncated_total``) and warned about at most hourly;
+* **sweep** — every ``sweep_interval``, the v1 listing of the recent past: calls never seen
+  active, failed calls and calls whose recording appeared late are scheduled; it catches what
+  polling and callbacks miss. After downtime sweeps reach back to where the last one got to, in
+  bounded steps (``max(sweep_lookback, SWEEP_STEP)`` plus ``SWEEP_OVERLAP`` each) run one after
+  the other, each step's end saved (``sweep_until``) as soon as it is listed, so a failure later
+  does not list again what was done. A malformed item of a listing is skipped, counted
+  (``skipped_items_total``) and named in one warning per item;
 * **webhook** — optional StatusCallback hints (``archiver.webhook``): de-duplicated, scheduled now;
 * **restart** — calls the ledger holds as ``pending`` or ``not_ready`` from an earlier run.
 
 A pool of ``concurrency`` workers takes due calls and archives each with the same code as
 ``archive`` (``Archiver.archive_call``). A call still active, or whose voice log is processing,
-is looked at again after ``recheck_interval``; a terminal call without recordings too, until
+is looked at again after ``recheck_interval``, then twice as long each time up to
+``recheck_max``; once ``stuck_after`` has passed since its creation (the ledger's creation time,
+so a restart does not reset it; since this worker first saw it not ready when the ledger has
+none) it is reported stuck — one warning, ``stuck_calls_total`` and the ``stuck_calls`` gauge —
+and looked at every ``stuck_recheck``, never dropped. A terminal call without recordings too, until
 ``recording_grace`` has passed since it was first seen so (Exotel adds recordings minutes after
 the end); a failure that may pass (retries exhausted on a 5xx, a timeout) is tried again with
 backoff, five times, and then by the next sweeps.
@@ -47,7 +57,7 @@ from archiver.archive import Archiver, address_policy, preflight
 from archiver.config import Settings
 from archiver.errors import ArchiverError, CertificateError, ConfigError, ExotelAuthError
 from archiver.exotel.client import ExotelClient
-from archiver.exotel.listing import active_calls, list_calls
+from archiver.exotel.listing import SkippedItem, active_calls, list_calls
 from archiver.ledger import Ledger, writer_lock
 from archiver.manifest import ManifestWriter
 from archiver.metrics import Metrics, oldest_age
@@ -64,6 +74,13 @@ log = logging.getLogger("archiver.daemon")
 
 API_WINDOW = timedelta(days=180)
 SWEEP_OVERLAP = timedelta(hours=1)
+SWEEP_STEP = timedelta(days=1)
+"""The least one catching-up sweep moves on: it lists ``max(sweep_lookback, SWEEP_STEP)`` plus
+``SWEEP_OVERLAP``, never more."""
+SKIP_MEMORY = 10_000
+"""Malformed listing items remembered, so each is counted and warned about once."""
+TRUNCATED_WARN_EVERY = 3600.0
+"""Seconds between two warnings about active-call polls cut short (of one kind)."""
 FAILURE_RETRIES = 5
 HINT_MEMORY = 10_000
 STATUS_EVERY = 10.0
@@ -105,6 +122,15 @@ class Daemon:
         self._watching: set[str] = set()
         self._no_recording_since: dict[str, float] = {}
         self._failures: dict[str, int] = {}
+        self._not_ready_looks: dict[str, int] = {}
+        """Call SID -> how many times this worker found it still active or processing."""
+        self._not_ready_since: dict[str, float] = {}
+        """Call SID -> when (Unix time) its stuck age starts: its creation, as the ledger has it."""
+        self._stuck: set[str] = set()
+        self._skipped: OrderedDict[tuple[str, str, str], None] = OrderedDict()
+        self._warned_truncated: dict[str, float] = {}
+        self.sweep_behind = False
+        """The last sweep stopped short of now (catching up): the next one follows at once."""
         self._hints: OrderedDict[str, None] = OrderedDict()
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
@@ -322,12 +348,14 @@ class Daemon:
         self._last_work = now
         self.metrics.calls[outcome] += 1
         recheck = self.config.recheck_interval
+        if outcome != NOT_READY:
+            self._ready(sid)
         if outcome in (ARCHIVED, ALREADY_ARCHIVED):
             if outcome == ARCHIVED:
                 self.metrics.bytes_archived += result.bytes
             self._forget(sid)
         elif outcome == NOT_READY:
-            self.schedule.add(sid, recheck)
+            self.schedule.add(sid, self._not_ready_delay(sid))
         elif outcome == NO_RECORDING:
             first = self._no_recording_since.setdefault(sid, now)
             if now - first < self.config.recording_grace:
@@ -350,12 +378,50 @@ class Daemon:
     def _forget(self, sid: str) -> None:
         self._no_recording_since.pop(sid, None)
         self._failures.pop(sid, None)
+        self._ready(sid)
+
+    def _ready(self, sid: str) -> None:
+        """The call is no longer active or processing: its backoff and stuck state end."""
+        self._not_ready_looks.pop(sid, None)
+        self._not_ready_since.pop(sid, None)
+        if sid in self._stuck:
+            self._stuck.discard(sid)
+            self.metrics.stuck_calls = len(self._stuck)
+
+    def _not_ready_delay(self, sid: str) -> float:
+        """Seconds until a call still active or processing is looked at again: doubling from
+        ``recheck_interval`` up to ``recheck_max``; ``stuck_recheck`` once it is stuck."""
+        assert self.ledger is not None
+        looks = self._not_ready_looks.get(sid, 0)
+        self._not_ready_looks[sid] = looks + 1
+        now = time.time()
+        if sid not in self._not_ready_since:
+            self._not_ready_since[sid] = _epoch(self.ledger.call_created(sid), now)
+        age = now - self._not_ready_since[sid]
+        config = self.config
+        if age < config.stuck_after:
+            cap = max(config.recheck_max, config.recheck_interval)
+            return float(min(config.recheck_interval * 2 ** min(looks, 30), cap))
+        if sid not in self._stuck:
+            self._stuck.add(sid)
+            self.metrics.stuck_calls_total += 1
+            self.metrics.stuck_calls = len(self._stuck)
+            log.warning(
+                "call %s is still not ready %.1f h after it was created (Exotel says it is "
+                "active, or its voice log is processing): reported stuck. It stays not ready "
+                "in the ledger and is looked at every %g min from now on; look it up in "
+                "Exotel's dashboard",
+                sid,
+                age / 3600,
+                config.stuck_recheck / 60,
+            )
+        return config.stuck_recheck
 
     async def _poll_loop(self) -> None:
         assert self.exotel is not None and self.ledger is not None
         while not self._stop.is_set():
             try:
-                listed = await active_calls(self.exotel)
+                listed = await active_calls(self.exotel, on_truncated=self._poll_truncated)
             except (ExotelAuthError, CertificateError):  # every request would fail alike
                 raise
             except ArchiverError as exc:
@@ -376,6 +442,20 @@ class Daemon:
                 self._update_gauges()
             await self._pause(self.config.poll_interval)
 
+    def _poll_truncated(self, reason: str, message: str) -> None:
+        """An active-call poll was cut short: count it; warn at most hourly of each kind."""
+        self.metrics.active_poll_truncated[reason] += 1
+        now = time.monotonic()
+        last = self._warned_truncated.get(reason)
+        if last is None or now - last >= TRUNCATED_WARN_EVERY:
+            self._warned_truncated[reason] = now
+            log.warning(
+                "polling active calls: %s (counted in active_poll_truncated_total; this warning "
+                "comes again in %g min at the earliest)",
+                message,
+                TRUNCATED_WARN_EVERY / 60,
+            )
+
     async def _sweep_loop(self) -> None:
         while not self._stop.is_set():
             try:
@@ -389,26 +469,56 @@ class Daemon:
                     self.config.sweep_interval,
                     exc,
                 )
+            else:
+                if self.sweep_behind:  # catching up: the next bounded step at once
+                    continue
             await self._pause(self.config.sweep_interval)
 
+    def _skip(self, item: SkippedItem) -> None:
+        """A malformed listing item: counted and warned about once per item (sweeps list the
+        same past again and again)."""
+        key = (item.reason, item.sid, item.problem)
+        if key in self._skipped:
+            return
+        self._skipped[key] = None
+        if len(self._skipped) > SKIP_MEMORY:
+            self._skipped.popitem(last=False)
+        self.metrics.skipped_items[item.reason] += 1
+        hint = (
+            "; once checked, it can be archived by SID with `exotel-archiver archive "
+            f"{item.sid.strip(chr(34))}`"
+            if item.reason != "invalid_sid"
+            else ""
+        )
+        log.warning(
+            "%s. Counted in skipped_items_total{reason=%s}; the rest of the listing goes on%s",
+            item.line(),
+            item.reason,
+            hint,
+        )
+
     async def sweep(self) -> int:
-        """List the recent past (v1) and schedule what is not archived; returns how many."""
+        """List one bounded window of the recent past (v1) and schedule what is not archived;
+        returns how many. ``sweep_behind`` then says whether it stopped short of now."""
         assert self.exotel is not None and self.ledger is not None
         tz = self.settings.exotel.timezone
         now = datetime.now(tz).replace(microsecond=0)
-        since = now - timedelta(seconds=self.config.sweep_lookback)
+        lookback = timedelta(seconds=self.config.sweep_lookback)
+        since = now - lookback
         last = self.ledger.state("sweep_until")
         if last is not None:
             since = min(since, datetime.fromisoformat(last) - SWEEP_OVERLAP)
         since = max(since, now - API_WINDOW + timedelta(days=1))
+        until = min(now, since + max(lookback, SWEEP_STEP) + SWEEP_OVERLAP)
         young = timedelta(seconds=self.config.recording_grace) + timedelta(hours=2)
         found = 0
         async for call in list_calls(
             self.exotel,
             since,
-            now,
+            until,
             tz=tz,
             url_validity_minutes=int(self.settings.url_validity // 60),
+            on_skip=self._skip,
         ):
             sid = call.sid
             if sid in self.schedule or sid in self._watching:
@@ -420,10 +530,21 @@ class Daemon:
                 continue  # nothing to archive, and too old for a recording to appear now
             if self._discover(sid, "sweep", created=call.date_created.isoformat()):
                 found += 1
-                log.info("call %s found by the sweep (outcome so far: %s)", sid, outcome)
-        self.ledger.set_state("sweep_until", now.isoformat())
+                log.info(
+                    "call %s found by the sweep (%s)",
+                    sid,
+                    "new" if outcome is None else f"{outcome.replace('_', ' ')} in the ledger",
+                )
+        self.ledger.set_state("sweep_until", until.isoformat())
+        self.sweep_behind = until < now
         self.metrics.sweeps += 1
-        log.info("sweep %s..%s: %d call(s) to look at", since, now, found)
+        log.info(
+            "sweep %s..%s: %d call(s) to look at%s",
+            since.isoformat(),
+            until.isoformat(),
+            found,
+            "; catching up: the next step follows at once" if self.sweep_behind else "",
+        )
         return found
 
     async def _status_loop(self) -> None:
@@ -457,6 +578,7 @@ class Daemon:
         m.queue_depth = self.schedule.waiting
         m.in_flight = len(self.schedule.in_flight)
         m.watched = len(self._watching)
+        m.stuck_calls = len(self._stuck)
         if self.exotel is not None:
             m.api_requests = self.exotel.requests
             m.api_rate_limited = self.exotel.rate_limited
@@ -489,3 +611,15 @@ class Daemon:
                 self.config.source_retention / 86400,
                 days_left,
             )
+
+
+def _epoch(created: str | None, default: float) -> float:
+    """A ledger's creation time (ISO 8601 with an offset) as Unix time, not after ``default``;
+    ``default`` when it is unknown or unreadable."""
+    if not created:
+        return default
+    try:
+        when = datetime.fromisoformat(created)
+    except ValueError:
+        return default
+    return default if when.tzinfo is None else min(when.timestamp(), default)

@@ -327,6 +327,13 @@ class Ledger:
         ).fetchone()
         return None if row is None else str(row["outcome"])
 
+    def call_created(self, call_sid: str) -> str | None:
+        """The call's creation time as the ledger has it (ISO 8601), or None."""
+        row = self._read.execute(
+            "SELECT created_time FROM calls WHERE call_sid = ?", (call_sid,)
+        ).fetchone()
+        return None if row is None or row["created_time"] is None else str(row["created_time"])
+
     def set_call(
         self,
         call_sid: str,

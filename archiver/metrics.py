@@ -17,6 +17,15 @@ start at 0 at each start, as Prometheus expects); gauges are read when scraped:
                                                     unauthorized, too_large, bad_request
 ``sweeps_total`` / ``sweep_errors_total``           reconciliation sweeps done / failed
 ``poll_errors_total``                               active-call polls that failed
+``skipped_items_total{reason}``                     malformed v1 listing items skipped (each
+                                                    once per process): invalid_sid,
+                                                    invalid_date_created, not_an_object
+``active_poll_truncated_total{reason}``             active-call polls cut short: page_cap
+                                                    (over 1,000 in progress), no_progress
+                                                    (the API ignores ``offset``)
+``stuck_calls_total``                               calls reported stuck (not ready for
+                                                    ``stuck_after``)
+``stuck_calls``                                     calls stuck now (checked rarely, kept)
 ``queue_depth``                                     calls waiting to be looked at (due or later)
 ``in_flight``                                       calls being archived now
 ``watched_active_calls``                            calls in progress being watched
@@ -49,9 +58,13 @@ _HELP = {
     "sweeps_total": ("counter", "Reconciliation sweeps completed."),
     "sweep_errors_total": ("counter", "Reconciliation sweeps that failed."),
     "poll_errors_total": ("counter", "Active-call polls that failed."),
+    "skipped_items_total": ("counter", "Malformed v1 listing items skipped, by reason."),
+    "active_poll_truncated_total": ("counter", "Active-call polls cut short, by reason."),
+    "stuck_calls_total": ("counter", "Calls reported stuck (not ready for stuck_after)."),
     "queue_depth": ("gauge", "Calls waiting to be looked at."),
     "in_flight": ("gauge", "Calls being archived now."),
     "watched_active_calls": ("gauge", "Calls in progress being watched."),
+    "stuck_calls": ("gauge", "Calls stuck now: not ready for stuck_after, checked rarely."),
     "oldest_unarchived_call_age_seconds": ("gauge", "Age of the oldest call not yet archived."),
     "source_retention_at_risk": (
         "gauge",
@@ -69,6 +82,8 @@ class Metrics:
     failures: Counter[str] = field(default_factory=Counter)
     discovered: Counter[str] = field(default_factory=Counter)
     webhook: Counter[str] = field(default_factory=Counter)
+    skipped_items: Counter[str] = field(default_factory=Counter)
+    active_poll_truncated: Counter[str] = field(default_factory=Counter)
     bytes_archived: int = 0
     url_refreshes: int = 0
     api_requests: int = 0
@@ -76,6 +91,8 @@ class Metrics:
     sweeps: int = 0
     sweep_errors: int = 0
     poll_errors: int = 0
+    stuck_calls_total: int = 0
+    stuck_calls: int = 0
     queue_depth: int = 0
     in_flight: int = 0
     watched: int = 0
@@ -91,6 +108,8 @@ class Metrics:
             ("failures_total", self.failures, "reason"),
             ("calls_discovered_total", self.discovered, "source"),
             ("webhook_requests_total", self.webhook, "result"),
+            ("skipped_items_total", self.skipped_items, "reason"),
+            ("active_poll_truncated_total", self.active_poll_truncated, "reason"),
         ):
             out += [(name, {label: key}, value) for key, value in sorted(counter.items())]
         out += [
@@ -101,6 +120,8 @@ class Metrics:
             ("sweeps_total", {}, self.sweeps),
             ("sweep_errors_total", {}, self.sweep_errors),
             ("poll_errors_total", {}, self.poll_errors),
+            ("stuck_calls_total", {}, self.stuck_calls_total),
+            ("stuck_calls", {}, self.stuck_calls),
             ("queue_depth", {}, self.queue_depth),
             ("in_flight", {}, self.in_flight),
             ("watched_active_calls", {}, self.watched),

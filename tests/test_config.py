@@ -31,7 +31,7 @@ def test_precedence_flag_env_file_default(tmp_path: Path) -> None:
     assert s.concurrency == 5  # flag beats file
     assert s.exotel.rate_limit == 120  # env beats file
     assert s.retry.attempts == 7  # file beats default
-    assert load_settings(env=ENV).exotel.rate_limit == 200  # default
+    assert load_settings(env=ENV).exotel.rate_limit == 120  # default: a share of the 200
 
 
 def test_config_file_from_environment(tmp_path: Path) -> None:

@@ -90,10 +90,11 @@ def backfill(
     """Archive every call of a date range (days in the account's time zone), found through
     Exotel's v1 call listing. Interrupted, the same command continues where it stopped.
 
-    Exit code 0 when every call is done, 1 when some failed, 2 for usage or configuration errors.
+    Exit code 0 when every call is done, 1 when some failed or a malformed item of Exotel's
+    listing was skipped (a dry run too), 2 for usage or configuration errors.
     """
     from archiver.backfill import backfill as run_backfill
-    from archiver.backfill import plan_backfill
+    from archiver.backfill import duration_text, plan_backfill
 
     first, last = _days(day(since), day(until), day_range)
     settings = make_settings(ctx, cli)
@@ -103,10 +104,27 @@ def backfill(
         f"{plan.since}..{plan.until}: {plan.listed} calls listed"
         f"{' (saved listing reused)' if not plan.listing_requests else ''}; "
         f"already archived: {len(plan.already_archived)}, no recording: "
-        f"{len(plan.no_recording)}, to archive: {len(plan.to_archive)} "
-        f"(about {plan.api_requests} API requests, {plan.minutes_at(limit):.1f} min at {limit}/min)"
+        f"{len(plan.no_recording)}, to archive: {len(plan.to_archive)}"
     )
-    if plan.listing_requests and plan.listing_complete:
+    click.echo(
+        f"budget: about {plan.api_requests} API requests to archive them, "
+        f"{duration_text(plan.minutes_at(limit))} "
+        f"at {limit}/min (exotel.rate_limit: this worker's share of the 200/min Exotel allows "
+        "the account)"
+    )
+    if plan.skipped:
+        click.echo(
+            f"{len(plan.skipped)} malformed item(s) skipped in Exotel's listing (the rest of "
+            f"the range is {'planned' if dry_run else 'archived'}; this run exits 1):",
+            err=True,
+        )
+        for item in plan.skipped:
+            click.echo(f"  SKIPPED    {item.line()}", err=True)
+        click.echo(
+            "listing not saved: later runs of this range list it again (and report these "
+            "items again until Exotel's answer is mended)"
+        )
+    elif plan.listing_requests and plan.listing_complete:
         click.echo("listing saved: later runs of this range reuse it")
     elif not plan.listing_complete:
         hours = settings.listing_settle / 3600
@@ -120,13 +138,15 @@ def backfill(
     if dry_run:
         write_json({"plan": plan.as_dict(limit), "dry_run": True}, path)
         click.echo(f"dry run: nothing archived. Plan written to {path}")
-        sys.exit(EXIT_OK)
+        sys.exit(EXIT_FAILURES if plan.skipped else EXIT_OK)
     with Progress(len(plan.to_archive), "Backfilling") as advance:
         result = run(run_backfill(settings, plan, on_result=advance))
     print_report(result)
     write_json({"plan": plan.as_dict(limit), "result": result.as_dict()}, path)
+    if plan.skipped:
+        click.echo(f"  {len(plan.skipped)} malformed listing item(s) skipped (above)", err=True)
     click.echo(f"summary written to {path}")
-    sys.exit(EXIT_FAILURES if result.failed else EXIT_OK)
+    sys.exit(EXIT_FAILURES if result.failed or plan.skipped else EXIT_OK)
 
 
 def _days(since: date | None, until: date | None, day_range: str | None) -> tuple[date, date]:

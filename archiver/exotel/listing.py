@@ -9,26 +9,35 @@ page is an API request through the client (rate limiter, retries). Calls still i
 never listed by Exotel.
 
 Guards against a misbehaving answer: a ``NextPageUri`` to another host or scheme, or one already
-followed (a loop) is an ``ExotelProtocolError``, and so is an item whose ``Sid`` is not a valid
-call SID (named with the page it came from), or a page whose ``Calls`` is not a list or whose
-``Metadata`` is not an object (``[]`` included: it is not read as "no more pages").
+followed (a loop) is an ``ExotelProtocolError``, and so is a page whose ``Calls`` is not a list or
+whose ``Metadata`` is not an object (``[]`` included: it is not read as "no more pages"): they
+concern the whole listing. One *item* that cannot be read — not an object, a ``Sid`` that is not
+a valid call SID, a ``DateCreated`` that is not ``YYYY-MM-DD HH:MM:SS`` — concerns that item only:
+it is a ``SkippedItem`` handed to the caller's ``on_skip`` (to count and report; the hostile
+value shown escaped, ``models.quoted``) and the listing goes on. A caller that gives no
+``on_skip`` (one that must see every call, such as ``reconcile``) gets the
+``ExotelProtocolError`` instead.
 
 ``active_calls`` reads ``GET /v3/accounts/{sid}/calls/active``: ``response.active_calls[]`` with
 ``call_sid``, ``status`` and ``start_time`` (ISO-8601 UTC), and ``response.total_active``. An
 older version of Exotel's page described ``limit``/``offset`` paging: when ``total_active`` says
-there are more calls than the answer holds, the next ``offset`` is asked for.
+there are more calls than the answers so far hold, the next ``offset`` is asked for — but never
+more than ``MAX_ACTIVE_PAGES`` pages a poll, and not after a page that brought no call not seen
+already (an API that ignores ``offset`` answers the first page again and again). Either stop is
+handed to ``on_truncated`` (``"page_cap"`` or ``"no_progress"``) with a message saying what was
+read; the calls found so far are returned.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
 from urllib.parse import urljoin, urlsplit
 
 from archiver.errors import ExotelProtocolError, InvalidCallSid
 from archiver.exotel.client import ExotelClient
-from archiver.exotel.models import validate_call_sid
+from archiver.exotel.models import quoted, validate_call_sid
 
 WINDOW = timedelta(days=30)
 MAX_PAGES = 100_000
@@ -44,15 +53,64 @@ class ListedCall:
     has_recording: bool
 
 
-def _v1_time(value: object, tz: tzinfo, what: str) -> datetime:
+SKIP_REASONS = ("not_an_object", "invalid_sid", "invalid_date_created")
+"""Why a v1 item is skipped (the ``reason`` label of ``skipped_items_total``)."""
+
+
+@dataclass(frozen=True)
+class SkippedItem:
+    """An item of a v1 page that cannot be read: left out of the listing, for the caller to
+    count and report. Every field is safe to show (hostile values are ``quoted``)."""
+
+    reason: str
+    """One of ``SKIP_REASONS``."""
+    page: str
+    """The request it came from, e.g. ``GET call list 2026-05-01..2026-05-30 page 3``."""
+    sid: str
+    """The item's ``Sid`` as shown by ``quoted``: when it is a valid call SID, the call can be
+    archived by hand (``exotel-archiver archive SID``) once Exotel's answer is checked."""
+    problem: str
+    """What is wrong with the item."""
+
+    def line(self) -> str:
+        named = "" if self.reason == "invalid_sid" else f" (Sid {self.sid})"
+        return f"{self.page}: a malformed item was skipped{named}: {self.problem}"
+
+    def as_dict(self) -> dict[str, str]:
+        return {"reason": self.reason, "page": self.page, "sid": self.sid, "problem": self.problem}
+
+
+class _BadItem(Exception):
+    def __init__(self, reason: str, problem: str) -> None:
+        super().__init__(problem)
+        self.reason, self.problem = reason, problem
+
+
+def _v1_time(value: object, tz: tzinfo) -> datetime:
     if not isinstance(value, str):
-        raise ExotelProtocolError(f"{what}: DateCreated is not a string")
+        raise _BadItem("invalid_date_created", f"DateCreated is not a string: {quoted(value)}")
     try:
         return datetime.strptime(value.strip(), "%Y-%m-%d %H:%M:%S").replace(tzinfo=tz)
     except ValueError:
-        raise ExotelProtocolError(
-            f"{what}: DateCreated {value[:30]!r} is not YYYY-MM-DD HH:MM:SS"
+        raise _BadItem(
+            "invalid_date_created", f"DateCreated {quoted(value)} is not YYYY-MM-DD HH:MM:SS"
         ) from None
+
+
+def _listed_call(item: object, tz: tzinfo) -> ListedCall:
+    """One v1 item as a ``ListedCall``, or ``_BadItem``."""
+    if not isinstance(item, dict):
+        raise _BadItem("not_an_object", f"an item of 'Calls' is not an object: {quoted(item)}")
+    try:
+        sid = validate_call_sid(item.get("Sid"))
+    except InvalidCallSid as exc:
+        raise _BadItem("invalid_sid", str(exc)) from None
+    return ListedCall(
+        sid=sid,
+        date_created=_v1_time(item.get("DateCreated"), tz),
+        status=str(item.get("Status") or ""),
+        has_recording=bool(item.get("RecordingUrl") or item.get("PreSignedRecordingUrl")),
+    )
 
 
 def windows(since: datetime, until: datetime) -> list[tuple[datetime, datetime]]:
@@ -73,8 +131,13 @@ async def list_calls(
     tz: tzinfo,
     page_size: int = 100,
     url_validity_minutes: int = 5,
+    on_skip: Callable[[SkippedItem], None] | None = None,
 ) -> AsyncIterator[ListedCall]:
-    """Every call created in [since, until] (aware datetimes), oldest first."""
+    """Every call created in [since, until] (aware datetimes), oldest first.
+
+    An item that cannot be read goes to ``on_skip`` and the listing goes on; without
+    ``on_skip`` it is an ``ExotelProtocolError``.
+    """
     base = client.v1_url("/Calls.json")
     host, scheme = urlsplit(base).netloc, urlsplit(base).scheme
     for start, end in windows(since.astimezone(tz), until.astimezone(tz)):
@@ -94,20 +157,17 @@ async def list_calls(
             if not isinstance(calls, list) or not isinstance(metadata, dict):
                 raise ExotelProtocolError(f"{what}: no 'Calls' list or 'Metadata' object")
             for item in calls:
-                if not isinstance(item, dict):
-                    raise ExotelProtocolError(f"{what}: an item of 'Calls' is not an object")
                 try:
-                    sid = validate_call_sid(item.get("Sid"))
-                except InvalidCallSid as exc:
-                    raise ExotelProtocolError(f"{what}: an item's Sid: {exc}") from None
-                yield ListedCall(
-                    sid=sid,
-                    date_created=_v1_time(item.get("DateCreated"), tz, what),
-                    status=str(item.get("Status") or ""),
-                    has_recording=bool(
-                        item.get("RecordingUrl") or item.get("PreSignedRecordingUrl")
-                    ),
-                )
+                    listed = _listed_call(item, tz)
+                except _BadItem as bad:
+                    if on_skip is None:  # the caller must see every call: the listing fails
+                        raise ExotelProtocolError(
+                            f"{what}: a malformed item: {bad.problem}"
+                        ) from None
+                    sid = quoted(item.get("Sid")) if isinstance(item, dict) else "missing"
+                    on_skip(SkippedItem(bad.reason, what, sid, bad.problem))
+                    continue
+                yield listed
             next_uri = metadata.get("NextPageUri")
             if not next_uri:
                 break
@@ -139,7 +199,12 @@ class ActiveCall:
 
 
 ACTIVE_PAGE = 100
-MAX_ACTIVE_PAGES = 100
+MAX_ACTIVE_PAGES = 10
+"""Pages of active calls asked for per poll: 1,000 calls in progress at once, more than the
+channels of all but the largest accounts, for at most 10 requests a poll (20 a minute at the
+default 30 s poll: a sixth of the default budget). Calls beyond it are found by the sweep once
+they are over. The old cap (100 pages) let one poll of an API ignoring ``offset`` cost 100
+requests, half a minute of the account's whole budget."""
 
 
 def _iso_time(value: object) -> datetime | None:
@@ -152,11 +217,19 @@ def _iso_time(value: object) -> datetime | None:
     return parsed if parsed.tzinfo is not None else None
 
 
-async def active_calls(client: ExotelClient) -> list[ActiveCall]:
-    """Every call Exotel reports as in progress right now (one request per 100)."""
+async def active_calls(
+    client: ExotelClient,
+    *,
+    max_pages: int = MAX_ACTIVE_PAGES,
+    on_truncated: Callable[[str, str], None] | None = None,
+) -> list[ActiveCall]:
+    """The calls Exotel reports as in progress right now (one request per 100, at most
+    ``max_pages``). A poll cut short (``"page_cap"``, ``"no_progress"``) is told to
+    ``on_truncated`` with a message; the calls found so far are returned either way."""
     url = client.v3_url("/calls/active")
     found: dict[str, ActiveCall] = {}
-    for page in range(MAX_ACTIVE_PAGES):
+    total: object = None
+    for page in range(max_pages):
         what = f"GET active calls page {page + 1}"
         params = {"limit": str(ACTIVE_PAGE), "offset": str(page * ACTIVE_PAGE)}
         answer = await client.get_json(url, what=what, params=params)
@@ -164,12 +237,30 @@ async def active_calls(client: ExotelClient) -> list[ActiveCall]:
         items = response.get("active_calls") if isinstance(response, dict) else None
         if not isinstance(response, dict) or not isinstance(items, list):
             raise ExotelProtocolError(f"{what}: the answer has no 'response.active_calls' list")
+        new = 0
         for item in items:
             if not isinstance(item, dict):
                 raise ExotelProtocolError(f"{what}: an item of 'active_calls' is not an object")
             sid = validate_call_sid(item.get("call_sid") or item.get("sid"))
+            new += sid not in found
             found[sid] = ActiveCall(sid, _iso_time(item.get("start_time")))
         total = response.get("total_active")
         if not items or not isinstance(total, int) or len(found) >= total:
             break
+        if not new:
+            if on_truncated is not None:
+                on_truncated(
+                    "no_progress",
+                    f"{what} brought no call the pages before had not (the API seems to ignore "
+                    f"'offset'): paging stopped with {len(found)} of {total} calls in progress",
+                )
+            break
+    else:
+        if on_truncated is not None:
+            on_truncated(
+                "page_cap",
+                f"{total} calls in progress: only the first {len(found)} are watched "
+                f"({max_pages} pages of {ACTIVE_PAGE} a poll); the others are found by the "
+                "sweep once they are over",
+            )
     return list(found.values())

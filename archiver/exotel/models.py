@@ -23,6 +23,7 @@ leaves room, the parser accepts both readings and says so here:
 from __future__ import annotations
 
 import enum
+import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
@@ -56,6 +57,26 @@ V2_STATUS_NAMES = {"agent_unanswered": CallStatus.FROM_LEG_UNANSWERED}
 """v2 status names still seen on ccm-api, mapped to their v3 names (per the v3 migration table)."""
 
 
+def quoted(value: object, limit: int = 40) -> str:
+    """A value from the wire as a log line or message may show it: a string JSON-quoted, with
+    every control and non-ASCII character escaped (a terminal escape sequence or a look-alike
+    letter is seen, not obeyed), cut after ``limit`` characters; another type named with its
+    JSON; None as ``missing``. No Python repr."""
+    if value is None:
+        return "missing"
+    if isinstance(value, str):
+        text = json.dumps(value[:limit], ensure_ascii=True)
+        return text if len(value) <= limit else f'{text[:-1]}..."'
+    try:
+        shown = json.dumps(value, ensure_ascii=True, default=str)
+    except ValueError:  # a circular structure: not from JSON, but never fail on showing it
+        shown = "..."
+    if len(shown) > limit:
+        shown = shown[:limit] + "..."
+    kind = type(value).__name__
+    return f"{'an' if kind[:1] in 'aeiou' else 'a'} {kind} ({shown})"
+
+
 def validate_call_sid(sid: object) -> str:
     """A call SID safe to put in a URL path and an object key, or ``InvalidCallSid``.
 
@@ -63,9 +84,8 @@ def validate_call_sid(sid: object) -> str:
     other control characters, spaces and Unicode look-alikes.
     """
     if not isinstance(sid, str) or not _CALL_SID.match(sid):
-        shown = repr(sid)[:80]
         raise InvalidCallSid(
-            f"invalid call SID {shown}: expected 1-64 ASCII letters, digits, '-' or '_' "
+            f"invalid call SID {quoted(sid, 64)}: expected 1-64 ASCII letters, digits, '-' or '_' "
             "(e.g. cabfb1dfa8c5e1c7f2c458423b7716b3)"
         )
     return sid
