@@ -102,6 +102,9 @@ class Faults:
         self.bulk_item_patches: dict[str, dict[str, Any]] = {}
         """Call SID -> fields merged into that call's v1 ``Calls[]`` item only (an invalid
         ``Sid`` or ``DateCreated`` for one item of a page)."""
+        self.active_item_patches: dict[str, dict[str, Any]] = {}
+        """Call SID -> fields merged into that call's item of the active-calls list only (an
+        invalid ``call_sid`` for one call in progress)."""
         self.active_ignores_offset = False
         """True: the active-calls endpoint answers every page with the first one (it ignores
         ``offset``), as a misbehaving API might."""

@@ -153,15 +153,18 @@ def add_routes(app: web.Application, sim: Simulator) -> None:
         sim.count("active")
         now = sim.now()
         active = [
-            {
-                "call_sid": c.sid,
-                "status": "in-progress" if now >= c.start else "ringing",
-                "from": c.from_number,
-                "to": c.to_number,
-                "start_time": c.start.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                "duration": max(0, int((now - c.start).total_seconds())),
-                "recording_enabled": bool(c.recordings),
-            }
+            _patched(
+                {
+                    "call_sid": c.sid,
+                    "status": "in-progress" if now >= c.start else "ringing",
+                    "from": c.from_number,
+                    "to": c.to_number,
+                    "start_time": c.start.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    "duration": max(0, int((now - c.start).total_seconds())),
+                    "recording_enabled": bool(c.recordings),
+                },
+                sim.faults.active_item_patches.get(c.sid, {}),
+            )
             for c in list(sim.calls.values())
             if c.in_progress(now)
         ]
