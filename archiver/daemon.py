@@ -421,7 +421,9 @@ class Daemon:
         assert self.exotel is not None and self.ledger is not None
         while not self._stop.is_set():
             try:
-                listed = await active_calls(self.exotel, on_truncated=self._poll_truncated)
+                listed = await active_calls(
+                    self.exotel, on_truncated=self._poll_truncated, on_skip=self._skip
+                )
             except (ExotelAuthError, CertificateError):  # every request would fail alike
                 raise
             except ArchiverError as exc:
@@ -487,7 +489,7 @@ class Daemon:
         hint = (
             "; once checked, it can be archived by SID with `exotel-archiver archive "
             f"{item.sid.strip(chr(34))}`"
-            if item.reason != "invalid_sid"
+            if item.named
             else ""
         )
         log.warning(

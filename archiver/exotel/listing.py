@@ -25,7 +25,10 @@ there are more calls than the answers so far hold, the next ``offset`` is asked 
 more than ``MAX_ACTIVE_PAGES`` pages a poll, and not after a page that brought no call not seen
 already (an API that ignores ``offset`` answers the first page again and again). Either stop is
 handed to ``on_truncated`` (``"page_cap"`` or ``"no_progress"``) with a message saying what was
-read; the calls found so far are returned.
+read; the calls found so far are returned. An item of the list that cannot be read (not an
+object, a ``call_sid`` that is not a valid call SID) is one call's problem, not the poll's: it
+is a ``SkippedItem`` (``active_not_an_object``, ``active_bad_sid``) handed to ``on_skip`` and
+the rest of the page is used.
 """
 
 from __future__ import annotations
@@ -53,14 +56,24 @@ class ListedCall:
     has_recording: bool
 
 
-SKIP_REASONS = ("not_an_object", "invalid_sid", "invalid_date_created")
-"""Why a v1 item is skipped (the ``reason`` label of ``skipped_items_total``)."""
+SKIP_REASONS = (
+    "not_an_object",
+    "invalid_sid",
+    "invalid_date_created",
+    "active_not_an_object",
+    "active_bad_sid",
+)
+"""Why an item is skipped (the ``reason`` label of ``skipped_items_total``): the first three in
+a v1 listing, the ``active_`` ones in the active-calls list."""
+UNNAMED = ("not_an_object", "invalid_sid", "active_not_an_object", "active_bad_sid")
+"""Reasons whose item has no valid call SID to name (nor to archive by hand)."""
 
 
 @dataclass(frozen=True)
 class SkippedItem:
-    """An item of a v1 page that cannot be read: left out of the listing, for the caller to
-    count and report. Every field is safe to show (hostile values are ``quoted``)."""
+    """An item of a v1 page (or of the active-calls list) that cannot be read: left out, for
+    the caller to count and report. Every field is safe to show (hostile values are
+    ``quoted``)."""
 
     reason: str
     """One of ``SKIP_REASONS``."""
@@ -72,8 +85,13 @@ class SkippedItem:
     problem: str
     """What is wrong with the item."""
 
+    @property
+    def named(self) -> bool:
+        """Whether ``sid`` is a valid call SID (one that can be archived by hand)."""
+        return self.reason not in UNNAMED
+
     def line(self) -> str:
-        named = "" if self.reason == "invalid_sid" else f" (Sid {self.sid})"
+        named = f" (Sid {self.sid})" if self.named else ""
         return f"{self.page}: a malformed item was skipped{named}: {self.problem}"
 
     def as_dict(self) -> dict[str, str]:
@@ -217,17 +235,34 @@ def _iso_time(value: object) -> datetime | None:
     return parsed if parsed.tzinfo is not None else None
 
 
+def _active_call(item: object) -> ActiveCall:
+    """One item of the active-calls list as an ``ActiveCall``, or ``_BadItem``."""
+    if not isinstance(item, dict):
+        raise _BadItem(
+            "active_not_an_object", f"an item of 'active_calls' is not an object: {quoted(item)}"
+        )
+    try:
+        sid = validate_call_sid(item.get("call_sid") or item.get("sid"))
+    except InvalidCallSid as exc:
+        raise _BadItem("active_bad_sid", str(exc)) from None
+    return ActiveCall(sid, _iso_time(item.get("start_time")))
+
+
 async def active_calls(
     client: ExotelClient,
     *,
     max_pages: int = MAX_ACTIVE_PAGES,
     on_truncated: Callable[[str, str], None] | None = None,
+    on_skip: Callable[[SkippedItem], None] | None = None,
 ) -> list[ActiveCall]:
     """The calls Exotel reports as in progress right now (one request per 100, at most
     ``max_pages``). A poll cut short (``"page_cap"``, ``"no_progress"``) is told to
-    ``on_truncated`` with a message; the calls found so far are returned either way."""
+    ``on_truncated`` with a message; the calls found so far are returned either way. An item
+    that cannot be read goes to ``on_skip`` and the rest of the page is used; without
+    ``on_skip`` it is an ``ExotelProtocolError``."""
     url = client.v3_url("/calls/active")
     found: dict[str, ActiveCall] = {}
+    skipped = 0  # items of the pages so far that could not be read: listed, but not calls
     total: object = None
     for page in range(max_pages):
         what = f"GET active calls page {page + 1}"
@@ -239,13 +274,19 @@ async def active_calls(
             raise ExotelProtocolError(f"{what}: the answer has no 'response.active_calls' list")
         new = 0
         for item in items:
-            if not isinstance(item, dict):
-                raise ExotelProtocolError(f"{what}: an item of 'active_calls' is not an object")
-            sid = validate_call_sid(item.get("call_sid") or item.get("sid"))
-            new += sid not in found
-            found[sid] = ActiveCall(sid, _iso_time(item.get("start_time")))
+            try:
+                call = _active_call(item)
+            except _BadItem as bad:
+                if on_skip is None:
+                    raise ExotelProtocolError(f"{what}: a malformed item: {bad.problem}") from None
+                shown = item.get("call_sid") or item.get("sid") if isinstance(item, dict) else None
+                on_skip(SkippedItem(bad.reason, what, quoted(shown), bad.problem))
+                skipped += 1
+                continue
+            new += call.sid not in found
+            found[call.sid] = call
         total = response.get("total_active")
-        if not items or not isinstance(total, int) or len(found) >= total:
+        if not items or not isinstance(total, int) or len(found) + skipped >= total:
             break
         if not new:
             if on_truncated is not None:
