@@ -6,7 +6,11 @@ look at it next) from four sources:
 * **active** — ``GET .../calls/active`` every ``poll_interval``: a call is watched while it is
   listed (no call-details request is spent on it then) and scheduled as soon as it is not. A
   poll reads at most ``MAX_ACTIVE_PAGES`` pages and stops at a page that brings nothing new;
-  either stop is counted (``active_poll_truncated_total``) and warned about at most hourly;
+  either stop is counted (``active_poll_truncated_total``) and warned about at most hourly. An
+  item with an invalid ``call_sid`` is skipped and reported as a malformed listing item is
+  (below; ``active_bad_sid``), the rest of the poll used. A call listed in progress for longer
+  than ``stuck_after`` (from its ``start_time``) is reported stuck as a call not ready is
+  (below), and watched as before: that costs nothing extra;
 * **sweep** — every ``sweep_interval``, the v1 listing of the recent past: calls never seen
   active, failed calls and calls whose recording appeared late are scheduled; it catches what
   polling and callbacks miss. After downtime sweeps reach back to where the last one got to, in
@@ -57,7 +61,7 @@ from archiver.archive import Archiver, address_policy, preflight
 from archiver.config import Settings
 from archiver.errors import ArchiverError, CertificateError, ConfigError, ExotelAuthError
 from archiver.exotel.client import ExotelClient
-from archiver.exotel.listing import SkippedItem, active_calls, list_calls
+from archiver.exotel.listing import ActiveCall, SkippedItem, active_calls, list_calls
 from archiver.ledger import Ledger, writer_lock
 from archiver.manifest import ManifestWriter
 from archiver.metrics import Metrics, oldest_age
@@ -125,7 +129,8 @@ class Daemon:
         self._not_ready_looks: dict[str, int] = {}
         """Call SID -> how many times this worker found it still active or processing."""
         self._not_ready_since: dict[str, float] = {}
-        """Call SID -> when (Unix time) its stuck age starts: its creation, as the ledger has it."""
+        """Call SID -> when (Unix time) its stuck age starts: its start as the active-calls list
+        says, else its creation as the ledger has it."""
         self._stuck: set[str] = set()
         self._skipped: OrderedDict[tuple[str, str, str], None] = OrderedDict()
         self._warned_truncated: dict[str, float] = {}
@@ -438,11 +443,40 @@ class Daemon:
                             self.metrics.discovered["active"] += 1
                             log.info("call %s is in progress: watching it", call.sid)
                     self.schedule.remove(call.sid)  # nothing to fetch while it is listed
+                    self._check_in_progress(call)
                 for sid in self._watching - now_active:
                     self.schedule.add(sid)
                 self._watching = now_active
                 self._update_gauges()
             await self._pause(self.config.poll_interval)
+
+    def _check_in_progress(self, call: ActiveCall) -> None:
+        """A call listed in progress for ``stuck_after`` (from its start as the list says, else
+        its creation as the ledger has it, else since this worker first saw it) is reported
+        stuck once: one warning, ``stuck_calls_total`` and the ``stuck_calls`` gauge. It is
+        watched as before (the poll happens anyway) and archived once it is no longer listed."""
+        assert self.ledger is not None
+        sid, now = call.sid, time.time()
+        if sid in self._stuck:
+            return
+        if sid not in self._not_ready_since:
+            started = call.start_time.timestamp() if call.start_time else None
+            self._not_ready_since[sid] = (
+                min(started, now) if started else _epoch(self.ledger.call_created(sid), now)
+            )
+        age = now - self._not_ready_since[sid]
+        if age < self.config.stuck_after:
+            return
+        self._stuck.add(sid)
+        self.metrics.stuck_calls_total += 1
+        self.metrics.stuck_calls = len(self._stuck)
+        log.warning(
+            "call %s has been listed in progress by Exotel for %.1f h: reported stuck. It is "
+            "watched as before (at no extra cost) and archived once it ends; look it up in "
+            "Exotel's dashboard",
+            sid,
+            age / 3600,
+        )
 
     def _poll_truncated(self, reason: str, message: str) -> None:
         """An active-call poll was cut short: count it; warn at most hourly of each kind."""
