@@ -53,7 +53,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from archiver import identity
@@ -86,6 +86,31 @@ SKIP_MEMORY = 10_000
 TRUNCATED_WARN_EVERY = 3600.0
 """Seconds between two warnings about active-call polls cut short (of one kind)."""
 FAILURE_RETRIES = 5
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """How long a failed call waits before a sweep may look at it again: ``first`` seconds
+    after its first failure in a row, twice as long after each further one, ``cap`` at most."""
+
+    first: float
+    cap: float
+
+    def delay(self, failures: int) -> float:
+        return float(min(self.first * 2 ** min(max(failures - 1, 0), 30), self.cap))
+
+
+RETRYABLE_BACKOFF = Backoff(first=900.0, cap=3600.0)
+"""A failure that may pass (5xx, timeouts: its five quick retries done): 15 min, 30 min, then
+hourly — a storm that has passed is caught up within the hour."""
+FAILED_BACKOFF = Backoff(first=3600.0, cap=6 * 3600.0)
+"""A failure that will not pass by itself (bad_url, unsafe_address, storage_rejected,
+recording_unavailable, internal_error...): 1 h, 2 h, 4 h, then every 6 h."""
+FAILED_DAILY_AFTER = 86400.0
+FAILED_DAILY = 86400.0
+"""A call failing for ``FAILED_DAILY_AFTER`` seconds (since its first failure in a row) is
+looked at once every ``FAILED_DAILY`` seconds, whatever its kind (while the sweep's lookback
+still lists it)."""
 HINT_MEMORY = 10_000
 STATUS_EVERY = 10.0
 SEAL_EVERY = 600.0
@@ -379,6 +404,32 @@ class Daemon:
                 self.schedule.add(sid, recheck * 2 ** (tries - 1))
             else:
                 self._forget(sid)
+                self._defer_failed(result)
+
+    def _defer_failed(self, result: CallResult) -> None:
+        """Given up on for now: the call stays failed in the ledger, with when a sweep may
+        look at it again (``RETRYABLE_BACKOFF``/``FAILED_BACKOFF``, daily once it has failed
+        for a day). The ledger keeps it, so a restart does not make it due at once."""
+        assert self.ledger is not None
+        sid = result.call_sid
+        now = datetime.now(UTC)
+        before = self.ledger.retry_state(sid)
+        if before is None:
+            return  # not in the ledger (an invalid call SID): nothing to look at again
+        since = datetime.fromisoformat(before.failed_since) if before.failed_since else now
+        failing_for = (now - since).total_seconds()
+        failures = before.failures + 1
+        policy = RETRYABLE_BACKOFF if result.retryable else FAILED_BACKOFF
+        wait = FAILED_DAILY if failing_for >= FAILED_DAILY_AFTER else policy.delay(failures)
+        self.ledger.defer_failed(sid, now + timedelta(seconds=wait), now=now)
+        log.info(
+            "call %s stays failed in the ledger (%s, %d failure(s) in a row): a sweep looks at "
+            "it again in %s at the earliest",
+            sid,
+            result.reason or "unknown",
+            failures,
+            _duration(wait),
+        )
 
     def _forget(self, sid: str) -> None:
         self._no_recording_since.pop(sid, None)
@@ -548,6 +599,7 @@ class Daemon:
         until = min(now, since + max(lookback, SWEEP_STEP) + SWEEP_OVERLAP)
         young = timedelta(seconds=self.config.recording_grace) + timedelta(hours=2)
         found = 0
+        backing_off: list[datetime] = []  # when each failed call listed may be looked at
         async for call in list_calls(
             self.exotel,
             since,
@@ -564,6 +616,10 @@ class Daemon:
                 continue
             if not call.has_recording and (outcome is not None or now - call.date_created > young):
                 continue  # nothing to archive, and too old for a recording to appear now
+            due = self._failed_due(sid) if outcome == FAILED else None
+            if due is not None and due > datetime.now(UTC):
+                backing_off.append(due)
+                continue  # its backoff has not passed: no request spent on it yet
             if self._discover(sid, "sweep", created=call.date_created.isoformat()):
                 found += 1
                 log.info(
@@ -574,14 +630,34 @@ class Daemon:
         self.ledger.set_state("sweep_until", until.isoformat())
         self.sweep_behind = until < now
         self.metrics.sweeps += 1
+        self.metrics.failed_calls = self.ledger.call_counts().get(FAILED, 0)
+        waiting = (
+            f"; {len(backing_off)} failed call(s) waiting for their next look (the first in "
+            f"{_duration((min(backing_off) - datetime.now(UTC)).total_seconds())})"
+            if backing_off
+            else ""
+        )
         log.info(
-            "sweep %s..%s: %d call(s) to look at%s",
+            "sweep %s..%s: %d call(s) to look at%s%s",
             since.isoformat(),
             until.isoformat(),
             found,
+            waiting,
             "; catching up: the next step follows at once" if self.sweep_behind else "",
         )
         return found
+
+    def _failed_due(self, sid: str) -> datetime | None:
+        """When the failed call ``sid`` may be looked at again; None: now (no backoff kept,
+        e.g. failed by ``archive`` or an older version)."""
+        assert self.ledger is not None
+        state = self.ledger.retry_state(sid)
+        if state is None or state.retry_at is None:
+            return None
+        try:
+            return datetime.fromisoformat(state.retry_at)
+        except ValueError:
+            return None
 
     async def _status_loop(self) -> None:
         assert self.archiver is not None
@@ -647,6 +723,17 @@ class Daemon:
                 self.config.source_retention / 86400,
                 days_left,
             )
+
+
+def _duration(seconds: float) -> str:
+    """A wait as an operator reads it: ``45 s``, ``15 min``, ``1 h``, ``1.5 h``, ``1 day``."""
+    if seconds < 90:
+        return f"{max(seconds, 0):.0f} s"
+    if seconds < 3570:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 86400:
+        return f"{seconds / 3600:.3g} h"
+    return f"{seconds / 86400:.3g} day(s)"
 
 
 def _epoch(created: str | None, default: float) -> float:

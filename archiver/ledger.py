@@ -5,7 +5,9 @@ The ledger is what makes a re-run idempotent. Two tables:
 * ``calls`` — one row per call the worker has looked at, with its outcome: ``archived``,
   ``pending`` (found by the long-running worker, not yet looked at), ``not_ready`` (still
   active), ``no_recording`` or ``failed`` (with the reason). Only ``archived`` is final; the
-  others are looked at again next time.
+  others are looked at again next time. A failed call also has its backoff in the
+  long-running worker (``failures`` in a row, ``failed_since``, ``retry_at``: see
+  ``RetryState``); any other outcome clears it.
 * ``objects`` — one row per object stored in the destination: key, size, SHA-256, content type,
   signature-free source URL, times. ``seq`` orders them; the checksum manifest is these rows, in
   this order (``archiver.manifest`` writes them out).
@@ -111,6 +113,14 @@ CREATE TABLE IF NOT EXISTS segments (
 """
 
 
+_RETRY_COLUMNS = (
+    ("failures", "INTEGER NOT NULL DEFAULT 0"),
+    ("failed_since", "TEXT"),
+    ("retry_at", "TEXT"),
+)
+"""Columns of ``calls`` added to ledgers older than the failed-call backoff (``RetryState``)."""
+
+
 @contextmanager
 def writer_lock(state_dir: Path, *, required: bool = True) -> Iterator[bool]:
     """Hold ``state_dir/writer.lock``: one archiving process per state directory.
@@ -212,6 +222,17 @@ Entry = ObjectRecord | EventRecord
 
 
 @dataclass(frozen=True)
+class RetryState:
+    """A call's backoff after failures, as the long-running worker keeps it (``defer_failed``):
+    how many times in a row it gave up on the call for now, since when (UTC, ISO 8601), and
+    when it may look at it again. ``(0, None, None)`` once the call is anything but failed."""
+
+    failures: int
+    failed_since: str | None
+    retry_at: str | None
+
+
+@dataclass(frozen=True)
 class SavedListing:
     """A v1 listing kept for a backfill range: when it began, and what it listed."""
 
@@ -268,6 +289,10 @@ class Ledger:
             for column in ("retention_class", "retain_until", "lock_mode"):
                 if column not in have:  # a ledger from before retention classes
                     self._db.execute(f"ALTER TABLE objects ADD COLUMN {column} TEXT")
+            have = {str(r["name"]) for r in self._db.execute("PRAGMA table_info(calls)")}
+            for column, kind in _RETRY_COLUMNS:
+                if column not in have:  # a ledger from before failed calls' backoff
+                    self._db.execute(f"ALTER TABLE calls ADD COLUMN {column} {kind}")
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         # Reads get a connection of their own: under WAL they see every committed write and
         # never wait for a commit's fsync on the writing connection.
@@ -353,9 +378,37 @@ class Ledger:
                      created_time = COALESCE(excluded.created_time, calls.created_time),
                      recordings = COALESCE(excluded.recordings, calls.recordings),
                      detail = excluded.detail,
-                     updated_at = excluded.updated_at""",
+                     updated_at = excluded.updated_at,
+                     failures = CASE WHEN excluded.outcome = 'failed'
+                                THEN calls.failures ELSE 0 END,
+                     failed_since = CASE WHEN excluded.outcome = 'failed'
+                                    THEN calls.failed_since END,
+                     retry_at = CASE WHEN excluded.outcome = 'failed' THEN calls.retry_at END""",
                 (call_sid, outcome, created_time, recordings, detail, utc_now()),
             )
+
+    def retry_state(self, call_sid: str) -> RetryState | None:
+        """The call's backoff after failures (``RetryState``), or None if the ledger does not
+        know the call."""
+        row = self._read.execute(
+            "SELECT failures, failed_since, retry_at FROM calls WHERE call_sid = ?", (call_sid,)
+        ).fetchone()
+        if row is None:
+            return None
+        return RetryState(int(row["failures"]), row["failed_since"], row["retry_at"])
+
+    def defer_failed(self, call_sid: str, retry_at: datetime, *, now: datetime) -> RetryState:
+        """Note that the worker gave up on the failed call ``call_sid`` for now and may look at
+        it again at ``retry_at``: one more failure in a row (the first one dates
+        ``failed_since``). Nothing happens unless the call is failed in the ledger."""
+        with self._transaction():
+            self._db.execute(
+                """UPDATE calls SET failures = failures + 1,
+                     failed_since = COALESCE(failed_since, ?), retry_at = ?
+                   WHERE call_sid = ? AND outcome = 'failed'""",
+                (utc_text(now), utc_text(retry_at), call_sid),
+            )
+        return self.retry_state(call_sid) or RetryState(0, None, None)
 
     def calls_with_outcome(self, outcome: str) -> list[tuple[str, str | None]]:
         """(call SID, created time) of every call whose last outcome is ``outcome``."""

@@ -26,6 +26,9 @@ start at 0 at each start, as Prometheus expects); gauges are read when scraped:
 ``stuck_calls_total``                               calls reported stuck (not ready for
                                                     ``stuck_after``)
 ``stuck_calls``                                     calls stuck now (checked rarely, kept)
+``failed_calls``                                    calls failed in the ledger (each looked at
+                                                    again after its backoff), as of the last
+                                                    sweep
 ``queue_depth``                                     calls waiting to be looked at (due or later)
 ``in_flight``                                       calls being archived now
 ``watched_active_calls``                            calls in progress being watched
@@ -65,6 +68,7 @@ _HELP = {
     "in_flight": ("gauge", "Calls being archived now."),
     "watched_active_calls": ("gauge", "Calls in progress being watched."),
     "stuck_calls": ("gauge", "Calls stuck now: not ready for stuck_after, checked rarely."),
+    "failed_calls": ("gauge", "Calls failed in the ledger, looked at again after a backoff."),
     "oldest_unarchived_call_age_seconds": ("gauge", "Age of the oldest call not yet archived."),
     "source_retention_at_risk": (
         "gauge",
@@ -93,6 +97,7 @@ class Metrics:
     poll_errors: int = 0
     stuck_calls_total: int = 0
     stuck_calls: int = 0
+    failed_calls: int = 0
     queue_depth: int = 0
     in_flight: int = 0
     watched: int = 0
@@ -122,6 +127,7 @@ class Metrics:
             ("poll_errors_total", {}, self.poll_errors),
             ("stuck_calls_total", {}, self.stuck_calls_total),
             ("stuck_calls", {}, self.stuck_calls),
+            ("failed_calls", {}, self.failed_calls),
             ("queue_depth", {}, self.queue_depth),
             ("in_flight", {}, self.in_flight),
             ("watched_active_calls", {}, self.watched),
