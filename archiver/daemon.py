@@ -30,7 +30,13 @@ none) it is reported stuck — one warning, ``stuck_calls_total`` and the ``stuc
 and looked at every ``stuck_recheck``, never dropped. A terminal call without recordings too, until
 ``recording_grace`` has passed since it was first seen so (Exotel adds recordings minutes after
 the end); a failure that may pass (retries exhausted on a 5xx, a timeout) is tried again with
-backoff, five times, and then by the next sweeps.
+backoff, five times. Then a failed call is left to the sweeps, which list it again and again
+but look at it (one call-details request) only once its backoff has passed: 15 min doubling to
+hourly for a failure that may pass (``RETRYABLE_BACKOFF``), 1 h doubling to every 6 h for one
+that will not (``FAILED_BACKOFF``: bad_url, storage_rejected, internal_error...), daily once it
+has failed for a day. The backoff is in the ledger (``Ledger.defer_failed``), so a restart does
+not reset it; the call stays ``failed`` there, is counted (``failed_calls``) and each sweep
+says how many wait.
 
 Every found call is in the ledger (``pending``) before it is scheduled, so nothing is lost to a
 crash or a restart. Shutdown (``stop()``: the first SIGTERM/SIGINT): polling, sweeps and the
