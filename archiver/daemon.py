@@ -55,6 +55,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
 from collections import OrderedDict
 from collections.abc import Coroutine
@@ -77,6 +78,7 @@ from archiver.report import ALREADY_ARCHIVED, ARCHIVED, FAILED, NO_RECORDING, NO
 from archiver.schedule import Schedule
 from archiver.serving import listen, metrics_app
 from archiver.sinks import Sink
+from archiver.state_errors import state_problem
 from archiver.transfer import recording_session
 from archiver.webhook import webhook_app
 
@@ -354,6 +356,8 @@ class Daemon:
                 self._fatal = exc
             if isinstance(exc, ArchiverError):
                 log.error("stopping: %s", exc)
+            elif isinstance(exc, OSError | sqlite3.Error):  # its own files: no traceback
+                log.error("stopping: %s", state_problem(exc, self.settings.state_dir).message)
             else:
                 log.exception("stopping on an unexpected error")
             self._stop.set()

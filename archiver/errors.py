@@ -52,7 +52,9 @@ the run (exit code 2); every other error fails the call it happened in, with its
 (``error_reason``), and the run goes on. An exception outside this tree while archiving one call
 is a bug: that call is failed with the reason ``internal_error`` (logged once with its
 traceback) and the run goes on — unless it is an ``OSError``, ``sqlite3.Error`` or
-``MemoryError`` of the worker itself (its state directory, its ledger), which concern every call.
+``MemoryError`` of the worker itself (its state directory, its ledger), which concern every call:
+the CLI reports those in one line (``archiver.state_errors``: exit 1 for a full disk or an I/O
+error, 2 for a state directory read-only, not permitted or removed).
 
 Errors are classified where the wire protocol is spoken (``archiver.exotel.client``,
 ``archiver.transfer``, ``archiver.sinks.*``); everything else looks only at ``retryable``.

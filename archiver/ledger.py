@@ -35,6 +35,7 @@ from pathlib import Path
 
 from archiver.errors import ConfigError
 from archiver.files import create_private, make_dirs
+from archiver.state_errors import state_problem
 
 SCHEMA_VERSION = 1
 
@@ -270,16 +271,18 @@ class Ledger:
             # the main file's mode, and would create that one 0644 under the usual umask.
             create_private(path)
             connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            connection.row_factory = sqlite3.Row
+            self._db = _Serialized(connection)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA busy_timeout=5000")
         except (OSError, sqlite3.Error) as exc:
+            if not state_problem(exc, path.parent).config:
+                raise  # a full disk, an I/O error: not a setting to change (exit 1)
             raise ConfigError(
                 f"cannot open the ledger at {path}: {exc}; set --state-dir / ARCHIVER_STATE_DIR "
                 "to a writable directory"
             ) from None
-        connection.row_factory = sqlite3.Row
-        self._db = _Serialized(connection)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA busy_timeout=5000")
         self._check_version()
         with self._transaction():
             for statement in _SCHEMA.split(";"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
 import sys
 import time
 from collections.abc import Callable, Coroutine
@@ -32,6 +33,7 @@ from archiver.report import (
     NOT_READY,
     Report,
 )
+from archiver.state_errors import state_problem
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE = 0, 1, 2
 progress_log = logging.getLogger("archiver.progress")
@@ -71,8 +73,10 @@ def _option_flags(func: F, *, daemon: bool) -> F:
     return func
 
 
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro``; map expected errors to one clean line and exit code 2."""
+def run(coro: Coroutine[Any, Any, T], *, state_dir: Path | None = None) -> T:
+    """Run ``coro``; map expected errors to one clean line and exit code 2 (configuration) or
+    1. An ``OSError``/``sqlite3.Error`` of the worker's own files (``state_dir``: a full disk,
+    the directory removed or read-only) is one line too: ``archiver.state_errors``."""
     try:
         return asyncio.run(coro)
     except (ConfigError, ExotelAuthError, StoragePermanent, InvalidCallSid) as exc:
@@ -81,6 +85,10 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     except ArchiverError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_FAILURES)
+    except (OSError, sqlite3.Error) as exc:
+        problem = state_problem(exc, state_dir)
+        click.echo(f"error: {problem.message}", err=True)
+        sys.exit(EXIT_USAGE if problem.config else EXIT_FAILURES)
     except KeyboardInterrupt:
         click.echo(
             "interrupted: nothing half-done was recorded; run the same command again", err=True

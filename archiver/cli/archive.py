@@ -52,7 +52,9 @@ def archive(
             raise click.BadParameter(str(exc), param_hint="CALL_SID") from None
     settings = make_settings(ctx, cli)
     with Progress(len(call_sids), "Archiving") as advance:
-        result = run(archive_calls(settings, call_sids, on_result=advance))
+        result = run(
+            archive_calls(settings, call_sids, on_result=advance), state_dir=settings.state_dir
+        )
     print_report(result)
     write_report(result, report)
     sys.exit(EXIT_FAILURES if result.failed else EXIT_OK)
@@ -98,7 +100,7 @@ def backfill(
 
     first, last = _days(day(since), day(until), day_range)
     settings = make_settings(ctx, cli)
-    plan = run(plan_backfill(settings, first, last, dry_run=dry_run))
+    plan = run(plan_backfill(settings, first, last, dry_run=dry_run), state_dir=settings.state_dir)
     limit = settings.exotel.rate_limit
     click.echo(
         f"{plan.since}..{plan.until}: {plan.listed} calls listed"
@@ -140,7 +142,7 @@ def backfill(
         click.echo(f"dry run: nothing archived. Plan written to {path}")
         sys.exit(EXIT_FAILURES if plan.skipped else EXIT_OK)
     with Progress(len(plan.to_archive), "Backfilling") as advance:
-        result = run(run_backfill(settings, plan, on_result=advance))
+        result = run(run_backfill(settings, plan, on_result=advance), state_dir=settings.state_dir)
     print_report(result)
     write_json({"plan": plan.as_dict(limit), "result": result.as_dict()}, path)
     if plan.skipped:

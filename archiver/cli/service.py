@@ -41,7 +41,7 @@ def run_command(ctx: click.Context, /, **cli: Any) -> None:
     missing bucket found while running).
     """
     settings = make_settings(ctx, cli)
-    summary = run_coroutine(serve(settings))
+    summary = run_coroutine(serve(settings), state_dir=settings.state_dir)
     click.echo(f"stopped: {summary.line()}", err=True)
     sys.exit(EXIT_FAILURES if summary.forced else EXIT_OK)
 
