@@ -34,7 +34,8 @@ backoff, five times. Then a failed call is left to the sweeps, which list it aga
 but look at it (one call-details request) only once its backoff has passed: 15 min doubling to
 hourly for a failure that may pass (``RETRYABLE_BACKOFF``), 1 h doubling to every 6 h for one
 that will not (``FAILED_BACKOFF``: bad_url, storage_rejected, internal_error...), daily once it
-has failed for a day. The backoff is in the ledger (``Ledger.defer_failed``), so a restart does
+has failed for a day; a look after a backoff is one look (not five quick retries again). The
+backoff is in the ledger (``Ledger.defer_failed``), so a restart does
 not reset it; the call stays ``failed`` there, is counted (``failed_calls``) and each sweep
 says how many wait.
 
@@ -266,6 +267,8 @@ class Daemon:
         for sid, outcome, _created in self.ledger.unarchived():
             if outcome != FAILED:  # failed calls come back through the sweep
                 self._discover(sid, "restart")
+            else:
+                self.metrics.failed_calls += 1
         webhook = metrics = None
         try:
             if self.config.webhook_listen:
@@ -630,6 +633,8 @@ class Daemon:
             if due is not None and due > datetime.now(UTC):
                 backing_off.append(due)
                 continue  # its backoff has not passed: no request spent on it yet
+            if due is not None:  # back from its backoff: one look, not the quick retries again
+                self._failures[sid] = FAILURE_RETRIES
             if self._discover(sid, "sweep", created=call.date_created.isoformat()):
                 found += 1
                 log.info(

@@ -174,3 +174,38 @@ async def test_a_call_failing_for_more_than_a_day_is_looked_at_daily(
     assert dt.datetime.fromisoformat(since) < two_days_ago + dt.timedelta(seconds=1)
     wait = dt.datetime.fromisoformat(retry_at) - dt.datetime.now(dt.UTC)
     assert dt.timedelta(hours=23) < wait <= dt.timedelta(days=1)
+
+
+async def test_after_its_backoff_a_failure_that_may_pass_gets_one_look_not_six(
+    sim: Simulator,
+    server: SimulatorServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The quick in-process retries are for a fresh failure; a call coming back from its
+    backoff into the same storm costs one look, and waits again."""
+    monkeypatch.setattr(daemon_module, "RETRYABLE_BACKOFF", Backoff(first=0.5, cap=0.5))
+    call = sim.add_call(recordings=1, size=7_000, created=sim.now() - dt.timedelta(hours=1))
+    settings = daemon_settings(sim, server, tmp_path, sweep_interval=0.0, poll_interval=3600.0)
+    daemon = make_daemon(settings)
+    async with running(daemon):
+        await until(lambda: sim.counters["active"] == 1)
+        sim.faults.api_script.extend([500] * 12)  # 6 looks x 2 attempts
+        assert daemon.hint(call.sid)
+        await until(lambda: daemon.metrics.calls[FAILED] == 6)
+        await settle(daemon)
+        while daemon.metrics.calls[FAILED] < 7:  # its backoff passes: a sweep looks again
+            if await daemon.sweep():  # (its own listing answered; the look not yet sent)
+                sim.faults.api_script.extend([500] * 12)  # still the storm, for 6 looks
+            await settle(daemon)
+            await asyncio.sleep(0.05)
+        sim.faults.api_script.clear()
+        await settle(daemon)
+        assert retry_state(settings, call.sid)[0] == 2  # deferred again at once, not retried
+        assert outcome(settings, call.sid) == FAILED
+        while daemon.metrics.calls[ARCHIVED] == 0:  # the storm is over
+            await daemon.sweep()
+            await settle(daemon)
+            await asyncio.sleep(0.05)
+    assert daemon.metrics.calls[FAILED] == 7
+    assert list(archived_files(settings).values()) == [sim.recording_bytes(call.sid, 1)]
