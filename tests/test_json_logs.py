@@ -7,13 +7,17 @@ systemd would put in the journal is exactly what these tests read.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -80,6 +84,27 @@ def wait_for(condition: Callable[[], bool], timeout: float = 60.0) -> None:
         time.sleep(0.1)
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def callback(url: str, call: Any) -> None:
+    """A StatusCallback without a Status field, once the receiver listens."""
+    body = json.dumps({"CallSid": call.sid}).encode()
+    request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                assert answer.status == 200
+                return
+        except (ConnectionError, urllib.error.URLError):
+            assert time.monotonic() < deadline, "the receiver never listened"
+            time.sleep(0.1)
+
+
 def archiver(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
         [sys.executable, "-m", "archiver", *args], env=env, capture_output=True, timeout=120
@@ -97,18 +122,30 @@ def test_run_writes_only_json_lines_through_work_and_a_sigterm_drain(
     sim.add_call(state="active")  # watched while listed
     slow = sim.add_call(recordings=1, size=2_000_000)
     sim.faults.bandwidth = 200_000  # ten seconds: the SIGTERM lands mid-transfer
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "archiver", "run"],
-        env=json_env,
+        env={
+            **json_env,
+            "ARCHIVER_WEBHOOK_LISTEN": f"127.0.0.1:{port}",
+            "ARCHIVER_WEBHOOK_SECRET": "hook-secret-1234",
+        },
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
     try:
+        # Older than the sweep's day: found by its StatusCallback alone.
+        hinted = sim.add_call(recordings=1, size=8_000, created=sim.now() - dt.timedelta(days=3))
+        callback(f"http://127.0.0.1:{port}/exotel/status-callback?secret=hook-secret-1234", hinted)
         wait_for(
-            lambda: (
-                outcome(state, good.sid) == "archived"
-                and outcome(state, bad.sid) == "failed"
-                and outcome(state, processing.sid) == "not_ready"
+            lambda: all(
+                outcome(state, call.sid) == expected
+                for call, expected in (
+                    (good, "archived"),
+                    (bad, "failed"),
+                    (processing, "not_ready"),
+                    (hinted, "archived"),
+                )
             )
         )
         assert outcome(state, slow.sid) == "pending"  # in flight
@@ -123,12 +160,13 @@ def test_run_writes_only_json_lines_through_work_and_a_sigterm_drain(
     logged = events(err)
     assert any(e.get("call_sid") == bad.sid and e["level"] == "error" for e in logged)
     assert any(e.get("call_sid") == processing.sid for e in logged)
+    assert any(e.get("call_sid") == hinted.sid and "StatusCallback" in e["message"] for e in logged)
     stopped = logged[-1]  # the summary is the last line, as a structured event
     assert stopped["message"].startswith("stopped: "), stopped
-    assert stopped["event"] == "stopped"
-    assert stopped["archived"] == 2 and stopped["failed"] == 1 and stopped["forced"] is False
-    assert stopped["api_requests"] > 0 and stopped["bytes_archived"] >= 308_000
-    assert "left_pending" in stopped
+    assert stopped["event"] == "stopped" and stopped["forced"] is False
+    assert stopped["archived"] == 3 and stopped["failed"] == 1
+    assert stopped["left_pending"] == 2  # the processing call and the active one
+    assert stopped["api_requests"] > 0 and stopped["bytes_archived"] >= 2_016_000
 
 
 def test_archive_writes_only_json_lines(
