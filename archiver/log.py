@@ -31,6 +31,7 @@ shippers parse each line alone):
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -41,7 +42,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import TextIO
+from typing import Any, TextIO
 
 from archiver.redact import Redactor
 
@@ -247,6 +248,23 @@ def _stderr() -> TextIO:
     while isinstance(stream, JsonStderr):
         stream = stream.stream
     return stream
+
+
+def loop_exception_handler(_loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """For ``loop.set_exception_handler``: asyncio's own reports ("Task exception was never
+    retrieved", an error in a callback) as one line of words, the traceback in ``error`` —
+    not asyncio's default message with the task's repr in it."""
+    exc = context.get("exception")
+    task = context.get("task") or context.get("future")
+    get_name = getattr(task, "get_name", None)
+    where = f" (task {get_name()})" if callable(get_name) else ""
+    what = str(context.get("message") or "error in the event loop")
+    if isinstance(exc, BaseException):
+        logging.getLogger("asyncio").error(
+            "%s%s: %s: %s", what, where, type(exc).__name__, exc, exc_info=exc
+        )
+    else:
+        logging.getLogger("asyncio").error("%s%s", what, where)
 
 
 def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:

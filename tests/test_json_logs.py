@@ -233,6 +233,16 @@ def test_warnings_uncaught_errors_and_stray_writes_become_json_lines(tmp_path: P
         "print('a library prints this', file=sys.stderr)\n"
         "sys.stderr.write('no newline at the end')\n"
         "sys.stderr.flush()\n"
+        "import asyncio, gc\n"
+        "from archiver.cli._shared import run\n"
+        "async def lose_a_task():\n"
+        "    async def boom():\n"
+        "        raise ValueError('lost in a task')\n"
+        "    task = asyncio.ensure_future(boom())\n"
+        "    await asyncio.sleep(0.05)\n"
+        "    del task\n"
+        "    gc.collect()\n"
+        "run(lose_a_task())\n"
         "raise RuntimeError('nobody caught this: sekrit-token-value')\n"
     )
     done = subprocess.run(
@@ -248,6 +258,9 @@ def test_warnings_uncaught_errors_and_stray_writes_become_json_lines(tmp_path: P
     assert any("an old API" in m for m in messages), messages
     assert any("a library prints this" in m for m in messages), messages
     assert any("no newline at the end" in m for m in messages), messages
+    (lost,) = [e for e in logged if "never retrieved" in e["message"]]
+    assert "ValueError: lost in a task" in lost["message"] and "coro=<" not in lost["message"]
+    assert "Traceback" in lost["error"]
     crash = logged[-1]
     assert crash["level"] == "critical" and "RuntimeError" in crash["message"]
     assert "Traceback" in crash["error"]

@@ -23,7 +23,7 @@ from archiver.errors import (
     StoragePermanent,
 )
 from archiver.files import write_atomic
-from archiver.log import emit, setup_logging, wants_json
+from archiver.log import emit, loop_exception_handler, setup_logging, wants_json
 from archiver.report import (
     ALREADY_ARCHIVED,
     ARCHIVED,
@@ -74,13 +74,18 @@ def _option_flags(func: F, *, daemon: bool) -> F:
 def run(coro: Coroutine[Any, Any, T]) -> T:
     """Run ``coro``; map expected errors to one clean line and exit code 2."""
     try:
-        return asyncio.run(coro)
+        return asyncio.run(_reporting_loop_errors(coro))
     except (ConfigError, ExotelAuthError, StoragePermanent, InvalidCallSid) as exc:
         fail(f"error: {exc}", EXIT_USAGE)
     except ArchiverError as exc:
         fail(f"error: {exc}", EXIT_FAILURES)
     except KeyboardInterrupt:
         fail("interrupted: nothing half-done was recorded; run the same command again", 130)
+
+
+async def _reporting_loop_errors(coro: Coroutine[Any, Any, T]) -> T:
+    asyncio.get_running_loop().set_exception_handler(loop_exception_handler)
+    return await coro
 
 
 def fail(message: str, code: int) -> NoReturn:
