@@ -102,6 +102,7 @@ class JsonStderr(io.TextIOBase):
         self._handler = handler
         self.stream = stream
         self._pending = ""
+        self._lock = threading.Lock()
         self._writing = threading.local()
 
     @property
@@ -127,15 +128,16 @@ class JsonStderr(io.TextIOBase):
         if getattr(self._writing, "on", False):  # the handler failing: say it plainly
             self.stream.write(text)
             return len(text)
-        *lines, self._pending = (self._pending + text).split("\n")
+        with self._lock:  # whole lines only, whichever thread writes
+            *lines, self._pending = (self._pending + text).split("\n")
         for line in lines:
             self._event(line)
         return len(text)
 
     def flush(self) -> None:
-        if self._pending:
+        with self._lock:
             line, self._pending = self._pending, ""
-            self._event(line)
+        self._event(line)
         self.stream.flush()
 
     def _event(self, line: str) -> None:
@@ -269,7 +271,7 @@ def loop_exception_handler(_loop: asyncio.AbstractEventLoop, context: dict[str, 
 
 def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
     if issubclass(kind, KeyboardInterrupt):
-        sys.__excepthook__(kind, exc, tb)
+        logging.getLogger("archiver").warning("interrupted")
         return
     logging.getLogger("archiver").critical(
         "unexpected error: %s: %s", kind.__name__, exc, exc_info=(kind, exc, tb)
