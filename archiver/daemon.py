@@ -108,6 +108,23 @@ class Summary:
             f"{self.left_pending} call(s) left for the next start"
         )
 
+    def fields(self) -> dict[str, object]:
+        """The same figures as JSON fields (the worker's last log line in JSON mode)."""
+        m = self.metrics
+        return {
+            "archived": m.calls[ARCHIVED],
+            "already_archived": m.calls[ALREADY_ARCHIVED],
+            "failed": m.calls[FAILED],
+            "no_recording": m.calls[NO_RECORDING],
+            "not_ready": m.calls[NOT_READY],
+            "bytes_archived": m.bytes_archived,
+            "api_requests": m.api_requests,
+            "api_rate_limited": m.api_rate_limited,
+            "url_refreshes": m.url_refreshes,
+            "left_pending": self.left_pending,
+            "forced": self.forced,
+        }
+
 
 class Daemon:
     """The long-running worker. ``await run()`` until ``stop()``; see the module docstring."""

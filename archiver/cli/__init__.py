@@ -23,6 +23,7 @@ from pathlib import Path
 import click
 
 from archiver import __version__
+from archiver.log import setup_logging, wants_json
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -42,6 +43,8 @@ def main(ctx: click.Context, config: Path | None) -> None:
     """
     ctx.ensure_object(dict)
     ctx.obj["config"] = config
+    if wants_json():  # usage errors of the command too are JSON lines (archiver.log)
+        setup_logging(fmt="json")
 
 
 # The command modules register themselves on ``main``.

@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -23,7 +23,7 @@ from archiver.errors import (
     StoragePermanent,
 )
 from archiver.files import write_atomic
-from archiver.log import setup_logging
+from archiver.log import emit, loop_exception_handler, setup_logging, wants_json
 from archiver.report import (
     ALREADY_ARCHIVED,
     ARCHIVED,
@@ -74,27 +74,35 @@ def _option_flags(func: F, *, daemon: bool) -> F:
 def run(coro: Coroutine[Any, Any, T]) -> T:
     """Run ``coro``; map expected errors to one clean line and exit code 2."""
     try:
-        return asyncio.run(coro)
+        return asyncio.run(_reporting_loop_errors(coro))
     except (ConfigError, ExotelAuthError, StoragePermanent, InvalidCallSid) as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_USAGE)
+        fail(f"error: {exc}", EXIT_USAGE)
     except ArchiverError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_FAILURES)
+        fail(f"error: {exc}", EXIT_FAILURES)
     except KeyboardInterrupt:
-        click.echo(
-            "interrupted: nothing half-done was recorded; run the same command again", err=True
-        )
-        sys.exit(130)
+        fail("interrupted: nothing half-done was recorded; run the same command again", 130)
+
+
+async def _reporting_loop_errors(coro: Coroutine[Any, Any, T]) -> T:
+    asyncio.get_running_loop().set_exception_handler(loop_exception_handler)
+    return await coro
+
+
+def fail(message: str, code: int) -> NoReturn:
+    """Say ``message`` on stderr (a JSON event with ``exit_code`` in JSON mode) and exit."""
+    emit(message, level=logging.ERROR, logger="archiver.cli", fields={"exit_code": code})
+    sys.exit(code)
 
 
 def make_settings(ctx: click.Context, cli: dict[str, Any]) -> Settings:
     config_file: Path | None = ctx.obj.get("config") if ctx.obj else None
+    # Until the settings are read, the format comes from --log-format or the environment: a
+    # configuration error under systemd is a JSON line like every other.
+    setup_logging(fmt="json" if wants_json(cli.get("log_format")) else "text")
     try:
         settings = load_settings(cli, config_file=config_file)
     except ConfigError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_USAGE)
+        fail(f"error: {exc}", EXIT_USAGE)
     setup_logging(settings.log_level, secrets=settings.secrets, fmt=settings.log_format)
     return settings
 
@@ -217,7 +225,12 @@ def print_report(report: Report, *, details: bool = False) -> None:
         if r.outcome == NOT_READY:
             click.echo(f"  not ready  {r.call_sid}: {r.detail}")
     for r in report.failed:
-        click.echo(f"  FAILED     {r.call_sid}: {r.detail}", err=True)
+        emit(
+            f"  FAILED     {r.call_sid}: {r.detail}",
+            level=logging.ERROR,
+            logger="archiver.cli",
+            call_sid=r.call_sid,
+        )
 
 
 def write_report(report: Report, path: Path | None) -> None:
@@ -230,8 +243,7 @@ def write_json(data: object, path: Path | None) -> None:
     try:
         write_atomic(path, json.dumps(data, indent=2) + "\n")
     except OSError as exc:
-        click.echo(f"error: cannot write the report to {path}: {exc.strerror}", err=True)
-        sys.exit(EXIT_USAGE)
+        fail(f"error: cannot write the report to {path}: {exc.strerror}", EXIT_USAGE)
 
 
 def day(value: Any) -> Any:
