@@ -14,14 +14,19 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiohttp
 import pytest
+from aiohttp.abc import AbstractResolver, ResolveResult
 from click.testing import CliRunner, Result
 
+from archiver.addresses import AddressPolicy, GuardedResolver
 from archiver.cli import main
+from archiver.errors import ArchiverError, error_reason
 from archiver.ledger import Ledger
 from archiver.manifest import read_manifest
 from archiver.report import FAILED
 from archiver.simulator import Simulator, SimulatorServer
+from archiver.transfer import Partial, download
 from tests.s3proxy import FaultyS3Proxy
 from tests.seaweed import SeaweedFS
 from tests.support import exotel_env
@@ -219,3 +224,46 @@ def test_a_store_that_refuses_every_object_stops_the_run_instead_of_failing_each
         + result.output[-1500:]
     )
     assert downloads < len(calls)
+
+
+# --- 4. an IPvFuture host goes to DNS as a name, and is retried ---------------------------------
+
+
+class _NoDns(AbstractResolver):
+    """Every lookup is recorded (and fails): a malformed URL must never get this far."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        self.asked.append(host)
+        raise OSError("no DNS in this test")
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_an_ipvfuture_host_is_a_bad_url_before_any_lookup(tmp_path: Path) -> None:
+    """``[v1.fe80]`` (RFC 3986 IPvFuture) is no address anyone can connect to. Today the text
+    inside the brackets passes ``well_formed`` as a host name, is looked up in DNS, and the
+    failure is a retryable ``RecordingTransferError``: the worker retries the download, then
+    the call (five times, each with a call-details request), then at every sweep — for a URL
+    that can never work."""
+    url = f"https://[v1.fe80]/r.mp3?{SIGNED}"
+    policy = AddressPolicy.for_hosts(["http://127.0.0.1:1"], allow_private=False)
+    dns = _NoDns()
+    connector = aiohttp.TCPConnector(resolver=GuardedResolver(policy, inner=dns))
+    async with aiohttp.ClientSession(connector=connector) as session:
+        with (tmp_path / "spool").open("w+b") as spool:
+            try:
+                await download(session, url, Partial(spool), what="recording-1", policy=policy)
+            except ArchiverError as exc:
+                got = (type(exc).__name__, error_reason(exc), exc.retryable)
+            else:
+                got = ("accepted", "", False)
+    # Fails: ('RecordingTransferError', 'recording_transfer_error', True), and DNS was asked
+    # for 'v1.fe80'.
+    assert got == ("BadUrl", "bad_url", False)
+    assert dns.asked == []
