@@ -245,13 +245,14 @@ class _NoDns(AbstractResolver):
         pass
 
 
-async def test_an_ipvfuture_host_is_a_bad_url_before_any_lookup(tmp_path: Path) -> None:
+@pytest.mark.parametrize("host", ["[v1.fe80]", "xn--", "a.xn--zz-.example"])
+async def test_an_ipvfuture_host_is_a_bad_url_before_any_lookup(tmp_path: Path, host: str) -> None:
     """``[v1.fe80]`` (RFC 3986 IPvFuture) is no address anyone can connect to. Today the text
     inside the brackets passes ``well_formed`` as a host name, is looked up in DNS, and the
     failure is a retryable ``RecordingTransferError``: the worker retries the download, then
     the call (five times, each with a call-details request), then at every sweep — for a URL
-    that can never work."""
-    url = f"https://[v1.fe80]/r.mp3?{SIGNED}"
+    that can never work. Likewise a punycode label that decodes to nothing (``xn--``)."""
+    url = f"https://{host}/r.mp3?{SIGNED}"
     policy = AddressPolicy.for_hosts(["http://127.0.0.1:1"], allow_private=False)
     dns = _NoDns()
     connector = aiohttp.TCPConnector(resolver=GuardedResolver(policy, inner=dns))
