@@ -58,7 +58,10 @@ def _classify(exc: OSError, what: str) -> StorageError:
     if exc.errno == errno.EROFS:
         return StoragePermanent(f"{what}: the file system is read-only")
     if exc.errno in (errno.ENAMETOOLONG, errno.EILSEQ):  # this one name: the call fails
-        return StorageRejected(f"{what}: the file system refuses this name ({exc.strerror})")
+        return StorageRejected(
+            f"{what}: the file system refuses this name ({exc.strerror})",
+            code=errno.errorcode.get(exc.errno or 0, str(exc.errno)),
+        )
     return StorageUnavailable(f"{what}: {exc.strerror or type(exc).__name__}")
 
 
