@@ -10,13 +10,15 @@ local destination. Every test here fails on the code as merged; none is marked x
 3. A call Exotel keeps listing as in progress is never reported stuck, although
    ``stuck_calls_total`` says it counts calls "not ready, or listed in progress, for
    stuck_after": no warning, ``stuck_calls_now`` stays 0.
+4. The worker's last line (``stopped: ...``, and its JSON fields ``failed`` / ``left_pending``)
+   counts failed *attempts* as failed calls, and subtracts them from the calls left: one call
+   retried after a cut transfer is "failed 2", and two calls left not ready are "1 left".
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -265,5 +267,50 @@ def test_a_call_listed_in_progress_past_stuck_after_is_reported_stuck(
     assert (said, counted) == ({listed.sid: True, processing.sid: True}, (2.0, 2.0))
 
 
-def _sids(text: str) -> set[str]:
-    return set(re.findall(r"\b[0-9a-f]{32}\b", text))
+# --- 4. the stopped summary miscounts ------------------------------------------------------
+
+
+def test_the_stopped_summary_counts_calls_not_attempts(
+    sim: Simulator, server: SimulatorServer, tmp_path: Path
+) -> None:
+    # Two calls still processing (not ready: redone at the next start) and one whose transfer
+    # is always cut off (a retryable failure: the worker tries it again with backoff). After
+    # the second failed attempt the worker is stopped. Its summary, the line an operator reads
+    # in the journal (and the JSON fields a log shipper alerts on), must say what the ledger
+    # says: one call failed, two left for the next start.
+    waiting = [sim.add_call(state="processing") for _ in range(2)]
+    cut = sim.add_call(recordings=1)
+    sim.faults.cut_rate = 1.0  # only `cut` has a recording to download
+    state = tmp_path / "state"
+    env = process_env(
+        **exotel_env(sim, server.base_url, str(tmp_path / "out"), state),
+        ARCHIVER_POLL_INTERVAL="1",
+        ARCHIVER_RECHECK_INTERVAL="1",
+        ARCHIVER_LOG_FORMAT="json",
+    )
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "archiver", "run"], env=env, stderr=subprocess.PIPE, text=True
+    )
+    lines: list[str] = []
+    assert worker.stderr is not None
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            line = worker.stderr.readline()
+            if not line:
+                break
+            lines.append(line)
+            if sum(f"call {cut.sid} failed:" in x for x in lines) >= 2:
+                break
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        _, rest = worker.communicate(timeout=60)
+    lines += rest.splitlines()
+    assert worker.returncode == 0, "".join(lines)[-2000:]
+    assert sum(f"call {cut.sid} failed:" in x for x in lines) >= 2  # tried again, failed again
+    assert [outcome(state, c.sid) for c in waiting] == ["not_ready", "not_ready"]
+    assert outcome(state, cut.sid) == "failed"
+    stopped = [json.loads(x) for x in lines if '"event": "stopped"' in x]
+    assert len(stopped) == 1, lines[-5:]
+    summary = stopped[0]
+    assert (summary["failed"], summary["left_pending"]) == (1, 2), summary["message"]
