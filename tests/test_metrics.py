@@ -164,7 +164,7 @@ def test_metrics_of_a_running_worker(
     assert value("watched_active_calls") == 1
     assert value("in_flight") == 0
     assert value("source_retention_at_risk") == 0
-    assert value("stuck_calls") == 0 and value("stuck_calls_total") == 0
+    assert value("stuck_calls_now") == 0 and value("stuck_calls_total") == 0
     assert value("active_poll_truncated_total") == 0
     assert started - 5 < value("up_since_seconds") <= time.time()
 
