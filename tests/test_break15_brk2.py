@@ -314,3 +314,44 @@ def test_the_stopped_summary_counts_calls_not_attempts(
     assert len(stopped) == 1, lines[-5:]
     summary = stopped[0]
     assert (summary["failed"], summary["left_pending"]) == (1, 2), summary["message"]
+
+
+def test_a_worker_waiting_for_the_state_directory_says_why_and_stops_cleanly(
+    sim: Simulator, server: SimulatorServer, tmp_path: Path
+) -> None:
+    """While it waits for the lock the worker names the holder (once, as JSON), sends no API
+    request, and a SIGTERM ends the wait with exit 0."""
+    state = tmp_path / "state"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(state), "60"],
+        env=process_env(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
+        env = process_env(
+            **exotel_env(sim, server.base_url, str(tmp_path / "out"), state),
+            ARCHIVER_LOG_FORMAT="json",
+        )
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "archiver", "run"],
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert worker.stderr is not None
+        first = json.loads(worker.stderr.readline())
+        assert first["level"] == "warning", first
+        assert f"pid {holder.pid}" in first["message"] and "waiting" in first["message"]
+        time.sleep(1.0)
+        assert worker.poll() is None  # still waiting, not exited
+        worker.send_signal(signal.SIGTERM)
+        _, err = worker.communicate(timeout=20)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert worker.returncode == 0, err
+    assert sim.counters["api_requests"] == 0
+    for line in err.splitlines():
+        json.loads(line)
