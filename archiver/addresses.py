@@ -109,6 +109,8 @@ def well_formed(url: object, *, what: str) -> SplitResult:
     except (ValueError, TypeError) as exc:  # UnicodeError is a ValueError
         raise BadUrl(f"{what}: the URL's host cannot be encoded ({_reason(exc)})") from None
     if _ip(host) is None:
+        if "[" in parts.netloc:  # brackets hold an IPv6 address, nothing else connects
+            raise BadUrl(f"{what}: the URL's bracketed host is not an IPv6 address; refused")
         _check_name(raw or host, what)
     if port is not None and not 0 < port <= 65535:
         raise BadUrl(f"{what}: the URL's port {port} is out of range (1-65535)")
@@ -134,6 +136,9 @@ def _check_name(name: str, what: str) -> None:
         raise BadUrl(f"{what}: the URL's host {name[:80]!r} is neither an IP address nor a name")
     try:
         name.encode("idna")  # what the resolver does with it
+        for label in labels:
+            if label.lower().startswith("xn--"):
+                label.encode("ascii").decode("idna")  # punycode that decodes to nothing
     except UnicodeError as exc:
         raise BadUrl(f"{what}: the URL's host name cannot be encoded ({_reason(exc)})") from None
 

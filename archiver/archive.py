@@ -50,6 +50,7 @@ from archiver.errors import (
     RecordingExpired,
     RecordingUnavailable,
     StoragePermanent,
+    StorageRejected,
     error_reason,
 )
 from archiver.exotel.client import ExotelClient
@@ -79,6 +80,11 @@ from archiver.transfer import Downloaded, Partial, download, recording_session
 log = logging.getLogger("archiver.archive")
 INTERNAL_ERROR = "internal_error"
 """The reason of a call failed by an exception outside the error tree (a bug)."""
+
+
+REJECT_STREAK = 5
+"""Refusals of one object with the same code, in a row with no recording stored in between,
+after which the store is taken to refuse every object (``Archiver._rejected``)."""
 
 
 class Archiver:
@@ -112,6 +118,8 @@ class Archiver:
         self.addresses = address_policy(settings)
         self.url_refreshes = 0
         """Fresh URLs fetched, after a 403 or ahead of a deadline: API requests they cost."""
+        self._reject_streak: tuple[str, int] = ("", 0)
+        self._stored_at = 0
 
     async def archive_call(self, call_sid: str) -> CallResult:
         """Archive one call. Never raises for a per-call failure: the result says ``failed``."""
@@ -125,6 +133,10 @@ class Archiver:
             raise  # concerns every call: the run stops
         except InvalidCallSid as exc:
             return CallResult(call_sid, FAILED, detail=str(exc), reason="invalid_call_sid")
+        except StorageRejected as exc:
+            self._rejected(exc)  # the same refusal again and again stops the run
+            log.error("call %s failed: %s", call_sid, exc)
+            return self._failed(call_sid, str(exc), error_reason(exc), retryable=exc.retryable)
         except ArchiverError as exc:
             log.error("call %s failed: %s", call_sid, exc)
             return self._failed(call_sid, str(exc), error_reason(exc), retryable=exc.retryable)
@@ -138,6 +150,23 @@ class Archiver:
             )
             log.error("call %s failed on an unexpected error", call_sid, exc_info=True)
             return self._failed(call_sid, detail, INTERNAL_ERROR, retryable=False)
+
+    def _rejected(self, exc: StorageRejected) -> None:
+        """Count a refusal of one object; raise ``StoragePermanent`` at the ``REJECT_STREAK``-th
+        refusal in a row with the same code and no object stored in between: a store that says
+        the same no to every object (a bucket policy demanding a header, a gateway refusing
+        ours) concerns every call, and failing them one by one would download each recording
+        for nothing, forever."""
+        code, count = self._reject_streak
+        count = count + 1 if exc.code == code and self.recorder.stored == self._stored_at else 1
+        self._reject_streak, self._stored_at = (exc.code, count), self.recorder.stored
+        if count >= REJECT_STREAK:
+            raise StoragePermanent(
+                f"the store refused {count} objects in a row alike ({exc.code or 'no code'}) and "
+                f"stored none in between: that concerns every object, not one. The last: {exc}. "
+                "Check the bucket policy (a required encryption header?), a gateway in front of "
+                "the store, or the store's own logs; then start again"
+            ) from exc
 
     def _failed(self, sid: str, detail: str, reason: str, *, retryable: bool) -> CallResult:
         """Record ``sid`` as failed (never archived) and say why."""

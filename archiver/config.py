@@ -459,7 +459,8 @@ OPTIONS: tuple[Option, ...] = (
         "ARCHIVER_STUCK_AFTER",
         "--stuck-after",
         "Hours after its creation a call still active or processing is reported stuck (one "
-        "warning, stuck_calls metrics) and from then on looked at every stuck_recheck minutes. "
+        "warning, stuck_calls_total and stuck_calls_now metrics) and from then on looked at "
+        "every stuck_recheck minutes. "
         "It is never dropped: it stays not ready in the ledger and in the schedule.",
         default=6.0,
         kind="float",

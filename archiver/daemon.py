@@ -70,7 +70,7 @@ from archiver.config import Settings
 from archiver.errors import ArchiverError, CertificateError, ConfigError, ExotelAuthError
 from archiver.exotel.client import ExotelClient
 from archiver.exotel.listing import ActiveCall, SkippedItem, active_calls, list_calls
-from archiver.ledger import Ledger, writer_lock
+from archiver.ledger import Ledger, WriterBusy, writer_lock
 from archiver.manifest import ManifestWriter
 from archiver.metrics import Metrics, oldest_age
 from archiver.notify import Notifier
@@ -123,6 +123,9 @@ still lists it)."""
 HINT_MEMORY = 10_000
 STATUS_EVERY = 10.0
 SEAL_EVERY = 600.0
+LOCK_POLL = 5.0
+"""Seconds between two tries at the state directory's writer lock while another process (a
+backfill, a retention job) holds it."""
 SEAL_IDLE = 30.0
 """Seconds without a call in flight after which waiting manifest entries are sealed (besides
 every SEAL_EVERY seconds): the destination's chain catches up soon after work stops."""
@@ -136,15 +139,35 @@ class Summary:
     forced: bool = False
     left_pending: int = 0
     """Calls not finished at shutdown: still pending in the ledger, taken up at the next start."""
+    failed: int = 0
+    """Calls this worker looked at that are failed in the ledger at shutdown (each once, however
+    often it was tried; ``calls_total{outcome="failed"}`` counts the tries)."""
 
     def line(self) -> str:
         m = self.metrics
         return (
             f"archived {m.calls[ARCHIVED]} call(s) ({m.bytes_archived} bytes), failed "
-            f"{m.calls[FAILED]}, no recording {m.calls[NO_RECORDING]}; {m.api_requests} API "
+            f"{self.failed}, no recording {m.calls[NO_RECORDING]}; {m.api_requests} API "
             f"requests ({m.api_rate_limited} answered 429), {m.url_refreshes} URL refreshes; "
             f"{self.left_pending} call(s) left for the next start"
         )
+
+    def fields(self) -> dict[str, object]:
+        """The same figures as JSON fields (the worker's last log line in JSON mode)."""
+        m = self.metrics
+        return {
+            "archived": m.calls[ARCHIVED],
+            "already_archived": m.calls[ALREADY_ARCHIVED],
+            "failed": self.failed,
+            "no_recording": m.calls[NO_RECORDING],
+            "not_ready": m.calls[NOT_READY],
+            "bytes_archived": m.bytes_archived,
+            "api_requests": m.api_requests,
+            "api_rate_limited": m.api_rate_limited,
+            "url_refreshes": m.url_refreshes,
+            "left_pending": self.left_pending,
+            "forced": self.forced,
+        }
 
 
 class Daemon:
@@ -160,6 +183,8 @@ class Daemon:
         self._watching: set[str] = set()
         self._no_recording_since: dict[str, float] = {}
         self._failures: dict[str, int] = {}
+        self._failed_calls: set[str] = set()
+        """Calls that failed here at least once (the summary counts those failed at the end)."""
         self._not_ready_looks: dict[str, int] = {}
         """Call SID -> how many times this worker found it still active or processing."""
         self._not_ready_since: dict[str, float] = {}
@@ -225,6 +250,42 @@ class Daemon:
 
     # --- run -------------------------------------------------------------------------------
 
+    async def _take_writer_lock(self, held: contextlib.ExitStack) -> bool:
+        """Hold the state directory's writer lock in ``held``; False if stopped first.
+
+        A backfill or a retention job holding it ends by itself: the worker waits (telling
+        systemd why, and that its start is not stuck) instead of exiting 2, which the units
+        never restart (``RestartPreventExitStatus=2``)."""
+        warned = False
+        while True:
+            try:
+                held.enter_context(writer_lock(self.settings.state_dir))
+                if warned:
+                    log.info("the state directory is free now: starting")
+                return True
+            except WriterBusy as exc:
+                status = (
+                    f"waiting for pid {exc.holder} to release the state directory "
+                    f"{self.settings.state_dir} (a backfill or a retention job?)"
+                )
+                if not warned:
+                    warned = True
+                    log.warning(
+                        "another exotel-archiver process (pid %s) is archiving with the state "
+                        "directory %s: waiting for it to end (checked every %g s); stop it to "
+                        "start the worker sooner",
+                        exc.holder,
+                        self.settings.state_dir,
+                        LOCK_POLL,
+                    )
+                usec = int((LOCK_POLL * 3) * 1e6)
+                self.notifier.send(f"STATUS={status}", f"EXTEND_TIMEOUT_USEC={usec}")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), timeout=LOCK_POLL)
+                if self._stop.is_set():
+                    log.info("stopped while waiting for the state directory")
+                    return False
+
     async def run(self) -> Summary:
         settings = self.settings
         settings.require_exotel_credentials()
@@ -236,7 +297,9 @@ class Daemon:
                 "ARCHIVER_WEBHOOK_SECRET and/or ARCHIVER_WEBHOOK_BASIC_AUTH (or their credential "
                 "files), and put it in the callback URL"
             )
-        with writer_lock(settings.state_dir):
+        with contextlib.ExitStack() as held:
+            if not await self._take_writer_lock(held):
+                return Summary(self.metrics)  # stopped while waiting: nothing was started
             self.ledger = Ledger(settings.state_dir / "ledger.sqlite3")
             try:
                 await preflight(settings, self.sink)
@@ -311,8 +374,10 @@ class Daemon:
             if sealed:
                 log.info("sealed %d manifest segment(s) into the destination", sealed)
             self._update_gauges()
-            left = sum(1 for _ in self.ledger.unarchived()) - self.metrics.calls[FAILED]
-            return Summary(self.metrics, forced=forced, left_pending=max(0, left))
+            counts = self.ledger.call_counts()
+            left = counts.get("pending", 0) + counts.get(NOT_READY, 0)
+            failed = sum(self.ledger.call_outcome(sid) == FAILED for sid in self._failed_calls)
+            return Summary(self.metrics, forced=forced, left_pending=left, failed=failed)
         finally:
             for runner in (webhook, metrics):
                 if runner is not None:
@@ -391,6 +456,8 @@ class Daemon:
         self._last_work = now
         self.metrics.calls[outcome] += 1
         recheck = self.config.recheck_interval
+        if outcome == FAILED:
+            self._failed_calls.add(sid)
         if outcome != NOT_READY:
             self._ready(sid)
         if outcome in (ARCHIVED, ALREADY_ARCHIVED):

@@ -246,7 +246,15 @@ class StorageRejected(StorageError):
     """The store refused this one object for a reason that does not concern the others: an S3
     answer outside the known account-wide and transient ones (400 InvalidArgument, 409, 411,
     KeyTooLongError...), or a file name the local file system refuses. Not retried as is; the
-    call fails with this reason and the run goes on."""
+    call fails with this reason and the run goes on — unless the same refusal keeps coming with
+    nothing stored in between (``archiver.archive.REJECT_STREAK``): then it concerns every
+    object (a bucket policy, a gateway) and the run stops with ``StoragePermanent``.
+
+    ``code``: the store's error code (``InvalidArgument``, ``409``, ``ENAMETOOLONG``...)."""
+
+    def __init__(self, message: str, *, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class StorageLocked(StorageError):

@@ -122,6 +122,16 @@ _RETRY_COLUMNS = (
 """Columns of ``calls`` added to ledgers older than the failed-call backoff (``RetryState``)."""
 
 
+class WriterBusy(ConfigError):
+    """Another process holds the state directory's writer lock (``holder``: its pid, as it
+    wrote it). A command stops on it (exit 2); the long-running worker waits for it instead
+    (a backfill or a retention job ends by itself)."""
+
+    def __init__(self, message: str, *, holder: str) -> None:
+        super().__init__(message)
+        self.holder = holder
+
+
 @contextmanager
 def writer_lock(state_dir: Path, *, required: bool = True) -> Iterator[bool]:
     """Hold ``state_dir/writer.lock``: one archiving process per state directory.
@@ -151,10 +161,11 @@ def writer_lock(state_dir: Path, *, required: bool = True) -> Iterator[bool]:
                 yield False
                 return
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise ConfigError(
+            raise WriterBusy(
                 f"another exotel-archiver process (pid {holder}) is archiving with the state "
                 f"directory {state_dir}: wait for it to end or stop it (e.g. `systemctl stop "
-                "exotel-archiver`) first; one state directory takes one archiving process"
+                "exotel-archiver`) first; one state directory takes one archiving process",
+                holder=holder,
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

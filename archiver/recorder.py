@@ -75,6 +75,8 @@ class Recorder:
         self.policy = policy
         self._sealing = asyncio.Lock()
         self._recording = threading.Lock()
+        self.stored = 0
+        """Recordings and voice logs (not JSON snapshots) recorded by this process so far."""
 
     async def store(
         self,
@@ -146,6 +148,8 @@ class Recorder:
         with self._recording:
             record = self.ledger.add_object(row)
             self.manifest.sync(self.ledger)
+            if row.kind not in SNAPSHOT_KINDS:
+                self.stored += 1
             return record
 
     async def seal(self) -> int:

@@ -50,6 +50,8 @@ def strip_url(url: str) -> str:
     try:
         parts = urlsplit(url)
         host = parts.hostname or ""
+        if ":" in host:  # an IPv6 literal keeps its brackets, or the result is not a URL
+            host = f"[{host}]"
         if parts.port is not None:
             host = f"{host}:{parts.port}"
     except ValueError:  # unbalanced brackets, a port out of range or not a number

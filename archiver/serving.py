@@ -9,9 +9,11 @@ import logging
 from collections.abc import Callable
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from archiver.errors import ConfigError
 from archiver.metrics import Metrics
+from archiver.metrics import registry as metrics_registry
 
 log = logging.getLogger("archiver.daemon")
 
@@ -33,14 +35,14 @@ async def listen(address: tuple[str, int], app: web.Application, what: str) -> w
 
 
 def metrics_app(metrics: Metrics, refresh: Callable[[], None]) -> web.Application:
-    """``GET /metrics``: ``refresh()`` the gauges, then the Prometheus text format."""
+    """``GET /metrics``: ``refresh()`` the gauges, then the Prometheus text format
+    (prometheus-client's, from a registry of this worker's own)."""
+    registry = metrics_registry(metrics, refresh)
 
     async def handler(_request: web.Request) -> web.Response:
-        refresh()
         return web.Response(
-            text=metrics.render(),
-            content_type="text/plain",
-            headers={"X-Content-Type-Options": "nosniff"},
+            body=generate_latest(registry),
+            headers={"Content-Type": CONTENT_TYPE_LATEST, "X-Content-Type-Options": "nosniff"},
         )
 
     app = web.Application()

@@ -87,7 +87,9 @@ def webhook_app(
         except InvalidCallSid:
             return answer("bad_request", 400, error="no valid CallSid in the body")
         if on_hint(sid):
-            log.info("call %s: StatusCallback hint (status %s)", sid, fields.get("Status"))
+            status = fields.get("Status")
+            told = f" (status {status})" if status else " (no status given)"
+            log.info("call %s: StatusCallback hint%s", sid, told)
             return answer("accepted", 200)
         return answer("duplicate", 200)
 

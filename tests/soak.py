@@ -64,7 +64,7 @@ MALFORMED_URLS = (
     "https://host:port/r.mp3",  # a port that is not a number
 )
 SKIPPED_METRIC = "exotel_archiver_skipped_items_total"
-STUCK_METRIC = "exotel_archiver_stuck_calls"
+STUCK_METRIC = "exotel_archiver_stuck_calls_now"
 DONE = ("archived", "already_archived", "no_recording", "failed")
 """Ledger outcomes that end a call's tracking: a stuck call must have none of them."""
 

@@ -325,16 +325,19 @@ async def test_metrics_endpoint(sim: Simulator, server: SimulatorServer, tmp_pat
         ):
             assert resp.status == 200 and resp.content_type == "text/plain"
             text = await resp.text()
-    samples = dict(
-        line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#")
-    )
-    assert samples['exotel_archiver_calls_total{outcome="archived"}'] == "1"
-    assert int(samples["exotel_archiver_bytes_archived_total"]) >= 7_000
-    assert int(samples["exotel_archiver_api_requests_total"]) >= 3  # poll, sweep, details
-    assert samples["exotel_archiver_api_rate_limited_total"] == "0"
-    assert samples["exotel_archiver_watched_active_calls"] == "1"
-    assert float(samples["exotel_archiver_oldest_unarchived_call_age_seconds"]) > 28 * 86400
-    assert samples["exotel_archiver_source_retention_at_risk"] == "1"  # 30 days - 7 warned
+    samples = {
+        series: float(value)
+        for series, value in (
+            line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#")
+        )
+    }
+    assert samples['exotel_archiver_calls_total{outcome="archived"}'] == 1
+    assert samples["exotel_archiver_bytes_archived_total"] >= 7_000
+    assert samples["exotel_archiver_api_requests_total"] >= 3  # poll, sweep, details
+    assert samples["exotel_archiver_api_rate_limited_total"] == 0
+    assert samples["exotel_archiver_watched_active_calls"] == 1
+    assert samples["exotel_archiver_oldest_unarchived_call_age_seconds"] > 28 * 86400
+    assert samples["exotel_archiver_source_retention_at_risk"] == 1  # 30 days - 7 warned
     assert call.sid not in text  # no per-call labels: bounded series
 
 

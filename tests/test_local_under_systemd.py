@@ -13,6 +13,7 @@ sees of it: ``INVOCATION_ID`` (and ``JOURNAL_STREAM``) in the environment.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -23,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from archiver.exotel.models import IST
+from archiver.ledger import Ledger
 from archiver.simulator import Simulator
 from archiver.simulator.server import SimulatorServer
 from tests.support import exotel_env
@@ -181,3 +183,41 @@ def test_a_destination_it_may_not_write_is_refused_at_start(
     else:
         assert "ReadWritePaths" not in err and "systemd" not in err
         assert "ARCHIVER_DESTINATION" in err
+
+
+def test_a_full_local_destination_fails_the_call_and_is_not_a_config_error(
+    sim: Simulator, server: SimulatorServer, tmp_path: Path, read_only_ok: None
+) -> None:
+    """A full disk passes (space is freed): the call that did not fit fails with the reason and
+    is tried again later; it is not exit 2, which systemd would never restart. The small call
+    that fits is archived."""
+    mounted = tmp_path / "srv"
+    mounted.mkdir()
+    big = sim.add_call(size=3 * 1024 * 1024)
+    small = sim.add_call(size=20_000)
+    env = {
+        **clean_env(),
+        **exotel_env(sim, server.base_url, str(mounted), tmp_path / "state"),
+        "ARCHIVER_ATTEMPTS": "2",
+        "ARCHIVER_MAX_WAIT": "0.1",
+        "ARCHIVER_CONCURRENCY": "1",
+    }
+    where = shlex.quote(str(mounted))
+    line = (
+        f"mount --make-rprivate / && mount -t tmpfs -o size=1m tmpfs {where} && exec "
+        + archiver_command("archive", big.sid, small.sid)
+    )
+    result = subprocess.run(
+        ["unshare", "-m", "sh", "-c", line], env=env, capture_output=True, text=True, timeout=120
+    )
+    out = result.stdout + result.stderr
+    assert result.returncode == 1, out
+    assert "the disk is full" in out and "Traceback" not in out
+    assert re.search(rf"FAILED\s+{big.sid}: .*the disk is full", out), out
+
+    ledger = Ledger(tmp_path / "state" / "ledger.sqlite3")
+    try:
+        assert ledger.call_outcome(big.sid) == "failed"
+        assert ledger.call_outcome(small.sid) == "archived"
+    finally:
+        ledger.close()

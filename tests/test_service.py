@@ -102,11 +102,11 @@ def outcome(tmp_path: Path, sid: str) -> str | None:
 
 
 def json_lines(stderr: bytes) -> list[dict[str, Any]]:
-    """Every log line is one JSON object (stderr is not a terminal); the last line is the
-    summary the command prints."""
-    lines = stderr.decode().splitlines()
-    assert lines and lines[-1].startswith("stopped: "), lines[-5:]
-    return [json.loads(line) for line in lines[:-1]]
+    """Every line is one JSON object (stderr is not a terminal); the last one is the summary
+    the command prints."""
+    events = [json.loads(line) for line in stderr.decode().splitlines()]
+    assert events and events[-1]["message"].startswith("stopped: "), events[-5:]
+    return events
 
 
 def test_sigterm_mid_transfer_lets_it_finish_and_exits_0(

@@ -154,7 +154,8 @@ def test_a_backfill_skips_bad_items_names_them_archives_the_rest_and_exits_1(
 ) -> None:
     day, good, _bad_sid, bad_date = bad_day
     state = tmp_path / "state"
-    env = exotel_env(sim, server.base_url, f"s3://{bucket}/exotel", state)
+    env = {**exotel_env(sim, server.base_url, f"s3://{bucket}/exotel", state)}
+    env["ARCHIVER_LOG_FORMAT"] = "text"  # the human lines are what this test reads
     args = ["backfill", "--since", str(day), "--until", str(day)]
 
     dry = CliRunner().invoke(

@@ -19,13 +19,28 @@ Expected errors print one line naming the problem and the fix, never a traceback
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
 from archiver import __version__
+from archiver.log import setup_logging, wants_json
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Group(click.Group):
+    """The command group; in JSON mode its own usage errors (an unknown command, a
+    ``--config`` that is a directory) are JSON lines too: they come before ``main`` runs."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        if wants_json():
+            setup_logging(fmt="json")
+        return super().main(*args, **kwargs)
+
+
+@click.group(
+    cls=_Group,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(__version__, prog_name="exotel-archiver")
 @click.option(
     "--config",
@@ -42,6 +57,8 @@ def main(ctx: click.Context, config: Path | None) -> None:
     """
     ctx.ensure_object(dict)
     ctx.obj["config"] = config
+    if wants_json():  # usage errors of the command too are JSON lines (archiver.log)
+        setup_logging(fmt="json")
 
 
 # The command modules register themselves on ``main``.

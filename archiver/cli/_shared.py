@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -24,7 +24,7 @@ from archiver.errors import (
     StoragePermanent,
 )
 from archiver.files import write_atomic
-from archiver.log import setup_logging
+from archiver.log import emit, loop_exception_handler, setup_logging, wants_json
 from archiver.report import (
     ALREADY_ARCHIVED,
     ARCHIVED,
@@ -78,31 +78,38 @@ def run(coro: Coroutine[Any, Any, T], *, state_dir: Path | None = None) -> T:
     1. An ``OSError``/``sqlite3.Error`` of the worker's own files (``state_dir``: a full disk,
     the directory removed or read-only) is one line too: ``archiver.state_errors``."""
     try:
-        return asyncio.run(coro)
+        return asyncio.run(_reporting_loop_errors(coro))
     except (ConfigError, ExotelAuthError, StoragePermanent, InvalidCallSid) as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_USAGE)
+        fail(f"error: {exc}", EXIT_USAGE)
     except ArchiverError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_FAILURES)
+        fail(f"error: {exc}", EXIT_FAILURES)
     except (OSError, sqlite3.Error) as exc:
         problem = state_problem(exc, state_dir)
-        click.echo(f"error: {problem.message}", err=True)
-        sys.exit(EXIT_USAGE if problem.config else EXIT_FAILURES)
+        fail(f"error: {problem.message}", EXIT_USAGE if problem.config else EXIT_FAILURES)
     except KeyboardInterrupt:
-        click.echo(
-            "interrupted: nothing half-done was recorded; run the same command again", err=True
-        )
-        sys.exit(130)
+        fail("interrupted: nothing half-done was recorded; run the same command again", 130)
+
+
+async def _reporting_loop_errors(coro: Coroutine[Any, Any, T]) -> T:
+    asyncio.get_running_loop().set_exception_handler(loop_exception_handler)
+    return await coro
+
+
+def fail(message: str, code: int) -> NoReturn:
+    """Say ``message`` on stderr (a JSON event with ``exit_code`` in JSON mode) and exit."""
+    emit(message, level=logging.ERROR, logger="archiver.cli", fields={"exit_code": code})
+    sys.exit(code)
 
 
 def make_settings(ctx: click.Context, cli: dict[str, Any]) -> Settings:
     config_file: Path | None = ctx.obj.get("config") if ctx.obj else None
+    # Until the settings are read, the format comes from --log-format or the environment: a
+    # configuration error under systemd is a JSON line like every other.
+    setup_logging(fmt="json" if wants_json(cli.get("log_format")) else "text")
     try:
         settings = load_settings(cli, config_file=config_file)
     except ConfigError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_USAGE)
+        fail(f"error: {exc}", EXIT_USAGE)
     setup_logging(settings.log_level, secrets=settings.secrets, fmt=settings.log_format)
     return settings
 
@@ -225,7 +232,12 @@ def print_report(report: Report, *, details: bool = False) -> None:
         if r.outcome == NOT_READY:
             click.echo(f"  not ready  {r.call_sid}: {r.detail}")
     for r in report.failed:
-        click.echo(f"  FAILED     {r.call_sid}: {r.detail}", err=True)
+        emit(
+            f"  FAILED     {r.call_sid}: {r.detail}",
+            level=logging.ERROR,
+            logger="archiver.cli",
+            call_sid=r.call_sid,
+        )
 
 
 def write_report(report: Report, path: Path | None) -> None:
@@ -238,8 +250,7 @@ def write_json(data: object, path: Path | None) -> None:
     try:
         write_atomic(path, json.dumps(data, indent=2) + "\n")
     except OSError as exc:
-        click.echo(f"error: cannot write the report to {path}: {exc.strerror}", err=True)
-        sys.exit(EXIT_USAGE)
+        fail(f"error: cannot write the report to {path}: {exc.strerror}", EXIT_USAGE)
 
 
 def day(value: Any) -> Any:

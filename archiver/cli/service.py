@@ -17,6 +17,7 @@ from archiver.cli._shared import EXIT_FAILURES, EXIT_OK, daemon_settings_options
 from archiver.cli._shared import run as run_coroutine
 from archiver.config import Settings
 from archiver.daemon import Daemon, Summary
+from archiver.log import emit
 from archiver.notify import Notifier
 
 log = logging.getLogger("archiver.daemon")
@@ -42,7 +43,11 @@ def run_command(ctx: click.Context, /, **cli: Any) -> None:
     """
     settings = make_settings(ctx, cli)
     summary = run_coroutine(serve(settings), state_dir=settings.state_dir)
-    click.echo(f"stopped: {summary.line()}", err=True)
+    emit(
+        f"stopped: {summary.line()}",
+        logger="archiver.daemon",
+        fields={"event": "stopped", **summary.fields()},
+    )
     sys.exit(EXIT_FAILURES if summary.forced else EXIT_OK)
 
 

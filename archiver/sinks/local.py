@@ -53,12 +53,18 @@ def _is_temp(name: str) -> bool:
 def _classify(exc: OSError, what: str) -> StorageError:
     if isinstance(exc, PermissionError):
         return StoragePermanent(f"{what}: permission denied: let the worker's user write there")
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return StoragePermanent(f"{what}: the disk is full: free space or choose another directory")
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # may pass (space freed): retried, then the
+        # call fails and is tried again later; the worker stays up and recovers by itself
+        return StorageUnavailable(
+            f"{what}: the disk is full: free space (the failed calls are tried again)"
+        )
     if exc.errno == errno.EROFS:
         return StoragePermanent(f"{what}: the file system is read-only")
     if exc.errno in (errno.ENAMETOOLONG, errno.EILSEQ):  # this one name: the call fails
-        return StorageRejected(f"{what}: the file system refuses this name ({exc.strerror})")
+        return StorageRejected(
+            f"{what}: the file system refuses this name ({exc.strerror})",
+            code=errno.errorcode.get(exc.errno or 0, str(exc.errno)),
+        )
     return StorageUnavailable(f"{what}: {exc.strerror or type(exc).__name__}")
 
 

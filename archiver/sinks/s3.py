@@ -313,7 +313,9 @@ class S3Sink:
             # Anything else is about this one object (400 InvalidArgument, 409, 411,
             # KeyTooLongError...): that call fails, the others go on.
             return StorageRejected(
-                f"{where}: the store refused this object ({code or status} {message}".rstrip() + ")"
+                f"{where}: the store refused this object ({code or status} {message}".rstrip()
+                + ")",
+                code=str(code or status),
             )
         return StorageUnavailable(f"{where}: {type(exc).__name__}")
 
