@@ -49,6 +49,7 @@ NEW_NAMES = {
     "stuck_calls_total": "counter",
     "stuck_calls_now": "gauge",
     "active_poll_truncated_total": "counter",
+    "failed_calls": "gauge",
 }
 
 

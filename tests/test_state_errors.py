@@ -29,6 +29,7 @@ from archiver.simulator import Simulator, SimulatorServer
 from tests.support import exotel_env
 from tests.test_local_under_systemd import clean_env
 
+JSON = {"ARCHIVER_LOG_FORMAT": "json"}
 BIG = 3 * 1024 * 1024
 """A recording larger than the state directory's file system: its spool file fills it."""
 
@@ -89,14 +90,28 @@ def manifest_lines(state: Path) -> list[dict[str, object]]:
     return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
 
+def events(err: str) -> list[dict[str, object]]:
+    """Every stderr line, each a JSON event (``ARCHIVER_LOG_FORMAT=json``, as under systemd)."""
+    lines = err.splitlines()
+    plain = [x for x in lines if not x.startswith("{")]
+    assert not plain, f"not JSON: {plain}"
+    return [json.loads(x) for x in lines]
+
+
+def messages(err: str, text: str) -> list[str]:
+    return [str(e["message"]) for e in events(err) if text in str(e["message"])]
+
+
 def assert_clean_failure(code: int, err: str, *must: str) -> str:
     assert code == 1, f"exit code {code}:\n{err}"
     assert "Traceback" not in err and "Errno" not in err and "None" not in err, err
-    errors = [x for x in err.splitlines() if x.startswith("error: ")]
+    errors = [e for e in events(err) if str(e["message"]).startswith("error: ")]
     assert len(errors) == 1, err
+    assert errors[0]["exit_code"] == 1 and errors[0]["level"] == "error", errors[0]
+    line = str(errors[0]["message"])
     for text in must:
-        assert text in errors[0], f"{text!r} not in {errors[0]!r}"
-    return errors[0]
+        assert text in line, f"{text!r} not in {line!r}"
+    return line
 
 
 def run_in_namespace(script: str, env: dict[str, str]) -> None:
@@ -113,7 +128,7 @@ def test_archive_with_the_state_disk_full_fails_in_one_line_and_records_nothing(
     disk, out = tmp_path / "disk", tmp_path / "archive"
     disk.mkdir()
     state = disk / "state"
-    env = {**clean_env(), **exotel_env(sim, server.base_url, str(out), state)}
+    env = {**clean_env(), **exotel_env(sim, server.base_url, str(out), state), **JSON}
     first, second = tmp_path / "first", tmp_path / "second"
     run_in_namespace(
         tmpfs(
@@ -153,7 +168,7 @@ def test_run_with_the_state_disk_full_stops_in_one_line_with_exit_1(
     disk, out = tmp_path / "disk", tmp_path / "archive"
     disk.mkdir()
     state = disk / "state"
-    env = {**clean_env(), **exotel_env(sim, server.base_url, str(out), state)}
+    env = {**clean_env(), **exotel_env(sim, server.base_url, str(out), state), **JSON}
     ran = tmp_path / "ran"
     run_in_namespace(
         tmpfs(disk, f"{command('run', out=ran)} && {copy(state, tmp_path / 'after')}"), env
@@ -161,7 +176,7 @@ def test_run_with_the_state_disk_full_stops_in_one_line_with_exit_1(
     code, err = result(ran)
     line = assert_clean_failure(code, err, f"state directory {state}", "no space left")
     assert "free space" in line
-    stopping = [x for x in err.splitlines() if "stopping:" in x and "no space left" in x]
+    stopping = [m for m in messages(err, "stopping: ") if "no space left" in m]
     assert len(stopping) == 1, err  # the worker's log says it once, without a traceback
     assert ledger_row(tmp_path / "after", call.sid) == ("pending", None, 0)  # for the next start
     assert not list(out.rglob("recording-*"))
@@ -177,7 +192,7 @@ def test_a_full_disk_under_the_ledger_names_the_ledger(
     disk, out = tmp_path / "disk", tmp_path / "archive"
     disk.mkdir()
     state = disk / "state"
-    env = {**clean_env(), **exotel_env(sim, server.base_url, str(out), state)}
+    env = {**clean_env(), **exotel_env(sim, server.base_url, str(out), state), **JSON}
     ok, full = tmp_path / "ok", tmp_path / "full"
     filler = shlex.quote(str(disk / "filler"))
     run_in_namespace(
