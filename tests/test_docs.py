@@ -40,3 +40,17 @@ def test_the_example_config_file_loads(tmp_path: Path) -> None:
 
 if __name__ == "__main__":
     print(options_table())
+
+
+def test_operations_lists_every_metric_and_the_alerts() -> None:
+    """Every metric the worker serves is in docs/operations.md's table, and the alert list
+    names the ones an operator pages on."""
+    from archiver.metrics import METRICS
+
+    text = (DOC.parent / "operations.md").read_text()
+    table = text.split("## Metrics", 1)[1].split("## What to alert on", 1)[0]
+    missing = [row.name for row in METRICS if f"`{row.name}" not in table]
+    assert not missing, f"docs/operations.md's metrics table lacks {missing}"
+    alerts = text.split("## What to alert on", 1)[1].split("## Exit codes", 1)[0]
+    for name in ("source_retention_at_risk", "failures_total", "stuck_calls_now", "skipped_items"):
+        assert name in alerts
