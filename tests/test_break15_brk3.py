@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import shlex
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +22,17 @@ from archiver.report import ARCHIVED, FAILED
 from archiver.simulator import Simulator, SimulatorServer
 from tests.s3proxy import FaultyS3Proxy
 from tests.seaweed import SeaweedFS
+from tests.support import exotel_env
 from tests.test_daemon import daemon_settings, make_daemon, outcome, running, until
+from tests.test_local_under_systemd import clean_env
+from tests.test_state_errors import (
+    JSON,
+    can_mount_tmpfs,
+    command,
+    result,
+    run_in_namespace,
+    tmpfs,
+)
 
 PREFIX = "brk3"
 
@@ -30,6 +41,12 @@ PREFIX = "brk3"
 def proxy(seaweed: SeaweedFS) -> Iterator[FaultyS3Proxy]:
     with FaultyS3Proxy(seaweed.endpoint) as p:
         yield p
+
+
+@pytest.fixture
+def tmpfs_ok(tmp_path: Path) -> None:
+    if not can_mount_tmpfs(tmp_path):
+        pytest.skip("no private tmpfs mount here (needs root and unshare -m)")
 
 
 def _s3(bucket: str) -> dict[str, str]:
@@ -126,10 +143,49 @@ async def test_five_refused_objects_in_a_row_among_good_calls_do_not_stop_the_wo
     async with running(daemon) as task:
         assert await daemon.sweep() == 8
         await until(
-            lambda: task.done()
-            or (not daemon.schedule.in_flight and daemon.schedule.waiting == 0),
+            lambda: task.done() or (not daemon.schedule.in_flight and daemon.schedule.waiting == 0),
             timeout=30,
         )
         assert not task.done(), f"the worker stopped: {task.exception()!r}"
     assert {c.sid: outcome(settings, c.sid) for c in good} == {c.sid: ARCHIVED for c in good}
     assert len(_recording_keys(seaweed, bucket)) == 3
+
+
+def test_a_full_local_destination_does_not_download_every_call_for_nothing(
+    sim: Simulator, server: SimulatorServer, tmp_path: Path, tmpfs_ok: None
+) -> None:
+    """The local destination's disk is full (a real 1 MiB tmpfs, filled up to a few KiB: room
+    for the start-up check, none for a recording); the state
+    directory has room. ``archive`` of 12 calls: ENOSPC is now StorageUnavailable, so each call
+    is downloaded in full (and its PUT retried), fails, and the next one is downloaded again —
+    every recording fetched and every call failed, an API request and a download each, for
+    a condition that concerns every call. Wanted: the run stops after the first few with the
+    disk named (as a full state directory does), not download all of them."""
+    calls = [
+        sim.add_call(
+            recordings=1, size=20_000, created=sim.now() - dt.timedelta(hours=2, minutes=i)
+        )
+        for i in range(12)
+    ]
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    out, state = disk / "archive", tmp_path / "state"
+    env = {**clean_env(), **exotel_env(sim, server.base_url, str(out), state), **JSON}
+    env["ARCHIVER_CONCURRENCY"] = "1"
+    ran = tmp_path / "ran"
+    filler = shlex.quote(str(disk / "filler"))
+    run_in_namespace(
+        tmpfs(
+            disk,
+            f"mkdir -p {shlex.quote(str(out))} && dd if=/dev/zero of={filler} bs=4096 count=250"
+            f" 2>/dev/null && {command('archive', *[c.sid for c in calls], out=ran)}",
+        ),
+        env,
+    )
+    code, err = result(ran)
+    assert code != 0, err
+    assert "Traceback" not in err, err
+    downloaded = sim.counters.get("recordings_served_ok", 0)
+    assert downloaded <= 3, (
+        f"{downloaded} of {len(calls)} recordings downloaded into a full destination; exit {code}"
+    )
