@@ -44,6 +44,7 @@ from archiver.errors import (
     ArchiverError,
     CertificateError,
     ConfigError,
+    DestinationFull,
     ExotelAuthError,
     ExotelNotFound,
     InvalidCallSid,
@@ -51,6 +52,7 @@ from archiver.errors import (
     RecordingUnavailable,
     StoragePermanent,
     StorageRejected,
+    StoreRefusesAll,
     error_reason,
 )
 from archiver.exotel.client import ExotelClient
@@ -83,8 +85,8 @@ INTERNAL_ERROR = "internal_error"
 
 
 REJECT_STREAK = 5
-"""Refusals of one object with the same code, in a row with no recording stored in between,
-after which the store is taken to refuse every object (``Archiver._rejected``)."""
+"""Calls refused by the store with the same code, in a row with no recording stored in between,
+after which it is taken to refuse every object (``Archiver._rejected``)."""
 
 
 class Archiver:
@@ -99,8 +101,11 @@ class Archiver:
         manifest: ManifestWriter,
         exotel: ExotelClient,
         http: aiohttp.ClientSession,
+        stop_on_refusals: bool = True,
     ) -> None:
         self.settings = settings
+        self.stop_on_refusals = stop_on_refusals
+        """A one-shot command stops when the store refuses every object; the worker warns."""
         self.ledger = ledger
         self.exotel = exotel
         self.http = http
@@ -118,7 +123,7 @@ class Archiver:
         self.addresses = address_policy(settings)
         self.url_refreshes = 0
         """Fresh URLs fetched, after a 403 or ahead of a deadline: API requests they cost."""
-        self._reject_streak: tuple[str, int] = ("", 0)
+        self._reject_streak: tuple[str, set[str]] = ("", set())
         self._stored_at = 0
 
     async def archive_call(self, call_sid: str) -> CallResult:
@@ -129,12 +134,12 @@ class Archiver:
                 return CallResult(call_sid, ALREADY_ARCHIVED, self.ledger.objects_of(call_sid))
             details, raw = await self.exotel.call_details(call_sid)
             return await self._archive_details(details, raw, fetched_at=time.time())
-        except (ExotelAuthError, StoragePermanent, CertificateError):
+        except (ExotelAuthError, StoragePermanent, CertificateError, DestinationFull):
             raise  # concerns every call: the run stops
         except InvalidCallSid as exc:
             return CallResult(call_sid, FAILED, detail=str(exc), reason="invalid_call_sid")
         except StorageRejected as exc:
-            self._rejected(exc)  # the same refusal again and again stops the run
+            self._rejected(call_sid, exc)  # the same refusal for every call: see there
             log.error("call %s failed: %s", call_sid, exc)
             return self._failed(call_sid, str(exc), error_reason(exc), retryable=exc.retryable)
         except ArchiverError as exc:
@@ -151,22 +156,29 @@ class Archiver:
             log.error("call %s failed on an unexpected error", call_sid, exc_info=True)
             return self._failed(call_sid, detail, INTERNAL_ERROR, retryable=False)
 
-    def _rejected(self, exc: StorageRejected) -> None:
-        """Count a refusal of one object; raise ``StoragePermanent`` at the ``REJECT_STREAK``-th
-        refusal in a row with the same code and no object stored in between: a store that says
-        the same no to every object (a bucket policy demanding a header, a gateway refusing
-        ours) concerns every call, and failing them one by one would download each recording
-        for nothing, forever."""
-        code, count = self._reject_streak
-        count = count + 1 if exc.code == code and self.recorder.stored == self._stored_at else 1
-        self._reject_streak, self._stored_at = (exc.code, count), self.recorder.stored
-        if count >= REJECT_STREAK:
-            raise StoragePermanent(
-                f"the store refused {count} objects in a row alike ({exc.code or 'no code'}) and "
-                f"stored none in between: that concerns every object, not one. The last: {exc}. "
-                "Check the bucket policy (a required encryption header?), a gateway in front of "
-                "the store, or the store's own logs; then start again"
-            ) from exc
+    def _rejected(self, sid: str, exc: StorageRejected) -> None:
+        """Count a refusal of one call's object. ``REJECT_STREAK`` distinct calls refused in a
+        row with the same code and no recording stored in between look like a store that says
+        no to every object (a bucket policy demanding a header, a gateway refusing ours): a
+        one-shot command stops on it (``StoreRefusesAll``, exit 1) rather than download every
+        recording for nothing; the long-running worker only warns (once per streak) — a false
+        stop would keep it down, and its failed calls' backoff bounds what they cost."""
+        code, calls = self._reject_streak
+        if exc.code != code or self.recorder.stored != self._stored_at:
+            code, calls = exc.code, set()
+        calls.add(sid)
+        self._reject_streak, self._stored_at = (code, calls), self.recorder.stored
+        if len(calls) != REJECT_STREAK:
+            return
+        message = (
+            f"the store refused the objects of {len(calls)} calls in a row alike "
+            f"({code or 'no code'}) and stored none in between: if it refuses every object, "
+            "check the bucket policy (a required encryption header?), a gateway in front of the "
+            f"store, or the store's own logs. The last: {exc}"
+        )
+        if self.stop_on_refusals:
+            raise StoreRefusesAll(message + "; stopped before downloading more") from exc
+        log.warning("%s", message)
 
     def _failed(self, sid: str, detail: str, reason: str, *, retryable: bool) -> CallResult:
         """Record ``sid`` as failed (never archived) and say why."""

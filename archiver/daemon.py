@@ -319,6 +319,7 @@ class Daemon:
                         manifest=manifest,
                         exotel=exo,
                         http=http,
+                        stop_on_refusals=False,  # a false stop would keep it down: it warns
                     )
                     return await self._serve()
             finally:

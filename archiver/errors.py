@@ -43,6 +43,11 @@ The tree::
         ├── StorageRejected       the store refused this one object (an unrecognised 4xx:
         │                         InvalidArgument, 409, 411, KeyTooLong...; a file name the
         │                         local file system refuses): fails that call only; not retryable
+        ├── DestinationFull   the local destination's disk is full: concerns every call, stops
+        │                         the run with exit 1 (systemd restarts it; it goes on once space
+        │                         is freed) before more recordings are downloaded for nothing
+        ├── StoreRefusesAll   a one-shot command's first objects all refused alike
+        │                         (``StorageRejected`` with one code, nothing stored): exit 1
         └── StorageLocked         a delete or retention change refused: Object Lock retention or
                                   a legal hold protects the object; not retryable
 
@@ -247,14 +252,27 @@ class StorageRejected(StorageError):
     answer outside the known account-wide and transient ones (400 InvalidArgument, 409, 411,
     KeyTooLongError...), or a file name the local file system refuses. Not retried as is; the
     call fails with this reason and the run goes on — unless the same refusal keeps coming with
-    nothing stored in between (``archiver.archive.REJECT_STREAK``): then it concerns every
-    object (a bucket policy, a gateway) and the run stops with ``StoragePermanent``.
+    nothing stored in between (``archiver.archive.REJECT_STREAK`` calls): then a one-shot
+    command stops (``StoreRefusesAll``) and the worker warns (it never stops on it: a false
+    stop would keep it down).
 
     ``code``: the store's error code (``InvalidArgument``, ``409``, ``ENAMETOOLONG``...)."""
 
     def __init__(self, message: str, *, code: str = "") -> None:
         super().__init__(message)
         self.code = code
+
+
+class DestinationFull(StorageError):
+    """The local destination's disk is full (ENOSPC, EDQUOT). Every call would fail alike
+    after downloading its recordings, so the run stops (exit 1, not a configuration error:
+    space can be freed, and systemd restarts the worker)."""
+
+
+class StoreRefusesAll(StorageError):
+    """A one-shot command's first ``REJECT_STREAK`` calls were all refused by the store with
+    the same code and nothing was stored: the store refuses every object (a bucket policy, a
+    gateway), and going on would download every recording for nothing. Exit 1."""
 
 
 class StorageLocked(StorageError):

@@ -199,8 +199,8 @@ def test_a_store_that_refuses_every_object_stops_the_run_instead_of_failing_each
     refuses its checksum header) answers EVERY PutObject with 400 InvalidArgument. That is not
     about one object: it concerns every call, like AccessDenied. Each call is downloaded in full
     and then failed; a backfill of 100,000 calls downloads them all and stores none, and the
-    worker does so forever (every sweep, every new call). The run should stop after a few
-    refusals of the same kind with nothing stored, naming the problem (exit 2)."""
+    worker does so forever (every sweep, every new call). A one-shot command should stop after
+    a few refusals of the same kind with nothing stored, naming the problem."""
     monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
     calls = [sim.add_call(size=20_000).sid for _ in range(12)]
     proxy.fail(
@@ -218,8 +218,11 @@ def test_a_store_that_refuses_every_object_stops_the_run_instead_of_failing_each
     }
     result = _invoke(["archive", *calls], env)
     downloads = sim.counters.get("recording_requests", 0)
-    # Fails: exit 1 after downloading all 12 recordings and failing each as storage_rejected.
-    assert result.exit_code == 2, (
+    # Failed: exit 1 after downloading all 12 recordings and failing each as storage_rejected.
+    # Now the one-shot command stops after REJECT_STREAK calls (exit 1: done, with failures;
+    # not 2, a stop that systemd would never restart) naming the likely cause.
+    assert "check the bucket policy" in result.output
+    assert result.exit_code == 1, (
         f"exit {result.exit_code} after {downloads} downloads, none stored:\n"
         + result.output[-1500:]
     )

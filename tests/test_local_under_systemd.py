@@ -185,12 +185,13 @@ def test_a_destination_it_may_not_write_is_refused_at_start(
         assert "ARCHIVER_DESTINATION" in err
 
 
-def test_a_full_local_destination_fails_the_call_and_is_not_a_config_error(
+def test_a_full_local_destination_stops_the_run_with_exit_1_not_a_config_error(
     sim: Simulator, server: SimulatorServer, tmp_path: Path, read_only_ok: None
 ) -> None:
-    """A full disk passes (space is freed): the call that did not fit fails with the reason and
-    is tried again later; it is not exit 2, which systemd would never restart. The small call
-    that fits is archived."""
+    """A full disk concerns every call, so the run stops at once rather than download every
+    recording for nothing; but space can be freed, so it is exit 1 (systemd restarts it), not
+    the exit 2 of a configuration error, which it never restarts. Nothing is recorded for the
+    call that did not fit, and nothing half-written is left at its key."""
     mounted = tmp_path / "srv"
     mounted.mkdir()
     big = sim.add_call(size=3 * 1024 * 1024)
@@ -204,20 +205,23 @@ def test_a_full_local_destination_fails_the_call_and_is_not_a_config_error(
     }
     where = shlex.quote(str(mounted))
     line = (
-        f"mount --make-rprivate / && mount -t tmpfs -o size=1m tmpfs {where} && exec "
+        f"mount --make-rprivate / && mount -t tmpfs -o size=1m tmpfs {where} && "
         + archiver_command("archive", big.sid, small.sid)
+        + f"; code=$?; find {where} -name 'recording-*' -type f; exit $code"
     )
     result = subprocess.run(
         ["unshare", "-m", "sh", "-c", line], env=env, capture_output=True, text=True, timeout=120
     )
     out = result.stdout + result.stderr
     assert result.returncode == 1, out
-    assert "the disk is full" in out and "Traceback" not in out
-    assert re.search(rf"FAILED\s+{big.sid}: .*the disk is full", out), out
-
+    assert re.search(r"error: .*the disk is full: free space there", out), out
+    assert "Traceback" not in out
+    assert f"{big.sid}/recording-1" not in result.stdout, "a half-written recording was left"
     ledger = Ledger(tmp_path / "state" / "ledger.sqlite3")
     try:
-        assert ledger.call_outcome(big.sid) == "failed"
-        assert ledger.call_outcome(small.sid) == "archived"
+        assert ledger.call_outcome(big.sid) != "archived"
+        assert not ledger.objects_of(big.sid) or all(
+            o.kind != "recording" for o in ledger.objects_of(big.sid)
+        )
     finally:
         ledger.close()

@@ -33,6 +33,7 @@ import aiofiles.os
 
 from archiver.errors import (
     ConfigError,
+    DestinationFull,
     StorageConflict,
     StorageError,
     StoragePermanent,
@@ -53,10 +54,11 @@ def _is_temp(name: str) -> bool:
 def _classify(exc: OSError, what: str) -> StorageError:
     if isinstance(exc, PermissionError):
         return StoragePermanent(f"{what}: permission denied: let the worker's user write there")
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # may pass (space freed): retried, then the
-        # call fails and is tried again later; the worker stays up and recovers by itself
-        return StorageUnavailable(
-            f"{what}: the disk is full: free space (the failed calls are tried again)"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # every call would fail alike; space can
+        # be freed: the run stops with exit 1 (systemd restarts it), not a configuration error
+        return DestinationFull(
+            f"{what}: the disk is full: free space there, then start again (nothing half-done "
+            "was recorded)"
         )
     if exc.errno == errno.EROFS:
         return StoragePermanent(f"{what}: the file system is read-only")
