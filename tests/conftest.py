@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -11,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from archiver.simulator import Simulator, SimulatorServer
+from tests.s3proxy import FaultyS3Proxy
 from tests.seaweed import SeaweedFS
+from tests.support import exotel_env
 
 _bucket_numbers = itertools.count(1)
 
@@ -69,6 +72,32 @@ def server(sim: Simulator) -> Iterator[SimulatorServer]:
     """``sim`` served over real HTTP on loopback, from a background thread."""
     with SimulatorServer(sim, host="127.0.0.1", port=0) as srv:
         yield srv
+
+
+@pytest.fixture
+def proxy(seaweed: SeaweedFS) -> Iterator[FaultyS3Proxy]:
+    """FaultyS3Proxy in front of SeaweedFS: S3 answers a test injects (``proxy.fail(...)``)."""
+    with FaultyS3Proxy(seaweed.endpoint) as p:
+        yield p
+
+
+@pytest.fixture
+def service_env(
+    sim: Simulator, server: SimulatorServer, seaweed: SeaweedFS, bucket: str, tmp_path: Path
+) -> dict[str, str]:
+    """The environment of a real ``python -m archiver`` process: ``sim`` over HTTP, the
+    destination ``s3://BUCKET/calls`` on SeaweedFS, state in ``tmp_path/state``, nothing of
+    the developer's AWS setup, the worker's intervals at their minimum (1 s)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "NOTIFY_"))}
+    return {
+        **env,
+        **seaweed.env(),
+        **exotel_env(sim, server.base_url, f"s3://{bucket}/calls", tmp_path / "state"),
+        "AWS_CONFIG_FILE": str(tmp_path / "none"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+        "ARCHIVER_POLL_INTERVAL": "1",
+        "ARCHIVER_RECHECK_INTERVAL": "1",
+    }
 
 
 @pytest.fixture(autouse=True)

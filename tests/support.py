@@ -3,12 +3,40 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import shlex
+import shutil
+import socket
 import sqlite3
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.abc import AbstractResolver, ResolveResult
+from click.testing import CliRunner, Result
+from prometheus_client.parser import text_string_to_metric_families
 
 from archiver.archive import archive_calls
+from archiver.cli import main
 from archiver.config import Settings, load_settings
+from archiver.ledger import Ledger
 from archiver.simulator import Simulator
+from tests.seaweed import SeaweedFS
+from tests.seaweed import free_port as free_port  # one definition, used by SeaweedFS too
+
+UNDER_SYSTEMD = {
+    "INVOCATION_ID": "8c5b0e3cf4a6495c8b8ff0a2d2b0d7a1",
+    "JOURNAL_STREAM": "8:12345",
+}
+"""What the archiver sees of systemd: a unit's invocation id and its journal on stderr."""
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+"""Metric samples as scraped: (sample name, labels) -> value."""
 
 
 def exotel_env(sim: Simulator, base_url: str, destination: str, state: Path) -> dict[str, str]:
@@ -75,3 +103,162 @@ def add_bulk_objects(
     finally:
         db.close()
     return keys
+
+
+# --- processes and waiting ---------------------------------------------------------------------
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 60.0, interval: float = 0.1) -> None:
+    """Poll ``condition`` from a synchronous test until it holds; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(interval)
+
+
+def clean_env() -> dict[str, str]:
+    """This process's environment without systemd's marks (the suite may itself run in a unit)."""
+    return {k: v for k, v in os.environ.items() if k not in UNDER_SYSTEMD}
+
+
+def invoke(args: Sequence[str], env: Mapping[str, str]) -> Result:
+    """``exotel-archiver ARGS`` through click, in this process; an exception other than the
+    command's own exit is a test failure showing the output."""
+    result = CliRunner().invoke(main, list(args), env=dict(env))
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise AssertionError(f"{result.exception!r}\n{result.output}") from result.exception
+    return result
+
+
+# --- what ended up in the ledger, the bucket, the log, /metrics --------------------------------
+
+
+def outcome(state: Path, sid: str) -> str | None:
+    """The ledger's outcome of call ``sid`` in the state directory ``state`` (None: unknown, or
+    no ledger yet — reading it never creates one)."""
+    return outcomes(state, sid)[sid]
+
+
+def outcomes(state: Path, *sids: str) -> dict[str, str | None]:
+    """The ledger's outcome of each call in ``sids``, by call sid."""
+    if not (state / "ledger.sqlite3").exists():
+        return dict.fromkeys(sids)
+    ledger = Ledger(state / "ledger.sqlite3")
+    try:
+        return {sid: ledger.call_outcome(sid) for sid in sids}
+    finally:
+        ledger.close()
+
+
+def recordings_in(seaweed: SeaweedFS, bucket: str, prefix: str) -> dict[str, bytes]:
+    """The recording objects under ``prefix/`` of ``bucket``, key -> body."""
+    client = seaweed.client()
+    listed = client.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/").get("Contents", [])
+    return {
+        o["Key"]: client.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()
+        for o in listed
+        if "/recording-" in o["Key"]
+    }
+
+
+def json_lines(stderr: str | bytes) -> list[dict[str, Any]]:
+    """Every line of ``stderr`` as a JSON object; the test fails on the first line that is not
+    one (JSON log mode promises nothing else on stderr)."""
+    text = stderr.decode() if isinstance(stderr, bytes) else stderr
+    out: list[dict[str, Any]] = []
+    for n, line in enumerate(text.splitlines(), 1):
+        try:
+            event = json.loads(line)
+        except ValueError:
+            pytest.fail(f"stderr line {n} is not JSON: {line!r}")
+        assert isinstance(event, dict), f"stderr line {n} is not a JSON object: {line!r}"
+        out.append(event)
+    return out
+
+
+def non_json_lines(stderr: str) -> list[str]:
+    """The lines of ``stderr`` that are not a JSON object (blank lines aside)."""
+    bad = []
+    for line in stderr.splitlines():
+        if not line.strip():
+            continue
+        try:
+            event = json.loads(line)
+        except ValueError:
+            bad.append(line)
+            continue
+        if not isinstance(event, dict):
+            bad.append(line)
+    return bad
+
+
+def scrape(port: int) -> tuple[str, str]:
+    """``GET /metrics`` of a worker listening on the loopback ``port``: (content type, text)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        assert answer.status == 200
+        return answer.headers["Content-Type"], answer.read().decode()
+
+
+def exposed(text: str) -> tuple[dict[str, str], Samples]:
+    """(name as exposed -> type, samples), read by prometheus_client's own parser."""
+    types: dict[str, str] = {}
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        name = family.name + ("_total" if family.type == "counter" else "")
+        types[name] = family.type
+        for sample in family.samples:
+            samples[sample.name, frozenset(sample.labels.items())] = sample.value
+    return types, samples
+
+
+# --- no DNS ------------------------------------------------------------------------------------
+
+
+class NoDns(AbstractResolver):
+    """Every lookup is recorded (and fails): a refused URL must never get this far."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        self.asked.append(host)
+        raise OSError("no DNS in this test")
+
+    async def close(self) -> None:
+        pass
+
+
+# --- private mount namespaces (unshare -m, as root) --------------------------------------------
+
+
+def can_mount_privately(tmp_path: Path, script: Callable[[Path], str]) -> bool:
+    """Whether mounts in a private namespace work here (root, unshare and mount present):
+    ``script(probe)``, run under ``unshare -m``, mounts something on the new folder ``probe``
+    and (if its mount holds) leaves no ``probe/x`` visible from outside; it must exit 0."""
+    if shutil.which("unshare") is None or shutil.which("mount") is None or os.geteuid() != 0:
+        return False
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    result = subprocess.run(
+        ["unshare", "-m", "sh", "-c", script(probe)], capture_output=True, timeout=30
+    )
+    return result.returncode == 0 and not (probe / "x").exists()
+
+
+def read_only(folder: Path, then: str) -> str:
+    """A shell line that makes ``folder`` a read-only bind mount (in this mount namespace), then
+    runs ``then``."""
+    where = shlex.quote(str(folder))
+    return (
+        "mount --make-rprivate / && "
+        f"mount --bind {where} {where} && mount -o remount,ro,bind {where} && {then}"
+    )
+
+
+def tmpfs(folder: Path, then: str, size: str = "1m") -> str:
+    """A shell line mounting a ``size`` tmpfs on ``folder`` (in this mount namespace only),
+    then running ``then``."""
+    where = shlex.quote(str(folder))
+    return f"mount --make-rprivate / && mount -t tmpfs -o size={size} tmpfs {where} && {then}"

@@ -25,7 +25,7 @@ from archiver.errors import ConfigError
 from archiver.exotel.models import IST
 from archiver.ledger import Ledger
 from archiver.simulator import Simulator, SimulatorServer
-from tests.support import exotel_env
+from tests.support import exotel_env, outcome
 
 FAST = {"EXOTEL_RATE_LIMIT": "6000"}
 """For the month-long ranges (~200 requests): the simulator has no 200/min limit, and waiting
@@ -239,14 +239,6 @@ def stored_sids(out: Path) -> set[str]:
     return {p.parent.name for p in out.rglob("recording-*")}
 
 
-def outcome_of(state: Path, sid: str) -> str | None:
-    ledger = Ledger(state / "ledger.sqlite3")
-    try:
-        return ledger.call_outcome(sid)
-    finally:
-        ledger.close()
-
-
 def test_a_listing_made_minutes_after_the_range_ended_is_not_reused(
     sim: Simulator, server: SimulatorServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -274,7 +266,7 @@ def test_a_listing_made_minutes_after_the_range_ended_is_not_reused(
     assert plan["calls_listed"] == 3  # `talking` is still in progress: Exotel does not list it
     assert plan["listing_complete"] is False
     assert stored_sids(out) == {done.sid}
-    assert outcome_of(state, late.sid) == "not_ready"
+    assert outcome(state, late.sid) == "not_ready"
     assert saved_listings(state) == {}  # not complete: nothing kept for reuse
 
     sim.finish(late.sid)
@@ -286,7 +278,7 @@ def test_a_listing_made_minutes_after_the_range_ended_is_not_reused(
     assert plan["calls_listed"] == 4 and plan["listing_requests"] == 1  # listed again
     assert plan["listing_complete"] is True
     assert stored_sids(out) == {done.sid, late.sid, talking.sid}
-    assert outcome_of(state, late.sid) == outcome_of(state, talking.sid) == "archived"
+    assert outcome(state, late.sid) == outcome(state, talking.sid) == "archived"
     assert list(saved_listings(state).values()) == [midnight + timedelta(hours=7)]
 
     third = invoke([*args, "--dry-run", "--report", str(tmp_path / "third.json")], env)
@@ -321,7 +313,7 @@ def test_a_range_listed_while_it_reached_today_is_listed_again_later(
     second = invoke(args, env)
     assert second.exit_code == 0, second.output
     assert stored_sids(out) == {before.sid, later.sid}
-    assert outcome_of(state, later.sid) == "archived"
+    assert outcome(state, later.sid) == "archived"
 
 
 @pytest.mark.parametrize("known_as", ["not_ready", "pending", "failed"])
@@ -347,7 +339,7 @@ def test_a_call_the_ledger_knows_unfinished_is_never_no_recording_from_a_listing
     summary = json.loads((tmp_path / "first.json").read_text())
     assert summary["plan"]["no_recording"] == 0 and summary["plan"]["to_archive"] == 1
     assert summary["result"]["counts"]["not_ready"] == 1
-    assert outcome_of(state, call.sid) == "not_ready"
+    assert outcome(state, call.sid) == "not_ready"
 
     sim.finish(call.sid)
     second = invoke([*args, "--report", str(tmp_path / "second.json")], env)
@@ -355,7 +347,7 @@ def test_a_call_the_ledger_knows_unfinished_is_never_no_recording_from_a_listing
     plan = json.loads((tmp_path / "second.json").read_text())["plan"]
     assert plan["listing_requests"] == 0  # the saved listing (call without recording) reused
     assert plan["to_archive"] == 1 and plan["no_recording"] == 0
-    assert stored_sids(out) == {call.sid} and outcome_of(state, call.sid) == "archived"
+    assert stored_sids(out) == {call.sid} and outcome(state, call.sid) == "archived"
 
 
 def test_a_listing_saved_under_another_time_zone_is_not_reused(
@@ -465,8 +457,8 @@ def test_plan_result_and_summary_agree_on_a_mixed_range(
     recordings = [k for k in keys if "/recording-" in k]
     assert {k.split("/")[-2] for k in recordings} == {c.sid for c in with_audio}
     assert len(recordings) == sum(len(c.recordings) for c in with_audio)
-    assert all(outcome_of(state, c.sid) == "archived" for c in with_audio)
-    assert all(outcome_of(state, c.sid) is None for c in silent)  # never asked: not recorded
+    assert all(outcome(state, c.sid) == "archived" for c in with_audio)
+    assert all(outcome(state, c.sid) is None for c in silent)  # never asked: not recorded
 
 
 def test_after_a_rebuild_a_call_found_whole_in_the_ledger_is_already_archived(
@@ -503,4 +495,4 @@ def test_after_a_rebuild_a_call_found_whole_in_the_ledger_is_already_archived(
     data_keys = {k for k in contents() if not k.startswith("exotel/_manifest/")}
     assert data_keys == {k for k in before if not k.startswith("exotel/_manifest/")}
     assert all(contents()[k] == before[k] for k in data_keys)  # nothing written again
-    assert all(outcome_of(tmp_path / "b", c.sid) == "archived" for c in with_audio)
+    assert all(outcome(tmp_path / "b", c.sid) == "archived" for c in with_audio)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -63,12 +62,6 @@ app_id = "{app}"
 
 def config_text(general: str = "30d", general_lock: str = "governance") -> str:
     return CONFIG.format(general=general, general_lock=general_lock, app=ORDERS_APP)
-
-
-@pytest.fixture
-def proxy(seaweed: Any) -> Iterator[FaultyS3Proxy]:
-    with FaultyS3Proxy(seaweed.endpoint) as p:
-        yield p
 
 
 def env_for(

@@ -28,15 +28,9 @@ from archiver.manifest import read_manifest
 from archiver.notify import Notifier
 from archiver.report import ARCHIVED, NO_RECORDING, NOT_READY
 from archiver.simulator import Simulator, SimulatorServer
-from tests.support import exotel_env
+from tests.support import exotel_env, free_port
 
 SECRET = "hook-secret-5f1c"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def daemon_settings(

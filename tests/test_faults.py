@@ -24,7 +24,6 @@ import re
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -39,12 +38,6 @@ from tests.support import exotel_env
 
 KiB, MiB = 1024, 1024 * 1024
 PREFIX = "faults"
-
-
-@pytest.fixture
-def proxy(seaweed: Any) -> Iterator[FaultyS3Proxy]:
-    with FaultyS3Proxy(seaweed.endpoint) as p:
-        yield p
 
 
 @dataclass(frozen=True)

@@ -28,13 +28,12 @@ from archiver.addresses import AddressPolicy, GuardedResolver
 from archiver.cli import main
 from archiver.errors import UnsafeAddress
 from archiver.exotel.models import IST
-from archiver.ledger import Ledger
 from archiver.manifest import read_manifest
 from archiver.simulator import Simulator, SimulatorServer
 from archiver.simulator.faults import DROP
 from archiver.transfer import Partial, download
 from tests.s3proxy import FaultyS3Proxy
-from tests.support import exotel_env
+from tests.support import exotel_env, outcome
 
 PREFIX = "hostile"
 FIX_PRIVATE = "ARCHIVER_ALLOW_PRIVATE_ADDRESSES"
@@ -89,14 +88,6 @@ def stored(seaweed: Any, bucket: str) -> dict[str, bytes]:
 
 def manifest(state: Path) -> list[dict[str, Any]]:
     return read_manifest(state / "manifest.jsonl")
-
-
-def outcome(state: Path, sid: str) -> str | None:
-    ledger = Ledger(state / "ledger.sqlite3")
-    try:
-        return ledger.call_outcome(sid)
-    finally:
-        ledger.close()
 
 
 def nothing_archived(seaweed: Any, bucket: str, state: Path, sid: str | None = None) -> None:

@@ -15,11 +15,9 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,6 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
-from aiohttp.abc import AbstractResolver, ResolveResult
 from click.testing import CliRunner
 
 from archiver.addresses import AddressPolicy, GuardedResolver
@@ -42,7 +39,7 @@ from archiver.simulator import Simulator, SimulatorServer
 from archiver.transfer import Partial, download
 from tests.s3proxy import FaultyS3Proxy
 from tests.seaweed import SeaweedFS
-from tests.support import exotel_env
+from tests.support import NoDns, exotel_env, free_port, scrape
 
 PREFIX = "hostile"
 SIG_VALUE, CRED_VALUE = "f00dfacecafe1515", "AKIAHOSTILE15"
@@ -158,22 +155,6 @@ def hostile_urls(per_pattern: int = 40, seed: int = 15) -> list[tuple[str, str, 
 HOSTILE = hostile_urls()
 
 
-class _NoDns(AbstractResolver):
-    """Every lookup is recorded (and fails): a refused URL must never get this far."""
-
-    def __init__(self) -> None:
-        self.asked: list[str] = []
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        self.asked.append(host)
-        raise OSError("no DNS in this test")
-
-    async def close(self) -> None:
-        pass
-
-
 def _no_secret(text: str) -> None:
     for secret in SECRETS:
         assert secret not in text, text[:300]
@@ -189,7 +170,7 @@ def test_the_generator_is_big_and_covers_every_pattern() -> None:
 
 async def test_every_hostile_url_is_refused_up_front_with_its_reason(tmp_path: Path) -> None:
     policy = AddressPolicy.for_hosts(["http://127.0.0.1:1"], allow_private=False)
-    dns = _NoDns()
+    dns = NoDns()
     connector = aiohttp.TCPConnector(resolver=GuardedResolver(policy, inner=dns))
     wrong: list[str] = []
     async with aiohttp.ClientSession(connector=connector) as session:
@@ -322,12 +303,6 @@ class World:
         assert len(keys) == len(set(keys)) == len(wanted)
 
 
-@pytest.fixture
-def proxy(seaweed: SeaweedFS) -> Any:
-    with FaultyS3Proxy(seaweed.endpoint) as p:
-        yield p
-
-
 def test_archive_fails_each_hostile_call_and_archives_the_rest(
     sim: Simulator,
     server: SimulatorServer,
@@ -366,17 +341,6 @@ def test_archive_fails_each_hostile_call_and_archives_the_rest(
     assert sim.counters.get("recording_requests", 0) == 2 * len(world.good) + len(REJECTS)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _metrics(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
-        return str(answer.read().decode())
-
-
 def test_the_worker_fails_each_hostile_call_and_keeps_running(
     sim: Simulator,
     server: SimulatorServer,
@@ -387,7 +351,7 @@ def test_the_worker_fails_each_hostile_call_and_keeps_running(
 ) -> None:
     world = World(sim, proxy, hostile=24, good=5)
     state = tmp_path / "state"
-    port = _free_port()
+    port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if k in ("PATH", "PYTHONPATH", "HOME")},
         **seaweed.env(),
@@ -413,7 +377,7 @@ def test_the_worker_fails_each_hostile_call_and_keeps_running(
         text = ""
         while time.monotonic() < deadline and proc.poll() is None:
             try:
-                text = _metrics(port)
+                _, text = scrape(port)
             except OSError:
                 time.sleep(0.2)
                 continue

@@ -12,79 +12,38 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from archiver.ledger import Ledger
 from archiver.simulator import Simulator, SimulatorServer
 from tests.seaweed import SeaweedFS
-from tests.support import exotel_env
+from tests.support import free_port, json_lines, outcome, wait_for
 
-PREFIX = "calls"
+PREFIX = "calls"  # conftest's service_env archives to s3://BUCKET/calls
 REPR = re.compile(r"\bNone\b|<[\w.]+ object at 0x|\bobject at 0x[0-9a-f]+")
 
 
 @pytest.fixture
-def json_env(
-    sim: Simulator, server: SimulatorServer, seaweed: SeaweedFS, bucket: str, tmp_path: Path
-) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "NOTIFY_"))}
-    return {
-        **env,
-        **seaweed.env(),
-        **exotel_env(sim, server.base_url, f"s3://{bucket}/{PREFIX}", tmp_path / "state"),
-        "AWS_CONFIG_FILE": str(tmp_path / "none"),
-        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
-        "ARCHIVER_POLL_INTERVAL": "1",
-        "ARCHIVER_RECHECK_INTERVAL": "1",
-        "ARCHIVER_LOG_FORMAT": "json",
-    }
+def json_env(service_env: dict[str, str]) -> dict[str, str]:
+    """A worker's environment (conftest's ``service_env``) asking for JSON logs."""
+    return {**service_env, "ARCHIVER_LOG_FORMAT": "json"}
 
 
 def events(stderr: bytes) -> list[dict[str, Any]]:
     """Every stderr line as JSON (the test fails on the first line that is not), each a JSON
     object with a message free of Python reprs."""
-    out: list[dict[str, Any]] = []
-    for n, line in enumerate(stderr.decode().splitlines(), 1):
-        try:
-            event = json.loads(line)
-        except ValueError:
-            pytest.fail(f"stderr line {n} is not JSON: {line!r}")
-        assert isinstance(event, dict), f"stderr line {n} is not a JSON object: {line!r}"
-        assert {"time", "level", "logger", "message"} <= set(event), line
-        assert not REPR.search(event["message"]), f"a Python repr in line {n}: {line}"
-        out.append(event)
+    out = json_lines(stderr)
+    for n, event in enumerate(out, 1):
+        assert {"time", "level", "logger", "message"} <= set(event), event
+        assert not REPR.search(event["message"]), f"a Python repr in line {n}: {event}"
     return out
-
-
-def outcome(state: Path, sid: str) -> str | None:
-    ledger = Ledger(state / "ledger.sqlite3")
-    try:
-        return ledger.call_outcome(sid)
-    finally:
-        ledger.close()
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.1)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def callback(url: str, call: Any) -> None:

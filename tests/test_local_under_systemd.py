@@ -12,10 +12,8 @@ sees of it: ``INVOCATION_ID`` (and ``JOURNAL_STREAM``) in the environment.
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 from datetime import datetime, timedelta
@@ -27,42 +25,9 @@ from archiver.exotel.models import IST
 from archiver.ledger import Ledger
 from archiver.simulator import Simulator
 from archiver.simulator.server import SimulatorServer
-from tests.support import exotel_env
+from tests.support import UNDER_SYSTEMD, can_mount_privately, clean_env, exotel_env, read_only
 
-UNDER_SYSTEMD = {
-    "INVOCATION_ID": "8c5b0e3cf4a6495c8b8ff0a2d2b0d7a1",
-    "JOURNAL_STREAM": "8:12345",
-}
 DOC_SECTION = "docs/installation.md#a-local-directory-as-the-destination"
-
-
-def clean_env() -> dict[str, str]:
-    """This process's environment without systemd's marks (the suite may itself run in a unit)."""
-    return {k: v for k, v in os.environ.items() if k not in UNDER_SYSTEMD}
-
-
-def can_mount_read_only(tmp_path: Path) -> bool:
-    """unshare -m and a read-only bind mount work here (root, and mounts allowed)."""
-    if shutil.which("unshare") is None or shutil.which("mount") is None or os.geteuid() != 0:
-        return False
-    probe = tmp_path / "probe"
-    probe.mkdir()
-    result = subprocess.run(
-        ["unshare", "-m", "sh", "-c", read_only(probe, f"! touch {shlex.quote(str(probe))}/x")],
-        capture_output=True,
-        timeout=30,
-    )
-    return result.returncode == 0 and not (probe / "x").exists()
-
-
-def read_only(folder: Path, then: str) -> str:
-    """A shell line that makes ``folder`` a read-only bind mount (in this mount namespace), then
-    runs ``then``."""
-    where = shlex.quote(str(folder))
-    return (
-        "mount --make-rprivate / && "
-        f"mount --bind {where} {where} && mount -o remount,ro,bind {where} && {then}"
-    )
 
 
 def archiver_command(*args: str) -> str:
@@ -92,7 +57,10 @@ def assert_refused_at_start(
 
 @pytest.fixture
 def read_only_ok(tmp_path: Path) -> None:
-    if not can_mount_read_only(tmp_path):
+    # A touch under the read-only bind mount must fail.
+    if not can_mount_privately(
+        tmp_path, lambda probe: read_only(probe, f"! touch {shlex.quote(str(probe))}/x")
+    ):
         pytest.skip("no read-only bind mount here (needs root and unshare -m)")
 
 

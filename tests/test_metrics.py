@@ -6,21 +6,16 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from archiver.ledger import Ledger
 from archiver.simulator import Simulator, SimulatorServer
 from tests.seaweed import SeaweedFS
-from tests.support import exotel_env
+from tests.support import exposed, free_port, outcome, scrape, wait_for
 
 PREFIX = "exotel_archiver_"
 OLD_NAMES = {
@@ -53,53 +48,13 @@ NEW_NAMES = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.1)
-
-
-def outcome(state: Path, sid: str) -> str | None:
-    ledger = Ledger(state / "ledger.sqlite3")
-    try:
-        return ledger.call_outcome(sid)
-    finally:
-        ledger.close()
-
-
-def scrape(port: int) -> tuple[str, str]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
-        assert answer.status == 200
-        return answer.headers["Content-Type"], answer.read().decode()
-
-
-def exposed(
-    text: str,
-) -> tuple[dict[str, str], dict[tuple[str, frozenset[tuple[str, str]]], float]]:
-    """(name as exposed -> type, (sample name, labels) -> value), through the official parser."""
-    types: dict[str, str] = {}
-    samples: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
-    for family in text_string_to_metric_families(text):
-        name = family.name + ("_total" if family.type == "counter" else "")
-        types[name] = family.type
-        for sample in family.samples:
-            samples[sample.name, frozenset(sample.labels.items())] = sample.value
-    return types, samples
-
-
 def test_metrics_of_a_running_worker(
     sim: Simulator,
     server: SimulatorServer,
     seaweed: SeaweedFS,
     bucket: str,
     tmp_path: Path,
+    service_env: dict[str, str],
 ) -> None:
     state = tmp_path / "state"
     good = [sim.add_call(recordings=1, size=9_000) for _ in range(2)]
@@ -108,18 +63,7 @@ def test_metrics_of_a_running_worker(
     processing = sim.add_call(state="processing")
     sim.add_call(state="active")
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "NOTIFY_"))}
-    env.update(
-        {
-            **seaweed.env(),
-            **exotel_env(sim, server.base_url, f"s3://{bucket}/calls", state),
-            "AWS_CONFIG_FILE": str(tmp_path / "none"),
-            "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
-            "ARCHIVER_POLL_INTERVAL": "1",
-            "ARCHIVER_RECHECK_INTERVAL": "1",
-            "ARCHIVER_METRICS_LISTEN": f"127.0.0.1:{port}",
-        }
-    )
+    env = {**service_env, "ARCHIVER_METRICS_LISTEN": f"127.0.0.1:{port}"}  # s3://BUCKET/calls
     started = time.time()
     proc = subprocess.Popen(
         [sys.executable, "-m", "archiver", "run"],

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +25,6 @@ from tests.support import exotel_env
 MiB = 1024 * 1024
 FAST = RetryPolicy(attempts=3, initial_wait=0.01, max_wait=0.05)
 KEY = "2026/11/21/abc/recording-1.mp3"
-
-
-@pytest.fixture
-def proxy(seaweed: Any) -> Iterator[FaultyS3Proxy]:
-    with FaultyS3Proxy(seaweed.endpoint) as p:
-        yield p
 
 
 def is_part(number: int) -> Any:

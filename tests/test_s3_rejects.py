@@ -15,9 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
 
-from archiver.cli import main
 from archiver.errors import (
     StoragePermanent,
     StorageRejected,
@@ -26,14 +24,13 @@ from archiver.errors import (
 )
 from archiver.exotel import client as exotel_client
 from archiver.exotel.models import IST
-from archiver.ledger import Ledger
 from archiver.manifest import read_manifest
 from archiver.simulator import Simulator, SimulatorServer
 from archiver.sinks.local import LocalSink
 from archiver.sinks.s3 import S3Sink
 from tests.s3proxy import FaultyS3Proxy
 from tests.seaweed import SeaweedFS
-from tests.support import exotel_env
+from tests.support import exotel_env, invoke, outcomes, recordings_in
 from tests.test_daemon import daemon_settings, make_daemon, running, until
 
 PREFIX = "rejects"
@@ -63,12 +60,6 @@ EVERY_CALL = [
     (403, "AllAccessDisabled"),
 ]
 TRANSIENT = [(503, "SlowDown"), (409, "OperationAborted"), (409, "ConditionalRequestConflict")]
-
-
-@pytest.fixture
-def proxy(seaweed: SeaweedFS) -> Any:
-    with FaultyS3Proxy(seaweed.endpoint) as p:
-        yield p
 
 
 async def _put(sink: S3Sink) -> None:
@@ -151,31 +142,6 @@ def _env(sim: Simulator, server: SimulatorServer, bucket: str, state: Path) -> d
     }
 
 
-def _invoke(args: list[str], env: dict[str, str]) -> Result:
-    result = CliRunner().invoke(main, args, env=env)
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise AssertionError(f"{result.exception!r}\n{result.output}") from result.exception
-    return result
-
-
-def _outcomes(state: Path, *sids: str) -> dict[str, str | None]:
-    ledger = Ledger(state / "ledger.sqlite3")
-    try:
-        return {sid: ledger.call_outcome(sid) for sid in sids}
-    finally:
-        ledger.close()
-
-
-def _recordings(seaweed: SeaweedFS, bucket: str) -> dict[str, bytes]:
-    client = seaweed.client()
-    listed = client.list_objects_v2(Bucket=bucket, Prefix=f"{PREFIX}/").get("Contents", [])
-    return {
-        o["Key"]: client.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()
-        for o in listed
-        if "/recording-" in o["Key"]
-    }
-
-
 def _key(sim: Simulator, sid: str) -> str:
     return f"{PREFIX}/{sim.calls[sid].created.astimezone(IST):%Y/%m/%d}/{sid}/recording-1.mp3"
 
@@ -199,12 +165,14 @@ def test_an_object_the_store_refuses_fails_its_call_and_the_run_goes_on(
         lambda m, p: m == "PUT" and f"/{refused.sid}/" in p, times=100, status=status, code=code
     )
     state = tmp_path / "state"
-    result = _invoke(["archive", refused.sid, good.sid], _env(sim, server, bucket, state))
+    result = invoke(["archive", refused.sid, good.sid], _env(sim, server, bucket, state))
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output
     assert f"FAILED     {refused.sid}" in result.output and code in result.output
-    assert _outcomes(state, refused.sid, good.sid) == {refused.sid: "failed", good.sid: "archived"}
-    assert _recordings(seaweed, bucket) == {_key(sim, good.sid): sim.recording_bytes(good.sid, 1)}
+    assert outcomes(state, refused.sid, good.sid) == {refused.sid: "failed", good.sid: "archived"}
+    assert recordings_in(seaweed, bucket, PREFIX) == {
+        _key(sim, good.sid): sim.recording_bytes(good.sid, 1)
+    }
     assert {e["call_sid"] for e in read_manifest(state / "manifest.jsonl")} == {good.sid}
 
 
@@ -224,10 +192,10 @@ def test_access_denied_on_one_put_still_stops_the_run(
         lambda m, p: m == "PUT" and "/recording-" in p, times=100, status=403, code="AccessDenied"
     )
     state = tmp_path / "state"
-    result = _invoke(["archive", first.sid, second.sid], _env(sim, server, bucket, state))
+    result = invoke(["archive", first.sid, second.sid], _env(sim, server, bucket, state))
     assert result.exit_code == 2, result.output
     assert "access denied" in result.output and "Traceback" not in result.output
-    assert _recordings(seaweed, bucket) == {}
+    assert recordings_in(seaweed, bucket, PREFIX) == {}
 
 
 # --- the last resort -----------------------------------------------------------------------------
@@ -257,14 +225,16 @@ def test_a_bug_on_one_call_fails_that_call_and_archive_goes_on(
     buggy, good = sim.add_call(size=3000), sim.add_call(size=3000)
     _bug_for(monkeypatch, buggy.sid)
     state = tmp_path / "state"
-    result = _invoke(["archive", buggy.sid, good.sid], _env(sim, server, bucket, state))
+    result = invoke(["archive", buggy.sid, good.sid], _env(sim, server, bucket, state))
     out = result.output
     assert result.exit_code == 1, out
     assert f"FAILED     {buggy.sid}: internal error (RuntimeError: simulated bug" in out
     assert out.count("Traceback (most recent call last)") == 1  # logged once, in the log line
     assert "f00dfacecafe1515" not in out
-    assert _outcomes(state, buggy.sid, good.sid) == {buggy.sid: "failed", good.sid: "archived"}
-    assert _recordings(seaweed, bucket) == {_key(sim, good.sid): sim.recording_bytes(good.sid, 1)}
+    assert outcomes(state, buggy.sid, good.sid) == {buggy.sid: "failed", good.sid: "archived"}
+    assert recordings_in(seaweed, bucket, PREFIX) == {
+        _key(sim, good.sid): sim.recording_bytes(good.sid, 1)
+    }
     assert {e["call_sid"] for e in read_manifest(state / "manifest.jsonl")} == {good.sid}
 
 
@@ -286,7 +256,7 @@ async def test_a_bug_on_one_call_does_not_stop_the_worker(
             daemon.hint(later.sid)
             await until(lambda: daemon.metrics.calls["archived"] == 1 or task.done())
             assert not task.done()  # still running
-    assert _outcomes(settings.state_dir, buggy.sid, later.sid) == {
+    assert outcomes(settings.state_dir, buggy.sid, later.sid) == {
         buggy.sid: "failed",
         later.sid: "archived",
     }

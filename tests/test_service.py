@@ -7,8 +7,6 @@ the middle of a transfer.
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import socket
 import subprocess
@@ -19,38 +17,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from archiver.ledger import Ledger
 from archiver.manifest import read_manifest
-from archiver.simulator import Simulator, SimulatorServer
+from archiver.simulator import Simulator
 from tests.seaweed import SeaweedFS
-from tests.support import exotel_env
+from tests.support import json_lines, outcome, recordings_in, wait_for
 
-PREFIX = "calls"
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
-
-
-@pytest.fixture
-def service_env(
-    sim: Simulator, server: SimulatorServer, seaweed: SeaweedFS, bucket: str, tmp_path: Path
-) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "NOTIFY_"))}
-    return {
-        **env,
-        **seaweed.env(),
-        **exotel_env(sim, server.base_url, f"s3://{bucket}/{PREFIX}", tmp_path / "state"),
-        "AWS_CONFIG_FILE": str(tmp_path / "none"),
-        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
-        "ARCHIVER_POLL_INTERVAL": "1",
-        "ARCHIVER_RECHECK_INTERVAL": "1",
-    }
+PREFIX = "calls"  # where conftest's service_env archives: s3://BUCKET/calls
 
 
 @contextmanager
@@ -83,28 +55,10 @@ def start(env: dict[str, str], **extra: str) -> subprocess.Popen[bytes]:
     )
 
 
-def recordings_in(seaweed: SeaweedFS, bucket: str) -> dict[str, bytes]:
-    client = seaweed.client()
-    listed = client.list_objects_v2(Bucket=bucket, Prefix=f"{PREFIX}/").get("Contents", [])
-    return {
-        o["Key"]: client.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()
-        for o in listed
-        if "/recording-" in o["Key"]
-    }
-
-
-def outcome(tmp_path: Path, sid: str) -> str | None:
-    ledger = Ledger(tmp_path / "state" / "ledger.sqlite3")
-    try:
-        return ledger.call_outcome(sid)
-    finally:
-        ledger.close()
-
-
-def json_lines(stderr: bytes) -> list[dict[str, Any]]:
+def worker_lines(stderr: bytes) -> list[dict[str, Any]]:
     """Every line is one JSON object (stderr is not a terminal); the last one is the summary
     the command prints."""
-    events = [json.loads(line) for line in stderr.decode().splitlines()]
+    events = json_lines(stderr)
     assert events and events[-1]["message"].startswith("stopped: "), events[-5:]
     return events
 
@@ -122,13 +76,13 @@ def test_sigterm_mid_transfer_lets_it_finish_and_exits_0(
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err.decode()[-3000:]
         assert any(m.startswith("STOPPING=1") for m in messages())
-    assert recordings_in(seaweed, bucket) == {
+    assert recordings_in(seaweed, bucket, PREFIX) == {
         f"{PREFIX}/{call.created.astimezone(sim_ist()):%Y/%m/%d}/{call.sid}/recording-1.mp3": (
             sim.recording_bytes(call.sid, 1)
         )
     }
-    assert outcome(tmp_path, call.sid) == "archived"
-    events = json_lines(err)
+    assert outcome(tmp_path / "state", call.sid) == "archived"
+    events = worker_lines(err)
     assert any(e.get("call_sid") == call.sid and "archived" in e["message"] for e in events)
     assert b"Traceback" not in err
     for secret in (sim.api_key, sim.api_token, "X-Amz-Signature=", seaweed.secret_key):
@@ -152,19 +106,21 @@ def test_sigterm_after_the_grace_leaves_nothing_half_done_and_a_restart_redoes_i
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err.decode()[-3000:]
     assert b"cut off at shutdown" in err and b"Traceback" not in err
-    assert recordings_in(seaweed, bucket) == {}  # nothing that claims to be whole
+    assert recordings_in(seaweed, bucket, PREFIX) == {}  # nothing that claims to be whole
     uploads = seaweed.client().list_multipart_uploads(Bucket=bucket).get("Uploads", [])
     assert uploads == []
-    assert outcome(tmp_path, call.sid) == "pending"  # remembered for the next start
+    assert outcome(tmp_path / "state", call.sid) == "pending"  # remembered for the next start
     assert not list((tmp_path / "state" / "spool").iterdir())  # the spool file is gone
 
     sim.faults.bandwidth = None
     proc = start(service_env)
-    wait_for(lambda: outcome(tmp_path, call.sid) == "archived")
+    wait_for(lambda: outcome(tmp_path / "state", call.sid) == "archived")
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err.decode()[-3000:]
-    assert list(recordings_in(seaweed, bucket).values()) == [sim.recording_bytes(call.sid, 1)]
+    assert list(recordings_in(seaweed, bucket, PREFIX).values()) == [
+        sim.recording_bytes(call.sid, 1)
+    ]
     entries = read_manifest(tmp_path / "state" / "manifest.jsonl")
     assert [e["call_sid"] for e in entries if e["kind"] == "recording"] == [call.sid]
 
@@ -184,8 +140,8 @@ def test_a_second_signal_forces_exit_1(
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 1 and time.monotonic() - started < 8  # not the 10 s backstop
     assert b"Traceback" not in err
-    assert recordings_in(seaweed, bucket) == {}
-    assert outcome(tmp_path, call.sid) == "pending"
+    assert recordings_in(seaweed, bucket, PREFIX) == {}
+    assert outcome(tmp_path / "state", call.sid) == "pending"
 
 
 def test_configuration_errors_exit_2_with_one_line(

@@ -10,7 +10,7 @@ import base64
 import hashlib
 import io
 import os
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -400,12 +400,6 @@ async def test_s3_stat_reports_only_the_sha256_the_store_computed(
         assert (await sink.stat("multipart")) == ObjectInfo("multipart", len(LARGE), None)
     finally:
         await sink.close()
-
-
-@pytest.fixture
-def proxy(seaweed: Any) -> Iterator[FaultyS3Proxy]:
-    with FaultyS3Proxy(seaweed.endpoint) as p:
-        yield p
 
 
 def completes(key: str) -> Callable[[str, str], bool]:

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import shlex
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -26,37 +24,19 @@ from pathlib import Path
 import pytest
 
 from archiver.simulator import Simulator, SimulatorServer
-from tests.support import exotel_env
-from tests.test_local_under_systemd import clean_env
+from tests.support import can_mount_privately, clean_env, exotel_env, json_lines, tmpfs
 
 JSON = {"ARCHIVER_LOG_FORMAT": "json"}
 BIG = 3 * 1024 * 1024
 """A recording larger than the state directory's file system: its spool file fills it."""
 
 
-def can_mount_tmpfs(tmp_path: Path) -> bool:
-    if shutil.which("unshare") is None or shutil.which("mount") is None or os.geteuid() != 0:
-        return False
-    probe = tmp_path / "probe"
-    probe.mkdir()
-    result = subprocess.run(
-        ["unshare", "-m", "sh", "-c", tmpfs(probe, f"touch {shlex.quote(str(probe))}/x")],
-        capture_output=True,
-        timeout=30,
-    )
-    return result.returncode == 0 and not (probe / "x").exists()
-
-
-def tmpfs(folder: Path, then: str, size: str = "1m") -> str:
-    """A shell line mounting a ``size`` tmpfs on ``folder`` (in this mount namespace only),
-    then running ``then``."""
-    where = shlex.quote(str(folder))
-    return f"mount --make-rprivate / && mount -t tmpfs -o size={size} tmpfs {where} && {then}"
-
-
 @pytest.fixture
 def tmpfs_ok(tmp_path: Path) -> None:
-    if not can_mount_tmpfs(tmp_path):
+    # A file written on the tmpfs must not be there once the namespace is gone.
+    if not can_mount_privately(
+        tmp_path, lambda probe: tmpfs(probe, f"touch {shlex.quote(str(probe))}/x")
+    ):
         pytest.skip("no private tmpfs mount here (needs root and unshare -m)")
 
 
@@ -92,10 +72,7 @@ def manifest_lines(state: Path) -> list[dict[str, object]]:
 
 def events(err: str) -> list[dict[str, object]]:
     """Every stderr line, each a JSON event (``ARCHIVER_LOG_FORMAT=json``, as under systemd)."""
-    lines = err.splitlines()
-    plain = [x for x in lines if not x.startswith("{")]
-    assert not plain, f"not JSON: {plain}"
-    return [json.loads(x) for x in lines]
+    return json_lines(err)
 
 
 def messages(err: str, text: str) -> list[str]:

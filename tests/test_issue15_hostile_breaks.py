@@ -1,7 +1,16 @@
-"""Breaking issue 15 (hostile input and the API budget): each test here FAILS on the code that
-landed, showing one finding. Real parts only: the simulator over real HTTP, SeaweedFS behind
-FaultyS3Proxy, a real HTTP server on the IPv6 loopback, the worker in-process (``Daemon``) and
-``exotel-archiver archive`` through click.
+"""Issue 15, hostile input and the API budget: the cases found after the first fix landed.
+
+1. A recording on an IPv6 literal host is archived, and the manifest's ``source`` is a URL that
+   names the same host and port.
+2. A call failed for a permanent reason (``bad_url``, ``storage_rejected``) is not fetched or
+   downloaded again by every later sweep.
+3. A store that refuses every object with the same 4xx stops the run (exit 2) instead of
+   downloading every call only to fail it.
+4. An IPvFuture host or an empty punycode label is a ``bad_url`` before any DNS lookup.
+
+Real parts only: the simulator over real HTTP, SeaweedFS behind FaultyS3Proxy, a real HTTP
+server on the IPv6 loopback, the worker in-process (``Daemon``) and ``exotel-archiver archive``
+through click.
 """
 
 from __future__ import annotations
@@ -16,46 +25,21 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
-from aiohttp.abc import AbstractResolver, ResolveResult
-from click.testing import CliRunner, Result
 
 from archiver.addresses import AddressPolicy, GuardedResolver
-from archiver.cli import main
 from archiver.errors import ArchiverError, error_reason
-from archiver.ledger import Ledger
 from archiver.manifest import read_manifest
 from archiver.report import FAILED
 from archiver.simulator import Simulator, SimulatorServer
 from archiver.transfer import Partial, download
 from tests.s3proxy import FaultyS3Proxy
 from tests.seaweed import SeaweedFS
-from tests.support import exotel_env
+from tests.support import NoDns, exotel_env, invoke, outcomes
 from tests.test_daemon import daemon_settings, make_daemon, running, until
 
 PREFIX = "brk1"
 MP3 = b"ID3\x03\x00\x00\x00\x00\x00\x00" + bytes(range(256)) * 16
 SIGNED = "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIABRK1&X-Amz-Signature=beefbeef15"
-
-
-def _invoke(args: list[str], env: dict[str, str]) -> Result:
-    result = CliRunner().invoke(main, args, env=env)
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise AssertionError(f"{result.exception!r}\n{result.output}") from result.exception
-    return result
-
-
-def _outcomes(state: Path, *sids: str) -> dict[str, str | None]:
-    ledger = Ledger(state / "ledger.sqlite3")
-    try:
-        return {sid: ledger.call_outcome(sid) for sid in sids}
-    finally:
-        ledger.close()
-
-
-@pytest.fixture
-def proxy(seaweed: SeaweedFS) -> Iterator[FaultyS3Proxy]:
-    with FaultyS3Proxy(seaweed.endpoint) as p:
-        yield p
 
 
 # --- 1. an IPv6 recording host: the manifest's "source" is not a URL -----------------------------
@@ -105,7 +89,7 @@ def test_a_recording_from_an_ipv6_host_is_recorded_with_a_source_that_is_a_url(
         "ARCHIVER_ALLOW_PRIVATE_ADDRESSES": "on",  # ::1 is loopback: the operator allows it
         "ARCHIVER_ATTEMPTS": "1",
     }
-    result = _invoke(["archive", call.sid], env)
+    result = invoke(["archive", call.sid], env)
     assert result.exit_code == 0, result.output
     assert "beefbeef15" not in result.output
     [entry] = [e for e in read_manifest(state / "manifest.jsonl") if e["kind"] == "recording"]
@@ -137,7 +121,7 @@ async def test_a_call_failed_for_a_malformed_url_is_not_fetched_again_by_every_s
             await daemon.sweep()
             await until(lambda: not daemon.schedule.in_flight and not daemon.schedule.waiting)
         later = sim.counters.get("v3_call_details", 0)
-    assert _outcomes(settings.state_dir, bad.sid) == {bad.sid: FAILED}
+    assert outcomes(settings.state_dir, bad.sid) == {bad.sid: FAILED}
     assert first == 1
     # Fails: every sweep finds the call 'failed in the ledger', schedules it and asks for its
     # details again (and fails it again): 5 requests (and counting) instead of 1.
@@ -176,7 +160,7 @@ async def test_a_call_whose_object_the_store_refuses_is_not_downloaded_again_by_
             await daemon.sweep()
             await until(lambda: not daemon.schedule.in_flight and not daemon.schedule.waiting)
         again = sim.counters.get("recording_requests", 0)
-    assert _outcomes(settings.state_dir, refused.sid) == {refused.sid: FAILED}
+    assert outcomes(settings.state_dir, refused.sid) == {refused.sid: FAILED}
     assert downloads == 1
     # Fails: 5 downloads of the same 50 kB recording, each refused by the store again.
     assert again == downloads, f"the refused recording was downloaded {again} times"
@@ -216,7 +200,7 @@ def test_a_store_that_refuses_every_object_stops_the_run_instead_of_failing_each
         "ARCHIVER_MAX_WAIT": "0.1",
         "ARCHIVER_CONCURRENCY": "1",
     }
-    result = _invoke(["archive", *calls], env)
+    result = invoke(["archive", *calls], env)
     downloads = sim.counters.get("recording_requests", 0)
     # Failed: exit 1 after downloading all 12 recordings and failing each as storage_rejected.
     # Now the one-shot command stops after REJECT_STREAK calls (exit 1: done, with failures;
@@ -232,22 +216,6 @@ def test_a_store_that_refuses_every_object_stops_the_run_instead_of_failing_each
 # --- 4. an IPvFuture host goes to DNS as a name, and is retried ---------------------------------
 
 
-class _NoDns(AbstractResolver):
-    """Every lookup is recorded (and fails): a malformed URL must never get this far."""
-
-    def __init__(self) -> None:
-        self.asked: list[str] = []
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        self.asked.append(host)
-        raise OSError("no DNS in this test")
-
-    async def close(self) -> None:
-        pass
-
-
 @pytest.mark.parametrize("host", ["[v1.fe80]", "xn--", "a.xn--zz-.example"])
 async def test_an_ipvfuture_host_is_a_bad_url_before_any_lookup(tmp_path: Path, host: str) -> None:
     """``[v1.fe80]`` (RFC 3986 IPvFuture) is no address anyone can connect to. Today the text
@@ -257,7 +225,7 @@ async def test_an_ipvfuture_host_is_a_bad_url_before_any_lookup(tmp_path: Path, 
     that can never work. Likewise a punycode label that decodes to nothing (``xn--``)."""
     url = f"https://{host}/r.mp3?{SIGNED}"
     policy = AddressPolicy.for_hosts(["http://127.0.0.1:1"], allow_private=False)
-    dns = _NoDns()
+    dns = NoDns()
     connector = aiohttp.TCPConnector(resolver=GuardedResolver(policy, inner=dns))
     async with aiohttp.ClientSession(connector=connector) as session:
         with (tmp_path / "spool").open("w+b") as spool:
