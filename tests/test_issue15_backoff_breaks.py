@@ -1,4 +1,6 @@
-"""break15 brk3: failing tests against issue 15's second round of fixes.
+"""What the failed-call backoff and the refusal streak must not do: stop a healthy worker
+(one refused call back from its backoff; five bad calls in a row among good ones), or make a
+full local destination download every call for nothing.
 
 Real parts only: the simulator over real HTTP, SeaweedFS behind FaultyS3Proxy (per-object S3
 answers injected on the wire), the real ``Daemon``. The only thing shortened is our own backoff
@@ -11,7 +13,6 @@ import asyncio
 import datetime as dt
 import shlex
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,31 +23,14 @@ from archiver.report import ARCHIVED, FAILED
 from archiver.simulator import Simulator, SimulatorServer
 from tests.s3proxy import FaultyS3Proxy
 from tests.seaweed import SeaweedFS
-from tests.support import exotel_env
+from tests.support import clean_env, exotel_env, tmpfs
 from tests.test_daemon import daemon_settings, make_daemon, outcome, running, until
-from tests.test_local_under_systemd import clean_env
-from tests.test_state_errors import (
-    JSON,
-    can_mount_tmpfs,
-    command,
-    result,
-    run_in_namespace,
-    tmpfs,
-)
+from tests.test_state_errors import JSON, command, result, run_in_namespace, tmpfs_ok
 
 PREFIX = "brk3"
 
 
-@pytest.fixture
-def proxy(seaweed: SeaweedFS) -> Iterator[FaultyS3Proxy]:
-    with FaultyS3Proxy(seaweed.endpoint) as p:
-        yield p
-
-
-@pytest.fixture
-def tmpfs_ok(tmp_path: Path) -> None:
-    if not can_mount_tmpfs(tmp_path):
-        pytest.skip("no private tmpfs mount here (needs root and unshare -m)")
+__all__ = ["tmpfs_ok"]  # the fixture, used by name
 
 
 def _s3(bucket: str) -> dict[str, str]:
