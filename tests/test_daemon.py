@@ -21,13 +21,14 @@ import pytest
 from archiver import daemon as daemon_module
 from archiver.archive import sink_for
 from archiver.config import Settings, load_settings
-from archiver.daemon import Daemon, Summary
+from archiver.daemon import Daemon
 from archiver.errors import ConfigError
 from archiver.ledger import Ledger
 from archiver.manifest import read_manifest
 from archiver.notify import Notifier
 from archiver.report import ARCHIVED, NO_RECORDING, NOT_READY
 from archiver.simulator import Simulator, SimulatorServer
+from archiver.summary import Summary
 from tests.support import exotel_env, free_port
 
 SECRET = "hook-secret-5f1c"

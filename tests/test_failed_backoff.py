@@ -18,10 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from archiver import daemon as daemon_module
+from archiver import rechecks
 from archiver.config import Settings
-from archiver.daemon import Backoff, Daemon
+from archiver.daemon import Daemon
 from archiver.ledger import Ledger
+from archiver.rechecks import Backoff
 from archiver.report import ARCHIVED, FAILED
 from archiver.simulator import Simulator, SimulatorServer
 from tests.test_daemon import archived_files, daemon_settings, make_daemon, outcome, running, until
@@ -92,7 +93,7 @@ async def test_the_wait_grows_per_failure_up_to_its_cap(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(daemon_module, "FAILED_BACKOFF", Backoff(first=0.3, cap=1.2))
+    monkeypatch.setattr(rechecks, "FAILED_BACKOFF", Backoff(first=0.3, cap=1.2))
     bad = sim.add_call(recordings=1, created=sim.now() - dt.timedelta(hours=1))
     sim.faults.recording_url_for[bad.sid] = BAD_URL
     settings = daemon_settings(sim, server, tmp_path, sweep_interval=0.0, poll_interval=3600.0)
@@ -124,8 +125,8 @@ async def test_a_failure_that_may_pass_comes_back_sooner_and_is_archived_after_t
     """Exotel answers 500 to every call-details request for a while: the call is tried five
     times in-process, then waits for its (short) retryable backoff — not the hour a malformed
     URL waits — and is archived by the first sweep after it once the storm has passed."""
-    monkeypatch.setattr(daemon_module, "RETRYABLE_BACKOFF", Backoff(first=1.0, cap=4.0))
-    assert daemon_module.FAILED_BACKOFF.first >= 3600  # the other kind waits an hour
+    monkeypatch.setattr(rechecks, "RETRYABLE_BACKOFF", Backoff(first=1.0, cap=4.0))
+    assert rechecks.FAILED_BACKOFF.first >= 3600  # the other kind waits an hour
     call = sim.add_call(recordings=1, size=7_000, created=sim.now() - dt.timedelta(hours=1))
     settings = daemon_settings(sim, server, tmp_path, sweep_interval=0.0, poll_interval=3600.0)
     daemon = make_daemon(settings)
@@ -184,7 +185,7 @@ async def test_after_its_backoff_a_failure_that_may_pass_gets_one_look_not_six(
 ) -> None:
     """The quick in-process retries are for a fresh failure; a call coming back from its
     backoff into the same storm costs one look, and waits again."""
-    monkeypatch.setattr(daemon_module, "RETRYABLE_BACKOFF", Backoff(first=0.5, cap=0.5))
+    monkeypatch.setattr(rechecks, "RETRYABLE_BACKOFF", Backoff(first=0.5, cap=0.5))
     call = sim.add_call(recordings=1, size=7_000, created=sim.now() - dt.timedelta(hours=1))
     settings = daemon_settings(sim, server, tmp_path, sweep_interval=0.0, poll_interval=3600.0)
     daemon = make_daemon(settings)

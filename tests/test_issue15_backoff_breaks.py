@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from archiver import daemon as daemon_module
-from archiver.daemon import Backoff
+from archiver import rechecks
+from archiver.rechecks import Backoff
 from archiver.report import ARCHIVED, FAILED
 from archiver.simulator import Simulator, SimulatorServer
 from tests.s3proxy import FaultyS3Proxy
@@ -59,7 +59,7 @@ async def test_one_refused_object_looked_at_after_its_backoff_does_not_stop_the_
     REJECT_STREAK stops the worker with StoragePermanent (exit 2, which the units never
     restart). One call's object must fail that call, not the worker."""
     monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
-    monkeypatch.setattr(daemon_module, "FAILED_BACKOFF", Backoff(first=0.2, cap=0.2))
+    monkeypatch.setattr(rechecks, "FAILED_BACKOFF", Backoff(first=0.2, cap=0.2))
     bad = sim.add_call(recordings=1, size=3_000, created=sim.now() - dt.timedelta(hours=1))
     proxy.fail(
         lambda m, p: m == "PUT" and f"/{bad.sid}/recording-" in p,

@@ -16,9 +16,10 @@ from archiver.cli import main
 from archiver.cli._shared import EXIT_FAILURES, EXIT_OK, daemon_settings_options, make_settings
 from archiver.cli._shared import run as run_coroutine
 from archiver.config import Settings
-from archiver.daemon import Daemon, Summary
+from archiver.daemon import Daemon
 from archiver.log import emit
 from archiver.notify import Notifier
+from archiver.summary import Summary
 
 log = logging.getLogger("archiver.daemon")
 
