@@ -128,10 +128,13 @@ class Archiver:
 
     async def archive_call(self, call_sid: str) -> CallResult:
         """Archive one call. Never raises for a per-call failure: the result says ``failed``."""
+        known_failed = False  # failed before this attempt: not counted again in a streak
         try:
             validate_call_sid(call_sid)
-            if self.ledger.call_outcome(call_sid) == ARCHIVED:
+            before = self.ledger.call_outcome(call_sid)
+            if before == ARCHIVED:
                 return CallResult(call_sid, ALREADY_ARCHIVED, self.ledger.objects_of(call_sid))
+            known_failed = before == FAILED
             details, raw = await self.exotel.call_details(call_sid)
             return await self._archive_details(details, raw, fetched_at=time.time())
         except (ExotelAuthError, StoragePermanent, CertificateError, DestinationFull):
@@ -139,7 +142,8 @@ class Archiver:
         except InvalidCallSid as exc:
             return CallResult(call_sid, FAILED, detail=str(exc), reason="invalid_call_sid")
         except StorageRejected as exc:
-            self._rejected(call_sid, exc)  # the same refusal for every call: see there
+            if not known_failed:  # a run again goes past the calls that stopped the last one
+                self._rejected(call_sid, exc)  # the same refusal for every call: see there
             log.error("call %s failed: %s", call_sid, exc)
             return self._failed(call_sid, str(exc), error_reason(exc), retryable=exc.retryable)
         except ArchiverError as exc:

@@ -425,19 +425,23 @@ def _soak(
         )
 
     # Idle: the calls fed last have ended, every good call is archived, every malformed one has
-    # failed, and a sweep has read the listing since the feed stopped (the bad v1 items in it).
-    sweeps_at_end = sweeps()
-    bound = 2 * float(env["ARCHIVER_SWEEP_INTERVAL"]) * 60 + 60
+    # failed, and a whole sweep has read the listing since the last call ended (the bad v1 items
+    # in it): two sweeps done after that moment, as the first may have begun before it.
+    ended_at: float | None = None  # sweeps done when the last fed call had ended
+    bound = 3 * float(env["ARCHIVER_SWEEP_INTERVAL"]) * 60 + 60
     while proc.poll() is None and time.monotonic() - feed_end < bound:
         now = time.monotonic()
         for f in fed:
             if f.finished is None and f.finish_at is not None and now >= f.finish_at:
                 finish(sim, f, now)
+        if ended_at is None and all(f.finished is not None or f.finish_at is None for f in fed):
+            ended_at = sweeps()
         calls = ledger_calls(state)
         if (
             all(calls.get(f.sid, ("",))[0] == "archived" for f in fed if f.kind in ARCHIVABLE)
             and all(calls.get(f.sid, ("",))[0] == "failed" for f in fed if f.kind == MALFORMED)
-            and sweeps() > sweeps_at_end
+            and ended_at is not None
+            and sweeps() >= ended_at + 2
         ):
             break
         observe(now)
@@ -637,7 +641,11 @@ def _check_hostile(report: SoakReport, seen: Seen) -> None:
     unnamed = [
         f"call {f.sid} ({f.hostile})"
         for f in bad_v1
-        if not any("skip" in m.lower() and (f.sid in m or f.hostile in m) for m in seen.messages)
+        # a bad Sid is named by its value; a bad DateCreated by the call's own SID
+        if not any(
+            "skip" in m.lower() and (f.hostile if f.hostile.startswith("bad sid!") else f.sid) in m
+            for m in seen.messages
+        )
     ]
     if report.skipped_items is None:
         detail, ok = f"metric absent: /metrics has no {SKIPPED_METRIC}", False
