@@ -7,7 +7,7 @@ delays it returns in its schedule):
   after ``recheck_interval``, then twice as long each time up to ``recheck_max``; once
   ``stuck_after`` has passed since its creation (the ledger's creation time, so a restart does
   not reset it; since this worker first saw it not ready when the ledger has none) it is
-  reported stuck — one warning, ``stuck_calls_total`` and the ``stuck_calls`` gauge — and looked
+  reported stuck — one warning, ``stuck_calls_total`` and the ``stuck_calls_now`` gauge — and looked
   at every ``stuck_recheck``, never dropped. A call the active-calls poll lists in progress for
   ``stuck_after`` (from its ``start_time``) is reported stuck alike (``check_in_progress``),
   and watched as before: that costs nothing extra;
@@ -87,7 +87,7 @@ class Rechecks:
 
     @property
     def stuck(self) -> int:
-        """How many calls are reported stuck now (the ``stuck_calls`` gauge)."""
+        """How many calls are reported stuck now (the ``stuck_calls_now`` gauge)."""
         return len(self._stuck)
 
     def after(self, result: CallResult, ledger: Ledger) -> float | None:
@@ -138,7 +138,7 @@ class Rechecks:
     def check_in_progress(self, call: ActiveCall, ledger: Ledger) -> None:
         """A call listed in progress for ``stuck_after`` (from its start as the list says, else
         its creation as the ledger has it, else since this worker first saw it) is reported
-        stuck once: one warning, ``stuck_calls_total`` and the ``stuck_calls`` gauge. It is
+        stuck once: one warning, ``stuck_calls_total`` and the ``stuck_calls_now`` gauge. It is
         watched as before (the poll happens anyway) and archived once it is no longer listed."""
         sid, now = call.sid, time.time()
         if sid in self._stuck:
@@ -151,9 +151,7 @@ class Rechecks:
         age = now - self._not_ready_since[sid]
         if age < self.config.stuck_after:
             return
-        self._stuck.add(sid)
-        self.metrics.stuck_calls_total += 1
-        self.metrics.stuck_calls = len(self._stuck)
+        self._mark_stuck(sid)
         log.warning(
             "call %s has been listed in progress by Exotel for %.1f h: reported stuck. It is "
             "watched as before (at no extra cost) and archived once it ends; look it up in "
@@ -161,6 +159,12 @@ class Rechecks:
             sid,
             age / 3600,
         )
+
+    def _mark_stuck(self, sid: str) -> None:
+        """Count ``sid`` as stuck (``stuck_calls_total``, the ``stuck_calls_now`` gauge)."""
+        self._stuck.add(sid)
+        self.metrics.stuck_calls_total += 1
+        self.metrics.stuck_calls = len(self._stuck)
 
     def _defer_failed(self, result: CallResult, ledger: Ledger) -> None:
         """Given up on for now: the call stays failed in the ledger, with when a sweep may
@@ -213,9 +217,7 @@ class Rechecks:
             cap = max(config.recheck_max, config.recheck_interval)
             return float(min(config.recheck_interval * 2 ** min(looks, 30), cap))
         if sid not in self._stuck:
-            self._stuck.add(sid)
-            self.metrics.stuck_calls_total += 1
-            self.metrics.stuck_calls = len(self._stuck)
+            self._mark_stuck(sid)
             log.warning(
                 "call %s is still not ready %.1f h after it was created (Exotel says it is "
                 "active, or its voice log is processing): reported stuck. It stays not ready "
