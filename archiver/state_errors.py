@@ -9,7 +9,8 @@ of problem it is, which decides the exit code:
   system has next to no space left, as SQLite reports a full disk under its ``-shm`` file):
   exit 1. Not a configuration error: under systemd the worker is restarted after
   ``RestartSec``, and goes on once space is freed;
-* **the directory unusable** (read-only, permission denied, removed or moved while in use):
+* **the directory unusable** (read-only, permission denied, a file in its place, removed or
+  moved while in use):
   exit 2, a configuration error: starting again would fail the same way (and a state directory
   removed under a running worker must not be silently made again, empty).
 
@@ -32,7 +33,8 @@ LOW_SPACE = 256 * 1024
 _SPACE = (errno.ENOSPC, errno.EDQUOT)
 _READ_ONLY = (errno.EROFS,)
 _DENIED = (errno.EACCES, errno.EPERM)
-_GONE = (errno.ENOENT, errno.ENOTDIR, errno.ESTALE)
+_GONE = (errno.ENOENT, errno.ESTALE)
+_BLOCKED = (errno.EEXIST, errno.ENOTDIR)  # a file stands where a directory should be
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,8 @@ def state_problem(exc: OSError | sqlite3.Error, state_dir: Path | None) -> State
         "ARCHIVER_STATE_DIR to a writable directory",
         "denied": "permission denied: give the worker's user write access to it, or set "
         "--state-dir / ARCHIVER_STATE_DIR to a directory it may write",
+        "blocked": "a file stands where a directory should be: move it away, or set "
+        "--state-dir / ARCHIVER_STATE_DIR to another directory",
         "gone": "it was removed or moved while in use: put it back (or rebuild the ledger from "
         "the destination with `exotel-archiver manifest rebuild`) and start again",
     }.get(kind)
@@ -98,7 +102,12 @@ def _kind(exc: OSError | sqlite3.Error, state_dir: Path | None) -> str:
             return "space"
         if code == errno.EIO:
             return "space" if _low(state_dir) else "io"
-        for kind, codes in (("read_only", _READ_ONLY), ("denied", _DENIED), ("gone", _GONE)):
+        for kind, codes in (
+            ("read_only", _READ_ONLY),
+            ("denied", _DENIED),
+            ("blocked", _BLOCKED),
+            ("gone", _GONE),
+        ):
             if code in codes:
                 return kind
         return "other"
