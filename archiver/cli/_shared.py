@@ -15,7 +15,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from archiver.config import OPTIONS, Settings, load_settings
+from archiver.config import Settings, load_settings
 from archiver.errors import (
     ArchiverError,
     ConfigError,
@@ -25,6 +25,7 @@ from archiver.errors import (
 )
 from archiver.files import write_atomic
 from archiver.log import emit, loop_exception_handler, setup_logging, wants_json
+from archiver.options import OPTIONS
 from archiver.report import (
     ALREADY_ARCHIVED,
     ARCHIVED,

@@ -1,0 +1,565 @@
+"""The option table: every setting's TOML place, environment variable, CLI flag and help.
+
+One table, ``OPTIONS``, names each setting once: the CLI builds its flags from it
+(``archiver.cli._shared``), ``archiver.config`` reads the environment and the TOML file with it,
+and docs/configuration.md lists it (tests/test_docs.py checks that the two agree).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from archiver.keys import DEFAULT_TEMPLATE
+
+REGIONS: dict[str, tuple[str, str]] = {
+    # region: (v3 "ccm-api" base, v1 base)
+    "singapore": ("https://ccm-api.exotel.com", "https://api.exotel.com"),
+    "mumbai": ("https://ccm-api.in.exotel.com", "https://api.in.exotel.com"),
+}
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: its TOML place, environment variable, CLI flag (None for secrets) and help."""
+
+    section: str
+    key: str
+    env: str
+    flag: str | None
+    help: str
+    default: Any = None
+    kind: str = "str"  # str | int | float | path | choice
+    choices: tuple[str, ...] = ()
+    minimum: float | None = None
+    maximum: float | None = None
+    secret: bool = False
+    credential: str | None = None
+    """For secrets: the file name read from ``$CREDENTIALS_DIRECTORY`` (systemd LoadCredential=)."""
+    daemon: bool = False
+    """Only ``exotel-archiver run`` has a flag for it (every command reads env and TOML)."""
+
+    @property
+    def name(self) -> str:
+        return f"{self.section}.{self.key}"
+
+    @property
+    def dest(self) -> str:
+        """The keyword a click command receives for this option."""
+        return self.key
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        "exotel",
+        "account_sid",
+        "EXOTEL_ACCOUNT_SID",
+        "--account-sid",
+        "Exotel account SID (Dashboard → Settings → API Settings).",
+    ),
+    Option(
+        "exotel",
+        "api_key",
+        "EXOTEL_API_KEY",
+        None,
+        "Exotel API key (HTTP Basic user). Environment, credential file or config file only.",
+        secret=True,
+        credential="exotel-api-key",
+    ),
+    Option(
+        "exotel",
+        "api_token",
+        "EXOTEL_API_TOKEN",
+        None,
+        "Exotel API token (HTTP Basic password). Environment, credential file or config file only.",
+        secret=True,
+        credential="exotel-api-token",
+    ),
+    Option(
+        "exotel",
+        "region",
+        "EXOTEL_REGION",
+        "--region",
+        "Exotel data centre: singapore (ccm-api.exotel.com) or mumbai (ccm-api.in.exotel.com).",
+        default="singapore",
+        kind="choice",
+        choices=tuple(REGIONS),
+    ),
+    Option(
+        "exotel",
+        "api_url",
+        "EXOTEL_API_URL",
+        "--api-url",
+        "Override the v3 API base URL, e.g. http://127.0.0.1:8080 for the simulator.",
+    ),
+    Option(
+        "exotel",
+        "v1_api_url",
+        "EXOTEL_V1_API_URL",
+        "--v1-api-url",
+        "Override the v1 API base URL (bulk call listing).",
+    ),
+    Option(
+        "exotel",
+        "timezone",
+        "EXOTEL_TIMEZONE",
+        "--timezone",
+        "The account's time zone: v1 listings take and give times without an offset in it, and "
+        "--since/--until dates are days in it.",
+        default="Asia/Kolkata",
+    ),
+    Option(
+        "exotel",
+        "rate_limit",
+        "EXOTEL_RATE_LIMIT",
+        "--rate-limit",
+        "Exotel API requests per minute, shared by every request of this worker. Exotel allows "
+        "200 per account, shared with every other system using it (click-to-call, CRM): the "
+        "default leaves them 80. Raise it only if nothing else uses the account.",
+        default=120,
+        kind="int",
+        minimum=1,
+        maximum=10_000,
+    ),
+    Option(
+        "archiver",
+        "destination",
+        "ARCHIVER_DESTINATION",
+        "--destination",
+        "Where to archive: s3://bucket/prefix, file:///path or a directory path. S3 endpoint "
+        "and credentials come from the standard AWS settings (AWS_ENDPOINT_URL, AWS_PROFILE...).",
+    ),
+    Option(
+        "archiver",
+        "state_dir",
+        "ARCHIVER_STATE_DIR",
+        "--state-dir",
+        "Directory for the ledger and manifest. Default: $STATE_DIRECTORY (systemd), else "
+        "$XDG_STATE_HOME/exotel-archiver, else ~/.local/state/exotel-archiver.",
+        kind="path",
+    ),
+    Option(
+        "archiver",
+        "concurrency",
+        "ARCHIVER_CONCURRENCY",
+        "--concurrency",
+        "Calls archived at the same time.",
+        default=8,
+        kind="int",
+        minimum=1,
+        maximum=256,
+    ),
+    Option(
+        "archiver",
+        "attempts",
+        "ARCHIVER_ATTEMPTS",
+        "--attempts",
+        "Attempts per request (Exotel API, recording download, storage write) before giving up.",
+        default=5,
+        kind="int",
+        minimum=1,
+        maximum=50,
+    ),
+    Option(
+        "archiver",
+        "max_wait",
+        "ARCHIVER_MAX_WAIT",
+        "--max-wait",
+        "Longest wait in seconds between two attempts (Retry-After included).",
+        default=30.0,
+        kind="float",
+        minimum=0,
+        maximum=3600,
+    ),
+    Option(
+        "archiver",
+        "url_refreshes",
+        "ARCHIVER_URL_REFRESHES",
+        "--url-refreshes",
+        "Fresh recording URLs fetched per recording when one has expired.",
+        default=3,
+        kind="int",
+        minimum=0,
+        maximum=100,
+    ),
+    Option(
+        "archiver",
+        "url_validity",
+        "ARCHIVER_URL_VALIDITY",
+        "--url-validity",
+        "Minutes a recording URL is assumed to live when it does not say (no X-Amz-Date/"
+        "X-Amz-Expires); also the RecordingUrlValidity asked of v1 listings. Exotel allows 5-60.",
+        default=5,
+        kind="int",
+        minimum=5,
+        maximum=60,
+    ),
+    Option(
+        "archiver",
+        "listing_settle",
+        "ARCHIVER_LISTING_SETTLE",
+        "--listing-settle",
+        "Hours after a backfill range ends (midnight after its last day, account time zone) "
+        "before a v1 listing of it counts as complete: only such a listing is saved and reused "
+        "by later runs, and only a call created this long before the listing began is taken to "
+        "have no recording when the listing shows none (a younger one is asked about through "
+        "v3). It must cover the longest call plus Exotel's post-call processing (recordings "
+        "appear up to ~15 minutes after the end).",
+        default=6.0,
+        kind="float",
+        minimum=0.25,
+        maximum=720,
+    ),
+    Option(
+        "archiver",
+        "segment_entries",
+        "ARCHIVER_SEGMENT_ENTRIES",
+        "--segment-entries",
+        "Seal a manifest segment into the destination once this many entries wait (and at the "
+        "end of every run).",
+        default=1000,
+        kind="int",
+        minimum=1,
+        maximum=1_000_000,
+    ),
+    Option(
+        "archiver",
+        "key_template",
+        "ARCHIVER_KEY_TEMPLATE",
+        "--key-template",
+        "Folder of each call's objects inside the destination. Placeholders: {yyyy} {mm} {dd} "
+        "{hh} (call creation time), {call_sid} (required), {direction}, {account_sid}.",
+        default=DEFAULT_TEMPLATE,
+    ),
+    Option(
+        "archiver",
+        "voice_logs",
+        "ARCHIVER_VOICE_LOGS",
+        "--voice-logs",
+        "Also archive each call's voice log (GET .../voice-logs): off, json (its JSON) or audio "
+        "(its JSON and the file it points to, in --voice-log-format/--voice-log-channel). Each "
+        "costs one more API request per call.",
+        default="off",
+        kind="choice",
+        choices=("off", "json", "audio"),
+    ),
+    Option(
+        "archiver",
+        "voice_log_format",
+        "ARCHIVER_VOICE_LOG_FORMAT",
+        "--voice-log-format",
+        "Format of the voice-log file to archive: mp3 or wav.",
+        default="wav",
+        kind="choice",
+        choices=("mp3", "wav"),
+    ),
+    Option(
+        "archiver",
+        "voice_log_channel",
+        "ARCHIVER_VOICE_LOG_CHANNEL",
+        "--voice-log-channel",
+        "Channels of the voice-log file: single or dual (agent and customer apart, for QA).",
+        default="dual",
+        kind="choice",
+        choices=("single", "dual"),
+    ),
+    Option(
+        "archiver",
+        "legs",
+        "ARCHIVER_LEGS",
+        "--legs",
+        "Also archive each call's legs (GET .../legs, enabled per account by Exotel): on or off. "
+        "Costs one more API request per call.",
+        default="off",
+        kind="choice",
+        choices=("on", "off"),
+    ),
+    Option(
+        "archiver",
+        "part_size",
+        "ARCHIVER_PART_SIZE",
+        "--part-size",
+        "Objects of this many MiB or more go to S3 in a multipart upload of parts this size; "
+        "memory use is about concurrency x part size.",
+        default=8,
+        kind="int",
+        minimum=5,
+        maximum=512,
+    ),
+    Option(
+        "archiver",
+        "max_recording_size",
+        "ARCHIVER_MAX_RECORDING_SIZE",
+        "--max-recording-size",
+        "Largest recording (or voice-log file) downloaded, in MiB. A bigger one - announced or "
+        "streamed - fails its call for good and nothing is stored: a guard against endless or "
+        "absurd bodies filling the spool disk. The default is ample: a 4-hour 8 kHz 16-bit "
+        "stereo WAV is about 460 MB.",
+        default=2048,
+        kind="int",
+        minimum=1,
+        maximum=1_048_576,
+    ),
+    Option(
+        "archiver",
+        "allow_private_addresses",
+        "ARCHIVER_ALLOW_PRIVATE_ADDRESSES",
+        "--allow-private-addresses",
+        "on: recording and voice-log URLs from Exotel may lead to loopback, link-local or "
+        "private addresses (e.g. a recording mirror on your network). off (default): refused, "
+        "except on the host of the configured Exotel API URL. The cloud metadata address "
+        "169.254.169.254 is refused either way.",
+        default="off",
+        kind="choice",
+        choices=("on", "off"),
+    ),
+    Option(
+        "archiver",
+        "s3_addressing_style",
+        "ARCHIVER_S3_ADDRESSING_STYLE",
+        "--s3-addressing-style",
+        "S3 bucket addressing: auto, path or virtual (some S3-compatible stores need path).",
+        default="auto",
+        kind="choice",
+        choices=("auto", "path", "virtual"),
+    ),
+    Option(
+        "archiver",
+        "s3_conditional_writes",
+        "ARCHIVER_S3_CONDITIONAL_WRITES",
+        "--s3-conditional-writes",
+        "Use If-None-Match: * on uploads (write-once enforced by the store): on or off. Turn "
+        "off only for stores that reject it; the worker then checks before writing.",
+        default="on",
+        kind="choice",
+        choices=("on", "off"),
+    ),
+    Option(
+        "archiver",
+        "s3_checksum",
+        "ARCHIVER_S3_CHECKSUM",
+        "--s3-checksum",
+        "How the store verifies each upload: sha256 (x-amz-checksum-sha256, AWS S3, MinIO, "
+        "SeaweedFS, R2) or md5 (Content-MD5, for stores that refuse x-amz-checksum-* headers). "
+        "The worker checks every body's SHA-256 itself either way.",
+        default="sha256",
+        kind="choice",
+        choices=("sha256", "md5"),
+    ),
+    Option(
+        "archiver",
+        "log_level",
+        "ARCHIVER_LOG_LEVEL",
+        "--log-level",
+        "Log level.",
+        default="info",
+        kind="choice",
+        choices=("debug", "info", "warning", "error"),
+    ),
+    Option(
+        "archiver",
+        "log_format",
+        "ARCHIVER_LOG_FORMAT",
+        "--log-format",
+        "Log lines: text, json (one JSON object per line, for journald and log shippers) or auto "
+        "(text on a terminal, json otherwise).",
+        default="auto",
+        kind="choice",
+        choices=("auto", "text", "json"),
+    ),
+    Option(
+        "daemon",
+        "poll_interval",
+        "ARCHIVER_POLL_INTERVAL",
+        "--poll-interval",
+        "Seconds between two polls of Exotel's active calls (one API request each).",
+        default=30.0,
+        kind="float",
+        minimum=1,
+        maximum=3600,
+        daemon=True,
+    ),
+    Option(
+        "daemon",
+        "recheck_interval",
+        "ARCHIVER_RECHECK_INTERVAL",
+        "--recheck-interval",
+        "Seconds before a call that is not ready (still active, voice log processing, no "
+        "recording yet) is looked at again. A call still active or processing waits twice as "
+        "long each time, up to recheck_max.",
+        default=60.0,
+        kind="float",
+        minimum=1,
+        maximum=3600,
+        daemon=True,
+    ),
+    Option(
+        "daemon",
+        "recheck_max",
+        "ARCHIVER_RECHECK_MAX",
+        "--recheck-max",
+        "Minutes: the longest wait between two looks at a call still active or processing "
+        "(the wait doubles from recheck_interval up to this). At least recheck_interval.",
+        default=30.0,
+        kind="float",
+        minimum=1,
+        maximum=1440,
+        daemon=True,
+    ),
+    Option(
+        "daemon",
+        "stuck_after",
+        "ARCHIVER_STUCK_AFTER",
+        "--stuck-after",
+        "Hours after its creation a call still active or processing is reported stuck (one "
+        "warning, stuck_calls_total and stuck_calls_now metrics) and from then on looked at "
+        "every stuck_recheck minutes. "
+        "It is never dropped: it stays not ready in the ledger and in the schedule.",
+        default=6.0,
+        kind="float",
+        minimum=0.25,
+        maximum=720,
+        daemon=True,
+    ),
+    Option(
+        "daemon",
+        "stuck_recheck",
+        "ARCHIVER_STUCK_RECHECK",
+        "--stuck-recheck",
+        "Minutes between two looks at a stuck call.",
+        default=60.0,
+        kind="float",
+        minimum=1,
+        maximum=1440,
+        daemon=True,
+    ),
+    Option(
+        "daemon",
+        "recording_grace",
+        "ARCHIVER_RECORDING_GRACE",
+        "--recording-grace",
+        "Minutes a terminal call without recordings keeps being re-checked before it is "
+        "recorded as having none (Exotel adds recordings up to ~15 minutes after the end).",
+        default=20.0,
+        kind="float",
+        minimum=0,
+        maximum=1440,
+        daemon=True,
+    ),
+    Option(
+        "daemon",
+        "sweep_interval",
+        "ARCHIVER_SWEEP_INTERVAL",
+        "--sweep-interval",
+        "Minutes between two reconciliation sweeps over Exotel's v1 call listing, which catch "
+        "calls never seen active. 0 turns the sweep off.",
+        default=15.0,
+        kind="float",
+        minimum=0,
+        maximum=1440,
+        daemon=True,
+    ),
+    Option(
+        "daemon",
+        "sweep_lookback",
+        "ARCHIVER_SWEEP_LOOKBACK",
+        "--sweep-lookback",
+        "Hours of the recent past each sweep lists. After downtime, sweeps reach back to where "
+        "the last one got to (at most Exotel's six months) in steps of this many hours (24 at "
+        "least) plus one of overlap, one after the other, each step's progress saved.",
+        default=24.0,
+        kind="float",
+        minimum=1,
+        maximum=4320,
+        daemon=True,
+    ),
+    Option(
+        "daemon",
+        "shutdown_grace",
+        "ARCHIVER_SHUTDOWN_GRACE",
+        "--shutdown-grace",
+        "Seconds in-flight calls get to finish after the first SIGTERM/SIGINT; what is not done "
+        "by then is redone at the next start. Keep it below systemd's TimeoutStopSec.",
+        default=60.0,
+        kind="float",
+        minimum=0,
+        maximum=3600,
+        daemon=True,
+    ),
+    Option(
+        "daemon",
+        "webhook_listen",
+        "ARCHIVER_WEBHOOK_LISTEN",
+        "--webhook-listen",
+        "HOST:PORT to receive Exotel StatusCallback hints on (POST /exotel/status-callback). "
+        "Off unless set; needs webhook_secret or webhook_basic_auth.",
+        daemon=True,
+    ),
+    Option(
+        "daemon",
+        "webhook_secret",
+        "ARCHIVER_WEBHOOK_SECRET",
+        None,
+        "Shared secret a StatusCallback must carry (?secret=... in the callback URL, or an "
+        "X-Archiver-Secret header).",
+        secret=True,
+        credential="webhook-secret",
+    ),
+    Option(
+        "daemon",
+        "webhook_basic_auth",
+        "ARCHIVER_WEBHOOK_BASIC_AUTH",
+        None,
+        "USER:PASSWORD a StatusCallback must present as HTTP Basic auth.",
+        secret=True,
+        credential="webhook-basic-auth",
+    ),
+    Option(
+        "daemon",
+        "webhook_max_body",
+        "ARCHIVER_WEBHOOK_MAX_BODY",
+        "--webhook-max-body",
+        "Largest StatusCallback body accepted, in KiB (larger: HTTP 413).",
+        default=64,
+        kind="int",
+        minimum=1,
+        maximum=10_240,
+        daemon=True,
+    ),
+    Option(
+        "daemon",
+        "metrics_listen",
+        "ARCHIVER_METRICS_LISTEN",
+        "--metrics-listen",
+        "HOST:PORT to serve Prometheus metrics on (GET /metrics). Off unless set.",
+        daemon=True,
+    ),
+    Option(
+        "daemon",
+        "source_retention",
+        "ARCHIVER_SOURCE_RETENTION",
+        "--source-retention",
+        "Days Exotel keeps recordings on your plan (30 to 365). The worker warns when the oldest "
+        "call not yet archived gets close to it.",
+        default=30,
+        kind="int",
+        minimum=1,
+        maximum=3650,
+        daemon=True,
+    ),
+    Option(
+        "daemon",
+        "retention_warning",
+        "ARCHIVER_RETENTION_WARNING",
+        "--retention-warning",
+        "Warn when the oldest call not yet archived is fewer than this many days from "
+        "source_retention.",
+        default=7,
+        kind="int",
+        minimum=0,
+        maximum=3650,
+        daemon=True,
+    ),
+)
+
+OPTIONS_BY_KEY: dict[str, Option] = {o.key: o for o in OPTIONS}
