@@ -24,10 +24,11 @@ from typing import Any
 import click
 
 from archiver import __version__
+from archiver.cli._help import Group
 from archiver.log import setup_logging, wants_json
 
 
-class _Group(click.Group):
+class _Group(Group):
     """The command group; in JSON mode its own usage errors (an unknown command, a
     ``--config`` that is a directory) are JSON lines too: they come before ``main`` runs."""
 

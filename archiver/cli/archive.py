@@ -11,6 +11,7 @@ import click
 
 from archiver.archive import archive_calls
 from archiver.cli import main
+from archiver.cli._help import LAST_WEEK
 from archiver.cli._shared import (
     EXIT_FAILURES,
     EXIT_OK,
@@ -29,10 +30,13 @@ from archiver.errors import InvalidCallSid
 from archiver.exotel.models import validate_call_sid
 
 
-@main.command()
+@main.command(
+    example="exotel-archiver archive --destination s3://my-bucket/exotel "
+    "cabfb1dfa8c5e1c7f2c458423b7716b3"
+)
 @click.argument("call_sids", nargs=-1, required=True, metavar="CALL_SID...")
 @report_option("the run's report")
-@settings_options
+@settings_options("archive")
 @click.pass_context
 def archive(
     ctx: click.Context, /, call_sids: tuple[str, ...], report: Path | None, **cli: Any
@@ -60,7 +64,7 @@ def archive(
     sys.exit(EXIT_FAILURES if result.failed else EXIT_OK)
 
 
-@main.command()
+@main.command(example=f"exotel-archiver backfill {LAST_WEEK} --dry-run")
 @date_range_options()
 @click.option(
     "--range",
@@ -77,7 +81,7 @@ def archive(
     "(a dry run's plan: STATE_DIR/backfill-SINCE-UNTIL.plan.json, so it never replaces the "
     "summary of a run).",
 )
-@settings_options
+@settings_options("backfill")
 @click.pass_context
 def backfill(
     ctx: click.Context,

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from archiver.cli import main
+from archiver.cli._help import LAST_WEEK
 from archiver.cli._shared import (
     EXIT_FAILURES,
     EXIT_OK,
@@ -24,7 +25,7 @@ from archiver.cli._shared import (
 )
 
 
-@main.command()
+@main.command(example="exotel-archiver verify --sample 0.05 --report verify.json")
 @date_range_options()
 @click.option(
     "--sample",
@@ -38,7 +39,7 @@ from archiver.cli._shared import (
     "samples rotate through the archive.",
 )
 @report_option()
-@settings_options
+@settings_options("verify")
 @click.pass_context
 def verify(
     ctx: click.Context,
@@ -113,8 +114,11 @@ def manifest() -> None:
     """The checksum manifest: rebuild the local ledger from the destination, or export it."""
 
 
-@manifest.command()
-@settings_options
+@manifest.command(
+    example="exotel-archiver manifest rebuild --destination s3://my-bucket/exotel "
+    "--state-dir /var/lib/exotel-archiver"
+)
+@settings_options("manifest rebuild")
 @click.pass_context
 def rebuild(ctx: click.Context, /, **cli: Any) -> None:
     """Restore a lost ledger (and manifest.jsonl) from the manifest segments in the destination.
@@ -131,7 +135,7 @@ def rebuild(ctx: click.Context, /, **cli: Any) -> None:
     )
 
 
-@manifest.command("export")
+@manifest.command("export", example=f"exotel-archiver manifest export {LAST_WEEK} --out ./audit")
 @date_range_options()
 @click.option(
     "--out",
@@ -139,7 +143,7 @@ def rebuild(ctx: click.Context, /, **cli: Any) -> None:
     required=True,
     help="Directory for manifest.jsonl and SHA256SUMS.",
 )
-@settings_options
+@settings_options("manifest export")
 @click.pass_context
 def export_manifest_cmd(
     ctx: click.Context, /, since: Any, until: Any, out: Path, **cli: Any
@@ -158,11 +162,11 @@ def export_manifest_cmd(
     )
 
 
-@main.command("export-bag")
+@main.command("export-bag", example=f"exotel-archiver export-bag ./bag {LAST_WEEK}")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @date_range_options()
 @click.option("--sha512", is_flag=True, help="Also write manifest-sha512.txt.")
-@settings_options
+@settings_options("export-bag")
 @click.pass_context
 def export_bag_cmd(
     ctx: click.Context, /, directory: Path, since: Any, until: Any, sha512: bool, **cli: Any
@@ -175,10 +179,10 @@ def export_bag_cmd(
     click.echo(f"bag written to {directory}: {done.entries} objects, {human(done.bytes)}")
 
 
-@main.command()
+@main.command(example=f"exotel-archiver reconcile {LAST_WEEK} --report coverage.json")
 @date_range_options(required=True)
 @report_option()
-@settings_options
+@settings_options("reconcile")
 @click.pass_context
 def reconcile(
     ctx: click.Context, /, since: Any, until: Any, report: Path | None, **cli: Any
