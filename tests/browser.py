@@ -98,7 +98,10 @@ def install() -> str | None:
     took = time.monotonic() - began
     if done.returncode != 0:
         return f"apt-get install chromium failed: {done.stderr.strip()[-500:]}"
-    print(f"\n[tests/browser.py] installed Chromium with apt in {took:.0f} s", file=sys.__stderr__ or sys.stderr)
+    print(
+        f"\n[tests/browser.py] installed Chromium with apt in {took:.0f} s",
+        file=sys.__stderr__ or sys.stderr,
+    )
     return None
 
 

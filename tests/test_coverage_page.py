@@ -186,7 +186,7 @@ async def test_the_page_shows_what_the_json_report_says_in_a_real_browser(
     for state, n in data["counts"].items():
         assert rendered.by_id[f"count-{state}"] == str(n), state
     assert rendered.by_id["count-total"] == str(len(data["calls"]))
-    shown = {c["call_sid"]: c for c in data["calls"] if c["state"] != "archived"}
+    shown = {c["call_sid"]: c for c in data["calls"] if c["state"] in coverage_page.ATTENTION}
     assert missing.sid in shown and set(rendered.rows) == set(shown)
     for sid, call in shown.items():
         assert call["state"].replace("_", " ") in rendered.rows[sid]
@@ -227,9 +227,9 @@ async def test_a_hostile_field_from_exotel_is_shown_as_text_not_run(
 # --- the page itself -----------------------------------------------------------------------------
 
 
-def _call(sid: str, day: date, state: str, reason: str = "r", status: str = "completed") -> dict[
-    str, str
-]:
+def _call(
+    sid: str, day: date, state: str, reason: str = "r", status: str = "completed"
+) -> dict[str, str]:
     created = datetime.combine(day, datetime.min.time(), IST) + timedelta(hours=10)
     return {
         "call_sid": sid,
