@@ -312,3 +312,25 @@ def test_the_page_is_written_atomically(tmp_path: Path) -> None:
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert "Recording coverage" in path.read_text()
     assert sorted(p.name for p in path.parent.iterdir()) == ["page.html"]
+
+
+async def test_a_broken_chain_is_said_on_the_page_and_fails_the_run(
+    sim: Simulator, server: SimulatorServer, tmp_path: Path
+) -> None:
+    """Every call archived, but a segment altered in the destination: not a record to trust."""
+    call = sim.add_call(created=datetime.now(IST) - timedelta(days=1))
+    env = exotel_env(sim, server.base_url, str(tmp_path / "out"), tmp_path / "state")
+    await archive_calls(load_settings(env=env), [call.sid])
+    segment = tmp_path / "out" / "_manifest" / "segments" / "00000001.jsonl"
+    segment.write_bytes(segment.read_bytes().replace(b'"size":', b'"size": ', 1))
+    page, day = tmp_path / "page.html", call.created.astimezone(IST).date()
+    args = ["reconcile", "--since", str(day), "--until", str(day), "--html", str(page)]
+    args += ["--report", str(tmp_path / "r.json")]
+    result = await asyncio.to_thread(CliRunner().invoke, main, args, env=env)
+    assert result.exit_code == 1, result.output
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["complete"] and not data["chain"]["intact"] and data["chain"]["problems"]
+    assert "CHAIN" in result.output
+    shown = parse(page.read_text())
+    assert "BROKEN" in shown.by_id["verdict"] and shown.by_id["chain-result"].startswith("BROKEN")
+    assert data["chain"]["problems"][0] in " ".join(shown.text)
