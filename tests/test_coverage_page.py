@@ -334,3 +334,16 @@ async def test_a_broken_chain_is_said_on_the_page_and_fails_the_run(
     shown = parse(page.read_text())
     assert "BROKEN" in shown.by_id["verdict"] and shown.by_id["chain-result"].startswith("BROKEN")
     assert data["chain"]["problems"][0] in " ".join(shown.text)
+
+
+async def test_a_page_that_cannot_be_written_is_a_clear_exit_2(
+    sim: Simulator, server: SimulatorServer, tmp_path: Path
+) -> None:
+    (tmp_path / "taken").write_text("a file where the page's folder should be")
+    env = exotel_env(sim, server.base_url, str(tmp_path / "out"), tmp_path / "state")
+    day = str((datetime.now(IST) - timedelta(days=1)).date())
+    args = ["reconcile", "--since", day, "--until", day, "--html", str(tmp_path / "taken" / "p")]
+    result = await asyncio.to_thread(CliRunner().invoke, main, args, env=env)
+    assert result.exit_code == 2, result.output
+    assert "cannot write the coverage page to" in result.output
+    assert "Traceback" not in result.output

@@ -12,9 +12,11 @@ from archiver.cli import main
 from archiver.cli._shared import (
     EXIT_FAILURES,
     EXIT_OK,
+    EXIT_USAGE,
     Progress,
     date_range_options,
     day,
+    fail,
     human,
     make_settings,
     report_option,
@@ -237,7 +239,10 @@ def reconcile(
         )
     write_json(result.as_dict(), report)
     if html is not None:
-        write_page(html, result, generated=datetime.now(UTC), destination=settings.destination)
+        try:
+            write_page(html, result, generated=datetime.now(UTC), destination=settings.destination)
+        except OSError as exc:
+            fail(f"error: cannot write the coverage page to {html}: {exc.strerror}", EXIT_USAGE)
         click.echo(f"coverage page written to {html}")
     intact = chain is None or chain.intact
     sys.exit(EXIT_OK if result.complete and intact else EXIT_FAILURES)
