@@ -235,7 +235,7 @@ def reconcile(
     if chain is not None:
         state = "intact" if chain.intact else "BROKEN"
         click.echo(
-            f"manifest chain: {state}, {chain.segments} segment(s), head {chain.head_sha256}"
+            f"manifest chain: {state}, {chain.segments} segment(s), head {chain.head_sha256 or 'none (no segment sealed yet)'}"
         )
     write_json(result.as_dict(), report)
     if html is not None:
