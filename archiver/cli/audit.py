@@ -234,9 +234,8 @@ def reconcile(
     click.echo(", ".join(f"{state.replace('_', ' ')}: {n}" for state, n in counts.items()))
     if chain is not None:
         state = "intact" if chain.intact else "BROKEN"
-        click.echo(
-            f"manifest chain: {state}, {chain.segments} segment(s), head {chain.head_sha256 or 'none (no segment sealed yet)'}"
-        )
+        head = chain.head_sha256 or "none (no segment sealed yet)"
+        click.echo(f"manifest chain: {state}, {chain.segments} segment(s), head {head}")
     write_json(result.as_dict(), report)
     if html is not None:
         try:
