@@ -274,3 +274,11 @@ def test_config_is_accepted_before_and_after_the_command(tmp_path: Path) -> None
     )
     assert result.exit_code == 2
     assert f"config file {missing} does not exist" in result.output
+
+
+def test_the_top_level_help_lists_every_command_in_a_section_of_the_work() -> None:
+    text = CliRunner().invoke(main, ["--help"], prog_name="exotel-archiver").output
+    assert "\nCommands:\n" not in text  # each command has its place in COMMAND_SECTIONS
+    for name in main.commands:
+        assert f"\n  {name}  " in text, name
+    assert text.index("Try it:") < text.index("Archive:") < text.index("Check:")

@@ -47,7 +47,8 @@ class _Group(Group):
     "--config",
     type=click.Path(dir_okay=False, path_type=Path),
     envvar="ARCHIVER_CONFIG",
-    help="TOML config file with [exotel] and [archiver] tables. [env: ARCHIVER_CONFIG]",
+    help="TOML config file ([exotel], [archiver], [daemon], [retention] tables); also "
+    "accepted after the command. [env: ARCHIVER_CONFIG]",
 )
 @click.pass_context
 def main(ctx: click.Context, config: Path | None) -> None:

@@ -57,8 +57,63 @@ class Command(click.Command):
                     formatter.write(f"{' ' * formatter.current_indent}{line}\n")
 
 
+COMMAND_SECTIONS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
+    (
+        "Try it",
+        (
+            ("demo", "Archive a simulated day into a local directory (no account)."),
+            ("simulate", "Run the built-in Exotel simulator."),
+        ),
+    ),
+    (
+        "Archive",
+        (
+            ("archive", "Archive the recordings of the given calls."),
+            ("backfill", "Archive every call of a date range."),
+            ("run", "The long-running worker (systemd)."),
+        ),
+    ),
+    (
+        "Check",
+        (
+            ("status", "What is archived, pending or failed, and what to do next."),
+            ("verify", "Fixity audit: re-read every object and check the manifest chain."),
+            ("reconcile", "Compare Exotel's list of calls with the archive."),
+            ("repair", "Put back what verify found missing or altered."),
+        ),
+    ),
+    (
+        "Hand over",
+        (
+            ("manifest", "Rebuild the ledger from the destination, or export the manifest."),
+            ("export-bag", "Write a BagIt bag of a date range for auditors."),
+        ),
+    ),
+    ("Compliance", (("retention", "Retention classes, Object Lock, legal holds, purge."),)),
+)
+"""How ``exotel-archiver --help`` lists the commands, in the order of the work."""
+
+
 class Group(click.Group):
-    """A group of commands: its commands are ``Command``s, its subgroups ``Group``s."""
+    """A group of commands: its commands are ``Command``s, its subgroups ``Group``s. The top
+    level lists its commands in ``COMMAND_SECTIONS``; any other under "Commands"."""
 
     command_class = Command
     group_class = type
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        if ctx.parent is not None:
+            super().format_commands(ctx, formatter)
+            return
+        listed: set[str] = set()
+        others = tuple((name, "") for name in sorted(self.commands))
+        for title, entries in (*COMMAND_SECTIONS, ("Commands", others)):
+            rows = [
+                (name, summary or self.commands[name].get_short_help_str(60))
+                for name, summary in entries
+                if name in self.commands and name not in listed
+            ]
+            listed.update(name for name, _ in rows)
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
