@@ -133,6 +133,7 @@ SECRET = "Sup3r-s3cret-Valu3"
         ({"EXOTEL_API_KEY": ""}, "[exotel]\napi_key = ['98765432101234']\n"),
         ({"EXOTEL_API_URL": f"ftp://user:{SECRET}@example.com"}, None),
         ({"EXOTEL_V1_API_URL": f"http://user:{SECRET}@example.com"}, None),
+        ({}, f"[exotel]\napi_tokn = '{SECRET}'\n"),  # a misspelt secret's key: named, not shown
     ],
 )
 def test_a_secret_is_never_echoed(tmp_path: Path, env: dict[str, str], toml: str | None) -> None:
