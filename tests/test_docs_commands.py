@@ -184,3 +184,22 @@ def test_a_stale_date_range_is_caught(tmp_path: Path) -> None:
         check(expand(words), "old.md:2")
     with pytest.raises(pytest.fail.Exception, match="No such option"):
         check(expand("verify --voice-logs json"), "x")
+
+
+def test_each_unit_runs_a_command_line_the_program_takes() -> None:
+    """The systemd units' ExecStart= lines, with systemd's specifiers filled in as systemd
+    would (``%i`` of the backfill template: a range of the last week)."""
+    week = f"{date.fromordinal(date.today().toordinal() - 7)}..{date.today()}"
+    lines = 0
+    for unit in sorted((ROOT / "systemd").glob("*.service")):
+        for line in unit.read_text().splitlines():
+            if not line.startswith("ExecStart="):
+                continue
+            words = command_part(line.removeprefix("ExecStart="))
+            assert words is not None, f"{unit.name}: {line}"
+            words = words.replace("%i", week).replace("%S", "/var/lib")
+            for purge_flags in ("", "--dry-run"):
+                argv = expand(words.replace("$ARCHIVER_PURGE_FLAGS", purge_flags))
+                check(argv, unit.name)
+            lines += 1
+    assert lines >= 6
