@@ -5,7 +5,8 @@
 
 1. skips it if the ledger says it is archived already (no API request spent);
 2. fetches the v3 call details (rate-limited, retried);
-3. leaves an ``active`` call for later (outcome ``not_ready``: recorded, not lost);
+3. leaves an ``active`` call for later (outcome ``not_ready``: recorded, not lost) — or, with a
+   ``waiter`` (``archive --wait``, ``archiver.waiting``), looks at it again until it is done;
 4. for a ``terminal`` call, streams each recording into a spool file while hashing, stores it
    write-once with its SHA-256 (the store verifies the bytes), and only then records the object
    in the ledger and the manifest. An expired URL is refreshed through the call details (a new API

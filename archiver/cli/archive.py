@@ -114,9 +114,11 @@ def _wait_value(value: str | None) -> float | None:
 
 
 def _show_waiting(waiting: Waiting) -> None:
-    """What --wait waits for: one line redrawn in place on a terminal, a log line otherwise."""
+    """What --wait waits for, before each sleep: on a terminal a whole line of its own (a
+    half-drawn progress bar is cleared first; a line without its newline would get the next
+    log line glued onto it), a log line otherwise."""
     if sys.stderr.isatty():
-        click.echo(f"\r\x1b[K{waiting.line()}", nl=False, err=True)
+        click.echo(f"\r\x1b[K{waiting.line()}", err=True)
     else:
         progress_log.info("%s", waiting.line())
 
