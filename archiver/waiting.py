@@ -45,21 +45,23 @@ the long-running worker's job (``exotel-archiver run``)."""
 POLL = Backoff(first=5.0, cap=60.0)
 """Seconds between two looks at a call still waited for: 5, 10, 20, 40, then every minute."""
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*$", re.ASCII | re.IGNORECASE)
+_NUMBER = r"\d+(?:\.\d+)?"
+_DURATION = re.compile(rf"^(?:{_NUMBER}|(?:{_NUMBER}[smh])+)$", re.ASCII | re.IGNORECASE)
+_PART = re.compile(rf"({_NUMBER})([smh]?)", re.ASCII | re.IGNORECASE)
 _UNIT = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 def parse_duration(text: str) -> float:
-    """``90s``, ``15m``, ``2h`` or plain seconds (``120``) as seconds, within (0, MAX_WAIT].
+    """``90s``, ``15m``, ``2h``, ``1h30m`` or plain seconds (``120``) as seconds, from 1 s to
+    ``MAX_WAIT``.
 
     Raises ``ValueError`` with a message saying what a duration looks like."""
-    match = _DURATION.match(text)
-    if match is None:
+    if _DURATION.match(text.strip()) is None:
         raise ValueError(
             f"{text!r} is not a duration: write it like 90s, 15m, 2h or plain seconds (give "
             "the call SIDs first, or write --wait=DURATION, so a SID is not read as one)"
         )
-    seconds = float(match[1]) * _UNIT[match[2].lower()]
+    seconds = sum(float(n) * _UNIT[unit.lower()] for n, unit in _PART.findall(text))
     if seconds < 1:
         raise ValueError(f"{text!r}: wait at least 1s")
     if seconds > MAX_WAIT:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from archiver.simulator import Simulator, SimulatorServer
-from archiver.waiting import POLL
+from archiver.waiting import POLL, parse_duration, shown
 from tests.seaweed import SeaweedFS
 from tests.support import UNDER_SYSTEMD, exotel_env, invoke, outcome, recordings_in, wait_for
 
@@ -225,3 +225,12 @@ def test_sigint_while_waiting_ends_cleanly(
     again = invoke(["archive", call.sid], env)
     assert again.exit_code == 0, again.output
     assert outcome(tmp_path / "state", call.sid) == "archived"
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90s", 90), ("15m", 900), ("2h", 7200), ("120", 120), ("1.5H", 5400), ("1h30m", 5400)],
+)
+def test_durations_read_as_written(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+    assert parse_duration(shown(seconds)) == seconds
