@@ -1,9 +1,10 @@
 """``archive --wait[=DURATION]``: the simulator over real HTTP, SeaweedFS, the real command.
 
 A call that ends 3 s after the command first looks at it is archived byte for byte, with a
-number of call-details requests bounded by the backoff; one that stays active runs the time out (exit 1, named, nothing
-archived); a terminal call without recordings is waited for only within ``recording_grace`` of
-its end; SIGINT while waiting ends cleanly. Without --wait nothing changes.
+number of call-details requests bounded by the backoff; one that stays active runs the time out
+(exit 1, named, nothing archived); a terminal call without recordings is waited for only within
+``recording_grace`` of its end; SIGINT while waiting ends cleanly. Without --wait nothing
+changes.
 """
 
 from __future__ import annotations
