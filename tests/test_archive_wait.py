@@ -9,6 +9,7 @@ changes.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -118,7 +119,9 @@ def test_a_call_that_stays_active_runs_the_wait_out_exit_1_named(
     active = sim.add_call(state="active")
     done = sim.add_call()
     started = time.monotonic()
-    result = invoke(["archive", active.sid, done.sid, "--wait=2s", "--report", "r.json"], env)
+    result = invoke(
+        ["archive", active.sid, done.sid, "--wait=2s", "--report", str(tmp_path / "r.json")], env
+    )
     elapsed = time.monotonic() - started
 
     assert result.exit_code == 1, result.output
@@ -133,6 +136,8 @@ def test_a_call_that_stays_active_runs_the_wait_out_exit_1_named(
     # the first look and the last one at the deadline (5 s backoff > 2 s), plus the other call
     assert sim.counters["v3_call_details"] <= 1 + looks_within(2.0)
     assert "not ready (still active): 1" in result.stdout
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["counts"]["not_ready"] == 1 and report["counts"]["archived"] == 1
 
 
 def test_without_wait_an_active_call_is_not_ready_exit_0(
