@@ -73,6 +73,8 @@ def test_status_after_a_backfill_into_s3_shows_what_the_ledger_holds_and_what_to
     assert data["object_lock"] is False
     counts = dict(ledger_rows(state, "SELECT outcome, COUNT(*) FROM calls GROUP BY outcome"))
     assert counts == {"archived": 3, "failed": 2, "not_ready": 1}
+    archived = ledger_rows(state, "SELECT call_sid FROM calls WHERE outcome = 'archived'")
+    assert sorted(sid for (sid,) in archived) == sorted(good)
     assert data["calls"] == {
         "archived": 3,
         "pending": 0,
@@ -101,7 +103,7 @@ def test_status_after_a_backfill_into_s3_shows_what_the_ledger_holds_and_what_to
     assert abs(oldest["days_left"] - (30 - oldest["age_days"])) < 0.01
     attention = [a for a in data["advice"] if a["level"] == "attention"]
     assert len(attention) == 2, data["advice"]
-    assert any(a["fix"] == f"exotel-archiver archive {' '.join(bad)}" for a in attention)
+    assert any(a["command"] == f"exotel-archiver archive {' '.join(bad)}" for a in attention)
     assert any("Exotel deletes recordings after 30 days" in a["problem"] for a in attention)
 
     text = invoke(["status"], env)
@@ -149,9 +151,9 @@ def test_status_works_beside_a_worker_holding_the_writer_lock_local_destination(
     assert data["calls"]["archived"] == 2 and data["calls"]["failed"] == 0
     assert data["object_lock"] is None  # a local directory has none
     assert data["identity"]["state"] == "confirmed"
-    # The refused run (exit 2, another process held the lock) is the last one recorded.
-    assert data["last_run"]["command"] == "archive" and data["last_run"]["exit_code"] == 2
-    assert "another exotel-archiver process" in data["last_run"]["error"]
+    # The refused run (exit 2, another process held the lock) did nothing: not recorded.
+    assert data["last_run"]["command"] == "archive" and data["last_run"]["exit_code"] == 0
+    assert data["last_run"]["counts"]["archived"] == 2 and data["last_run"]["error"] is None
     assert text.exit_code == 0
     assert "Object Lock  not available (local directory)" in text.stdout
     assert "nothing needs attention" in text.stdout

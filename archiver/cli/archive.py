@@ -25,6 +25,7 @@ from archiver.cli._shared import (
     write_json,
     write_report,
 )
+from archiver.cli.status import note_run, recorded, report_counts
 from archiver.errors import InvalidCallSid
 from archiver.exotel.models import validate_call_sid
 
@@ -34,6 +35,7 @@ from archiver.exotel.models import validate_call_sid
 @report_option("the run's report")
 @settings_options
 @click.pass_context
+@recorded("archive")
 def archive(
     ctx: click.Context, /, call_sids: tuple[str, ...], report: Path | None, **cli: Any
 ) -> None:
@@ -55,6 +57,7 @@ def archive(
         result = run(
             archive_calls(settings, call_sids, on_result=advance), state_dir=settings.state_dir
         )
+    note_run(report_counts(result))
     print_report(result)
     write_report(result, report)
     sys.exit(EXIT_FAILURES if result.failed else EXIT_OK)
@@ -79,6 +82,7 @@ def archive(
 )
 @settings_options
 @click.pass_context
+@recorded("backfill", dry_run_flag="dry_run")
 def backfill(
     ctx: click.Context,
     /,
@@ -143,6 +147,7 @@ def backfill(
         sys.exit(EXIT_FAILURES if plan.skipped else EXIT_OK)
     with Progress(len(plan.to_archive), "Backfilling") as advance:
         result = run(run_backfill(settings, plan, on_result=advance), state_dir=settings.state_dir)
+    note_run(report_counts(result))
     print_report(result)
     write_json({"plan": plan.as_dict(limit), "result": result.as_dict()}, path)
     if plan.skipped:
