@@ -193,3 +193,21 @@ def test_status_without_a_state_directory_says_what_to_run_and_creates_nothing(
     assert "nothing archived yet" in data["error"]
     assert not state.exists() and not (tmp_path / "archive").exists()
     assert sim.counters["api_requests"] == 0
+
+
+def test_status_of_a_destination_that_lost_its_marker_is_a_config_problem_with_the_facts(
+    sim: Simulator, server: SimulatorServer, tmp_path: Path
+) -> None:
+    state, archive = tmp_path / "state", tmp_path / "archive"
+    env = exotel_env(sim, server.base_url, str(archive), state)
+    assert invoke(["archive", sim.add_call().sid], env).exit_code == 0
+    (archive / "_manifest" / "destination.json").unlink()
+    code, data = status(env)
+    assert code == 2
+    assert data["identity"]["state"] == "mismatch"
+    assert data["calls"]["archived"] == 1  # the ledger's facts are still there
+    (problem,) = [a for a in data["advice"] if a["level"] == "config"]
+    assert "lost its identity marker" in problem["fix"]
+    text = invoke(["status"], env)
+    assert text.exit_code == 2 and "!! the destination is not this ledger's" in text.stdout
+    assert not (archive / "_manifest" / "destination.json").exists()  # status wrote nothing
