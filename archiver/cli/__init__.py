@@ -64,6 +64,6 @@ def main(ctx: click.Context, config: Path | None) -> None:
 
 
 # The command modules register themselves on ``main``.
-from archiver.cli import archive, audit, repair, retention, service, trial  # noqa: E402
+from archiver.cli import archive, audit, repair, retention, service, status, trial  # noqa: E402
 
-__all__ = ["archive", "audit", "main", "repair", "retention", "service", "trial"]
+__all__ = ["archive", "audit", "main", "repair", "retention", "service", "status", "trial"]
