@@ -2,7 +2,7 @@
 
 Commands live beside this file: ``archive.py`` (archive, backfill), ``service.py`` (run, the
 long-running worker), ``audit.py`` (verify, manifest, export-bag, reconcile), ``retention.py``
-(the compliance retention jobs), ``trial.py`` (demo, simulate); ``_shared.py`` has what they
+(the compliance retention jobs), ``status.py`` (status), ``trial.py`` (demo, simulate); ``_shared.py`` has what they
 share.
 
 Each command turns its flags into ``Settings`` (``archiver.config``), calls one plain async

@@ -28,9 +28,9 @@ log = logging.getLogger("archiver.cli")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-@main.command()
+@main.command(example="exotel-archiver status --json")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (for scripts).")
-@settings_options
+@settings_options("status")
 @click.pass_context
 def status(ctx: click.Context, /, as_json: bool, **cli: Any) -> None:
     """What an operator reads first: the destination and its identity, the last run, calls
@@ -43,8 +43,6 @@ def status(ctx: click.Context, /, as_json: bool, **cli: Any) -> None:
     unarchived call near daemon.source_retention, a last run that stopped on an error); 2 for a
     configuration problem (no ledger in the state directory yet, no destination, the
     destination unreadable or another archive's).
-
-    Example: exotel-archiver status --json | jq .calls
     """
     settings = make_settings(ctx, cli)
     result = run(_gather(settings), state_dir=settings.state_dir)
