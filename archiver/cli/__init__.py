@@ -1,9 +1,9 @@
 """The ``exotel-archiver`` command: a thin click shell over plain functions.
 
 Commands live beside this file: ``archive.py`` (archive, backfill), ``service.py`` (run, the
-long-running worker), ``audit.py`` (verify, manifest, export-bag, reconcile), ``retention.py``
-(the compliance retention jobs), ``status.py`` (status), ``trial.py`` (demo, simulate); ``_shared.py`` has what they
-share.
+long-running worker), ``status.py`` (status), ``audit.py`` (verify, manifest, export-bag,
+reconcile), ``retention.py`` (the compliance retention jobs), ``trial.py`` (demo, simulate);
+``_shared.py`` has what they share, ``_help.py`` how ``--help`` is laid out.
 
 Each command turns its flags into ``Settings`` (``archiver.config``), calls one plain async
 function (``archive_calls``, ``run_demo``, ``run_simulator``) and turns the outcome into output
