@@ -24,7 +24,13 @@ from archiver.errors import (
     StoragePermanent,
 )
 from archiver.files import write_atomic
-from archiver.log import emit, loop_exception_handler, setup_logging, wants_json
+from archiver.log import (
+    emit,
+    loop_exception_handler,
+    setup_logging,
+    terminal_handler,
+    wants_json,
+)
 from archiver.options import OPTIONS
 from archiver.report import (
     ALREADY_ARCHIVED,
@@ -143,13 +149,15 @@ def date_range_options(*, required: bool = False) -> Callable[[F], F]:
 class Progress:
     """Progress of a run over calls.
 
-    On a terminal: a click progress bar (position, ETA, and bytes archived with the rate in
-    calls per second), or a running count when the total is unknown. Elsewhere (systemd, a
-    pipe, a log file): one plain log line every ``every`` seconds with the same figures.
+    On a terminal: a bar (position, bytes archived, calls per second, time left), or a running
+    count when the total is unknown, drawn through the log handler (``archiver.log.
+    TerminalHandler``): a log line clears the bar, is written, and the bar is drawn again below
+    it. Elsewhere (systemd, a pipe, a log file, JSON logs): one plain log line every ``every``
+    seconds with the same figures.
     """
 
     def __init__(self, total: int | None, label: str, *, every: float = 30.0) -> None:
-        self._tty = sys.stderr.isatty()
+        self._screen = terminal_handler()
         self._label = label
         self._total = total
         self._done = 0
@@ -157,52 +165,54 @@ class Progress:
         self._started = time.monotonic()
         self._every = every
         self._last_line = self._started
-        self._bar: Any = (
-            click.progressbar(
-                length=total,
-                label=label,
-                file=sys.stderr,
-                show_pos=True,
-                show_eta=True,
-                item_show_func=lambda _item: self._figures(),
-            )
-            if self._tty and total is not None
-            else None
-        )
 
     def __enter__(self) -> Callable[[Any], None]:
-        if self._bar is not None:
-            self._bar.__enter__()
+        if self._screen is not None:
+            self._screen.show(self)
         return self._advance
 
     def _figures(self) -> str:
         elapsed = max(time.monotonic() - self._started, 1e-6)
         return f"{human(self._bytes)}, {self._done / elapsed:.1f} calls/s"
 
+    def _left(self) -> str:
+        if not self._total or not self._done or self._done >= self._total:
+            return ""
+        rate = self._done / max(time.monotonic() - self._started, 1e-6)
+        return f"about {(self._total - self._done) / rate:.0f} s left"
+
+    def line(self, width: int) -> str:
+        """The bar as the terminal shows it, at most ``width`` characters."""
+        if self._total is None:
+            return f"{self._label}: {self._done} calls, {self._figures()}"
+        figures = f"  {self._done}/{self._total}  {self._figures()}"
+        if left := self._left():
+            figures += f", {left}"
+        room = min(36, width - len(self._label) - len(figures) - 4)
+        if room < 5:
+            return f"{self._label}{figures}"
+        filled = room * self._done // max(self._total, 1)
+        return f"{self._label}  [{'#' * filled}{'-' * (room - filled)}]{figures}"
+
     def _advance(self, result: Any) -> None:
         self._done += 1
         self._bytes += getattr(result, "bytes", 0) if getattr(result, "stored", 0) else 0
-        if self._bar is not None:
-            self._bar.update(1, result)
-        elif self._tty:
-            click.echo(f"\r{self._label}: {self._done}", nl=False, err=True)
+        if self._screen is not None:
+            self._screen.redraw()
         elif time.monotonic() - self._last_line >= self._every:
             self._last_line = time.monotonic()
             self._log_line()
 
     def _log_line(self) -> None:
         of = f"/{self._total}" if self._total is not None else ""
-        eta = ""
-        if self._total and self._done:
-            rate = self._done / max(time.monotonic() - self._started, 1e-6)
-            eta = f", about {(self._total - self._done) / rate:.0f} s left"
-        progress_log.info("%s: %d%s calls, %s%s", self._label, self._done, of, self._figures(), eta)
+        left = f", {self._left()}" if self._left() else ""
+        progress_log.info(
+            "%s: %d%s calls, %s%s", self._label, self._done, of, self._figures(), left
+        )
 
     def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.__exit__(None, None, None)
-        elif self._tty and self._done:
-            click.echo("", err=True)
+        if self._screen is not None:
+            self._screen.done()
 
 
 def human(n: float) -> str:
