@@ -131,7 +131,7 @@ def test_the_demo_counts_recordings_as_recordings_and_its_check_command_works_pa
             cwd=tmp_path,
         )
         assert done.returncode == 0, done.stdout + done.stderr
-        rows = re.findall(r"archived\s+(\S+)\s+(.*)", done.stdout)
+        rows = re.findall(r"(?m)^  archived  (\S+)  (.*)", done.stdout)
         assert rows, done.stdout
         for sid, text in rows:
             (folder,) = (out / "recordings").glob(f"*/*/*/{sid}")

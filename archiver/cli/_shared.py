@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import shlex
+import shutil
 import sqlite3
 import sys
 import time
@@ -24,6 +27,7 @@ from archiver.errors import (
     StoragePermanent,
 )
 from archiver.files import write_atomic
+from archiver.ledger import ObjectRecord
 from archiver.log import (
     emit,
     loop_exception_handler,
@@ -43,6 +47,8 @@ from archiver.report import (
 from archiver.state_errors import state_problem
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE = 0, 1, 2
+SCRIPT = "exotel-archiver"
+"""The console script's name (pyproject.toml, ``[project.scripts]``)."""
 progress_log = logging.getLogger("archiver.progress")
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -223,13 +229,36 @@ def human(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
+def program() -> str:
+    """This program as words that run it again when pasted into a shell: ``exotel-archiver``
+    when that name on PATH is this very script; else the script's absolute path (a venv's
+    ``bin/`` is seldom on PATH); else, run as ``python -m archiver``, this interpreter with
+    ``-m archiver``. Quoted for the shell."""
+    script = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if script is not None and script.name == SCRIPT and script.is_file():
+        found = shutil.which(SCRIPT)
+        if found is not None and Path(found).resolve() == script.resolve():
+            return SCRIPT
+        return shlex.quote(os.path.abspath(script))
+    return f"{shlex.quote(sys.executable)} -m archiver"
+
+
+def objects_text(objects: list[ObjectRecord]) -> str:
+    """What ``objects`` are, counted apart: ``2 recording(s), 1 other object(s) (call.json)``."""
+    recordings = sum(o.kind == "recording" for o in objects)
+    others = [o.key.rsplit("/", 1)[-1] for o in objects if o.kind != "recording"]
+    text = f"{recordings} recording(s)"
+    if others:
+        names = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        text += f", {len(others)} other object(s) ({names})"
+    return text
+
+
 def print_report(report: Report, *, details: bool = False) -> None:
     if details:
         for r in report.results:
             if r.outcome == ARCHIVED:
-                click.echo(
-                    f"  archived  {r.call_sid}  {len(r.objects)} recording(s), {human(r.bytes)}"
-                )
+                click.echo(f"  archived  {r.call_sid}  {objects_text(r.objects)}, {human(r.bytes)}")
     click.echo(
         f"archived: {report.count(ARCHIVED)} calls ({human(report.bytes_archived)}), "
         f"already archived: {report.count(ALREADY_ARCHIVED)}, "
