@@ -187,6 +187,8 @@ class TerminalHandler(logging.StreamHandler[TextIO]):
         self.acquire()
         try:
             yield
+        except OSError:  # the terminal gone (hung up): the bar stops, the run goes on
+            self.bar = None
         finally:
             self.release()
 
