@@ -172,7 +172,7 @@ def simulate(
         click.echo(f"  export EXOTEL_ACCOUNT_SID={sim.account_sid}")
         click.echo(f"  export EXOTEL_API_KEY={sim.api_key} EXOTEL_API_TOKEN={sim.api_token}")
         sample = " ".join(list(sim.calls)[:3])
-        click.echo(f"  exotel-archiver archive --destination ./archive {sample}")
+        click.echo(f"  {program()} archive --destination ./archive {sample}")
         click.echo("Press Ctrl-C to stop.")
 
     setup_logging("info")
