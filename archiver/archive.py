@@ -5,7 +5,8 @@
 
 1. skips it if the ledger says it is archived already (no API request spent);
 2. fetches the v3 call details (rate-limited, retried);
-3. leaves an ``active`` call for later (outcome ``not_ready``: recorded, not lost);
+3. leaves an ``active`` call for later (outcome ``not_ready``: recorded, not lost) — or, with a
+   ``waiter`` (``archive --wait``, ``archiver.waiting``), looks at it again until it is done;
 4. for a ``terminal`` call, streams each recording into a spool file while hashing, stores it
    write-once with its SHA-256 (the store verifies the bytes), and only then records the object
    in the ledger and the manifest. An expired URL is refreshed through the call details (a new API
@@ -78,6 +79,7 @@ from archiver.retry import retrying
 from archiver.segments import seal
 from archiver.sinks import Sink, open_sink
 from archiver.transfer import Downloaded, Partial, download, recording_session
+from archiver.waiting import Waiter
 
 log = logging.getLogger("archiver.archive")
 INTERNAL_ERROR = "internal_error"
@@ -209,7 +211,12 @@ class Archiver:
             return CallResult(sid, NOT_READY, detail="call is still active (state 'active')")
         if not details.recordings:
             self.ledger.set_call(sid, NO_RECORDING, created_time=created, recordings=0)
-            return CallResult(sid, NO_RECORDING, detail=f"status {details.status}, no recordings")
+            return CallResult(
+                sid,
+                NO_RECORDING,
+                detail=f"status {details.status}, no recordings",
+                ended=details.end_time,
+            )
         result = CallResult(sid, ARCHIVED)
         for recording in details.recordings:
             record = self.ledger.object_for(sid, "recording", recording.index)
@@ -464,12 +471,15 @@ async def archive_calls(
     on_result: Callable[[CallResult], None] | None = None,
     sink: Sink | None = None,
     limiter: RateLimiter | None = None,
+    waiter: Waiter | None = None,
 ) -> Report:
     """Archive the given calls with ``settings``; returns the report (never raises per call).
 
     Raises ``ConfigError``/``ExotelAuthError``/``StoragePermanent`` for problems that concern the
     whole run. ``sink`` overrides the destination of ``settings`` (used by the demo and tests);
-    ``limiter`` continues the request budget of an earlier phase (a backfill's listing).
+    ``limiter`` continues the request budget of an earlier phase (a backfill's listing);
+    ``waiter`` looks again at calls not ready yet until they are done or its time is up
+    (``archive --wait``: ``archiver.waiting``), with the same clients, limiter and lock.
     """
     settings.require_exotel_credentials()
     if sink is None:
@@ -480,7 +490,9 @@ async def archive_calls(
     try:
         with writer_lock(settings.state_dir):
             ledger = Ledger(settings.state_dir / "ledger.sqlite3")
-            await _archive_all(settings, call_sids, sink, ledger, report, on_result, limiter)
+            await _archive_all(
+                settings, call_sids, sink, ledger, report, on_result, limiter, waiter
+            )
     finally:
         if ledger is not None:
             ledger.close()
@@ -496,6 +508,7 @@ async def _archive_all(
     report: Report,
     on_result: Callable[[CallResult], None] | None,
     limiter: RateLimiter | None = None,
+    waiter: Waiter | None = None,
 ) -> None:
     """The body of ``archive_calls``, with the writer lock held and the ledger open."""
     await preflight(settings, sink)
@@ -522,13 +535,16 @@ async def _archive_all(
             for position, sid in pending:  # shared iterator: each call goes to one worker
                 result = await worker.archive_call(sid)
                 results[position] = result
-                if on_result is not None:
-                    on_result(result)
+                if on_result is not None and (waiter is None or not waiter.waits_for(result)):
+                    on_result(result)  # a call waited for is reported once it is done
 
         try:
             async with asyncio.TaskGroup() as group:
                 for _ in range(min(settings.concurrency, len(order))):
                     group.create_task(work())
+            if waiter is not None:
+                done = [r for r in results if r is not None]
+                results[:] = await waiter.settle(done, worker.archive_call, ledger, on_result)
         except BaseExceptionGroup as group_error:
             raise _first_error(group_error) from None
         finally:

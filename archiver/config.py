@@ -12,6 +12,7 @@ printed or logged without leaking them.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
@@ -180,7 +181,8 @@ def default_state_dir(env: Mapping[str, str]) -> Path:
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
-    """The TOML file as {key: value}, refusing unknown sections and keys (typos are errors)."""
+    """The TOML file as {key: value}, refusing unknown sections and keys (typos are errors):
+    every one at once, each with the valid name it is closest to."""
     try:
         with path.open("rb") as fh:
             data = tomllib.load(fh)
@@ -192,110 +194,137 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    values: dict[str, Any] = {}
-    known = {(o.section, o.key) for o in OPTIONS}
-    for section, table in data.items():
-        if section == "retention":  # compliance retention classes: archiver.retention.policy
-            from archiver.retention.policy import parse_policy
+    tables = {section: table for section, table in data.items() if section != "retention"}
+    problems = [line for section, table in tables.items() for line in _unknown(section, table)]
+    if problems:
+        raise ConfigError(
+            f"config file {path}: {len(problems)} problem(s) (an unknown name is refused, so "
+            "that a typo is not ignored):\n  " + "\n  ".join(problems)
+        )
+    values: dict[str, Any] = {k: v for table in tables.values() for k, v in table.items()}
+    if "retention" in data:  # compliance retention classes: archiver.retention.policy
+        from archiver.retention.policy import parse_policy
 
-            values[RETENTION] = parse_policy(table, str(path))
-            continue
-        if not isinstance(table, dict):
-            raise ConfigError(
-                f"config file {path}: '{section}' must be a table such as [exotel] or [archiver]"
-            )
-        for key, value in table.items():
-            if (section, key) not in known:
-                valid = ", ".join(o.name for o in OPTIONS)
-                raise ConfigError(
-                    f"config file {path}: unknown key {section}.{key}; valid keys: {valid}"
-                )
-            values[key] = value
+        values[RETENTION] = parse_policy(data["retention"], str(path))
     return values
 
 
+def _unknown(section: str, table: Any) -> list[str]:
+    """What is wrong with one top-level item of the config file, one line per problem."""
+    sections = sorted({o.section for o in OPTIONS} | {"retention"})
+    if not isinstance(table, dict):
+        if section in sections:
+            return [f"{section}: must be the table [{section}], not a value"]
+        if section in OPTIONS_BY_KEY:  # a key written above every section
+            return [f"{section}: did you mean {OPTIONS_BY_KEY[section].name}?"]
+        return [f"{section}: not a section such as [exotel] or [archiver]"]
+    if section not in sections:
+        close = difflib.get_close_matches(section, sections, n=1)
+        return [f"[{section}]: " + (f"did you mean [{close[0]}]?" if close else "unknown section")]
+    problems = []
+    for key in table:
+        if key in OPTIONS_BY_KEY and OPTIONS_BY_KEY[key].section == section:
+            continue
+        close = difflib.get_close_matches(key, list(OPTIONS_BY_KEY), n=1)
+        valid = ", ".join(o.key for o in OPTIONS if o.section == section)
+        hint = f"did you mean {OPTIONS_BY_KEY[close[0]].name}?" if close else f"not one of {valid}"
+        problems.append(f"{section}.{key}: {hint}")
+    return problems
+
+
 def _convert(opt: Option, raw: Any, origin: str) -> Any:
-    """Turn a raw value from ``origin`` into the option's type, or explain what is wrong."""
-    where = f"{opt.name} ({origin})"
+    """Turn a raw value from ``origin`` (what the operator typed it as: a flag, a variable, a
+    key in a file) into the option's type, or explain what is wrong. A secret is not shown."""
+    got = "" if opt.secret else f", got {raw!r}"
     if opt.kind in ("int", "float"):
         try:
             number: float = int(raw) if opt.kind == "int" else float(raw)
         except (TypeError, ValueError):
             raise ConfigError(
-                f"{where} must be a {'whole ' if opt.kind == 'int' else ''}number, got {raw!r}"
+                f"{origin} must be a {'whole ' if opt.kind == 'int' else ''}number{got}"
             ) from None
         if isinstance(raw, bool):
-            raise ConfigError(f"{where} must be a number, got {raw!r}")
+            raise ConfigError(f"{origin} must be a number{got}")
         if (opt.minimum is not None and number < opt.minimum) or (
             opt.maximum is not None and number > opt.maximum
         ):
-            raise ConfigError(
-                f"{where} must be between {opt.minimum:g} and {opt.maximum:g}, got {raw!r}"
-            )
+            raise ConfigError(f"{origin} must be between {opt.minimum:g} and {opt.maximum:g}{got}")
         return number
     if not isinstance(raw, str):
-        raise ConfigError(f"{where} must be a string, got {raw!r}")
+        raise ConfigError(f"{origin} must be a string{got}")
     if opt.kind == "choice":
         value = raw.strip().lower()
         if value not in opt.choices:
-            raise ConfigError(f"{where} must be one of {', '.join(opt.choices)}; got {raw!r}")
+            raise ConfigError(f"{origin} must be one of {', '.join(opt.choices)}{got}")
         return value
     if opt.kind == "path":
         return Path(raw).expanduser()
     return raw.strip()
 
 
-def _check_base_url(name: str, url: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+def _check_base_url(origin: str, url: str) -> str:
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:  # e.g. an unclosed [IPv6 address; not shown: it may hold credentials
+        raise ConfigError(f"{origin} is not a URL such as https://ccm-api.exotel.com") from None
+    if parts.username or parts.password:  # before anything that shows the URL
         raise ConfigError(
-            f"{name} must be an http(s) URL such as https://ccm-api.exotel.com; got {url!r}"
+            f"{origin} must not contain credentials: set EXOTEL_API_KEY/EXOTEL_API_TOKEN instead"
         )
-    if parts.username or parts.password:
+    if parts.scheme not in ("http", "https") or not host:
         raise ConfigError(
-            f"{name} must not contain credentials: set EXOTEL_API_KEY/EXOTEL_API_TOKEN instead"
+            f"{origin} must be an http(s) URL such as https://ccm-api.exotel.com; got {url!r}"
         )
-    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+    if parts.scheme == "http" and not _is_loopback(host):
         raise ConfigError(
-            f"{name} uses plain http to {parts.hostname}: the API credentials would travel "
+            f"{origin} uses plain http to {host}: the API credentials would travel "
             "unencrypted. Use https (plain http is accepted only for loopback simulators)."
         )
     return url.rstrip("/")
 
 
-def _listen(name: str, value: str | None) -> tuple[str, int] | None:
+def _listen(origin: str, value: str | None) -> tuple[str, int] | None:
     """``HOST:PORT`` (``[::1]:9100`` for IPv6) as (host, port); None when unset."""
     if not value:
         return None
     host, sep, port = value.rpartition(":")
     host = host.strip("[]")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"{name} must be HOST:PORT such as 127.0.0.1:9100; got {value!r}")
+        raise ConfigError(f"{origin} must be HOST:PORT such as 127.0.0.1:9100; got {value!r}")
     return host, int(port)
 
 
-def _credential(opt: Option, env: Mapping[str, str]) -> str | None:
-    """A secret from systemd's credentials directory (LoadCredential=), if it is there."""
+def _credential(opt: Option, env: Mapping[str, str]) -> tuple[str, str] | None:
+    """A secret from systemd's credentials directory (LoadCredential=), if it is there: (its
+    origin, its value)."""
     directory = env.get("CREDENTIALS_DIRECTORY")
     if not directory or opt.credential is None:
         return None
     path = Path(directory) / opt.credential
     try:
-        return path.read_text().strip()
+        return f"credential file {path}", path.read_text().strip()
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise ConfigError(f"cannot read credential {path}: {exc.strerror}") from None
+        raise ConfigError(f"credential file {path} cannot be read: {exc.strerror}") from None
 
 
-def _zone(name: str) -> tzinfo:
+def _zone(origin: str, name: str) -> tzinfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
         raise ConfigError(
-            f"time zone {name!r} is not known: use an IANA name such as Asia/Kolkata or "
-            "Asia/Singapore (install the tzdata package if none is known)"
+            f"{origin}: time zone {name!r} is not known: use an IANA name such as Asia/Kolkata "
+            "or Asia/Singapore (install the tzdata package if none is known)"
         ) from None
+
+
+def _key_layout(origin: str, template: str) -> KeyLayout:
+    try:
+        return KeyLayout(template)
+    except ConfigError as exc:
+        raise ConfigError(f"{origin}: {exc}") from None
 
 
 def _is_loopback(host: str) -> bool:
@@ -325,25 +354,32 @@ def load_settings(
     from_file = read_config_file(config_file) if config_file else {}
 
     values: dict[str, Any] = {}
+    origins: dict[str, str] = {}  # key -> where its value came from, as the operator typed it
     for opt in OPTIONS:
         if opt.flag and cli.get(opt.key) is not None:
-            values[opt.key] = _convert(opt, cli[opt.key], f"flag {opt.flag}")
+            origin, raw = opt.flag, cli[opt.key]
         elif env.get(opt.env, "") != "":
-            values[opt.key] = _convert(opt, env[opt.env], f"environment {opt.env}")
+            origin, raw = opt.env, env[opt.env]
         elif (credential := _credential(opt, env)) is not None:
-            values[opt.key] = credential
+            origin, raw = credential
         elif opt.key in from_file:
-            values[opt.key] = _convert(opt, from_file[opt.key], f"config file {config_file}")
+            origin, raw = f"{opt.name} in config file {config_file}", from_file[opt.key]
         else:
-            values[opt.key] = opt.default
+            origins[opt.key], values[opt.key] = f"the default {opt.name}", opt.default
+            continue
+        origins[opt.key], values[opt.key] = origin, _convert(opt, raw, origin)
 
     account_sid = values["account_sid"] or ""
     if account_sid and not _ACCOUNT_SID.match(account_sid):
         raise ConfigError(
-            f"account SID {account_sid!r} is not valid: letters, digits, '-' and '_' only, "
-            "as shown in Exotel's Dashboard → Settings → API Settings"
+            f"{origins['account_sid']} is not a valid account SID ({account_sid!r}): letters, "
+            "digits, '-' and '_' only, as shown in Exotel's Dashboard → Settings → API Settings"
         )
     v3_default, v1_default = REGIONS[values["region"]]
+
+    def url_origin(key: str) -> str:  # an unset URL is the region's
+        return origins[key] if values[key] else origins["region"]
+
     api_key = values["api_key"] or ""
     api_token = values["api_token"] or ""
     exotel = ExotelSettings(
@@ -351,21 +387,23 @@ def load_settings(
         api_key=Secret(api_key),
         api_token=Secret(api_token),
         region=values["region"],
-        api_url=_check_base_url("EXOTEL_API_URL", values["api_url"] or v3_default),
-        v1_api_url=_check_base_url("EXOTEL_V1_API_URL", values["v1_api_url"] or v1_default),
+        api_url=_check_base_url(url_origin("api_url"), values["api_url"] or v3_default),
+        v1_api_url=_check_base_url(url_origin("v1_api_url"), values["v1_api_url"] or v1_default),
         rate_limit=values["rate_limit"],
-        timezone=_zone(values["timezone"]),
+        timezone=_zone(origins["timezone"], values["timezone"]),
     )
     style = values["s3_addressing_style"]
     webhook_secret = values["webhook_secret"] or ""
     webhook_basic_auth = values["webhook_basic_auth"] or ""
     if webhook_basic_auth and ":" not in webhook_basic_auth:
-        raise ConfigError("ARCHIVER_WEBHOOK_BASIC_AUTH must be USER:PASSWORD")
+        raise ConfigError(  # the value is a secret: not shown
+            f"{origins['webhook_basic_auth']} must be USER:PASSWORD; it has no ':'"
+        )
     if values["recheck_max"] * 60.0 < values["recheck_interval"]:
         raise ConfigError(
-            f"daemon.recheck_max ({values['recheck_max']:g} minutes) is shorter than "
-            f"daemon.recheck_interval ({values['recheck_interval']:g} seconds): raise "
-            "ARCHIVER_RECHECK_MAX or lower ARCHIVER_RECHECK_INTERVAL"
+            f"{origins['recheck_max']} ({values['recheck_max']:g} minutes) is shorter than "
+            f"{origins['recheck_interval']} ({values['recheck_interval']:g} seconds): raise the "
+            "first (minutes) or lower the second (seconds)"
         )
     daemon = DaemonSettings(
         poll_interval=values["poll_interval"],
@@ -377,11 +415,11 @@ def load_settings(
         sweep_interval=values["sweep_interval"] * 60.0,
         sweep_lookback=values["sweep_lookback"] * 3600.0,
         shutdown_grace=values["shutdown_grace"],
-        webhook_listen=_listen("ARCHIVER_WEBHOOK_LISTEN", values["webhook_listen"]),
+        webhook_listen=_listen(origins["webhook_listen"], values["webhook_listen"]),
         webhook_secret=Secret(webhook_secret),
         webhook_basic_auth=Secret(webhook_basic_auth),
         webhook_max_body=values["webhook_max_body"] * 1024,
-        metrics_listen=_listen("ARCHIVER_METRICS_LISTEN", values["metrics_listen"]),
+        metrics_listen=_listen(origins["metrics_listen"], values["metrics_listen"]),
         source_retention=values["source_retention"] * 86400.0,
         retention_warning=values["retention_warning"] * 86400.0,
     )
@@ -401,7 +439,7 @@ def load_settings(
         url_refreshes=values["url_refreshes"],
         url_validity=values["url_validity"] * 60.0,
         segment_entries=values["segment_entries"],
-        key_layout=KeyLayout(values["key_template"]),
+        key_layout=_key_layout(origins["key_template"], values["key_template"]),
         voice_logs=values["voice_logs"],
         voice_log_format=values["voice_log_format"],
         voice_log_channel=values["voice_log_channel"],

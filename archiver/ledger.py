@@ -373,6 +373,13 @@ class Ledger:
         ).fetchone()
         return None if row is None or row["created_time"] is None else str(row["created_time"])
 
+    def call_detail(self, call_sid: str) -> str | None:
+        """What the last run noted about the call (a failure's reason, why not ready), or None."""
+        row = self._read.execute(
+            "SELECT detail FROM calls WHERE call_sid = ?", (call_sid,)
+        ).fetchone()
+        return None if row is None or row["detail"] is None else str(row["detail"])
+
     def set_call(
         self,
         call_sid: str,

@@ -3,6 +3,10 @@
 One table, ``OPTIONS``, names each setting once: the CLI builds its flags from it
 (``archiver.cli._shared``), ``archiver.config`` reads the environment and the TOML file with it,
 and docs/configuration.md lists it (tests/test_docs.py checks that the two agree).
+
+Each option says which commands read it (``commands``): only those get its flag, so ``--help``
+of a command shows what matters to it, in sections (``group``). tests/test_help.py runs every
+command and checks that each flag it shows is read.
 """
 
 from __future__ import annotations
@@ -11,6 +15,49 @@ from dataclasses import dataclass
 from typing import Any
 
 from archiver.keys import DEFAULT_TEMPLATE
+
+# --- who reads what: sets of command paths ("retention plan" for a subcommand) ---------------
+
+ARCHIVING = frozenset({"archive", "backfill", "run"})
+"""Commands that find calls and archive them."""
+FETCHING = ARCHIVING | {"repair"}
+"""Commands that download recordings from Exotel (repair fetches lost ones again)."""
+CALLING = FETCHING | {"reconcile"}
+"""Commands that make Exotel API requests."""
+LISTING = frozenset({"backfill", "run", "reconcile"})
+"""Commands that read Exotel's v1 call listing."""
+RETENTION_WRITERS = frozenset(
+    {"retention apply", "retention hold", "retention release", "retention purge"}
+)
+WRITING = FETCHING | RETENTION_WRITERS
+"""Commands that write objects into the destination (recordings, manifest segments)."""
+SEALING = FETCHING | {"retention apply", "retention purge"}
+"""Commands that seal manifest segments once ``segment_entries`` wait."""
+STATEFUL = WRITING | {
+    "verify",
+    "reconcile",
+    "status",
+    "manifest rebuild",
+    "retention plan",
+    "retention audit",
+}
+"""Commands that use the state directory (ledger, manifest.jsonl)."""
+STORED = STATEFUL | {"manifest export", "export-bag"}
+"""Commands that open the destination: every command but demo and simulate."""
+IDENTIFIED = STORED - {"manifest export", "manifest rebuild"}
+"""Commands that check the destination's identity marker (which names the Exotel account)."""
+WORKER = frozenset({"run"})
+
+EXOTEL, DESTINATION, WHAT, BEHAVIOUR, WORKER_GROUP, LOGGING = (
+    "Exotel",
+    "Destination",
+    "What to archive",
+    "Behaviour",
+    "Worker",
+    "Logging",
+)
+GROUPS = (EXOTEL, DESTINATION, WHAT, BEHAVIOUR, WORKER_GROUP, LOGGING)
+"""The sections of ``--help``, in order, after the command's own options."""
 
 REGIONS: dict[str, tuple[str, str]] = {
     # region: (v3 "ccm-api" base, v1 base)
@@ -36,8 +83,11 @@ class Option:
     secret: bool = False
     credential: str | None = None
     """For secrets: the file name read from ``$CREDENTIALS_DIRECTORY`` (systemd LoadCredential=)."""
-    daemon: bool = False
-    """Only ``exotel-archiver run`` has a flag for it (every command reads env and TOML)."""
+    commands: frozenset[str] = frozenset()
+    """The commands that read it (``"retention plan"`` for a subcommand): only they have its
+    flag, and ``--help`` shows it only there (every command reads the environment and TOML)."""
+    group: str = "Behaviour"
+    """The section of ``--help`` it is shown in: one of ``GROUPS``."""
 
     @property
     def name(self) -> str:
@@ -56,6 +106,8 @@ OPTIONS: tuple[Option, ...] = (
         "EXOTEL_ACCOUNT_SID",
         "--account-sid",
         "Exotel account SID (Dashboard → Settings → API Settings).",
+        commands=IDENTIFIED,
+        group=EXOTEL,
     ),
     Option(
         "exotel",
@@ -65,6 +117,8 @@ OPTIONS: tuple[Option, ...] = (
         "Exotel API key (HTTP Basic user). Environment, credential file or config file only.",
         secret=True,
         credential="exotel-api-key",
+        commands=CALLING,
+        group=EXOTEL,
     ),
     Option(
         "exotel",
@@ -74,6 +128,8 @@ OPTIONS: tuple[Option, ...] = (
         "Exotel API token (HTTP Basic password). Environment, credential file or config file only.",
         secret=True,
         credential="exotel-api-token",
+        commands=CALLING,
+        group=EXOTEL,
     ),
     Option(
         "exotel",
@@ -84,6 +140,8 @@ OPTIONS: tuple[Option, ...] = (
         default="singapore",
         kind="choice",
         choices=tuple(REGIONS),
+        commands=CALLING,
+        group=EXOTEL,
     ),
     Option(
         "exotel",
@@ -91,6 +149,8 @@ OPTIONS: tuple[Option, ...] = (
         "EXOTEL_API_URL",
         "--api-url",
         "Override the v3 API base URL, e.g. http://127.0.0.1:8080 for the simulator.",
+        commands=FETCHING,
+        group=EXOTEL,
     ),
     Option(
         "exotel",
@@ -98,6 +158,8 @@ OPTIONS: tuple[Option, ...] = (
         "EXOTEL_V1_API_URL",
         "--v1-api-url",
         "Override the v1 API base URL (bulk call listing).",
+        commands=LISTING,
+        group=EXOTEL,
     ),
     Option(
         "exotel",
@@ -107,6 +169,8 @@ OPTIONS: tuple[Option, ...] = (
         "The account's time zone: v1 listings take and give times without an offset in it, and "
         "--since/--until dates are days in it.",
         default="Asia/Kolkata",
+        commands=LISTING,
+        group=EXOTEL,
     ),
     Option(
         "exotel",
@@ -120,6 +184,8 @@ OPTIONS: tuple[Option, ...] = (
         kind="int",
         minimum=1,
         maximum=10_000,
+        commands=CALLING,
+        group=EXOTEL,
     ),
     Option(
         "archiver",
@@ -128,6 +194,8 @@ OPTIONS: tuple[Option, ...] = (
         "--destination",
         "Where to archive: s3://bucket/prefix, file:///path or a directory path. S3 endpoint "
         "and credentials come from the standard AWS settings (AWS_ENDPOINT_URL, AWS_PROFILE...).",
+        commands=STORED,
+        group=DESTINATION,
     ),
     Option(
         "archiver",
@@ -137,6 +205,8 @@ OPTIONS: tuple[Option, ...] = (
         "Directory for the ledger and manifest. Default: $STATE_DIRECTORY (systemd), else "
         "$XDG_STATE_HOME/exotel-archiver, else ~/.local/state/exotel-archiver.",
         kind="path",
+        commands=STATEFUL,
+        group=DESTINATION,
     ),
     Option(
         "archiver",
@@ -148,6 +218,8 @@ OPTIONS: tuple[Option, ...] = (
         kind="int",
         minimum=1,
         maximum=256,
+        commands=ARCHIVING,
+        group=BEHAVIOUR,
     ),
     Option(
         "archiver",
@@ -159,6 +231,8 @@ OPTIONS: tuple[Option, ...] = (
         kind="int",
         minimum=1,
         maximum=50,
+        commands=STORED,
+        group=BEHAVIOUR,
     ),
     Option(
         "archiver",
@@ -170,6 +244,8 @@ OPTIONS: tuple[Option, ...] = (
         kind="float",
         minimum=0,
         maximum=3600,
+        commands=STORED,
+        group=BEHAVIOUR,
     ),
     Option(
         "archiver",
@@ -181,6 +257,8 @@ OPTIONS: tuple[Option, ...] = (
         kind="int",
         minimum=0,
         maximum=100,
+        commands=FETCHING,
+        group=BEHAVIOUR,
     ),
     Option(
         "archiver",
@@ -193,6 +271,8 @@ OPTIONS: tuple[Option, ...] = (
         kind="int",
         minimum=5,
         maximum=60,
+        commands=CALLING,
+        group=BEHAVIOUR,
     ),
     Option(
         "archiver",
@@ -209,6 +289,8 @@ OPTIONS: tuple[Option, ...] = (
         kind="float",
         minimum=0.25,
         maximum=720,
+        commands=frozenset({"backfill", "reconcile"}),
+        group=BEHAVIOUR,
     ),
     Option(
         "archiver",
@@ -221,6 +303,8 @@ OPTIONS: tuple[Option, ...] = (
         kind="int",
         minimum=1,
         maximum=1_000_000,
+        commands=SEALING,
+        group=BEHAVIOUR,
     ),
     Option(
         "archiver",
@@ -230,6 +314,8 @@ OPTIONS: tuple[Option, ...] = (
         "Folder of each call's objects inside the destination. Placeholders: {yyyy} {mm} {dd} "
         "{hh} (call creation time), {call_sid} (required), {direction}, {account_sid}.",
         default=DEFAULT_TEMPLATE,
+        commands=ARCHIVING,
+        group=DESTINATION,
     ),
     Option(
         "archiver",
@@ -242,6 +328,8 @@ OPTIONS: tuple[Option, ...] = (
         default="off",
         kind="choice",
         choices=("off", "json", "audio"),
+        commands=ARCHIVING | {"manifest rebuild"},
+        group=WHAT,
     ),
     Option(
         "archiver",
@@ -252,6 +340,8 @@ OPTIONS: tuple[Option, ...] = (
         default="wav",
         kind="choice",
         choices=("mp3", "wav"),
+        commands=ARCHIVING,
+        group=WHAT,
     ),
     Option(
         "archiver",
@@ -262,6 +352,8 @@ OPTIONS: tuple[Option, ...] = (
         default="dual",
         kind="choice",
         choices=("single", "dual"),
+        commands=ARCHIVING,
+        group=WHAT,
     ),
     Option(
         "archiver",
@@ -273,6 +365,8 @@ OPTIONS: tuple[Option, ...] = (
         default="off",
         kind="choice",
         choices=("on", "off"),
+        commands=ARCHIVING | {"manifest rebuild"},
+        group=WHAT,
     ),
     Option(
         "archiver",
@@ -285,6 +379,8 @@ OPTIONS: tuple[Option, ...] = (
         kind="int",
         minimum=5,
         maximum=512,
+        commands=FETCHING,
+        group=DESTINATION,
     ),
     Option(
         "archiver",
@@ -299,6 +395,8 @@ OPTIONS: tuple[Option, ...] = (
         kind="int",
         minimum=1,
         maximum=1_048_576,
+        commands=FETCHING,
+        group=BEHAVIOUR,
     ),
     Option(
         "archiver",
@@ -312,6 +410,8 @@ OPTIONS: tuple[Option, ...] = (
         default="off",
         kind="choice",
         choices=("on", "off"),
+        commands=FETCHING,
+        group=BEHAVIOUR,
     ),
     Option(
         "archiver",
@@ -322,6 +422,8 @@ OPTIONS: tuple[Option, ...] = (
         default="auto",
         kind="choice",
         choices=("auto", "path", "virtual"),
+        commands=STORED,
+        group=DESTINATION,
     ),
     Option(
         "archiver",
@@ -333,6 +435,8 @@ OPTIONS: tuple[Option, ...] = (
         default="on",
         kind="choice",
         choices=("on", "off"),
+        commands=WRITING,
+        group=DESTINATION,
     ),
     Option(
         "archiver",
@@ -345,6 +449,8 @@ OPTIONS: tuple[Option, ...] = (
         default="sha256",
         kind="choice",
         choices=("sha256", "md5"),
+        commands=WRITING,
+        group=DESTINATION,
     ),
     Option(
         "archiver",
@@ -355,6 +461,8 @@ OPTIONS: tuple[Option, ...] = (
         default="info",
         kind="choice",
         choices=("debug", "info", "warning", "error"),
+        commands=STORED,
+        group=LOGGING,
     ),
     Option(
         "archiver",
@@ -366,6 +474,8 @@ OPTIONS: tuple[Option, ...] = (
         default="auto",
         kind="choice",
         choices=("auto", "text", "json"),
+        commands=STORED,
+        group=LOGGING,
     ),
     Option(
         "daemon",
@@ -377,7 +487,8 @@ OPTIONS: tuple[Option, ...] = (
         kind="float",
         minimum=1,
         maximum=3600,
-        daemon=True,
+        commands=WORKER,
+        group=WORKER_GROUP,
     ),
     Option(
         "daemon",
@@ -391,7 +502,8 @@ OPTIONS: tuple[Option, ...] = (
         kind="float",
         minimum=1,
         maximum=3600,
-        daemon=True,
+        commands=WORKER,
+        group=WORKER_GROUP,
     ),
     Option(
         "daemon",
@@ -404,7 +516,8 @@ OPTIONS: tuple[Option, ...] = (
         kind="float",
         minimum=1,
         maximum=1440,
-        daemon=True,
+        commands=WORKER,
+        group=WORKER_GROUP,
     ),
     Option(
         "daemon",
@@ -419,7 +532,8 @@ OPTIONS: tuple[Option, ...] = (
         kind="float",
         minimum=0.25,
         maximum=720,
-        daemon=True,
+        commands=WORKER,
+        group=WORKER_GROUP,
     ),
     Option(
         "daemon",
@@ -431,7 +545,8 @@ OPTIONS: tuple[Option, ...] = (
         kind="float",
         minimum=1,
         maximum=1440,
-        daemon=True,
+        commands=WORKER,
+        group=WORKER_GROUP,
     ),
     Option(
         "daemon",
@@ -444,7 +559,8 @@ OPTIONS: tuple[Option, ...] = (
         kind="float",
         minimum=0,
         maximum=1440,
-        daemon=True,
+        commands=WORKER,
+        group=WORKER_GROUP,
     ),
     Option(
         "daemon",
@@ -457,7 +573,8 @@ OPTIONS: tuple[Option, ...] = (
         kind="float",
         minimum=0,
         maximum=1440,
-        daemon=True,
+        commands=WORKER,
+        group=WORKER_GROUP,
     ),
     Option(
         "daemon",
@@ -471,7 +588,8 @@ OPTIONS: tuple[Option, ...] = (
         kind="float",
         minimum=1,
         maximum=4320,
-        daemon=True,
+        commands=WORKER,
+        group=WORKER_GROUP,
     ),
     Option(
         "daemon",
@@ -484,7 +602,8 @@ OPTIONS: tuple[Option, ...] = (
         kind="float",
         minimum=0,
         maximum=3600,
-        daemon=True,
+        commands=WORKER,
+        group=WORKER_GROUP,
     ),
     Option(
         "daemon",
@@ -493,7 +612,8 @@ OPTIONS: tuple[Option, ...] = (
         "--webhook-listen",
         "HOST:PORT to receive Exotel StatusCallback hints on (POST /exotel/status-callback). "
         "Off unless set; needs webhook_secret or webhook_basic_auth.",
-        daemon=True,
+        commands=WORKER,
+        group=WORKER_GROUP,
     ),
     Option(
         "daemon",
@@ -504,6 +624,8 @@ OPTIONS: tuple[Option, ...] = (
         "X-Archiver-Secret header).",
         secret=True,
         credential="webhook-secret",
+        commands=WORKER,
+        group=WORKER_GROUP,
     ),
     Option(
         "daemon",
@@ -513,6 +635,8 @@ OPTIONS: tuple[Option, ...] = (
         "USER:PASSWORD a StatusCallback must present as HTTP Basic auth.",
         secret=True,
         credential="webhook-basic-auth",
+        commands=WORKER,
+        group=WORKER_GROUP,
     ),
     Option(
         "daemon",
@@ -524,7 +648,8 @@ OPTIONS: tuple[Option, ...] = (
         kind="int",
         minimum=1,
         maximum=10_240,
-        daemon=True,
+        commands=WORKER,
+        group=WORKER_GROUP,
     ),
     Option(
         "daemon",
@@ -532,7 +657,8 @@ OPTIONS: tuple[Option, ...] = (
         "ARCHIVER_METRICS_LISTEN",
         "--metrics-listen",
         "HOST:PORT to serve Prometheus metrics on (GET /metrics). Off unless set.",
-        daemon=True,
+        commands=WORKER,
+        group=WORKER_GROUP,
     ),
     Option(
         "daemon",
@@ -545,7 +671,8 @@ OPTIONS: tuple[Option, ...] = (
         kind="int",
         minimum=1,
         maximum=3650,
-        daemon=True,
+        commands=WORKER,
+        group=WORKER_GROUP,
     ),
     Option(
         "daemon",
@@ -558,7 +685,8 @@ OPTIONS: tuple[Option, ...] = (
         kind="int",
         minimum=0,
         maximum=3650,
-        daemon=True,
+        commands=WORKER,
+        group=WORKER_GROUP,
     ),
 )
 

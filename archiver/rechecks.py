@@ -42,6 +42,10 @@ from archiver.report import ALREADY_ARCHIVED, ARCHIVED, FAILED, NO_RECORDING, NO
 
 log = logging.getLogger("archiver.daemon")
 
+NO_RECORDING_YET = "terminal without recordings yet: looked at again"
+"""The ledger's detail of a call held not ready while its recordings may still come (the
+worker's ``recording_grace``; ``archive --wait`` too)."""
+
 FAILURE_RETRIES = 5
 
 
@@ -104,9 +108,7 @@ class Rechecks:
         elif outcome == NO_RECORDING:
             first = self._no_recording_since.setdefault(sid, now)
             if now - first < self.config.recording_grace:
-                ledger.set_call(
-                    sid, NOT_READY, detail="terminal without recordings yet: looked at again"
-                )
+                ledger.set_call(sid, NOT_READY, detail=NO_RECORDING_YET)
                 return recheck
             log.info("call %s has no recording", sid)
             self._forget(sid)

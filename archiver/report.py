@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from archiver.ledger import ObjectRecord
 
@@ -57,6 +58,9 @@ class CallResult:
     retryable: bool = False
     """For ``failed``: whether trying again later may succeed (a transient error that outlasted
     its retries) or not (a conflict, a protocol error)."""
+    ended: datetime | None = None
+    """For ``no_recording``: the call's end as Exotel reports it (recordings may still come for
+    ``recording_grace`` after it: ``archive --wait`` waits for them)."""
 
     def note(self, text: str) -> None:
         """Add a remark (an optional artifact that could not be had, ...) to ``detail``."""

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from archiver.simulator import Simulator, SimulatorServer
+from tests.browser import Chromium, chromium_for_tests
 from tests.s3proxy import FaultyS3Proxy
 from tests.seaweed import SeaweedFS
 from tests.support import exotel_env
@@ -59,6 +60,12 @@ def bucket(seaweed: SeaweedFS) -> str:
     name = f"test-bucket-{next(_bucket_numbers)}"
     seaweed.client().create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Chromium:
+    """Debian's Chromium, headless (installed with apt when missing: tests/browser.py)."""
+    return chromium_for_tests()
 
 
 @pytest.fixture

@@ -156,7 +156,10 @@ def test_budget_settings_defaults_and_validation() -> None:
         env={**env, "ARCHIVER_RECHECK_MAX": "10", "ARCHIVER_STUCK_AFTER": "2"}
     ).daemon
     assert tuned.recheck_max == 600.0 and tuned.stuck_after == 7200.0
-    with pytest.raises(ConfigError, match=r"recheck_max .* shorter than .*recheck_interval"):
+    with pytest.raises(
+        ConfigError,
+        match=r"ARCHIVER_RECHECK_MAX \(1 minutes\) is shorter than ARCHIVER_RECHECK_INTERVAL",
+    ):
         load_settings(env={**env, "ARCHIVER_RECHECK_MAX": "1", "ARCHIVER_RECHECK_INTERVAL": "90"})
     with pytest.raises(ConfigError, match="ARCHIVER_STUCK_AFTER"):
         load_settings(env={**env, "ARCHIVER_STUCK_AFTER": "0"})

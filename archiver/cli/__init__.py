@@ -24,11 +24,12 @@ from typing import Any
 import click
 
 from archiver import __version__
+from archiver.cli._help import Group
 from archiver.cli._shared import quiet_closed_pipe
 from archiver.log import setup_logging, wants_json
 
 
-class _Group(click.Group):
+class _Group(Group):
     """The command group; in JSON mode its own usage errors (an unknown command, a
     ``--config`` that is a directory) are JSON lines too: they come before ``main`` runs."""
 
@@ -57,7 +58,8 @@ class _Group(click.Group):
     "--config",
     type=click.Path(dir_okay=False, path_type=Path),
     envvar="ARCHIVER_CONFIG",
-    help="TOML config file with [exotel] and [archiver] tables. [env: ARCHIVER_CONFIG]",
+    help="TOML config file ([exotel], [archiver], [daemon], [retention] tables); also "
+    "accepted after the command. [env: ARCHIVER_CONFIG]",
 )
 @click.pass_context
 def main(ctx: click.Context, config: Path | None) -> None:

@@ -19,6 +19,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
+from archiver.cli._help import SectionedOption
 from archiver.config import Settings, load_settings
 from archiver.errors import (
     ArchiverError,
@@ -36,7 +37,7 @@ from archiver.log import (
     terminal_handler,
     wants_json,
 )
-from archiver.options import OPTIONS
+from archiver.options import OPTIONS, Option
 from archiver.report import (
     ALREADY_ARCHIVED,
     ARCHIVED,
@@ -55,36 +56,46 @@ T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def settings_options(func: F) -> F:
-    """Add a flag for every non-secret option of ``archiver.config.OPTIONS`` but the daemon's."""
-    return _option_flags(func, daemon=False)
+def settings_options(command: str) -> Callable[[F], F]:
+    """Add ``--config`` and a flag for every non-secret option that ``command`` reads (its path,
+    such as ``"retention plan"``: ``archiver.options.Option.commands``), each in its section."""
 
-
-def daemon_settings_options(func: F) -> F:
-    """Add a flag for every non-secret option, the daemon's included (``exotel-archiver run``)."""
-    return _option_flags(func, daemon=True)
-
-
-def _option_flags(func: F, *, daemon: bool) -> F:
-    for opt in reversed(OPTIONS):
-        if opt.flag is None or (opt.daemon and not daemon):
-            continue
-        kind: click.ParamType[Any] | type | None = None
-        if opt.kind == "choice":
-            kind = click.Choice(opt.choices, case_sensitive=False)
-        elif opt.kind == "int":
-            kind = int
-        elif opt.kind == "float":
-            kind = float
-        default = f" [default: {opt.default}]" if opt.default is not None else ""
-        func = click.option(
-            opt.flag,
-            opt.key,
-            type=kind,
-            default=None,
-            help=f"{opt.help}{default} [env: {opt.env}; config: {opt.name}]",
+    def decorate(func: F) -> F:
+        for opt in reversed(OPTIONS):
+            if opt.flag is None or command not in opt.commands:
+                continue
+            func = click.option(
+                opt.flag,
+                opt.key,
+                cls=SectionedOption,
+                section=opt.group,
+                type=_click_type(opt),
+                default=None,
+                help=_help(opt),
+            )(func)
+        return click.option(
+            "--config",
+            "config_file",
+            cls=SectionedOption,
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="TOML config file ([exotel], [archiver], [daemon], [retention] tables); also "
+            "accepted before the command. [env: ARCHIVER_CONFIG]",
         )(func)
-    return func
+
+    return decorate
+
+
+def _click_type(opt: Option) -> click.ParamType[Any] | type | None:
+    if opt.kind == "choice":
+        return click.Choice(opt.choices, case_sensitive=False)
+    if opt.kind == "path":
+        return click.Path(file_okay=False)
+    return {"int": int, "float": float}.get(opt.kind)
+
+
+def _help(opt: Option) -> str:
+    default = f" [default: {opt.default}]" if opt.default is not None else ""
+    return f"{opt.help}{default} [env: {opt.env}; config: {opt.name}]"
 
 
 def run(coro: Coroutine[Any, Any, T], *, state_dir: Path | None = None) -> T:
@@ -132,7 +143,11 @@ def quiet_closed_pipe() -> Iterator[None]:
 
 
 def make_settings(ctx: click.Context, cli: dict[str, Any]) -> Settings:
-    config_file: Path | None = ctx.obj.get("config") if ctx.obj else None
+    """The settings of a command from its flags (``cli``), the environment and the config file:
+    ``--config`` after the command wins over ``--config`` before it."""
+    config_file: Path | None = cli.pop("config_file", None) or (
+        ctx.obj.get("config") if ctx.obj else None
+    )
     # Until the settings are read, the format comes from --log-format or the environment: a
     # configuration error under systemd is a JSON line like every other.
     setup_logging(fmt="json" if wants_json(cli.get("log_format")) else "text")

@@ -11,14 +11,17 @@ import click
 
 from archiver.archive import archive_calls
 from archiver.cli import main
+from archiver.cli._help import LAST_WEEK
 from archiver.cli._shared import (
     EXIT_FAILURES,
     EXIT_OK,
     Progress,
     date_range_options,
     day,
+    fail,
     make_settings,
     print_report,
+    progress_log,
     report_option,
     run,
     settings_options,
@@ -27,21 +30,54 @@ from archiver.cli._shared import (
 )
 from archiver.errors import InvalidCallSid
 from archiver.exotel.models import validate_call_sid
+from archiver.waiting import (
+    DEFAULT_WAIT,
+    MAX_WAIT,
+    POLL,
+    Wait,
+    Waiter,
+    Waiting,
+    parse_duration,
+    shown,
+)
 
 
-@main.command()
+@main.command(
+    example="exotel-archiver archive --destination s3://my-bucket/exotel "
+    "cabfb1dfa8c5e1c7f2c458423b7716b3"
+)
 @click.argument("call_sids", nargs=-1, required=True, metavar="CALL_SID...")
+@click.option(
+    "--wait",
+    "wait_for",
+    is_flag=False,
+    flag_value=shown(DEFAULT_WAIT),
+    default=None,
+    metavar="[DURATION]",
+    callback=lambda _ctx, _param, value: _wait_value(value),
+    help=f"Wait until every call is over and archived (or has no recording once "
+    f"recording_grace has passed since its end), looking again {POLL.first:g} s, then twice as "
+    f"long each time up to every {POLL.cap:g} s. DURATION: 90s, 15m, 2h or seconds; "
+    f"--wait alone: {shown(DEFAULT_WAIT)}; at most {shown(MAX_WAIT)}. Calls still not ready "
+    "when it runs out: exit 1, each named.",
+)
 @report_option("the run's report")
-@settings_options
+@settings_options("archive")
 @click.pass_context
 def archive(
-    ctx: click.Context, /, call_sids: tuple[str, ...], report: Path | None, **cli: Any
+    ctx: click.Context,
+    /,
+    call_sids: tuple[str, ...],
+    wait_for: float | None,
+    report: Path | None,
+    **cli: Any,
 ) -> None:
     """Archive the recordings of the given calls.
 
     For each CALL_SID: fetch its v3 call details; if the call is terminal, stream every recording
     into the destination with its SHA-256 and record it in the ledger and the manifest. A call
-    still active is reported as not ready (run again later). Calls already archived are skipped.
+    still active is reported as not ready (run again later, or give --wait). Calls already
+    archived are skipped.
 
     Credentials come from EXOTEL_API_KEY / EXOTEL_API_TOKEN (or the config file), never flags.
     """
@@ -51,16 +87,55 @@ def archive(
         except InvalidCallSid as exc:
             raise click.BadParameter(str(exc), param_hint="CALL_SID") from None
     settings = make_settings(ctx, cli)
+    waiter = None
+    if wait_for is not None:
+        wait = Wait(wait_for, recording_grace=settings.daemon.recording_grace)
+        waiter = Waiter(wait, on_wait=_show_waiting)
     with Progress(len(call_sids), "Archiving") as advance:
         result = run(
-            archive_calls(settings, call_sids, on_result=advance), state_dir=settings.state_dir
+            archive_calls(settings, call_sids, on_result=advance, waiter=waiter),
+            state_dir=settings.state_dir,
         )
     print_report(result)
     write_report(result, report)
+    if waiter is not None and waiter.timed_out:
+        fail(f"error: {_still_waiting(waiter)}", EXIT_FAILURES)
     sys.exit(EXIT_FAILURES if result.failed else EXIT_OK)
 
 
-@main.command()
+def _wait_value(value: str | None) -> float | None:
+    """--wait's DURATION in seconds (None: not given); BadParameter naming --wait otherwise."""
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _show_waiting(waiting: Waiting) -> None:
+    """What --wait waits for, before each sleep: on a terminal a whole line of its own (a
+    half-drawn progress bar is cleared first; a line without its newline would get the next
+    log line glued onto it), a log line otherwise."""
+    if sys.stderr.isatty():
+        click.echo(f"\r\x1b[K{waiting.line()}", err=True)
+    else:
+        progress_log.info("%s", waiting.line())
+
+
+def _still_waiting(waiter: Waiter) -> str:
+    """``still active after 15m: CA1, CA2; no recording yet after 15m: CA3``."""
+    by_why: dict[str, list[str]] = {}
+    for sid, why in waiter.timed_out.items():
+        by_why.setdefault(why, []).append(sid)
+    after = shown(waiter.wait.limit)
+    return (
+        "; ".join(f"{why} after {after}: {', '.join(sids)}" for why, sids in by_why.items())
+        + " (not ready: nothing of them archived; run the command again, with a longer --wait)"
+    )
+
+
+@main.command(example=f"exotel-archiver backfill {LAST_WEEK} --dry-run")
 @date_range_options()
 @click.option(
     "--range",
@@ -77,7 +152,7 @@ def archive(
     "(a dry run's plan: STATE_DIR/backfill-SINCE-UNTIL.plan.json, so it never replaces the "
     "summary of a run).",
 )
-@settings_options
+@settings_options("backfill")
 @click.pass_context
 def backfill(
     ctx: click.Context,

@@ -9,12 +9,15 @@ from typing import Any
 import click
 
 from archiver.cli import main
+from archiver.cli._help import LAST_WEEK
 from archiver.cli._shared import (
     EXIT_FAILURES,
     EXIT_OK,
+    EXIT_USAGE,
     Progress,
     date_range_options,
     day,
+    fail,
     human,
     make_settings,
     report_option,
@@ -24,7 +27,7 @@ from archiver.cli._shared import (
 )
 
 
-@main.command()
+@main.command(example="exotel-archiver verify --sample 0.05 --report verify.json")
 @date_range_options()
 @click.option(
     "--sample",
@@ -38,7 +41,7 @@ from archiver.cli._shared import (
     "samples rotate through the archive.",
 )
 @report_option()
-@settings_options
+@settings_options("verify")
 @click.pass_context
 def verify(
     ctx: click.Context,
@@ -113,8 +116,11 @@ def manifest() -> None:
     """The checksum manifest: rebuild the local ledger from the destination, or export it."""
 
 
-@manifest.command()
-@settings_options
+@manifest.command(
+    example="exotel-archiver manifest rebuild --destination s3://my-bucket/exotel "
+    "--state-dir /var/lib/exotel-archiver"
+)
+@settings_options("manifest rebuild")
 @click.pass_context
 def rebuild(ctx: click.Context, /, **cli: Any) -> None:
     """Restore a lost ledger (and manifest.jsonl) from the manifest segments in the destination.
@@ -131,7 +137,7 @@ def rebuild(ctx: click.Context, /, **cli: Any) -> None:
     )
 
 
-@manifest.command("export")
+@manifest.command("export", example=f"exotel-archiver manifest export {LAST_WEEK} --out ./audit")
 @date_range_options()
 @click.option(
     "--out",
@@ -139,7 +145,7 @@ def rebuild(ctx: click.Context, /, **cli: Any) -> None:
     required=True,
     help="Directory for manifest.jsonl and SHA256SUMS.",
 )
-@settings_options
+@settings_options("manifest export")
 @click.pass_context
 def export_manifest_cmd(
     ctx: click.Context, /, since: Any, until: Any, out: Path, **cli: Any
@@ -158,11 +164,11 @@ def export_manifest_cmd(
     )
 
 
-@main.command("export-bag")
+@main.command("export-bag", example=f"exotel-archiver export-bag ./bag {LAST_WEEK}")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @date_range_options()
 @click.option("--sha512", is_flag=True, help="Also write manifest-sha512.txt.")
-@settings_options
+@settings_options("export-bag")
 @click.pass_context
 def export_bag_cmd(
     ctx: click.Context, /, directory: Path, since: Any, until: Any, sha512: bool, **cli: Any
@@ -175,22 +181,44 @@ def export_bag_cmd(
     click.echo(f"bag written to {directory}: {done.entries} objects, {human(done.bytes)}")
 
 
-@main.command()
+@main.command(
+    example=f"exotel-archiver reconcile {LAST_WEEK} --report coverage.json --html coverage.html"
+)
 @date_range_options(required=True)
 @report_option()
-@settings_options
+@click.option(
+    "--html",
+    "html",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the coverage page to this file: one self-contained HTML page (a calendar "
+    "of the days coloured by coverage, the totals, every call not archived yet with its "
+    "reason, the manifest chain's head and check).",
+)
+@settings_options("reconcile")
 @click.pass_context
 def reconcile(
-    ctx: click.Context, /, since: Any, until: Any, report: Path | None, **cli: Any
+    ctx: click.Context,
+    /,
+    since: Any,
+    until: Any,
+    report: Path | None,
+    html: Path | None,
+    **cli: Any,
 ) -> None:
     """Compare Exotel's own list of calls (v1) for a date range with the archive: each call is
     archived, erased (archived, then deleted by `retention purge` under the rules), missing,
     no_recording_at_source, still_active or recording_pending (listed without a recording less
-    than --listing-settle hours after it was made).
+    than --listing-settle hours after it was made), with the reason; and check the manifest
+    chain as `verify` does (not re-reading the objects).
 
-    Exit code 0 only when the range is complete: every call archived, erased or without a
-    recording.
+    Exit code 0 only when the range is complete (every call archived, erased or without a
+    recording) and the manifest chain intact.
+
+    Example: exotel-archiver reconcile --since 2026-11-01 --until 2026-11-30 --html coverage.html
     """
+    from datetime import UTC, datetime
+
+    from archiver.coverage_page import write_page
     from archiver.reconcile import reconcile as run_reconcile
 
     if since > until:
@@ -200,8 +228,26 @@ def reconcile(
     for call in result.calls:
         if call["state"] in ("missing", "still_active", "recording_pending"):
             label = call["state"].replace("_", " ").upper()
-            click.echo(f"  {label:18} {call['call_sid']} (created {call['created']})", err=True)
+            click.echo(
+                f"  {label:18} {call['call_sid']} (created {call['created']}): {call['reason']}",
+                err=True,
+            )
+    chain = result.chain
+    if chain is not None:
+        for problem in chain.problems:
+            click.echo(f"  CHAIN              {problem}", err=True)
     counts = result.counts()
     click.echo(", ".join(f"{state.replace('_', ' ')}: {n}" for state, n in counts.items()))
+    if chain is not None:
+        state = "intact" if chain.intact else "BROKEN"
+        head = chain.head_sha256 or "none (no segment sealed yet)"
+        click.echo(f"manifest chain: {state}, {chain.segments} segment(s), head {head}")
     write_json(result.as_dict(), report)
-    sys.exit(EXIT_OK if result.complete else EXIT_FAILURES)
+    if html is not None:
+        try:
+            write_page(html, result, generated=datetime.now(UTC), destination=settings.destination)
+        except OSError as exc:
+            fail(f"error: cannot write the coverage page to {html}: {exc.strerror}", EXIT_USAGE)
+        click.echo(f"coverage page written to {html}")
+    intact = chain is None or chain.intact
+    sys.exit(EXIT_OK if result.complete and intact else EXIT_FAILURES)

@@ -22,7 +22,7 @@ from archiver.cli._shared import (
 )
 
 
-@main.command()
+@main.command(example="exotel-archiver repair --since \"$(date -d '30 days ago' +%F)\" --dry-run")
 @date_range_options()
 @click.option(
     "--dry-run",
@@ -31,7 +31,7 @@ from archiver.cli._shared import (
     "nothing written.",
 )
 @report_option()
-@settings_options
+@settings_options("repair")
 @click.pass_context
 def repair(
     ctx: click.Context,
@@ -51,8 +51,6 @@ def repair(
     Exotel credentials are needed only when recordings are to be fetched again (not for a dry
     run, nor for the marker and segments). Exit code 0 when everything is whole again, 1 when
     something cannot be repaired (each is named with the reason).
-
-    Example: exotel-archiver repair --since 2026-11-01 --dry-run
     """
     from archiver.repair import CANNOT, REPAIRED, WOULD_REPAIR, run_repair
 

@@ -112,7 +112,7 @@ def _finish(result: JobReport, report: Path | None, *, failed: bool) -> None:
     sys.exit(EXIT_FAILURES if failed or result.seal_error is not None else EXIT_OK)
 
 
-@retention.command("plan")
+@retention.command("plan", example="exotel-archiver retention plan --days 90")
 @click.option(
     "--days",
     type=click.IntRange(0, 36_500),
@@ -121,7 +121,7 @@ def _finish(result: JobReport, report: Path | None, *, failed: bool) -> None:
     help="List the objects whose retention ends within this many days.",
 )
 @report_option("the plan")
-@settings_options
+@settings_options("retention plan")
 @click.pass_context
 def plan_command(ctx: click.Context, /, days: int, report: Path | None, **cli: Any) -> None:
     """What would change: retention ending soon, objects under legal hold, and objects whose
@@ -133,7 +133,7 @@ def plan_command(ctx: click.Context, /, days: int, report: Path | None, **cli: A
     _finish(result, report, failed=False)
 
 
-@retention.command("apply")
+@retention.command("apply", example="exotel-archiver retention apply --report apply.json")
 @click.option(
     "--strengthen-governance",
     is_flag=True,
@@ -146,7 +146,7 @@ def plan_command(ctx: click.Context, /, days: int, report: Path | None, **cli: A
 )
 @report_option()
 @actor_option
-@settings_options
+@settings_options("retention apply")
 @click.pass_context
 def apply_command(
     ctx: click.Context,
@@ -207,21 +207,25 @@ for _name, _on, _doc in (
     _cmd = _hold_command(_on)
     _cmd.__doc__ = _doc
     _cmd = click.pass_context(_cmd)
-    _cmd = settings_options(_cmd)
+    _cmd = settings_options(f"retention {_name}")(_cmd)
     _cmd = actor_option(_cmd)
     _cmd = report_option()(_cmd)
     _cmd = click.option("--reason", required=True, help="Why (a case number, a request).")(_cmd)
     _cmd = click.argument("call_sids", nargs=-1, required=True, metavar="CALL_SID...")(_cmd)
-    retention.command(_name)(_cmd)
+    retention.command(
+        _name,
+        example=f"exotel-archiver retention {_name} cabfb1dfa8c5e1c7f2c458423b7716b3 "
+        "--reason 'case 2026-114'",
+    )(_cmd)
 
 
-@retention.command("purge")
+@retention.command("purge", example="exotel-archiver retention purge --dry-run")
 @click.option(
     "--dry-run", is_flag=True, help="List what would be deleted; delete nothing (run this first)."
 )
 @report_option()
 @actor_option
-@settings_options
+@settings_options("retention purge")
 @click.pass_context
 def purge_command(
     ctx: click.Context, /, dry_run: bool, report: Path | None, actor: str | None, **cli: Any
@@ -237,7 +241,7 @@ def purge_command(
     _finish(result, report, failed=bool(len(result.failures)))
 
 
-@retention.command("audit")
+@retention.command("audit", example="exotel-archiver retention audit --report audit.json")
 @click.option(
     "--grace-days",
     type=click.IntRange(0, 3650),
@@ -247,7 +251,7 @@ def purge_command(
     "reported as kept against its class.",
 )
 @report_option()
-@settings_options
+@settings_options("retention audit")
 @click.pass_context
 def audit_command(ctx: click.Context, /, grace_days: int, report: Path | None, **cli: Any) -> None:
     """Check every manifest entry: present with the retention and hold state its class and the

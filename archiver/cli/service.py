@@ -13,7 +13,7 @@ import click
 
 from archiver.archive import sink_for
 from archiver.cli import main
-from archiver.cli._shared import EXIT_FAILURES, EXIT_OK, daemon_settings_options, make_settings
+from archiver.cli._shared import EXIT_FAILURES, EXIT_OK, make_settings, settings_options
 from archiver.cli._shared import run as run_coroutine
 from archiver.config import Settings
 from archiver.daemon import Daemon
@@ -27,8 +27,10 @@ FORCED_EXIT_AFTER = 10.0
 """Seconds a forced stop may take before the process exits regardless (a stuck upload thread)."""
 
 
-@main.command("run")
-@daemon_settings_options
+@main.command(
+    "run", example="exotel-archiver run --metrics-listen 127.0.0.1:9100 --log-format json"
+)
+@settings_options("run")
 @click.pass_context
 def run_command(ctx: click.Context, /, **cli: Any) -> None:
     """Run the long-running archiver (for systemd, Type=notify).

@@ -22,7 +22,7 @@ from archiver.cli._shared import (
 from archiver.log import setup_logging
 
 
-@main.command()
+@main.command(example="exotel-archiver demo --dir /tmp/demo --calls 50")
 @click.option(
     "--dir",
     "directory",
@@ -69,7 +69,7 @@ def demo(directory: Path, calls: int, seed: int) -> None:
     sys.exit(EXIT_FAILURES if result.failed else EXIT_OK)
 
 
-@main.command()
+@main.command(example="exotel-archiver simulate --port 8080 --calls 500 --fail-429 0.05")
 @click.option(
     "--host",
     default="127.0.0.1",
