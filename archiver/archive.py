@@ -188,7 +188,7 @@ class Archiver:
 
     def _failed(self, sid: str, detail: str, reason: str, *, retryable: bool) -> CallResult:
         """Record ``sid`` as failed (never archived) and say why."""
-        self.ledger.set_call(sid, FAILED, detail=detail)
+        self.ledger.set_call(sid, FAILED, detail=detail, reason=reason)
         return CallResult(
             sid,
             FAILED,

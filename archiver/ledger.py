@@ -13,8 +13,10 @@ The ledger is what makes a re-run idempotent. Two tables:
   this order (``archiver.manifest`` writes them out).
 
 Smaller tables keep saved listings (for resumed backfills; ``listings.listed_at`` is when the
-listing began), sealed manifest segments and the long-running worker's state
-(``worker_state``: e.g. the end of its last sweep).
+listing began), sealed manifest segments, the long-running worker's state (``worker_state``:
+e.g. the end of its last sweep) and the record of runs (``runs``: one row per ``archive``,
+``backfill`` or ``run`` that ended, with its exit code and counts; what ``status`` shows). A
+failed call keeps the kind of its error in ``calls.reason`` (e.g. ``recording_expired``).
 
 Every state change is one transaction, so a crash leaves either the old state or the new one. An
 object row is written only after the destination has confirmed the object (size and checksum):
@@ -24,6 +26,7 @@ the ledger never claims bytes that are not stored.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import sqlite3
 import threading
@@ -103,6 +106,15 @@ CREATE TABLE IF NOT EXISTS worker_state (
     name         TEXT PRIMARY KEY,
     value        TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS runs (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    command      TEXT NOT NULL,
+    started_at   TEXT NOT NULL,
+    ended_at     TEXT NOT NULL,
+    exit_code    INTEGER NOT NULL,
+    counts       TEXT NOT NULL,
+    error        TEXT
+);
 CREATE TABLE IF NOT EXISTS segments (
     number       INTEGER PRIMARY KEY,
     key          TEXT NOT NULL,
@@ -118,8 +130,10 @@ _RETRY_COLUMNS = (
     ("failures", "INTEGER NOT NULL DEFAULT 0"),
     ("failed_since", "TEXT"),
     ("retry_at", "TEXT"),
+    ("reason", "TEXT"),
 )
-"""Columns of ``calls`` added to ledgers older than the failed-call backoff (``RetryState``)."""
+"""Columns of ``calls`` added to older ledgers: the failed-call backoff (``RetryState``), and
+the kind of a failed call's error (``reason``)."""
 
 
 class WriterBusy(ConfigError):
@@ -265,6 +279,30 @@ class SegmentRecord:
     last_seq: int
 
 
+@dataclass(frozen=True)
+class RunRecord:
+    """One ``archive``, ``backfill`` or ``run`` that ended: when, its exit code, its counts
+    (calls per outcome, API requests) and, if it stopped on an error, that error's message."""
+
+    command: str
+    started_at: str
+    ended_at: str
+    exit_code: int
+    counts: dict[str, int]
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class FailedCall:
+    """A call whose last outcome is ``failed``: the kind of error (None in rows written before
+    reasons were kept), its message, and when the ledger was last told."""
+
+    call_sid: str
+    reason: str | None
+    detail: str | None
+    updated_at: str
+
+
 class Ledger:
     """The ledger at ``state_dir/ledger.sqlite3``. Single writer: one worker per state dir.
 
@@ -305,7 +343,7 @@ class Ledger:
                     self._db.execute(f"ALTER TABLE objects ADD COLUMN {column} TEXT")
             have = {str(r["name"]) for r in self._db.execute("PRAGMA table_info(calls)")}
             for column, kind in _RETRY_COLUMNS:
-                if column not in have:  # a ledger from before failed calls' backoff
+                if column not in have:  # a ledger from before failed calls' backoff, reasons
                     self._db.execute(f"ALTER TABLE calls ADD COLUMN {column} {kind}")
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         # Reads get a connection of their own: under WAL they see every committed write and
@@ -388,12 +426,14 @@ class Ledger:
         created_time: str | None = None,
         recordings: int | None = None,
         detail: str | None = None,
+        reason: str | None = None,
     ) -> None:
+        """Record the call's outcome; ``reason`` is a failed call's kind of error."""
         with self._transaction():
             self._db.execute(
                 """INSERT INTO calls
-                     (call_sid, outcome, created_time, recordings, detail, updated_at)
-                   VALUES (?, ?, ?, ?, ?, ?)
+                     (call_sid, outcome, created_time, recordings, detail, updated_at, reason)
+                   VALUES (?, ?, ?, ?, ?, ?, ?)
                    ON CONFLICT (call_sid) DO UPDATE SET
                      outcome = excluded.outcome,
                      created_time = COALESCE(excluded.created_time, calls.created_time),
@@ -404,8 +444,9 @@ class Ledger:
                                 THEN calls.failures ELSE 0 END,
                      failed_since = CASE WHEN excluded.outcome = 'failed'
                                     THEN calls.failed_since END,
-                     retry_at = CASE WHEN excluded.outcome = 'failed' THEN calls.retry_at END""",
-                (call_sid, outcome, created_time, recordings, detail, utc_now()),
+                     retry_at = CASE WHEN excluded.outcome = 'failed' THEN calls.retry_at END,
+                     reason = excluded.reason""",
+                (call_sid, outcome, created_time, recordings, detail, utc_now(), reason),
             )
 
     def retry_state(self, call_sid: str) -> RetryState | None:
@@ -519,6 +560,67 @@ class Ledger:
                 "INSERT OR REPLACE INTO listings (range_key, listed_at) VALUES (?, ?)",
                 (range_key, utc_text(began)),
             )
+
+    def failed_calls(self) -> list[FailedCall]:
+        """Every call whose last outcome is ``failed``, the longest failed first."""
+        rows = self._read.execute(
+            "SELECT * FROM calls WHERE outcome = 'failed' ORDER BY updated_at, call_sid"
+        )
+        return [
+            FailedCall(
+                str(r["call_sid"]),
+                dict(r).get("reason"),  # None in a ledger from before reasons
+                r["detail"],
+                str(r["updated_at"]),
+            )
+            for r in rows
+        ]
+
+    def unarchived_created(self) -> list[tuple[str, str | None]]:
+        """(call SID, created time) of every call pending, not ready or failed; a call whose row
+        has no created time (a one-shot run's failure before its details) takes the one a
+        saved backfill listing has of it, if any."""
+        rows = self._read.execute(
+            "SELECT c.call_sid, COALESCE(c.created_time, (SELECT l.created FROM listed_calls l "
+            "WHERE l.call_sid = c.call_sid LIMIT 1)) AS created FROM calls c "
+            "WHERE c.outcome IN (?, ?, ?)",
+            UNFINISHED,
+        )
+        return [(str(r["call_sid"]), r["created"]) for r in rows]
+
+    def add_run(self, run: RunRecord) -> None:
+        """Record a run that ended (``status`` shows the last one)."""
+        with self._transaction():
+            self._db.execute(
+                "INSERT INTO runs (command, started_at, ended_at, exit_code, counts, error) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    run.command,
+                    run.started_at,
+                    run.ended_at,
+                    run.exit_code,
+                    json.dumps(run.counts, sort_keys=True),
+                    run.error,
+                ),
+            )
+
+    def last_run(self) -> RunRecord | None:
+        """The run recorded last, or None (none yet, or a ledger from before runs were)."""
+        try:
+            row = self._read.execute("SELECT * FROM runs ORDER BY id DESC LIMIT 1").fetchone()
+        except sqlite3.OperationalError:  # read-only, a ledger older than the runs table
+            return None
+        if row is None:
+            return None
+        counts = json.loads(str(row["counts"]))
+        return RunRecord(
+            str(row["command"]),
+            str(row["started_at"]),
+            str(row["ended_at"]),
+            int(row["exit_code"]),
+            {str(k): int(v) for k, v in counts.items()} if isinstance(counts, dict) else {},
+            row["error"],
+        )
 
     def call_counts(self) -> dict[str, int]:
         rows = self._read.execute("SELECT outcome, COUNT(*) AS n FROM calls GROUP BY outcome")

@@ -671,7 +671,7 @@ OPTIONS: tuple[Option, ...] = (
         kind="int",
         minimum=1,
         maximum=3650,
-        commands=WORKER,
+        commands=WORKER | {"status"},
         group=WORKER_GROUP,
     ),
     Option(
@@ -685,7 +685,7 @@ OPTIONS: tuple[Option, ...] = (
         kind="int",
         minimum=0,
         maximum=3650,
-        commands=WORKER,
+        commands=WORKER | {"status"},
         group=WORKER_GROUP,
     ),
 )

@@ -2,7 +2,7 @@
 
 Commands live beside this file: ``archive.py`` (archive, backfill), ``service.py`` (run, the
 long-running worker), ``audit.py`` (verify, manifest, export-bag, reconcile), ``retention.py``
-(the compliance retention jobs), ``trial.py`` (demo, simulate); ``_shared.py`` has what they
+(the compliance retention jobs), ``status.py`` (status), ``trial.py`` (demo, simulate); ``_shared.py`` has what they
 share.
 
 Each command turns its flags into ``Settings`` (``archiver.config``), calls one plain async
@@ -75,6 +75,6 @@ def main(ctx: click.Context, config: Path | None) -> None:
 
 
 # The command modules register themselves on ``main``.
-from archiver.cli import archive, audit, repair, retention, service, trial  # noqa: E402
+from archiver.cli import archive, audit, repair, retention, service, status, trial  # noqa: E402
 
-__all__ = ["archive", "audit", "main", "repair", "retention", "service", "trial"]
+__all__ = ["archive", "audit", "main", "repair", "retention", "service", "status", "trial"]

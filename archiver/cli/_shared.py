@@ -156,6 +156,7 @@ def make_settings(ctx: click.Context, cli: dict[str, Any]) -> Settings:
     except ConfigError as exc:
         fail(f"error: {exc}", EXIT_USAGE)
     setup_logging(settings.log_level, secrets=settings.secrets, fmt=settings.log_format)
+    ctx.ensure_object(dict)["settings"] = settings  # for the record of the run (cli/status.py)
     return settings
 
 

@@ -28,6 +28,7 @@ from archiver.cli._shared import (
     write_json,
     write_report,
 )
+from archiver.cli.status import note_run, recorded, report_counts
 from archiver.errors import InvalidCallSid
 from archiver.exotel.models import validate_call_sid
 from archiver.waiting import (
@@ -64,6 +65,7 @@ from archiver.waiting import (
 @report_option("the run's report")
 @settings_options("archive")
 @click.pass_context
+@recorded("archive")
 def archive(
     ctx: click.Context,
     /,
@@ -96,6 +98,7 @@ def archive(
             archive_calls(settings, call_sids, on_result=advance, waiter=waiter),
             state_dir=settings.state_dir,
         )
+    note_run(report_counts(result))
     print_report(result)
     write_report(result, report)
     if waiter is not None and waiter.timed_out:
@@ -154,6 +157,7 @@ def _still_waiting(waiter: Waiter) -> str:
 )
 @settings_options("backfill")
 @click.pass_context
+@recorded("backfill", dry_run_flag="dry_run")
 def backfill(
     ctx: click.Context,
     /,
@@ -218,6 +222,7 @@ def backfill(
         sys.exit(EXIT_FAILURES if plan.skipped else EXIT_OK)
     with Progress(len(plan.to_archive), "Backfilling") as advance:
         result = run(run_backfill(settings, plan, on_result=advance), state_dir=settings.state_dir)
+    note_run(report_counts(result))
     print_report(result)
     write_json({"plan": plan.as_dict(limit), "result": result.as_dict()}, path)
     if plan.skipped:

@@ -15,6 +15,7 @@ from archiver.archive import sink_for
 from archiver.cli import main
 from archiver.cli._shared import EXIT_FAILURES, EXIT_OK, make_settings, settings_options
 from archiver.cli._shared import run as run_coroutine
+from archiver.cli.status import note_run, recorded
 from archiver.config import Settings
 from archiver.daemon import Daemon
 from archiver.log import emit
@@ -32,6 +33,7 @@ FORCED_EXIT_AFTER = 10.0
 )
 @settings_options("run")
 @click.pass_context
+@recorded("run")
 def run_command(ctx: click.Context, /, **cli: Any) -> None:
     """Run the long-running archiver (for systemd, Type=notify).
 
@@ -46,6 +48,7 @@ def run_command(ctx: click.Context, /, **cli: Any) -> None:
     """
     settings = make_settings(ctx, cli)
     summary = run_coroutine(serve(settings), state_dir=settings.state_dir)
+    note_run(summary.fields())
     emit(
         f"stopped: {summary.line()}",
         logger="archiver.daemon",

@@ -1,0 +1,345 @@
+"""``exotel-archiver status``: the facts an operator reads first, and what to do about them.
+
+Everything comes from the state directory's ledger (opened read-only: status runs beside the
+worker, which holds the writer lock) and from the destination (its identity marker, the last
+manifest segment, the bucket's Object Lock configuration). Exotel is never asked.
+
+Each thing wrong becomes one ``Advice``: a problem and the fix, at one of three levels —
+``config`` (the next run would stop with exit 2: no destination, another archive's destination,
+a destination that cannot be read), ``attention`` (failed calls, the oldest unarchived call
+near Exotel's retention, a last run that stopped on an error) and ``note`` (nothing wrong, but
+worth knowing: entries waiting to be sealed, calls still active). The exit code follows the
+worst: 2, 1, else 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+
+from archiver import identity
+from archiver.archive import sink_for
+from archiver.config import Settings
+from archiver.errors import ConfigError, DestinationMismatch, StorageError
+from archiver.ledger import FailedCall, Ledger, RunRecord, SegmentRecord, utc_text
+from archiver.metrics import oldest_age
+from archiver.report import ARCHIVED, FAILED, NO_RECORDING, NOT_READY
+
+PENDING = "pending"
+CALL_STATES = (ARCHIVED, PENDING, NOT_READY, FAILED, NO_RECORDING)
+CONFIG, ATTENTION, NOTE = "config", "attention", "note"
+SHOWN_SIDS = 10
+"""Call SIDs a failure reason lists (and its retry command names)."""
+
+
+class NothingArchivedYet(ConfigError):
+    """The state directory has no ledger: nothing was archived from it (exit 2)."""
+
+
+@dataclass(frozen=True)
+class Advice:
+    """One thing wrong (or worth knowing) and what to do about it."""
+
+    level: str
+    problem: str
+    fix: str
+    command: str | None = None
+    """The command to run, as it can be pasted (when the fix is one)."""
+
+    def line(self) -> str:
+        return f"{self.problem}: {self.fix}"
+
+
+@dataclass(frozen=True)
+class FailureReason:
+    """The failed calls of one kind of error: how many, the first ``SHOWN_SIDS``, an example
+    message."""
+
+    reason: str
+    count: int
+    calls: tuple[str, ...]
+    example: str | None
+
+
+@dataclass(frozen=True)
+class Identity:
+    """The ledger's binding to its destination, and the destination's marker."""
+
+    state: str
+    """``confirmed``, ``claimed`` (a claim cut short: the next run completes it), ``unclaimed``
+    (nothing archived yet: the next run claims it), ``mismatch`` or ``unknown`` (the
+    destination could not be read)."""
+    archive_id: str | None
+    marker: str | None
+    """How the destination's marker describes itself (who claimed it, when)."""
+
+
+@dataclass(frozen=True)
+class Oldest:
+    call_sid: str
+    age_days: float
+    days_left: float
+    """Until Exotel deletes its recording (``source_retention``): negative once past."""
+
+
+@dataclass(frozen=True)
+class Status:
+    checked_at: str
+    state_dir: str
+    destination: str | None
+    identity: Identity
+    object_lock: bool | None
+    """Whether the bucket has Object Lock enabled; None for a local directory (it has none) or
+    when it could not be read."""
+    last_run: RunRecord | None
+    calls: dict[str, int]
+    failures: tuple[FailureReason, ...]
+    segments: int
+    last_segment: SegmentRecord | None
+    unsealed: int
+    oldest_unarchived: Oldest | None
+    unknown_age: int
+    """Unarchived calls whose creation time the ledger does not know (not in ``oldest``)."""
+    source_retention_days: float
+    retention_warning_days: float
+    advice: tuple[Advice, ...]
+
+    @property
+    def exit_code(self) -> int:
+        levels = {a.level for a in self.advice}
+        return 2 if CONFIG in levels else 1 if ATTENTION in levels else 0
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "exit_code": self.exit_code,
+            "checked_at": self.checked_at,
+            "state_dir": self.state_dir,
+            "destination": self.destination,
+            "identity": asdict(self.identity),
+            "object_lock": self.object_lock,
+            "last_run": asdict(self.last_run) if self.last_run else None,
+            "calls": self.calls,
+            "failures": [asdict(f) for f in self.failures],
+            "manifest": {
+                "segments": self.segments,
+                "last_segment": asdict(self.last_segment) if self.last_segment else None,
+                "unsealed": self.unsealed,
+            },
+            "oldest_unarchived": asdict(self.oldest_unarchived) if self.oldest_unarchived else None,
+            "unknown_age": self.unknown_age,
+            "source_retention_days": self.source_retention_days,
+            "retention_warning_days": self.retention_warning_days,
+            "advice": [asdict(a) for a in self.advice],
+        }
+
+
+def nothing_yet(settings: Settings) -> str:
+    return (
+        f"nothing archived yet from the state directory {settings.state_dir} (no ledger there): "
+        "run `exotel-archiver archive CALL_SID...` or `exotel-archiver backfill --since DAY "
+        "--until DAY` first, or point --state-dir / ARCHIVER_STATE_DIR at the worker's state "
+        "directory"
+    )
+
+
+async def gather_status(settings: Settings, *, now: datetime | None = None) -> Status:
+    """The status of the archive of ``settings``; raises ``NothingArchivedYet`` when the state
+    directory has no ledger. Nothing is written anywhere; no Exotel request is made."""
+    now = now or datetime.now(UTC)
+    path = settings.state_dir / "ledger.sqlite3"
+    if not path.is_file():
+        raise NothingArchivedYet(nothing_yet(settings))
+    ledger = Ledger(path, readonly=True)
+    try:
+        advice: list[Advice] = []
+        who, lock = await _destination(settings, ledger, advice)
+        counts = ledger.call_counts()
+        calls = {state: counts.get(state, 0) for state in CALL_STATES}
+        failures = _failures(ledger.failed_calls())
+        segments = ledger.segments()
+        unsealed = ledger.unsealed_count()
+        unarchived = ledger.unarchived_created()
+        last_run = ledger.last_run()
+    finally:
+        ledger.close()
+    retention = settings.daemon.source_retention / 86400
+    warning = settings.daemon.retention_warning / 86400
+    oldest = _oldest(unarchived, now, retention)
+    unknown = sum(1 for _, created in unarchived if not _readable(created))
+    for f in failures:
+        command = f"exotel-archiver archive {' '.join(f.calls)}"
+        first = f" (the first {len(f.calls)} of them; `status --json` has them)"
+        advice.append(
+            Advice(
+                ATTENTION,
+                f"{f.count} call{'s' if f.count != 1 else ''} failed ({f.reason})",
+                f"{command} retries them{first if f.count > len(f.calls) else ''}",
+                command,
+            )
+        )
+    if oldest is not None and oldest.age_days >= retention - warning:
+        gone = oldest.days_left <= 0
+        advice.append(
+            Advice(
+                ATTENTION,
+                f"the oldest unarchived call {oldest.call_sid} is {oldest.age_days:.1f} days "
+                f"old, Exotel deletes recordings after {retention:g} days "
+                + (
+                    "(its recording may be gone already)"
+                    if gone
+                    else f"({oldest.days_left:.1f} days left)"
+                ),
+                f"archive it now with exotel-archiver archive {oldest.call_sid} (and the other "
+                "failed calls); backfill its day again if more of it is missing",
+                f"exotel-archiver archive {oldest.call_sid}",
+            )
+        )
+    if last_run is not None and last_run.exit_code != 0 and (last_run.error or not failures):
+        why = f": {last_run.error}" if last_run.error else ""
+        advice.append(
+            Advice(
+                ATTENTION,
+                f"the last run ({last_run.command}, ended {last_run.ended_at}) exited "
+                f"{last_run.exit_code}{why}",
+                "fix what it names, then run it again",
+            )
+        )
+    if unsealed:
+        advice.append(
+            Advice(
+                NOTE,
+                f"{unsealed} manifest entr{'ies' if unsealed != 1 else 'y'} not sealed yet",
+                "the next run (or the running worker, within minutes) seals them",
+            )
+        )
+    if calls[NOT_READY]:
+        advice.append(
+            Advice(
+                NOTE,
+                f"{calls[NOT_READY]} call(s) still active when last looked at",
+                "the next run (or the running worker) looks again",
+            )
+        )
+    if calls[PENDING]:
+        advice.append(
+            Advice(
+                NOTE,
+                f"{calls[PENDING]} call(s) found by the worker, not archived yet",
+                "the running worker takes them up (`exotel-archiver run` if none runs)",
+            )
+        )
+    return Status(
+        checked_at=utc_text(now),
+        state_dir=str(settings.state_dir),
+        destination=settings.destination,
+        identity=who,
+        object_lock=lock,
+        last_run=last_run,
+        calls=calls,
+        failures=failures,
+        segments=len(segments),
+        last_segment=segments[-1] if segments else None,
+        unsealed=unsealed,
+        oldest_unarchived=oldest,
+        unknown_age=unknown,
+        source_retention_days=retention,
+        retention_warning_days=warning,
+        advice=tuple(sorted(advice, key=lambda a: (CONFIG, ATTENTION, NOTE).index(a.level))),
+    )
+
+
+async def _destination(
+    settings: Settings, ledger: Ledger, advice: list[Advice]
+) -> tuple[Identity, bool | None]:
+    """The identity check (read-only: ``identity.bind`` without claiming) and Object Lock."""
+    bound = identity.binding(ledger)
+    archive_id = bound.archive_id if bound else None
+    if not settings.destination:
+        advice.append(
+            Advice(
+                CONFIG,
+                "no destination set",
+                "pass --destination s3://bucket/prefix (or a directory), or set "
+                "ARCHIVER_DESTINATION",
+            )
+        )
+        return Identity("unknown", archive_id, None), None
+    sink = sink_for(settings)
+    try:
+        try:
+            marker = await identity.bind(settings, sink, ledger, claim=False)
+        except DestinationMismatch as exc:
+            advice.append(Advice(CONFIG, "the destination is not this ledger's", str(exc)))
+            return Identity("mismatch", archive_id, None), None
+        except (StorageError, ConfigError) as exc:
+            advice.append(Advice(CONFIG, "the destination cannot be read", str(exc)))
+            return Identity("unknown", archive_id, None), None
+        if marker is not None and bound is not None and bound.confirmed:
+            state = "confirmed"
+        elif bound is not None:
+            state = "claimed"
+            advice.append(
+                Advice(NOTE, "the destination's claim was cut short", "the next run completes it")
+            )
+        else:
+            state = "unclaimed"
+            advice.append(
+                Advice(NOTE, "the destination is not claimed yet", "the first run claims it")
+            )
+        who = Identity(state, archive_id, marker.describe() if marker else None)
+        if not settings.destination.startswith("s3://"):
+            return who, None
+        try:
+            lock: bool | None = await sink.object_lock_enabled()
+        except StorageError as exc:
+            advice.append(Advice(CONFIG, "the bucket's Object Lock state cannot be read", str(exc)))
+            return who, None
+        policy = settings.retention
+        if policy is not None and policy.needs_object_lock and not lock:
+            advice.append(
+                Advice(
+                    CONFIG,
+                    "a retention class asks for Object Lock, but the bucket does not have it",
+                    'use a bucket created with Object Lock, or set lock = "none" in those classes',
+                )
+            )
+        return who, lock
+    finally:
+        await sink.close()
+
+
+def _failures(failed: list[FailedCall]) -> tuple[FailureReason, ...]:
+    """Failed calls grouped by reason, the largest group first."""
+    groups: dict[str, list[FailedCall]] = {}
+    for call in failed:
+        groups.setdefault(call.reason or "unknown", []).append(call)
+    ordered = sorted(groups.items(), key=lambda item: (-len(item[1]), item[0]))
+    return tuple(
+        FailureReason(
+            reason,
+            len(calls),
+            tuple(c.call_sid for c in calls[:SHOWN_SIDS]),
+            calls[0].detail,
+        )
+        for reason, calls in ordered
+    )
+
+
+def _readable(created: str | None) -> bool:
+    if not created:
+        return False
+    try:
+        return datetime.fromisoformat(created).tzinfo is not None
+    except ValueError:
+        return False
+
+
+def _oldest(
+    unarchived: list[tuple[str, str | None]], now: datetime, retention_days: float
+) -> Oldest | None:
+    dated = [(sid, created) for sid, created in unarchived if created and _readable(created)]
+    if not dated:
+        return None
+    sid, created = min(dated, key=lambda item: datetime.fromisoformat(item[1]))
+    age = oldest_age([created], now) / 86400
+    return Oldest(sid, round(age, 2), round(retention_days - age, 2))
