@@ -4,9 +4,15 @@ The redaction filter (``archiver.redact.Redactor``) sits on the handler, so it s
 that reaches the output, whichever library logged it: known secret values (the Exotel key and
 token, the webhook secret, and the AWS secret key and session token found in the environment),
 signature-looking URL parameters, Authorization and X-Amz-Security-Token headers are replaced
-before anything is written. Library loggers (botocore, urllib3, aiohttp...) are held at INFO even
-when the archiver's own level is DEBUG: botocore's DEBUG output prints every request's headers.
-Should one be turned up anyway, its lines still pass the redactor.
+before anything is written. Library loggers (botocore, boto3, s3transfer, urllib3, aiohttp,
+asyncio) show WARNING and above; INFO only when the archiver's own level is DEBUG (botocore's
+"Found credentials in environment variables." is not news on every command), and never DEBUG:
+botocore's DEBUG output prints every request's headers. Should one be turned up anyway, its lines
+still pass the redactor.
+
+On a terminal a progress bar shares stderr with the log: the handler (``TerminalHandler``) knows
+the bar on screen, clears its line before it writes a record and draws it again after, so a log
+line never starts in the middle of the bar.
 
 Two formats: ``text`` (one readable line, for a terminal) and ``json`` (one JSON object per line —
 ``time``, ``level``, ``logger``, ``message``, ``call_sid`` when the line is about a call — for
@@ -32,17 +38,19 @@ shippers parse each line alone):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
 import os
 import re
+import shutil
 import sys
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 from archiver.redact import Redactor
 
@@ -153,6 +161,96 @@ class JsonStderr(io.TextIOBase):
             self._writing.on = False
 
 
+class Bar(Protocol):
+    """A progress bar on screen: one line of text, drawn again whenever asked."""
+
+    def line(self, width: int) -> str:
+        """The bar's text now, at most ``width`` characters."""
+        ...
+
+
+_ERASE = "\r\x1b[K"
+"""Back to the start of the line and erase it (what every terminal since the VT100 reads)."""
+
+
+class TerminalHandler(logging.StreamHandler[TextIO]):
+    """The archiver's stderr handler. While ``show``n a bar, each record clears the bar's line,
+    is written, and the bar is drawn again below it; the bar's own redraws take the handler's
+    lock, so a record from another thread never lands inside one."""
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
+        self.bar: Bar | None = None
+
+    @contextlib.contextmanager
+    def _held(self) -> Iterator[None]:
+        self.acquire()
+        try:
+            yield
+        except OSError:  # the terminal gone (hung up): the bar stops, the run goes on
+            self.bar = None
+        finally:
+            self.release()
+
+    def show(self, bar: Bar) -> None:
+        """Put ``bar`` on screen (below whatever is written from now on)."""
+        with self._held():
+            self.bar = bar
+            self._draw()
+
+    def redraw(self) -> None:
+        """Draw the bar again with its figures of now."""
+        with self._held():
+            self._draw()
+
+    def done(self) -> None:
+        """Leave the bar's last state on screen, end its line, and let records go plainly."""
+        with self._held():
+            if self.bar is not None:
+                self._draw()
+                self.stream.write("\n")
+                self.stream.flush()
+            self.bar = None
+
+    def above(self, text: str) -> None:
+        """Write ``text`` (a command's own line) as a record would be: above the bar."""
+        with self._held():
+            self._clear()
+            self.stream.write(text + "\n")
+            self._draw()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.bar is None:
+            super().emit(record)
+            return
+        self._clear()
+        super().emit(record)
+        self._draw()
+
+    def _clear(self) -> None:
+        if self.bar is not None:
+            self.stream.write(_ERASE)
+
+    def _draw(self) -> None:
+        if self.bar is None:
+            return
+        width = max(shutil.get_terminal_size().columns - 1, 20)
+        self.stream.write(_ERASE + self.bar.line(width)[:width])
+        self.stream.flush()
+
+
+def terminal_handler() -> TerminalHandler | None:
+    """The archiver's handler when it writes text to a terminal (where a bar may be shown)."""
+    handler = _handler()
+    if (
+        isinstance(handler, TerminalHandler)
+        and not isinstance(handler.formatter, JsonFormatter)
+        and handler.stream.isatty()
+    ):
+        return handler
+    return None
+
+
 def wants_json(fmt: str | None = None) -> bool:
     """Whether stderr gets JSON: ``fmt`` (a ``--log-format`` value) or, when not given,
     ``$ARCHIVER_LOG_FORMAT``, else ``auto`` (JSON unless stderr is a terminal)."""
@@ -170,7 +268,7 @@ def setup_logging(
     module docstring). Returns the handler (tests remove it again).
     """
     stream = _stderr()
-    handler = logging.StreamHandler(stream)
+    handler = TerminalHandler(stream)
     json_mode = fmt == "json" or (fmt == "auto" and not stream.isatty())
     if json_mode:
         handler.setFormatter(JsonFormatter())
@@ -185,10 +283,12 @@ def setup_logging(
     root.setLevel(logging.WARNING)
     numeric = getattr(logging, level.upper(), logging.INFO)
     logging.getLogger("archiver").setLevel(numeric)
-    # Library debug output (botocore prints every request's headers, session token included) is
-    # kept out at any level of ours; it would still pass the redactor.
+    # Library INFO ("Found credentials in environment variables.") only when debugging; their
+    # DEBUG output (botocore prints every request's headers, session token included) is kept
+    # out at any level of ours; it would still pass the redactor.
+    library_level = logging.INFO if numeric <= logging.DEBUG else max(numeric, logging.WARNING)
     for library in _LIBRARY_LOGGERS:
-        logging.getLogger(library).setLevel(max(numeric, logging.INFO))
+        logging.getLogger(library).setLevel(library_level)
     _route_stderr(handler if json_mode else None, stream)
     return handler
 
@@ -225,7 +325,10 @@ def emit(
     before ``setup_logging``)."""
     handler = _handler()
     if handler is None or not isinstance(handler.formatter, JsonFormatter):
-        print(message, file=_stderr(), flush=True)
+        if isinstance(handler, TerminalHandler) and handler.bar is not None:
+            handler.above(message)
+        else:
+            print(message, file=_stderr(), flush=True)
         return
     record = logging.LogRecord(logger, level, __file__, 0, message.strip(), None, None)
     if call_sid is not None:

@@ -25,6 +25,7 @@ import click
 
 from archiver import __version__
 from archiver.cli._help import Group
+from archiver.cli._shared import quiet_closed_pipe
 from archiver.log import setup_logging, wants_json
 
 
@@ -36,6 +37,16 @@ class _Group(Group):
         if wants_json():
             setup_logging(fmt="json")
         return super().main(*args, **kwargs)
+
+    # A closed stdout pipe (``| head``) ends any command quietly with exit 0, whether it
+    # happens while parsing (``--help``) or running; click alone would exit 1.
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        with quiet_closed_pipe():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with quiet_closed_pipe():
+            return super().invoke(ctx)
 
 
 @click.group(

@@ -4,12 +4,16 @@ codes, progress and printing."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import os
+import shlex
+import shutil
 import sqlite3
 import sys
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -25,7 +29,14 @@ from archiver.errors import (
     StoragePermanent,
 )
 from archiver.files import write_atomic
-from archiver.log import emit, loop_exception_handler, setup_logging, wants_json
+from archiver.ledger import ObjectRecord
+from archiver.log import (
+    emit,
+    loop_exception_handler,
+    setup_logging,
+    terminal_handler,
+    wants_json,
+)
 from archiver.options import OPTIONS, Option
 from archiver.report import (
     ALREADY_ARCHIVED,
@@ -38,6 +49,8 @@ from archiver.report import (
 from archiver.state_errors import state_problem
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE = 0, 1, 2
+SCRIPT = "exotel-archiver"
+"""The console script's name (pyproject.toml, ``[project.scripts]``)."""
 progress_log = logging.getLogger("archiver.progress")
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -95,6 +108,8 @@ def run(coro: Coroutine[Any, Any, T], *, state_dir: Path | None = None) -> T:
         fail(f"error: {exc}", EXIT_USAGE)
     except ArchiverError as exc:
         fail(f"error: {exc}", EXIT_FAILURES)
+    except BrokenPipeError:
+        raise  # the reader of stdout is gone: not a state problem (quiet_closed_pipe)
     except (OSError, sqlite3.Error) as exc:
         problem = state_problem(exc, state_dir)
         fail(f"error: {problem.message}", EXIT_USAGE if problem.config else EXIT_FAILURES)
@@ -111,6 +126,20 @@ def fail(message: str, code: int) -> NoReturn:
     """Say ``message`` on stderr (a JSON event with ``exit_code`` in JSON mode) and exit."""
     emit(message, level=logging.ERROR, logger="archiver.cli", fields={"exit_code": code})
     sys.exit(code)
+
+
+@contextlib.contextmanager
+def quiet_closed_pipe() -> Iterator[None]:
+    """A reader gone from stdout (``exotel-archiver retention plan | head -1``) ends the command
+    quietly with exit 0: the reader took what it wanted. Python's recipe: stdout becomes
+    /dev/null, so the interpreter's flush at exit does not raise again."""
+    try:
+        yield
+    except BrokenPipeError:
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(EXIT_OK)
 
 
 def make_settings(ctx: click.Context, cli: dict[str, Any]) -> Settings:
@@ -159,13 +188,15 @@ def date_range_options(*, required: bool = False) -> Callable[[F], F]:
 class Progress:
     """Progress of a run over calls.
 
-    On a terminal: a click progress bar (position, ETA, and bytes archived with the rate in
-    calls per second), or a running count when the total is unknown. Elsewhere (systemd, a
-    pipe, a log file): one plain log line every ``every`` seconds with the same figures.
+    On a terminal: a bar (position, bytes archived, calls per second, time left), or a running
+    count when the total is unknown, drawn through the log handler (``archiver.log.
+    TerminalHandler``): a log line clears the bar, is written, and the bar is drawn again below
+    it. Elsewhere (systemd, a pipe, a log file, JSON logs): one plain log line every ``every``
+    seconds with the same figures.
     """
 
     def __init__(self, total: int | None, label: str, *, every: float = 30.0) -> None:
-        self._tty = sys.stderr.isatty()
+        self._screen = terminal_handler()
         self._label = label
         self._total = total
         self._done = 0
@@ -173,52 +204,54 @@ class Progress:
         self._started = time.monotonic()
         self._every = every
         self._last_line = self._started
-        self._bar: Any = (
-            click.progressbar(
-                length=total,
-                label=label,
-                file=sys.stderr,
-                show_pos=True,
-                show_eta=True,
-                item_show_func=lambda _item: self._figures(),
-            )
-            if self._tty and total is not None
-            else None
-        )
 
     def __enter__(self) -> Callable[[Any], None]:
-        if self._bar is not None:
-            self._bar.__enter__()
+        if self._screen is not None:
+            self._screen.show(self)
         return self._advance
 
     def _figures(self) -> str:
         elapsed = max(time.monotonic() - self._started, 1e-6)
         return f"{human(self._bytes)}, {self._done / elapsed:.1f} calls/s"
 
+    def _left(self) -> str:
+        if not self._total or not self._done or self._done >= self._total:
+            return ""
+        rate = self._done / max(time.monotonic() - self._started, 1e-6)
+        return f"about {(self._total - self._done) / rate:.0f} s left"
+
+    def line(self, width: int) -> str:
+        """The bar as the terminal shows it, at most ``width`` characters."""
+        if self._total is None:
+            return f"{self._label}: {self._done} calls, {self._figures()}"
+        figures = f"  {self._done}/{self._total}  {self._figures()}"
+        if left := self._left():
+            figures += f", {left}"
+        room = min(36, width - len(self._label) - len(figures) - 4)
+        if room < 5:
+            return f"{self._label}{figures}"
+        filled = room * self._done // max(self._total, 1)
+        return f"{self._label}  [{'#' * filled}{'-' * (room - filled)}]{figures}"
+
     def _advance(self, result: Any) -> None:
         self._done += 1
         self._bytes += getattr(result, "bytes", 0) if getattr(result, "stored", 0) else 0
-        if self._bar is not None:
-            self._bar.update(1, result)
-        elif self._tty:
-            click.echo(f"\r{self._label}: {self._done}", nl=False, err=True)
+        if self._screen is not None:
+            self._screen.redraw()
         elif time.monotonic() - self._last_line >= self._every:
             self._last_line = time.monotonic()
             self._log_line()
 
     def _log_line(self) -> None:
         of = f"/{self._total}" if self._total is not None else ""
-        eta = ""
-        if self._total and self._done:
-            rate = self._done / max(time.monotonic() - self._started, 1e-6)
-            eta = f", about {(self._total - self._done) / rate:.0f} s left"
-        progress_log.info("%s: %d%s calls, %s%s", self._label, self._done, of, self._figures(), eta)
+        left = f", {self._left()}" if self._left() else ""
+        progress_log.info(
+            "%s: %d%s calls, %s%s", self._label, self._done, of, self._figures(), left
+        )
 
     def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.__exit__(None, None, None)
-        elif self._tty and self._done:
-            click.echo("", err=True)
+        if self._screen is not None:
+            self._screen.done()
 
 
 def human(n: float) -> str:
@@ -229,13 +262,36 @@ def human(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
+def program() -> str:
+    """This program as words that run it again when pasted into a shell: ``exotel-archiver``
+    when that name on PATH is this very script; else the script's absolute path (a venv's
+    ``bin/`` is seldom on PATH); else, run as ``python -m archiver``, this interpreter with
+    ``-m archiver``. Quoted for the shell."""
+    script = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if script is not None and script.name == SCRIPT and script.is_file():
+        found = shutil.which(SCRIPT)
+        if found is not None and Path(found).resolve() == script.resolve():
+            return SCRIPT
+        return shlex.quote(os.path.abspath(script))
+    return f"{shlex.quote(sys.executable)} -m archiver"
+
+
+def objects_text(objects: list[ObjectRecord]) -> str:
+    """What ``objects`` are, counted apart: ``2 recording(s), 1 other object(s) (call.json)``."""
+    recordings = sum(o.kind == "recording" for o in objects)
+    others = [o.key.rsplit("/", 1)[-1] for o in objects if o.kind != "recording"]
+    text = f"{recordings} recording(s)"
+    if others:
+        names = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        text += f", {len(others)} other object(s) ({names})"
+    return text
+
+
 def print_report(report: Report, *, details: bool = False) -> None:
     if details:
         for r in report.results:
             if r.outcome == ARCHIVED:
-                click.echo(
-                    f"  archived  {r.call_sid}  {len(r.objects)} recording(s), {human(r.bytes)}"
-                )
+                click.echo(f"  archived  {r.call_sid}  {objects_text(r.objects)}, {human(r.bytes)}")
     click.echo(
         f"archived: {report.count(ARCHIVED)} calls ({human(report.bytes_archived)}), "
         f"already archived: {report.count(ALREADY_ARCHIVED)}, "

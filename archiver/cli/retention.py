@@ -67,11 +67,33 @@ def _write(result: JobReport | AuditReport, report: Path | None) -> None:
         result.close()
 
 
+def _row_text(row: dict[str, Any]) -> str:
+    """One object of a job's report as a line: action, call, key, class, retain-until date (and
+    the date it moves to, the store's date, the legal hold where the row has them)."""
+    text = (
+        f"  {row['action']:<26} {row['call_sid']}  {row['key']}  {row.get('class') or '-'}  "
+        f"until {_day(row.get('retain_until'))}"
+    )
+    if row.get("new_until"):
+        text += f" -> {_day(row['new_until'])}"
+    if row.get("stored_until") or row.get("stored_mode"):
+        text += f"  (stored: {row.get('stored_mode') or 'no lock'}"
+        text += f" until {_day(row['stored_until'])})" if row.get("stored_until") else ")"
+    if row.get("legal_hold") or row.get("reason"):
+        text += "  legal hold" + (f": {row['reason']}" if row.get("reason") else "")
+    return text
+
+
+def _day(when: object) -> str:
+    """The date of an ISO time of a report (the JSON report has the time to the second)."""
+    return str(when)[:10] if when else "-"
+
+
 def _finish(result: JobReport, report: Path | None, *, failed: bool) -> None:
     counts = result.summary()
     click.echo(f"{result.job}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     for row in result.rows.first:
-        click.echo(f"  {row['action']:<26} {row['call_sid']}  {row['key']}")
+        click.echo(_row_text(row))
     if len(result.rows) > len(result.rows.first):
         click.echo(f"  ... and {len(result.rows) - len(result.rows.first)} more (see --report)")
     for row in result.failures.first:

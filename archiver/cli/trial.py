@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shlex
 import sys
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from archiver.cli._shared import (
     EXIT_USAGE,
     Progress,
     print_report,
+    program,
     run,
 )
 from archiver.log import setup_logging
@@ -59,10 +61,10 @@ def demo(directory: Path, calls: int, seed: int) -> None:
     click.echo(f"\nRecordings: {result.destination}")
     click.echo(f"Manifest:   {result.manifest}  (one JSON line per object: key, size, sha256)")
     click.echo(f"            and sealed in {result.destination}/_manifest/ as a hash chain")
-    click.echo(
-        "Check it:   exotel-archiver verify "
-        f"--destination {result.destination} --state-dir {directory.resolve() / 'state'}"
+    destination, state = (
+        shlex.quote(str(p)) for p in (result.destination, directory.resolve() / "state")
     )
+    click.echo(f"Check it:   {program()} verify --destination {destination} --state-dir {state}")
     click.echo("Run the demo again: nothing is archived twice.")
     sys.exit(EXIT_FAILURES if result.failed else EXIT_OK)
 
@@ -170,7 +172,7 @@ def simulate(
         click.echo(f"  export EXOTEL_ACCOUNT_SID={sim.account_sid}")
         click.echo(f"  export EXOTEL_API_KEY={sim.api_key} EXOTEL_API_TOKEN={sim.api_token}")
         sample = " ".join(list(sim.calls)[:3])
-        click.echo(f"  exotel-archiver archive --destination ./archive {sample}")
+        click.echo(f"  {program()} archive --destination ./archive {sample}")
         click.echo("Press Ctrl-C to stop.")
 
     setup_logging("info")
