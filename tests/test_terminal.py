@@ -229,3 +229,37 @@ def test_screen_reads_a_terminal_stream_as_a_terminal_would() -> None:
         "2026-12-01T07:23:20 INFO x",
         "Archiving  [##--]  1/4",
     ]
+
+
+def test_a_closed_stdout_pipe_does_not_hide_failures_nor_skip_the_report(
+    sim: Simulator, server: SimulatorServer, tmp_path: Path
+) -> None:
+    """``exotel-archiver archive A B | head -1`` where one call fails: the reader's going away
+    must not turn the run into a success (exit 0) nor stop it before it writes its --report.
+    The output is dropped, the command finishes, and the exit code is the run's own."""
+    good, bad = sim.add_call().sid, sim.add_call().sid
+    sim.faults.recording_url_for[bad] = f"http://127.0.0.1:{free_port()}/gone.mp3"
+    report = tmp_path / "report.json"
+    env = {
+        **os.environ,
+        **exotel_env(sim, server.base_url, str(tmp_path / "archive"), tmp_path / "state"),
+        "ARCHIVER_ATTEMPTS": "1",
+    }
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "archiver", "archive", good, bad, "--report", str(report)],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=write,
+            stderr=subprocess.PIPE,
+            timeout=120,
+        )
+    finally:
+        os.close(write)
+    stderr = done.stderr.decode()
+    assert done.returncode == 1, stderr
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr
+    outcomes = {r["call_sid"]: r["outcome"] for r in json.loads(report.read_text())["calls"]}
+    assert outcomes == {good: "archived", bad: "failed"}

@@ -25,7 +25,7 @@ import click
 
 from archiver import __version__
 from archiver.cli._help import Group
-from archiver.cli._shared import quiet_closed_pipe
+from archiver.cli._pipe import closed_pipe, guard_stdout
 from archiver.log import setup_logging, wants_json
 
 
@@ -36,16 +36,15 @@ class _Group(Group):
     def main(self, *args: Any, **kwargs: Any) -> Any:
         if wants_json():
             setup_logging(fmt="json")
+        guard_stdout()  # a closed stdout pipe (``| head``) drops output, never the exit code
         return super().main(*args, **kwargs)
 
-    # A closed stdout pipe (``| head``) ends any command quietly with exit 0, whether it
-    # happens while parsing (``--help``) or running; click alone would exit 1.
     def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
-        with quiet_closed_pipe():
+        with closed_pipe(0):  # only --help prints while parsing
             return super().make_context(*args, **kwargs)
 
     def invoke(self, ctx: click.Context) -> Any:
-        with quiet_closed_pipe():
+        with closed_pipe(1):  # stopped before it finished: not a success
             return super().invoke(ctx)
 
 

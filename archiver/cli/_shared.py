@@ -4,7 +4,6 @@ codes, progress and printing."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -13,7 +12,7 @@ import shutil
 import sqlite3
 import sys
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -109,7 +108,7 @@ def run(coro: Coroutine[Any, Any, T], *, state_dir: Path | None = None) -> T:
     except ArchiverError as exc:
         fail(f"error: {exc}", EXIT_FAILURES)
     except BrokenPipeError:
-        raise  # the reader of stdout is gone: not a state problem (quiet_closed_pipe)
+        raise  # the reader of stdout is gone: not a state problem (archiver.cli._pipe)
     except (OSError, sqlite3.Error) as exc:
         problem = state_problem(exc, state_dir)
         fail(f"error: {problem.message}", EXIT_USAGE if problem.config else EXIT_FAILURES)
@@ -126,20 +125,6 @@ def fail(message: str, code: int) -> NoReturn:
     """Say ``message`` on stderr (a JSON event with ``exit_code`` in JSON mode) and exit."""
     emit(message, level=logging.ERROR, logger="archiver.cli", fields={"exit_code": code})
     sys.exit(code)
-
-
-@contextlib.contextmanager
-def quiet_closed_pipe() -> Iterator[None]:
-    """A reader gone from stdout (``exotel-archiver retention plan | head -1``) ends the command
-    quietly with exit 0: the reader took what it wanted. Python's recipe: stdout becomes
-    /dev/null, so the interpreter's flush at exit does not raise again."""
-    try:
-        yield
-    except BrokenPipeError:
-        with contextlib.suppress(OSError, ValueError):
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-        sys.exit(EXIT_OK)
 
 
 def make_settings(ctx: click.Context, cli: dict[str, Any]) -> Settings:
