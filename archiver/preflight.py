@@ -5,7 +5,8 @@ A command that would spend API requests (``archive``, ``backfill`` and its dry r
 stops it with a configuration error (exit 2, one line naming the problem and the fix) before
 any request is made or anything written. In order:
 
-1. **Exotel credentials** are set (the configuration itself was loaded and checked already).
+1. **Exotel credentials** are set (the configuration itself was loaded and checked already),
+   unless the command may need none (``repair`` asks for them when it must fetch).
 2. **The writer lock** is free, for a command that does not hold it yet (a backfill lists its
    range before ``archive_calls`` takes the lock; a dry run never takes it): another writer on
    the state directory is named with its pid (``ledger.WriterBusy``). The lock is taken and let
@@ -40,6 +41,7 @@ async def preflight(
     lock: bool = True,
     write: bool = True,
     check_identity: bool = True,
+    exotel: bool = True,
 ) -> None:
     """Run the checks of the module docstring; raise ``ConfigError`` (``WriterBusy``,
     ``DestinationMismatch``) or ``StoragePermanent`` for the first that fails.
@@ -48,8 +50,10 @@ async def preflight(
     it, claimed with ``claim``). ``lock``: check that the writer lock is free (False when the
     caller holds it, or, like the worker, waits for it). ``write``: the destination must take
     objects (False: a reader). ``check_identity`` False: the caller binds it itself (``repair``,
-    which may put a lost marker back)."""
-    settings.require_exotel_credentials()
+    which may put a lost marker back). ``exotel`` False: the command asks for the credentials
+    itself when it comes to a request (``repair``, which often needs none)."""
+    if exotel:
+        settings.require_exotel_credentials()
     if lock:
         with writer_lock(settings.state_dir):
             pass  # free now; a writer starting after this is refused when the lock is taken

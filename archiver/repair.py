@@ -127,7 +127,14 @@ async def run_repair(
         with writer_lock(settings.state_dir):
             ledger = Ledger(path)
             try:
-                await preflight(settings, sink, lock=False, check_identity=False)  # bound below
+                await preflight(  # we hold the lock; the identity is bound below
+                    settings,
+                    sink,
+                    lock=False,
+                    write=not dry_run,
+                    check_identity=False,
+                    exotel=False,
+                )
                 await _reclaim_marker(settings, sink, ledger, report)
                 await identity.bind(settings, sink, ledger, claim=False, allow_lost_marker=True)
                 await _repair(settings, sink, ledger, report, since, until, on_item)
