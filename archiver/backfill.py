@@ -1,5 +1,9 @@
 """One-off date-range archival: ``exotel-archiver backfill --since DATE --until DATE``.
 
+0. **Preflight** (``archiver.preflight``), the dry run included: every check that needs no
+   Exotel request — credentials, the writer lock free, the destination writable (proven
+   without writing to it), Object Lock if a class needs it, the destination's identity —
+   before the first one; a problem is exit 2.
 1. **List** the range's calls through v1 Bulk Call Details (``archiver.exotel.listing``: windows
    of at most 30 days, 100 a page), the days read in the account's time zone. Exotel keeps its
    API listing for six months: an older start is refused with a clear message. A listing is
