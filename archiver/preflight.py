@@ -1,7 +1,7 @@
 """Look before you leap: every check that needs no Exotel request, before the first one.
 
 A command that would spend API requests (``archive``, ``backfill`` and its dry run, ``run``,
-``repair``, ``reconcile``) calls ``preflight`` first, so that a problem it can find by itself
+``repair``) calls ``preflight`` first, so that a problem it can find by itself
 stops it with a configuration error (exit 2, one line naming the problem and the fix) before
 any request is made or anything written. In order:
 
@@ -15,7 +15,7 @@ any request is made or anything written. In order:
 3. **The destination** is reachable and takes new objects — proven without leaving anything
    behind (``Sink.check_writable``: for S3, HeadBucket and a multipart upload started and
    aborted at once; for a local directory, a probe file created and removed), so a dry run may
-   run it. A reader (``reconcile``, ``write=False``) only checks it is reachable.
+   run it. ``write=False`` (a ``repair --dry-run``) only checks it is reachable.
 4. **Object Lock** is enabled when a retention class locks its objects.
 5. **The destination's identity** (``archiver.identity``): the state directory belongs to this
    destination. A command holding the writer lock passes its ``ledger`` (and ``claim`` to

@@ -32,8 +32,8 @@ from archiver.archive import sink_for
 from archiver.config import Settings
 from archiver.exotel.client import ExotelClient
 from archiver.exotel.listing import ListedCall, list_calls
+from archiver.identity import check_destination
 from archiver.ledger import UNFINISHED, Ledger
-from archiver.preflight import preflight
 from archiver.ratelimit import RateLimiter
 from archiver.report import ARCHIVED, FAILED, NOT_READY
 
@@ -80,7 +80,8 @@ async def reconcile(settings: Settings, since: date, until: date) -> ReconcileRe
     report = ReconcileReport(since, until)
     sink = sink_for(settings)
     try:  # the ledger speaks for this destination, or the comparison would be false
-        await preflight(settings, sink, lock=False, write=False)  # a reader: no lock, no write
+        await sink.check()
+        await check_destination(settings, sink)
     finally:
         await sink.close()
     ledger = Ledger(settings.state_dir / "ledger.sqlite3")
