@@ -38,13 +38,11 @@ from pathlib import Path
 
 import aiohttp
 
-from archiver import identity
 from archiver.addresses import AddressPolicy
 from archiver.config import Settings
 from archiver.errors import (
     ArchiverError,
     CertificateError,
-    ConfigError,
     DestinationFull,
     ExotelAuthError,
     ExotelNotFound,
@@ -63,6 +61,7 @@ from archiver.files import make_dirs
 from archiver.keys import CALL_JSON, LEGS_JSON, VOICE_LOG_JSON
 from archiver.ledger import Ledger, ObjectRecord, writer_lock
 from archiver.manifest import ManifestWriter
+from archiver.preflight import preflight
 from archiver.ratelimit import RateLimiter
 from archiver.recorder import Recorder
 from archiver.redact import redact_text, strip_signed_urls, strip_url
@@ -511,8 +510,7 @@ async def _archive_all(
     waiter: Waiter | None = None,
 ) -> None:
     """The body of ``archive_calls``, with the writer lock held and the ledger open."""
-    await preflight(settings, sink)
-    await identity.bind(settings, sink, ledger, claim=True)
+    await preflight(settings, sink, ledger=ledger, claim=True, lock=False)  # we hold the lock
     manifest = ManifestWriter(Path(report.manifest))
     manifest.sync(ledger)  # catch up after a crash between ledger commit and manifest append
     segments_before = len(ledger.segments())
@@ -562,20 +560,6 @@ def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """The error that stopped the run (the others are the cancellations it caused)."""
     first = group.exceptions[0]
     return _first_error(first) if isinstance(first, BaseExceptionGroup) else first
-
-
-async def preflight(settings: Settings, sink: Sink) -> None:
-    """The destination can be written — and locks objects, if a retention class needs it."""
-    await sink.check()
-    policy = settings.retention
-    if policy is not None and policy.needs_object_lock and not await sink.object_lock_enabled():
-        locking = sorted(c.name for c in policy.classes.values() if c.lock is not None)
-        raise ConfigError(
-            f"retention class(es) {', '.join(locking)} ask for Object Lock, but "
-            f"{sink.describe()} does not have it enabled: use a bucket created with Object Lock "
-            '(it cannot be added to every existing bucket), or set lock = "none" in those '
-            "classes. Nothing was archived."
-        )
 
 
 def address_policy(settings: Settings) -> AddressPolicy:

@@ -1,5 +1,9 @@
 """One-off date-range archival: ``exotel-archiver backfill --since DATE --until DATE``.
 
+0. **Preflight** (``archiver.preflight``), the dry run included: every check that needs no
+   Exotel request — credentials, the writer lock free, the destination writable (proven
+   without writing to it), Object Lock if a class needs it, the destination's identity —
+   before the first one; a problem is exit 2.
 1. **List** the range's calls through v1 Bulk Call Details (``archiver.exotel.listing``: windows
    of at most 30 days, 100 a page), the days read in the account's time zone. Exotel keeps its
    API listing for six months: an older start is refused with a clear message. A listing is
@@ -40,8 +44,8 @@ from archiver.config import Settings
 from archiver.errors import ConfigError
 from archiver.exotel.client import ExotelClient
 from archiver.exotel.listing import SkippedItem, list_calls
-from archiver.identity import check_destination
 from archiver.ledger import UNFINISHED, Ledger, utc_text
+from archiver.preflight import preflight
 from archiver.ratelimit import RateLimiter
 from archiver.report import ALREADY_ARCHIVED, ARCHIVED, NO_RECORDING, CallResult, Report
 
@@ -178,12 +182,11 @@ def one_per_call(listing: list[tuple[str, str, bool]]) -> list[tuple[str, str, b
     return [(sid, created, has) for sid, (created, has) in once.items()]
 
 
-async def plan_backfill(
-    settings: Settings, since: date, until: date, *, dry_run: bool = False
-) -> Plan:
-    """List the range (or reuse a saved complete listing) and sort its calls. Unless it is for a
-    dry run, which writes nothing, the destination is first checked writable."""
-    settings.require_exotel_credentials()
+async def plan_backfill(settings: Settings, since: date, until: date) -> Plan:
+    """List the range (or reuse a saved complete listing) and sort its calls. First, before any
+    API request and for a dry run too, every check that needs none (``archiver.preflight``):
+    credentials, the writer lock free, the destination writable (proven without writing to
+    it), Object Lock if a class needs it, the state directory this destination's."""
     tz = settings.exotel.timezone
     began = wall_clock(tz)
     check_range(since, until, today=began.date())
@@ -191,10 +194,8 @@ async def plan_backfill(
     plan = Plan(since, until)
     plan.requests_per_call = 1 + int(settings.legs) + int(settings.voice_logs != "off")
     sink = sink_for(settings)
-    try:  # before any API request: the destination can be written, and is this ledger's
-        if not dry_run:
-            await sink.check()
-        await check_destination(settings, sink)
+    try:
+        await preflight(settings, sink)
     finally:
         await sink.close()
     key = listing_key(since, until, tz)

@@ -53,7 +53,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from archiver import identity
-from archiver.archive import Archiver, address_policy, preflight
+from archiver.archive import Archiver, address_policy
 from archiver.config import Settings
 from archiver.discovery import DiscoveryReports
 from archiver.errors import ArchiverError, CertificateError, ConfigError, ExotelAuthError
@@ -63,6 +63,7 @@ from archiver.ledger import Ledger, WriterBusy, writer_lock
 from archiver.manifest import ManifestWriter
 from archiver.metrics import Metrics, oldest_age
 from archiver.notify import Notifier
+from archiver.preflight import preflight
 from archiver.ratelimit import RateLimiter
 from archiver.rechecks import Rechecks, duration
 from archiver.report import ARCHIVED, FAILED, NOT_READY, CallResult
@@ -211,12 +212,16 @@ class Daemon:
                 "ARCHIVER_WEBHOOK_SECRET and/or ARCHIVER_WEBHOOK_BASIC_AUTH (or their credential "
                 "files), and put it in the callback URL"
             )
+        try:  # at once, not after a wait for the lock; the lock is waited for, not checked
+            await preflight(settings, self.sink, lock=False)
+        except BaseException:
+            await self.sink.close()
+            raise
         with contextlib.ExitStack() as held:
             if not await self._take_writer_lock(held):
                 return Summary(self.metrics)  # stopped while waiting: nothing was started
             self.ledger = Ledger(settings.state_dir / "ledger.sqlite3")
-            try:
-                await preflight(settings, self.sink)
+            try:  # the holder we waited for may have claimed it meanwhile: bound again, now
                 await identity.bind(settings, self.sink, self.ledger, claim=True)
                 manifest = ManifestWriter(settings.state_dir / "manifest.jsonl")
                 manifest.sync(self.ledger)

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from archiver import identity
-from archiver.archive import Archiver, address_policy, preflight, sink_for
+from archiver.archive import Archiver, address_policy, sink_for
 from archiver.config import Settings
 from archiver.errors import (
     ArchiverError,
@@ -52,6 +52,7 @@ from archiver.exotel.models import CallDetails
 from archiver.keys import QUARANTINE
 from archiver.ledger import EventRecord, Ledger, ObjectRecord, SegmentRecord, utc_now, writer_lock
 from archiver.manifest import ManifestWriter
+from archiver.preflight import preflight
 from archiver.ratelimit import RateLimiter
 from archiver.recorder import SNAPSHOT_KINDS
 from archiver.redact import strip_url
@@ -126,7 +127,14 @@ async def run_repair(
         with writer_lock(settings.state_dir):
             ledger = Ledger(path)
             try:
-                await preflight(settings, sink)
+                await preflight(  # we hold the lock; the identity is bound below
+                    settings,
+                    sink,
+                    lock=False,
+                    write=not dry_run,
+                    check_identity=False,
+                    exotel=False,
+                )
                 await _reclaim_marker(settings, sink, ledger, report)
                 await identity.bind(settings, sink, ledger, claim=False, allow_lost_marker=True)
                 await _repair(settings, sink, ledger, report, since, until, on_item)

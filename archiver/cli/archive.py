@@ -179,7 +179,7 @@ def backfill(
 
     first, last = _days(day(since), day(until), day_range)
     settings = make_settings(ctx, cli)
-    plan = run(plan_backfill(settings, first, last, dry_run=dry_run), state_dir=settings.state_dir)
+    plan = run(plan_backfill(settings, first, last), state_dir=settings.state_dir)
     limit = settings.exotel.rate_limit
     click.echo(
         f"{plan.since}..{plan.until}: {plan.listed} calls listed"

@@ -130,7 +130,15 @@ class Sink(Protocol):
         ...
 
     async def check(self) -> None:
-        """Preflight: the destination exists and can be written. Raises ``StorageError``."""
+        """The destination exists and can be reached (a local folder is made if missing).
+        Raises ``StorageError``."""
+        ...
+
+    async def check_writable(self) -> None:
+        """Preflight of a command that writes (``archiver.preflight``): the destination exists
+        and takes new objects, proven without leaving anything behind — nothing made, nothing
+        stored, so a dry run may call it. Raises ``StorageError`` (``ConfigError`` for a local
+        folder the file system refuses)."""
         ...
 
     async def put(

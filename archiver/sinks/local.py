@@ -166,6 +166,27 @@ class LocalSink:
                 raise ConfigError(not_writable(self.root, exc.errno)) from None
             raise _classify(exc, what) from None
 
+    async def check_writable(self) -> None:
+        """The root takes a new file — or, while it does not exist yet, the nearest folder above
+        it, where it would be made: a probe file created there and removed at once. Unlike
+        ``check`` nothing is made and nothing stays (a dry run may call it). Refused by the file
+        system (read-only, permission): a configuration error, as in ``check``."""
+
+        def probe() -> None:
+            at = self.root
+            while not at.exists() and at.parent != at:
+                at = at.parent
+            path = at / f".probe{_TEMP_MARK}{uuid.uuid4().hex}"
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+            os.unlink(path)
+
+        try:
+            await asyncio.to_thread(probe)
+        except OSError as exc:
+            if exc.errno in _NOT_WRITABLE:
+                raise ConfigError(not_writable(self.root, exc.errno)) from None
+            raise _classify(exc, f"check directory {self.root}") from None
+
     async def put(
         self,
         key: str,

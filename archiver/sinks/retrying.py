@@ -45,6 +45,11 @@ class RetryingSink:
             with attempt:
                 await self.inner.check()
 
+    async def check_writable(self) -> None:
+        async for attempt in retrying(self.policy, what=f"check {self.describe()} is writable"):
+            with attempt:
+                await self.inner.check_writable()
+
     async def put(
         self,
         key: str,

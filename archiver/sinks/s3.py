@@ -48,6 +48,7 @@ import base64
 import hashlib
 import io
 import re
+import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO, TypeVar
@@ -100,6 +101,8 @@ _PERMANENT_CODES = {
     "ExpiredToken": "the AWS session token has expired: refresh the credentials",
 }
 _CHUNK = 1024 * 1024
+PROBE_FOLDER = "_manifest"
+"""Where ``check_writable`` starts (and aborts) its probe upload."""
 _OBJECT_MISSING = frozenset({"NoSuchKey"})
 _MISSING = frozenset({"404", "NoSuchKey", "NotFound"})
 _EXISTS = frozenset({"PreconditionFailed", "412"})
@@ -321,6 +324,25 @@ class S3Sink:
 
     async def check(self) -> None:
         await self.call("check the bucket", self.client.head_bucket, Bucket=self.bucket)
+
+    async def check_writable(self) -> None:
+        """HeadBucket, then a multipart upload of a probe key under ``_manifest/`` started and
+        aborted at once. The store authorises the start as a PutObject (a read-only key, or a
+        bucket policy denying writes, is refused here), yet no part is sent: no object, no
+        version, nothing Object Lock could keep. An abort that fails leaves only an incomplete
+        upload, never an object: it is logged, and the lifecycle rule of docs/storage.md ends
+        it."""
+        await self.check()
+        full = self._full(f"{PROBE_FOLDER}/.probe-{uuid.uuid4().hex}")
+        created = await self.call(
+            f"check that {self.describe()} takes new objects (a multipart upload of {full}, "
+            "started and aborted at once)",
+            self.client.create_multipart_upload,
+            Bucket=self.bucket,
+            Key=full,
+            ContentType="application/octet-stream",
+        )
+        await multipart._abort(self, full, str(created["UploadId"]))  # retried, logged
 
     async def _head(self, key: str, **extra: str) -> dict[str, Any] | None:
         """HEAD the object at ``key``; None if there is none."""
