@@ -139,11 +139,12 @@ def test_the_demo_counts_recordings_as_recordings_and_its_check_command_works_pa
             others = len([p for p in folder.iterdir() if not p.name.startswith("recording-")])
             assert f"{mp3} recording(s)" in text, text
             assert f"{others} other object(s)" in text and "call.json" in text, text
-        (check,) = re.findall(r"Check it:\s+(.*)", done.stdout)
-        pasted = subprocess.run(
-            ["bash", "-c", check], env=env, capture_output=True, text=True, timeout=120
-        )
-        assert pasted.returncode == 0, f"{check!r}: {pasted.stdout}{pasted.stderr}"
+        for label in ("Check it", "Status"):
+            (check,) = re.findall(rf"{label}:\s+(.*)", done.stdout)
+            pasted = subprocess.run(
+                ["bash", "-c", check], env=env, capture_output=True, text=True, timeout=120
+            )
+            assert pasted.returncode == 0, f"{check!r}: {pasted.stdout}{pasted.stderr}"
 
 
 RULES = """

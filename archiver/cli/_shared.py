@@ -277,14 +277,15 @@ def print_report(report: Report, *, details: bool = False) -> None:
         for r in report.results:
             if r.outcome == ARCHIVED:
                 click.echo(f"  archived  {r.call_sid}  {objects_text(r.objects)}, {human(r.bytes)}")
+    # A local directory takes no requests: its count would only read as "nothing was stored".
+    s3 = f"S3 requests: {report.storage_requests}, " if report.destination.startswith("s3:") else ""
     click.echo(
         f"archived: {report.count(ARCHIVED)} calls ({human(report.bytes_archived)}), "
         f"already archived: {report.count(ALREADY_ARCHIVED)}, "
         f"no recording: {report.count(NO_RECORDING)}, "
         f"not ready (still active): {report.count(NOT_READY)}, "
         f"failed: {report.count(FAILED)}; Exotel API requests: {report.api_requests}, "
-        f"storage requests: {report.storage_requests}, manifest segments sealed: "
-        f"{report.segments_sealed}"
+        f"{s3}manifest segments sealed: {report.segments_sealed}"
     )
     for r in report.results:
         if r.outcome == NOT_READY:

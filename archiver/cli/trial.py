@@ -64,7 +64,9 @@ def demo(directory: Path, calls: int, seed: int) -> None:
     destination, state = (
         shlex.quote(str(p)) for p in (result.destination, directory.resolve() / "state")
     )
-    click.echo(f"Check it:   {program()} verify --destination {destination} --state-dir {state}")
+    where = f"--destination {destination} --state-dir {state}"
+    click.echo(f"Check it:   {program()} verify {where}")
+    click.echo(f"Status:     {program()} status {where}")
     click.echo("Run the demo again: nothing is archived twice.")
     sys.exit(EXIT_FAILURES if result.failed else EXIT_OK)
 
