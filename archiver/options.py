@@ -554,12 +554,13 @@ OPTIONS: tuple[Option, ...] = (
         "ARCHIVER_RECORDING_GRACE",
         "--recording-grace",
         "Minutes a terminal call without recordings keeps being re-checked before it is "
-        "recorded as having none (Exotel adds recordings up to ~15 minutes after the end).",
+        "recorded as having none (Exotel adds recordings up to ~15 minutes after the end); "
+        "archive --wait counts them from the call's end.",
         default=20.0,
         kind="float",
         minimum=0,
         maximum=1440,
-        commands=WORKER,
+        commands=WORKER | {"archive"},
         group=WORKER_GROUP,
     ),
     Option(

@@ -13,15 +13,25 @@ from archiver.config import OPTIONS, load_settings
 DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 
 
+def commands_text(commands: frozenset[str]) -> str:
+    """Which commands have the flag, as docs/configuration.md says it."""
+    from archiver.options import STORED
+
+    if commands == STORED:
+        return "every command but demo, simulate"
+    return ", ".join(sorted(commands))
+
+
 def options_table() -> str:
     rows = [
-        "| TOML key | Environment | Flag | Default | Meaning |",
-        "|---|---|---|---|---|",
+        "| TOML key | Environment | Flag | Flag on | Default | Meaning |",
+        "|---|---|---|---|---|---|",
     ]
     for o in OPTIONS:
         flag = f"`{o.flag}`" if o.flag else "— (secret)"
+        on = commands_text(o.commands) if o.flag else ""
         default = "" if o.default is None else f"`{o.default}`"
-        rows.append(f"| `{o.name}` | `{o.env}` | {flag} | {default} | {o.help} |")
+        rows.append(f"| `{o.name}` | `{o.env}` | {flag} | {on} | {default} | {o.help} |")
     return "\n".join(rows)
 
 

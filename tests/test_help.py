@@ -189,6 +189,8 @@ def test_each_flag_a_command_shows_is_read_by_it(
         result = CliRunner().invoke(main, [*path.split(), *args], env=extra_env)
         exits[path] = result.exit_code
 
+    ended = sim.add_call(recordings=0).sid  # no recording yet: --wait reads recording_grace
+    run("archive", "--wait=2s", ended)
     run("archive", *sids)
     run("backfill", "--since", day, "--until", day)
     # One recording lost, so that verify finds it and repair fetches it again from Exotel.
