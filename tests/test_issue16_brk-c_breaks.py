@@ -236,4 +236,3 @@ def test_the_docs_check_silently_skips_a_command_line(tmp_path: Path, block: str
     doc.write_text(block)
     found = [words for _, line, _ in code_lines(doc) if (words := command_part(line))]
     assert found, f"not read: {block!r}"
-
