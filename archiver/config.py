@@ -194,6 +194,11 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 (byte {exc.start}): save it as UTF-8, as TOML "
+            "requires"
+        ) from None
     tables = {section: table for section, table in data.items() if section != "retention"}
     problems = [line for section, table in tables.items() for line in _unknown(section, table)]
     if problems:
@@ -268,7 +273,9 @@ def _check_base_url(origin: str, url: str) -> str:
         host = parts.hostname
     except ValueError:  # e.g. an unclosed [IPv6 address; not shown: it may hold credentials
         raise ConfigError(f"{origin} is not a URL such as https://ccm-api.exotel.com") from None
-    if parts.username or parts.password:  # before anything that shows the URL
+    if parts.username or parts.password or "@" in url:  # before anything that shows the URL
+        # "@" too: KEY:TOKEN@host without "//" (Exotel's docs write https://KEY:TOKEN@host/...)
+        # parses with no user or password, and would be shown whole below.
         raise ConfigError(
             f"{origin} must not contain credentials: set EXOTEL_API_KEY/EXOTEL_API_TOKEN instead"
         )
@@ -308,6 +315,11 @@ def _credential(opt: Option, env: Mapping[str, str]) -> tuple[str, str] | None:
         return None
     except OSError as exc:
         raise ConfigError(f"credential file {path} cannot be read: {exc.strerror}") from None
+    except UnicodeDecodeError:  # e.g. saved as UTF-16; its content is never shown
+        raise ConfigError(
+            f"credential file {path} is not UTF-8 text: write it again as plain UTF-8 "
+            "(e.g. systemd-creds or printf %s TOKEN > FILE)"
+        ) from None
 
 
 def _zone(origin: str, name: str) -> tzinfo:

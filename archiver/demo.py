@@ -29,6 +29,9 @@ from archiver.ratelimit import RateLimiter
 from archiver.report import CallResult, Report
 from archiver.simulator import Simulator, serve
 
+DEMO_ACCOUNT = "simaccount"
+"""The simulated Exotel account the demo archives (its destination's identity names it)."""
+
 
 async def run_demo(
     directory: Path,
@@ -40,7 +43,7 @@ async def run_demo(
 ) -> Report:
     """Archive a simulated day into ``directory``; returns the run's report."""
     directory = directory.resolve()
-    sim = Simulator(seed=seed)
+    sim = Simulator(seed=seed, account_sid=DEMO_ACCOUNT)
     yesterday = (datetime.now(IST) - timedelta(days=1)).date()
     sim.populate(calls, day=yesterday, sizes=sizes)
     async with serve(sim, host="127.0.0.1", port=0) as base_url:

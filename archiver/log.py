@@ -52,12 +52,19 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Protocol, TextIO
 
+from archiver.options import OPTIONS
 from archiver.redact import Redactor
 
 _FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 _CALL = re.compile(r"\bcall ([A-Za-z0-9_-]{6,64})\b")
-_AWS_SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
-"""Environment variables boto3 reads whose values are secrets (the redactor knows them)."""
+_SECRET_VARIABLES = (
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+    *(o.env for o in OPTIONS if o.secret),
+)
+"""Environment variables whose values are secrets: boto3's, and ours (known to the redactor
+even before the settings are read, so a configuration error cannot show them)."""
 _LIBRARY_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3", "aiohttp", "asyncio")
 _CORE = ("time", "level", "logger", "message", "call_sid", "error")
 """The keys every JSON line has (``call_sid`` and ``error`` when known): fields never replace
@@ -67,8 +74,10 @@ _PROBLEM = re.compile(r"(?i)^\s*(error|failed|traceback|usage:)")
 
 
 def environment_secrets() -> tuple[str, ...]:
-    """The AWS secrets boto3 will find in the environment, for the redactor."""
-    return tuple(v for name in _AWS_SECRET_VARIABLES if (v := os.environ.get(name, "")))
+    """The secrets in the environment (boto3's and ours), for the redactor; a USER:PASSWORD
+    value's password on its own too."""
+    values = [v for name in _SECRET_VARIABLES if (v := os.environ.get(name, ""))]
+    return tuple(values + [p for v in values if (p := v.partition(":")[2])])
 
 
 class JsonFormatter(logging.Formatter):
@@ -325,6 +334,7 @@ def emit(
     before ``setup_logging``)."""
     handler = _handler()
     if handler is None or not isinstance(handler.formatter, JsonFormatter):
+        message = _scrub(message, handler)  # as a log record is: printed, it skips the filter
         if isinstance(handler, TerminalHandler) and handler.bar is not None:
             handler.above(message)
         else:
@@ -335,6 +345,13 @@ def emit(
         record.call_sid = call_sid
     record.fields = dict(fields or {})
     handler.handle(record)
+
+
+def _scrub(message: str, handler: logging.Handler | None) -> str:
+    for each in handler.filters if handler is not None else ():
+        if isinstance(each, Redactor):
+            return each.scrub(message)
+    return Redactor(environment_secrets()).scrub(message)
 
 
 def json_mode() -> bool:

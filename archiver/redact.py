@@ -109,6 +109,10 @@ class Redactor(logging.Filter):
         super().__init__()
         self._secrets = tuple(s for s in secrets if s)
 
+    def scrub(self, text: str) -> str:
+        """``text`` as this filter leaves a message."""
+        return redact_text(text, self._secrets)
+
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         record.msg = redact_text(message, self._secrets)

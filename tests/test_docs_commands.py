@@ -28,16 +28,20 @@ from tests.test_help import commands
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", ROOT / "systemd" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 PROGRAM = re.compile(
-    r"(?:^|[;&|(]\s*)(?:sudo (?:-u \S+ )?)?(?:\w+=\S* )*(?:\S*/)?"
-    r"(?:exotel-archiver|python3? -m archiver)(?=\s|$)"
+    r"(?:^|[;&|(]\s*|\b(?:if|then|else|do|while|until|time|exec|!)\s+)"
+    r"(?:sudo(?:\s+-[A-Za-z]+(?:\s+\S+(?=\s))?)*\s+)?(?:env\s+)?(?:\w+=\S*\s+)*"
+    r"(?:\S*/)?(?:exotel-archiver|python3? -m archiver)(?=\s|\)|$)"
 )
-"""The program run as a command: first on the line or after ``;``, ``&&``, ``|`` or ``$(``,
-perhaps after ``sudo -u USER``, variable assignments or a path (``.venv/bin/``)."""
-FENCE = re.compile(r"^```(\w*)\s*$")
+"""The program run as a command: first on the line, after ``;``, ``&&``, ``|``, ``$(``, or a
+shell keyword (``if``, ``do``...), perhaps after ``sudo [-E] [-u USER]``, ``env``, variable
+assignments or a path (``.venv/bin/``)."""
+FENCE = re.compile(r"^(?:```|~~~)(\w*)\s*$")
 SHELL_BLOCKS = {"", "sh", "bash", "shell", "console"}
 
 
-ASSIGNMENTS = re.compile(r"^(?:\w+=(?:\$\([^)]*\)|\S+)\s*)+(?:#.*)?$")
+ASSIGNMENTS = re.compile(r"^(?:\w+=(?:\$\(date [^)]*\)|[^\s$]+)\s*)+(?:#.*)?$")
+"""A line that only sets variables (to a literal or a ``$(date ...)``), kept for the lines after
+it; one that runs the program (``x=$(exotel-archiver ...)``) is checked instead."""
 
 
 def code_lines(path: Path) -> Iterator[tuple[int, str, str]]:
@@ -83,7 +87,7 @@ def command_part(line: str) -> str | None:
             depth += 1
         elif char == ")" and depth:
             depth -= 1
-        elif depth == 0 and (char in "|;&<>" or (char == "#" and rest[i - 1 : i].isspace())):
+        elif depth == 0 and (char in "|;&<>)" or (char == "#" and rest[i - 1 : i].isspace())):
             return rest[:i]
     return rest
 

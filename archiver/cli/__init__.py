@@ -25,7 +25,7 @@ import click
 
 from archiver import __version__
 from archiver.cli._help import Group
-from archiver.cli._pipe import closed_pipe, guard_stdout
+from archiver.cli._pipe import closed_pipe, guard_streams
 from archiver.log import setup_logging, wants_json
 
 
@@ -34,9 +34,9 @@ class _Group(Group):
     ``--config`` that is a directory) are JSON lines too: they come before ``main`` runs."""
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
+        guard_streams()  # a closed pipe (``| head``) drops output, never the exit code
         if wants_json():
             setup_logging(fmt="json")
-        guard_stdout()  # a closed stdout pipe (``| head``) drops output, never the exit code
         return super().main(*args, **kwargs)
 
     def make_context(self, *args: Any, **kwargs: Any) -> click.Context:

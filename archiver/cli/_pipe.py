@@ -5,7 +5,8 @@ The command itself goes on: it finishes its work, writes its ``--report``, recor
 exits with its own code — 1 when calls failed, whatever became of its output. Exiting 0 at the
 first closed pipe would turn ``archive ... | head -1`` with a failed call into a success.
 
-``guard_stdout()`` puts a ``DropWhenClosed`` in front of ``sys.stdout`` for that. Should a
+``guard_streams()`` puts a ``DropWhenClosed`` in front of ``sys.stdout`` and ``sys.stderr``
+for that. Should a
 ``BrokenPipeError`` escape anyway (a write that bypassed it), ``closed_pipe(code)`` ends the
 command quietly with ``code``: 0 while parsing (``--help`` is all that was asked for), 1 once the
 command had started (it stopped before it finished).
@@ -52,10 +53,13 @@ class DropWhenClosed:
         return getattr(self._stream, name)
 
 
-def guard_stdout() -> None:
-    """Put ``DropWhenClosed`` in front of ``sys.stdout`` (once)."""
+def guard_streams() -> None:
+    """Put ``DropWhenClosed`` in front of ``sys.stdout`` and ``sys.stderr`` (once each):
+    ``2>&1 | head -1`` closes stderr's pipe too."""
     if not isinstance(sys.stdout, DropWhenClosed) and sys.stdout is not None:
         sys.stdout = DropWhenClosed(sys.stdout)
+    if not isinstance(sys.stderr, DropWhenClosed) and sys.stderr is not None:
+        sys.stderr = DropWhenClosed(sys.stderr)
 
 
 @contextlib.contextmanager

@@ -213,8 +213,6 @@ def reconcile(
 
     Exit code 0 only when the range is complete (every call archived, erased or without a
     recording) and the manifest chain intact.
-
-    Example: exotel-archiver reconcile --since 2026-11-01 --until 2026-11-30 --html coverage.html
     """
     from datetime import UTC, datetime
 

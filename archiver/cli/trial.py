@@ -51,7 +51,7 @@ def demo(directory: Path, calls: int, seed: int) -> None:
     Starts the built-in Exotel simulator on 127.0.0.1, archives its calls with the real worker,
     and prints what it archived and where the manifest is.
     """
-    from archiver.demo import run_demo
+    from archiver.demo import DEMO_ACCOUNT, run_demo
 
     setup_logging("warning")
     click.echo(f"Starting the Exotel simulator on 127.0.0.1 with {calls} calls of yesterday...")
@@ -64,7 +64,9 @@ def demo(directory: Path, calls: int, seed: int) -> None:
     destination, state = (
         shlex.quote(str(p)) for p in (result.destination, directory.resolve() / "state")
     )
-    where = f"--destination {destination} --state-dir {state}"
+    # The demo's own account, so that an operator's EXOTEL_ACCOUNT_SID or config file does not
+    # make the pasted command refuse the demo's archive as another account's.
+    where = f"--account-sid {DEMO_ACCOUNT} --destination {destination} --state-dir {state}"
     click.echo(f"Check it:   {program()} verify {where}")
     click.echo(f"Status:     {program()} status {where}")
     click.echo("Run the demo again: nothing is archived twice.")

@@ -160,6 +160,11 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     if not url.startswith("s3://"):
         raise ConfigError(f"not an s3:// URL: {url!r}")
     bucket, _, prefix = url[len("s3://") :].partition("/")
+    if "@" in bucket:  # ACCESS:SECRET@bucket: never shown
+        raise ConfigError(
+            "the destination must not contain credentials (not shown here): use s3://bucket/prefix "
+            "with AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
+        )
     if not _BUCKET.match(bucket):
         raise ConfigError(
             f"destination {url!r}: '{bucket}' is not a valid bucket name (3-63 characters: "
