@@ -533,7 +533,11 @@ async def _archive_all(
             for position, sid in pending:  # shared iterator: each call goes to one worker
                 result = await worker.archive_call(sid)
                 results[position] = result
-                if on_result is not None and (waiter is None or not waiter.waits_for(result)):
+                if waiter is not None and waiter.waits_for(result):
+                    # At once, not after every call's first look: a run cut off before the
+                    # wait begins must leave it not ready in the ledger, to be looked at again.
+                    waiter.hold(result, ledger)
+                elif on_result is not None:
                     on_result(result)  # a call waited for is reported once it is done
 
         try:

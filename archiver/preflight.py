@@ -59,9 +59,9 @@ async def preflight(
             pass  # free now; a writer starting after this is refused when the lock is taken
     if write:
         await sink.check_writable()
-        await _object_lock(settings, sink)
     else:
         await sink.check()
+    await _object_lock(settings, sink)  # read-only: a dry run checks it as the real run does
     if not check_identity:
         return
     if ledger is not None:

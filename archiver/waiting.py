@@ -139,6 +139,8 @@ class Waiter:
     def waits_for(self, result: CallResult) -> str | None:
         """Why the call of ``result`` is to be looked at again; None: it is done."""
         if result.outcome == NOT_READY:
+            if result.detail == NO_RECORDING_YET:  # held by ``hold``
+                return "no recording yet"
             return "still active" if "still active" in (result.detail or "") else "not ready"
         if result.outcome != NO_RECORDING:
             return None
@@ -163,7 +165,7 @@ class Waiter:
         for i, result in enumerate(out):
             if (why := self.waits_for(result)) is not None:
                 waiting[i] = why
-                self._hold(result, ledger)
+                self.hold(result, ledger)
         looks = dict.fromkeys(waiting, 0)
         due = {i: self.clock() + self.wait.poll.delay(1) for i in waiting}
         while waiting:
@@ -184,7 +186,7 @@ class Waiter:
                         on_result(out[i])
                     continue
                 waiting[i] = why
-                self._hold(out[i], ledger)
+                self.hold(out[i], ledger)
                 due[i] = self.clock() + self.wait.poll.delay(looks[i] + 1)
             if final:
                 break
@@ -201,7 +203,7 @@ class Waiter:
         return out
 
     @staticmethod
-    def _hold(result: CallResult, ledger: Ledger) -> None:
+    def hold(result: CallResult, ledger: Ledger) -> None:
         """A terminal call whose recordings may still come is not ready, not "no recording":
         in the report, and in the ledger (so a run cut off here looks at it again)."""
         if result.outcome == NO_RECORDING:

@@ -95,6 +95,8 @@ def _hash_file(path: Path) -> tuple[int, str]:
 
 
 _NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+_NOT_A_DIRECTORY = (errno.ENOTDIR, errno.EEXIST, errno.ELOOP)
+"""The root (or a folder on its way) is a file or a loop of links: no retry makes it a folder."""
 DROP_IN_DOC = "docs/installation.md#a-local-directory-as-the-destination"
 
 
@@ -162,9 +164,18 @@ class LocalSink:
                 await fh.write(b"probe")
             await aiofiles.os.remove(probe)
         except OSError as exc:
-            if exc.errno in _NOT_WRITABLE:
-                raise ConfigError(not_writable(self.root, exc.errno)) from None
-            raise _classify(exc, what) from None
+            raise self._unusable(exc) or _classify(exc, what) from None
+
+    def _unusable(self, exc: OSError) -> ConfigError | None:
+        """The configuration error ``exc`` means for the root, if it is one."""
+        if exc.errno in _NOT_WRITABLE:
+            return ConfigError(not_writable(self.root, exc.errno))
+        if exc.errno in _NOT_A_DIRECTORY:
+            return ConfigError(
+                f"the local destination {self.root} is not a directory (a file stands at it or "
+                "on its way): point ARCHIVER_DESTINATION at a directory"
+            )
+        return None
 
     async def check_writable(self) -> None:
         """The root takes a new file — or, while it does not exist yet, the nearest folder above
@@ -176,6 +187,8 @@ class LocalSink:
             at = self.root
             while not at.exists() and at.parent != at:
                 at = at.parent
+            if not at.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(at))
             path = at / f".probe{_TEMP_MARK}{uuid.uuid4().hex}"
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
             os.unlink(path)
@@ -183,9 +196,7 @@ class LocalSink:
         try:
             await asyncio.to_thread(probe)
         except OSError as exc:
-            if exc.errno in _NOT_WRITABLE:
-                raise ConfigError(not_writable(self.root, exc.errno)) from None
-            raise _classify(exc, f"check directory {self.root}") from None
+            raise self._unusable(exc) or _classify(exc, f"check directory {self.root}") from None
 
     async def put(
         self,
