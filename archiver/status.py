@@ -1,15 +1,20 @@
 """``exotel-archiver status``: the facts an operator reads first, and what to do about them.
 
 Everything comes from the state directory's ledger (opened read-only: status runs beside the
-worker, which holds the writer lock) and from the destination (its identity marker, the last
-manifest segment, the bucket's Object Lock configuration). Exotel is never asked.
+worker, which holds the writer lock; SQLite may create the empty -wal/-shm files of a read-only
+open, no data is written) and from the destination (its identity marker, the last manifest
+segment, the bucket's Object Lock configuration). Exotel is never asked. Whether a process is
+archiving comes from the writer lock (``writer_running``): a killed run leaves its ``runs`` row
+without an end, and the kernel drops its lock.
 
 Each thing wrong becomes one ``Advice``: a problem and the fix, at one of three levels —
 ``config`` (the next run would stop with exit 2: no destination, another archive's destination,
-a destination that cannot be read), ``attention`` (failed calls, the oldest unarchived call
-near Exotel's retention, a last run that stopped on an error) and ``note`` (nothing wrong, but
-worth knowing: entries waiting to be sealed, calls still active). The exit code follows the
-worst: 2, 1, else 0.
+a destination that cannot be read), ``attention`` (failed calls, the oldest unarchived call near
+Exotel's retention, a last run that stopped on an error or was killed, calls not ready or
+pending past ``daemon.stuck_after``, failed or pending calls of unknown age, work left while no
+process holds the writer lock) and ``note`` (nothing wrong, but worth knowing: entries waiting
+for the running worker to seal them, calls still active). The exit code follows the worst: 2,
+1, else 0.
 """
 
 from __future__ import annotations

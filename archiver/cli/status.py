@@ -43,10 +43,12 @@ def status(ctx: click.Context, /, as_json: bool, **cli: Any) -> None:
     archived / pending / not ready / failed (with the failure reasons), the manifest's last
     seal, the oldest unarchived call against Exotel's retention, the bucket's Object Lock, and
     what to do next. Sends Exotel nothing; reads the ledger read-only (it may run beside the
-    worker).
+    worker; SQLite may create its empty -wal/-shm files).
 
     Exit code 0 when nothing needs attention; 1 when something does (failed calls, the oldest
-    unarchived call near daemon.source_retention, a last run that stopped on an error); 2 for a
+    unarchived call near daemon.source_retention, a last run that stopped on an error or
+    without finishing, calls stuck longer than daemon.stuck_after, pending calls or unsealed
+    entries with no process archiving); 2 for a
     configuration problem (no ledger in the state directory yet, no destination, the
     destination unreadable or another archive's).
     """
