@@ -126,10 +126,12 @@ CREATE TABLE IF NOT EXISTS runs (
     ended_at     TEXT,
     exit_code    INTEGER,
     counts       TEXT NOT NULL,
-    error        TEXT
+    error        TEXT,
+    pid          INTEGER
 )"""
-"""The record of runs: a row is written when a run starts (``ended_at`` and ``exit_code`` NULL)
-and completed when it ends; one left without an end is a run that was killed."""
+"""The record of runs: a row is written when a run starts (``ended_at`` and ``exit_code`` NULL,
+``pid`` the process's) and completed when it ends; one left without an end whose process is
+gone is a run that was killed."""
 
 _RETRY_COLUMNS = (
     ("failures", "INTEGER NOT NULL DEFAULT 0"),
@@ -297,6 +299,8 @@ class RunRecord:
     exit_code: int | None
     counts: dict[str, int]
     error: str | None = None
+    pid: int | None = None
+    """The process that ran it (recorded at its start; None in older rows)."""
 
 
 @dataclass(frozen=True)
@@ -363,10 +367,11 @@ class Ledger:
 
     def _create_runs(self) -> None:
         """The ``runs`` table; in a ledger from before runs were recorded at their start (its
-        ``ended_at`` NOT NULL), rebuilt with the rows it has (within the schema transaction)."""
+        ``ended_at`` NOT NULL, no ``pid``), rebuilt with the rows it has (within the schema
+        transaction)."""
         self._db.execute(_RUNS)
         columns = {str(r["name"]): r for r in self._db.execute("PRAGMA table_info(runs)")}
-        if not columns["ended_at"]["notnull"]:
+        if not columns["ended_at"]["notnull"] and "pid" in columns:
             return
         self._db.execute("ALTER TABLE runs RENAME TO runs_before_starts")
         self._db.execute(_RUNS)
@@ -612,13 +617,13 @@ class Ledger:
         )
         return [(str(r["call_sid"]), str(r["outcome"]), r["created"]) for r in rows]
 
-    def start_run(self, command: str, started_at: str) -> int:
-        """Record a run as it starts (no end, no exit code yet); returns its id for
-        ``end_run``. A run killed before its end keeps this row as it is."""
+    def start_run(self, command: str, started_at: str, pid: int) -> int:
+        """Record a run of process ``pid`` as it starts (no end, no exit code yet); returns its
+        id for ``end_run``. A run killed before its end keeps this row as it is."""
         with self._transaction():
             cursor = self._db.execute(
-                "INSERT INTO runs (command, started_at, counts) VALUES (?, ?, '{}')",
-                (command, started_at),
+                "INSERT INTO runs (command, started_at, counts, pid) VALUES (?, ?, '{}', ?)",
+                (command, started_at, pid),
             )
         return int(cursor.lastrowid or 0)
 
@@ -643,9 +648,9 @@ class Ledger:
                 if cursor.rowcount:
                     return
             self._db.execute(
-                "INSERT INTO runs (command, started_at, ended_at, exit_code, counts, error) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                values,
+                "INSERT INTO runs (command, started_at, ended_at, exit_code, counts, error, pid) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (*values, run.pid),
             )
 
     def drop_run(self, run_id: int) -> None:
@@ -675,6 +680,7 @@ class Ledger:
             None if row["exit_code"] is None else int(row["exit_code"]),
             {str(k): int(v) for k, v in counts.items()} if isinstance(counts, dict) else {},
             row["error"],
+            dict(row).get("pid"),  # None in a ledger from before runs were recorded at start
         )
 
     def call_counts(self) -> dict[str, int]:

@@ -36,6 +36,7 @@ from archiver.report import ARCHIVED, FAILED, NO_RECORDING, NOT_READY
 PENDING = "pending"
 CALL_STATES = (ARCHIVED, PENDING, NOT_READY, FAILED, NO_RECORDING)
 CONFIG, ATTENTION, NOTE = "config", "attention", "note"
+ENDED, RUNNING, STOPPED = "ended", "running", "stopped"
 SHOWN_SIDS = 10
 """Call SIDs a failure reason lists (and its retry command names)."""
 SHOWN_STUCK = 5
@@ -113,6 +114,9 @@ class Status:
     writer_running: bool | None
     """Whether a process holds the state directory's writer lock (a worker, an archive, a
     backfill); None when it could not be told."""
+    last_run_state: str | None
+    """``ended``, ``running`` (no end yet; it holds the writer lock, or its process still
+    runs), ``stopped`` (no end, and no process: killed) or None (no run recorded)."""
     source_retention_days: float
     retention_warning_days: float
     advice: tuple[Advice, ...]
@@ -141,6 +145,7 @@ class Status:
             "oldest_unarchived": asdict(self.oldest_unarchived) if self.oldest_unarchived else None,
             "unknown_age": self.unknown_age,
             "writer_running": self.writer_running,
+            "last_run_state": self.last_run_state,
             "source_retention_days": self.source_retention_days,
             "retention_warning_days": self.retention_warning_days,
             "advice": [asdict(a) for a in self.advice],
@@ -177,6 +182,8 @@ async def gather_status(settings: Settings, *, now: datetime | None = None) -> S
     finally:
         ledger.close()
     writing = writer_running(settings.state_dir)
+    run_state = _run_state(last_run, writing)
+    busy = True if run_state == RUNNING else writing  # a process archives here (or will)
     retention = settings.daemon.source_retention / 86400
     warning = settings.daemon.retention_warning / 86400
     oldest = _oldest(unarchived, now, retention)
@@ -223,11 +230,11 @@ async def gather_status(settings: Settings, *, now: datetime | None = None) -> S
                 f"exotel-archiver archive {' '.join(sids[:SHOWN_STUCK])}",
             )
         )
-    advice += _stuck(unarchived, now, settings.daemon.stuck_after, writing)
-    advice += _run_advice(last_run, failures, writing)
+    advice += _stuck(unarchived, now, settings.daemon.stuck_after, busy)
+    advice += _run_advice(last_run, run_state, failures)
     if unsealed:
         entries = f"{unsealed} manifest entr{'ies' if unsealed != 1 else 'y'} not sealed yet"
-        if writing is False:
+        if busy is False:
             advice.append(
                 Advice(
                     ATTENTION,
@@ -255,6 +262,7 @@ async def gather_status(settings: Settings, *, now: datetime | None = None) -> S
         oldest_unarchived=oldest,
         unknown_age=len(unknown),
         writer_running=writing,
+        last_run_state=run_state,
         source_retention_days=retention,
         retention_warning_days=warning,
         advice=tuple(sorted(advice, key=lambda a: (CONFIG, ATTENTION, NOTE).index(a.level))),
@@ -345,6 +353,29 @@ def writer_running(state_dir: Path) -> bool | None:
         os.close(fd)
 
 
+def process_running(pid: int | None) -> bool | None:
+    """Whether the run of process ``pid`` may still be running: the process exists and is an
+    exotel-archiver (its command line names ``archiver``: a pid reused by another program after
+    a crash is not taken for it). None when it cannot be told (no pid recorded)."""
+    if pid is None:
+        return None
+    if pid == os.getpid():
+        return False  # this process runs status, not that run
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it exists
+        pass
+    except OSError:
+        return None
+    try:
+        command_line = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True
+    return b"archiver" in command_line
+
+
 def _calls(n: int) -> str:
     return f"{n} call{'s' if n != 1 else ''}"
 
@@ -359,7 +390,7 @@ def _stuck(
     unarchived: list[tuple[str, str, str | None]],
     now: datetime,
     stuck_after: float,
-    writing: bool | None,
+    busy: bool | None,
 ) -> list[Advice]:
     """Calls not ready or pending for longer than ``daemon.stuck_after`` since their creation
     (attention, each kind named), and notes for the younger ones."""
@@ -408,7 +439,7 @@ def _stuck(
                     "the next run (or the running worker) looks again",
                 )
             )
-        elif writing is False:
+        elif busy is False:
             advice.append(
                 Advice(
                     ATTENTION,
@@ -429,16 +460,26 @@ def _stuck(
     return advice
 
 
+def _run_state(last_run: RunRecord | None, writing: bool | None) -> str | None:
+    """``ENDED``, ``RUNNING`` or ``STOPPED`` (see ``Status.last_run_state``)."""
+    if last_run is None:
+        return None
+    if last_run.ended_at is not None:
+        return ENDED
+    if writing is not False or process_running(last_run.pid) is not False:
+        return RUNNING  # holding the writer lock, or before it (a backfill's listing)
+    return STOPPED
+
+
 def _run_advice(
-    last_run: RunRecord | None, failures: tuple[FailureReason, ...], writing: bool | None
+    last_run: RunRecord | None, run_state: str | None, failures: tuple[FailureReason, ...]
 ) -> list[Advice]:
     """What the last run's record says: a run that stopped on an error, or one that stopped
-    without finishing (its row has no end and nobody holds the writer lock: killed)."""
-    if last_run is None:
+    without finishing (its row has no end, nobody holds the writer lock and its process is
+    gone: killed)."""
+    if last_run is None or run_state == RUNNING:
         return []
-    if last_run.ended_at is None:
-        if writing is not False:  # it runs (or it cannot be told: the lock is unreadable)
-            return []
+    if run_state == STOPPED:
         again = (
             "start it again (`systemctl start exotel-archiver`)"
             if last_run.command == "run"

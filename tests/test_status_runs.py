@@ -54,7 +54,7 @@ def test_a_running_worker_is_still_running_and_its_run_is_completed_when_it_stop
     finally:
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(30) == 0
-    assert data["writer_running"] is True
+    assert data["writer_running"] is True and data["last_run_state"] == "running"
     assert data["last_run"]["command"] == "run" and data["last_run"]["ended_at"] is None
     assert code == 0, data["advice"]
     assert "last run     run, started" in text and "still running" in text
@@ -108,10 +108,10 @@ def test_an_old_ledgers_runs_table_is_rebuilt_to_take_a_run_without_an_end(tmp_p
     try:
         first = ledger.last_run()
         assert first is not None and (first.command, first.exit_code) == ("backfill", 1)
-        ledger.start_run("run", "2026-01-02T00:00:00.000Z")
+        ledger.start_run("run", "2026-01-02T00:00:00.000Z", 4242)
         last = ledger.last_run()
         assert last is not None and last.command == "run"
-        assert last.ended_at is None and last.exit_code is None
+        assert last.ended_at is None and last.exit_code is None and last.pid == 4242
     finally:
         ledger.close()
     tables = [t for (t,) in rows(tmp_path, "SELECT name FROM sqlite_master WHERE type='table'")]
@@ -155,3 +155,33 @@ def test_a_failed_call_of_unknown_age_needs_attention(
     (line,) = [a for a in data["advice"] if "unknown age" in a["problem"]]
     assert line["level"] == "attention" and missing in line["problem"]
     assert line["command"] == f"exotel-archiver archive {missing}"
+
+
+def test_a_run_before_it_takes_the_writer_lock_is_running_until_its_process_is_gone(
+    sim: Simulator, server: SimulatorServer, tmp_path: Path
+) -> None:
+    """A backfill lists calls before it takes the writer lock: its run has no end and the lock
+    is free, but its process runs — not a crash. Once that process is gone, it is one."""
+    state = tmp_path / "state"
+    env = exotel_env(sim, server.base_url, str(tmp_path / "archive"), state)
+    assert invoke(["archive", sim.add_call().sid], env).exit_code == 0
+    listing = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", "archiver", "backfill"]
+    )
+    try:
+        ledger = Ledger(state / "ledger.sqlite3")
+        try:
+            ledger.start_run("backfill", "2026-12-01T00:00:00.000Z", listing.pid)
+        finally:
+            ledger.close()
+        code, data = status(env)
+        assert (data["last_run_state"], data["writer_running"], code) == ("running", False, 0)
+        assert "still running" in invoke(["status"], env).stdout
+    finally:
+        listing.kill()
+        listing.wait(10)
+    code, data = status(env)
+    assert (data["last_run_state"], code) == ("stopped", 1)
+    (line,) = [a for a in data["advice"] if "stopped without finishing" in a["problem"]]
+    assert line["problem"].startswith("the last `backfill` (started 2026-12-01T00:00:00.000Z)")
+    assert "run `exotel-archiver backfill` again" in line["fix"]

@@ -27,7 +27,14 @@ from archiver.ledger import Ledger, RunRecord, WriterBusy, utc_now
 from archiver.options import OPTIONS, OPTIONS_BY_KEY
 from archiver.redact import redact_text
 from archiver.report import OUTCOMES, Report
-from archiver.status import ATTENTION, CONFIG, NothingArchivedYet, Status, gather_status
+from archiver.status import (
+    ATTENTION,
+    CONFIG,
+    STOPPED,
+    NothingArchivedYet,
+    Status,
+    gather_status,
+)
 
 log = logging.getLogger("archiver.cli")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -92,7 +99,7 @@ def screen(s: Status) -> str:
         lock = "enabled" if s.object_lock else "not enabled"
     lines.append(f"Object Lock  {lock}")
     lines.append(f"state dir    {s.state_dir}")
-    lines.append(f"last run     {_run_line(s.last_run, s.writer_running)}")
+    lines.append(f"last run     {_run_line(s.last_run, s.last_run_state)}")
     c = s.calls
     lines.append(
         f"calls        archived {c['archived']}, pending {c['pending']}, not ready "
@@ -129,13 +136,13 @@ def screen(s: Status) -> str:
     return "\n".join(lines)
 
 
-def _run_line(r: RunRecord | None, writing: bool | None) -> str:
+def _run_line(r: RunRecord | None, state: str | None) -> str:
     if r is None:
         return "none recorded"
     if r.ended_at is None:
-        if writing is False:
+        if state == STOPPED:
             return f"{r.command}, started {r.started_at}, stopped without finishing (killed?)"
-        return f"{r.command}, started {r.started_at}, still running"
+        return f"{r.command}, started {r.started_at}, still running (pid {r.pid})"
     order = [o for o in OUTCOMES if o in r.counts] + sorted(
         k for k in r.counts if k not in OUTCOMES and k != "api_requests"
     )
@@ -254,7 +261,8 @@ def _write(state_dir: Path, what: Callable[[Ledger], T]) -> T | None:
 
 
 def _start(settings: Settings, command: str, started: str) -> int | None:
-    return _write(settings.state_dir, lambda ledger: ledger.start_run(command, started))
+    pid = os.getpid()
+    return _write(settings.state_dir, lambda ledger: ledger.start_run(command, started, pid))
 
 
 def _record(state_dir: Path, run_id: int | None, record: RunRecord) -> None:
