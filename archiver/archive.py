@@ -130,6 +130,7 @@ class Archiver:
     async def archive_call(self, call_sid: str) -> CallResult:
         """Archive one call. Never raises for a per-call failure: the result says ``failed``."""
         known_failed = False  # failed before this attempt: not counted again in a streak
+        created: str | None = None  # once the details are known: a failure keeps the call's age
         try:
             validate_call_sid(call_sid)
             before = self.ledger.call_outcome(call_sid)
@@ -137,6 +138,7 @@ class Archiver:
                 return CallResult(call_sid, ALREADY_ARCHIVED, self.ledger.objects_of(call_sid))
             known_failed = before == FAILED
             details, raw = await self.exotel.call_details(call_sid)
+            created = details.created_time.isoformat()
             return await self._archive_details(details, raw, fetched_at=time.time())
         except (ExotelAuthError, StoragePermanent, CertificateError, DestinationFull):
             raise  # concerns every call: the run stops
@@ -146,10 +148,14 @@ class Archiver:
             if not known_failed:  # a run again goes past the calls that stopped the last one
                 self._rejected(call_sid, exc)  # the same refusal for every call: see there
             log.error("call %s failed: %s", call_sid, exc)
-            return self._failed(call_sid, str(exc), error_reason(exc), retryable=exc.retryable)
+            return self._failed(
+                call_sid, str(exc), error_reason(exc), retryable=exc.retryable, created=created
+            )
         except ArchiverError as exc:
             log.error("call %s failed: %s", call_sid, exc)
-            return self._failed(call_sid, str(exc), error_reason(exc), retryable=exc.retryable)
+            return self._failed(
+                call_sid, str(exc), error_reason(exc), retryable=exc.retryable, created=created
+            )
         except (OSError, sqlite3.Error, MemoryError):
             raise  # the worker's own state directory or ledger: every call would fail alike
         except Exception as exc:  # a bug: this call fails, the run goes on
@@ -159,7 +165,7 @@ class Archiver:
                 "archiver: please report it with the log line above"
             )
             log.error("call %s failed on an unexpected error", call_sid, exc_info=True)
-            return self._failed(call_sid, detail, INTERNAL_ERROR, retryable=False)
+            return self._failed(call_sid, detail, INTERNAL_ERROR, retryable=False, created=created)
 
     def _rejected(self, sid: str, exc: StorageRejected) -> None:
         """Count a refusal of one call's object. ``REJECT_STREAK`` distinct calls refused in a
@@ -185,9 +191,13 @@ class Archiver:
             raise StoreRefusesAll(message + "; stopped before downloading more") from exc
         log.warning("%s", message)
 
-    def _failed(self, sid: str, detail: str, reason: str, *, retryable: bool) -> CallResult:
-        """Record ``sid`` as failed (never archived) and say why."""
-        self.ledger.set_call(sid, FAILED, detail=detail, reason=reason)
+    def _failed(
+        self, sid: str, detail: str, reason: str, *, retryable: bool, created: str | None = None
+    ) -> CallResult:
+        """Record ``sid`` as failed (never archived) and say why; ``created``, the call's
+        creation time when its details were fetched, keeps its age (how near Exotel's retention
+        it is: ``status``) in the ledger."""
+        self.ledger.set_call(sid, FAILED, created_time=created, detail=detail, reason=reason)
         return CallResult(
             sid,
             FAILED,

@@ -15,8 +15,9 @@ The ledger is what makes a re-run idempotent. Two tables:
 Smaller tables keep saved listings (for resumed backfills; ``listings.listed_at`` is when the
 listing began), sealed manifest segments, the long-running worker's state (``worker_state``:
 e.g. the end of its last sweep) and the record of runs (``runs``: one row per ``archive``,
-``backfill`` or ``run`` that ended, with its exit code and counts; what ``status`` shows). A
-failed call keeps the kind of its error in ``calls.reason`` (e.g. ``recording_expired``).
+``backfill`` or ``run``, written as it starts and completed with its exit code and counts when
+it ends; what ``status`` shows). A failed call keeps the kind of its error in ``calls.reason``
+(e.g. ``recording_expired``).
 
 Every state change is one transaction, so a crash leaves either the old state or the new one. An
 object row is written only after the destination has confirmed the object (size and checksum):
@@ -106,15 +107,6 @@ CREATE TABLE IF NOT EXISTS worker_state (
     name         TEXT PRIMARY KEY,
     value        TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS runs (
-    id           INTEGER PRIMARY KEY AUTOINCREMENT,
-    command      TEXT NOT NULL,
-    started_at   TEXT NOT NULL,
-    ended_at     TEXT NOT NULL,
-    exit_code    INTEGER NOT NULL,
-    counts       TEXT NOT NULL,
-    error        TEXT
-);
 CREATE TABLE IF NOT EXISTS segments (
     number       INTEGER PRIMARY KEY,
     key          TEXT NOT NULL,
@@ -125,6 +117,21 @@ CREATE TABLE IF NOT EXISTS segments (
 );
 """
 
+
+_RUNS = """
+CREATE TABLE IF NOT EXISTS runs (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    command      TEXT NOT NULL,
+    started_at   TEXT NOT NULL,
+    ended_at     TEXT,
+    exit_code    INTEGER,
+    counts       TEXT NOT NULL,
+    error        TEXT,
+    pid          INTEGER
+)"""
+"""The record of runs: a row is written when a run starts (``ended_at`` and ``exit_code`` NULL,
+``pid`` the process's) and completed when it ends; one left without an end whose process is
+gone is a run that was killed."""
 
 _RETRY_COLUMNS = (
     ("failures", "INTEGER NOT NULL DEFAULT 0"),
@@ -281,15 +288,19 @@ class SegmentRecord:
 
 @dataclass(frozen=True)
 class RunRecord:
-    """One ``archive``, ``backfill`` or ``run`` that ended: when, its exit code, its counts
-    (calls per outcome, API requests) and, if it stopped on an error, that error's message."""
+    """One ``archive``, ``backfill`` or ``run``: when, its exit code, its counts (calls per
+    outcome, API requests) and, if it stopped on an error, that error's message. ``ended_at``
+    and ``exit_code`` are None while it runs — or after it was killed (``status`` tells the two
+    apart by the writer lock)."""
 
     command: str
     started_at: str
-    ended_at: str
-    exit_code: int
+    ended_at: str | None
+    exit_code: int | None
     counts: dict[str, int]
     error: str | None = None
+    pid: int | None = None
+    """The process that ran it (recorded at its start; None in older rows)."""
 
 
 @dataclass(frozen=True)
@@ -345,6 +356,7 @@ class Ledger:
             for column, kind in _RETRY_COLUMNS:
                 if column not in have:  # a ledger from before failed calls' backoff, reasons
                     self._db.execute(f"ALTER TABLE calls ADD COLUMN {column} {kind}")
+            self._create_runs()
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         # Reads get a connection of their own: under WAL they see every committed write and
         # never wait for a commit's fsync on the writing connection.
@@ -352,6 +364,23 @@ class Ledger:
         reader.row_factory = sqlite3.Row
         reader.execute("PRAGMA busy_timeout=5000")
         self._read = _Serialized(reader)
+
+    def _create_runs(self) -> None:
+        """The ``runs`` table; in a ledger from before runs were recorded at their start (its
+        ``ended_at`` NOT NULL, no ``pid``), rebuilt with the rows it has (within the schema
+        transaction)."""
+        self._db.execute(_RUNS)
+        columns = {str(r["name"]): r for r in self._db.execute("PRAGMA table_info(runs)")}
+        if not columns["ended_at"]["notnull"] and "pid" in columns:
+            return
+        self._db.execute("ALTER TABLE runs RENAME TO runs_before_starts")
+        self._db.execute(_RUNS)
+        self._db.execute(
+            "INSERT INTO runs (id, command, started_at, ended_at, exit_code, counts, error) "
+            "SELECT id, command, started_at, ended_at, exit_code, counts, error "
+            "FROM runs_before_starts"
+        )
+        self._db.execute("DROP TABLE runs_before_starts")
 
     def _open_readonly(self, path: Path) -> None:
         """For readers beside a running worker (``verify``): one ``mode=ro`` connection, no
@@ -576,36 +605,67 @@ class Ledger:
             for r in rows
         ]
 
-    def unarchived_created(self) -> list[tuple[str, str | None]]:
-        """(call SID, created time) of every call pending, not ready or failed; a call whose row
-        has no created time (a one-shot run's failure before its details) takes the one a
-        saved backfill listing has of it, if any."""
+    def unarchived_created(self) -> list[tuple[str, str, str | None]]:
+        """(call SID, outcome, created time) of every call pending, not ready or failed; a call
+        whose row has no created time (a failure before its details were fetched) takes the one
+        a saved backfill listing has of it, if any."""
         rows = self._read.execute(
-            "SELECT c.call_sid, COALESCE(c.created_time, (SELECT l.created FROM listed_calls l "
-            "WHERE l.call_sid = c.call_sid LIMIT 1)) AS created FROM calls c "
+            "SELECT c.call_sid, c.outcome, COALESCE(c.created_time, (SELECT l.created FROM "
+            "listed_calls l WHERE l.call_sid = c.call_sid LIMIT 1)) AS created FROM calls c "
             "WHERE c.outcome IN (?, ?, ?)",
             UNFINISHED,
         )
-        return [(str(r["call_sid"]), r["created"]) for r in rows]
+        return [(str(r["call_sid"]), str(r["outcome"]), r["created"]) for r in rows]
+
+    def start_run(self, command: str, started_at: str, pid: int) -> int:
+        """Record a run of process ``pid`` as it starts (no end, no exit code yet); returns its
+        id for ``end_run``. A run killed before its end keeps this row as it is."""
+        with self._transaction():
+            cursor = self._db.execute(
+                "INSERT INTO runs (command, started_at, counts, pid) VALUES (?, ?, '{}', ?)",
+                (command, started_at, pid),
+            )
+        return int(cursor.lastrowid or 0)
+
+    def end_run(self, run_id: int | None, run: RunRecord) -> None:
+        """Complete the row ``start_run`` wrote (or record the whole run, when it was not
+        recorded at its start: the ledger was created by the run itself)."""
+        values = (
+            run.command,
+            run.started_at,
+            run.ended_at,
+            run.exit_code,
+            json.dumps(run.counts, sort_keys=True),
+            run.error,
+        )
+        with self._transaction():
+            if run_id is not None:
+                cursor = self._db.execute(
+                    "UPDATE runs SET command = ?, started_at = ?, ended_at = ?, exit_code = ?, "
+                    "counts = ?, error = ? WHERE id = ?",
+                    (*values, run_id),
+                )
+                if cursor.rowcount:
+                    return
+            self._db.execute(
+                "INSERT INTO runs (command, started_at, ended_at, exit_code, counts, error, pid) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (*values, run.pid),
+            )
+
+    def drop_run(self, run_id: int) -> None:
+        """Forget the row of a run that was refused (another process held the writer lock):
+        it did nothing."""
+        with self._transaction():
+            self._db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
 
     def add_run(self, run: RunRecord) -> None:
         """Record a run that ended (``status`` shows the last one)."""
-        with self._transaction():
-            self._db.execute(
-                "INSERT INTO runs (command, started_at, ended_at, exit_code, counts, error) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    run.command,
-                    run.started_at,
-                    run.ended_at,
-                    run.exit_code,
-                    json.dumps(run.counts, sort_keys=True),
-                    run.error,
-                ),
-            )
+        self.end_run(None, run)
 
     def last_run(self) -> RunRecord | None:
-        """The run recorded last, or None (none yet, or a ledger from before runs were)."""
+        """The run recorded last (perhaps still running, or killed: no end), or None (none
+        yet, or a ledger from before runs were)."""
         try:
             row = self._read.execute("SELECT * FROM runs ORDER BY id DESC LIMIT 1").fetchone()
         except sqlite3.OperationalError:  # read-only, a ledger older than the runs table
@@ -616,10 +676,11 @@ class Ledger:
         return RunRecord(
             str(row["command"]),
             str(row["started_at"]),
-            str(row["ended_at"]),
-            int(row["exit_code"]),
+            None if row["ended_at"] is None else str(row["ended_at"]),
+            None if row["exit_code"] is None else int(row["exit_code"]),
             {str(k): int(v) for k, v in counts.items()} if isinstance(counts, dict) else {},
             row["error"],
+            dict(row).get("pid"),  # None in a ledger from before runs were recorded at start
         )
 
     def call_counts(self) -> dict[str, int]:

@@ -1,21 +1,29 @@
 """``exotel-archiver status``: the facts an operator reads first, and what to do about them.
 
 Everything comes from the state directory's ledger (opened read-only: status runs beside the
-worker, which holds the writer lock) and from the destination (its identity marker, the last
-manifest segment, the bucket's Object Lock configuration). Exotel is never asked.
+worker, which holds the writer lock; SQLite may create the empty -wal/-shm files of a read-only
+open, no data is written) and from the destination (its identity marker, the last manifest
+segment, the bucket's Object Lock configuration). Exotel is never asked. Whether a process is
+archiving comes from the writer lock (``writer_running``): a killed run leaves its ``runs`` row
+without an end, and the kernel drops its lock.
 
 Each thing wrong becomes one ``Advice``: a problem and the fix, at one of three levels —
 ``config`` (the next run would stop with exit 2: no destination, another archive's destination,
-a destination that cannot be read), ``attention`` (failed calls, the oldest unarchived call
-near Exotel's retention, a last run that stopped on an error) and ``note`` (nothing wrong, but
-worth knowing: entries waiting to be sealed, calls still active). The exit code follows the
-worst: 2, 1, else 0.
+a destination that cannot be read), ``attention`` (failed calls, the oldest unarchived call near
+Exotel's retention, a last run that stopped on an error or was killed, calls not ready or
+pending past ``daemon.stuck_after``, failed or pending calls of unknown age, work left while no
+process holds the writer lock) and ``note`` (nothing wrong, but worth knowing: entries waiting
+for the running worker to seal them, calls still active). The exit code follows the worst: 2,
+1, else 0.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 from archiver import identity
 from archiver.archive import sink_for
@@ -28,8 +36,11 @@ from archiver.report import ARCHIVED, FAILED, NO_RECORDING, NOT_READY
 PENDING = "pending"
 CALL_STATES = (ARCHIVED, PENDING, NOT_READY, FAILED, NO_RECORDING)
 CONFIG, ATTENTION, NOTE = "config", "attention", "note"
+ENDED, RUNNING, STOPPED = "ended", "running", "stopped"
 SHOWN_SIDS = 10
 """Call SIDs a failure reason lists (and its retry command names)."""
+SHOWN_STUCK = 5
+"""Call SIDs a line about stuck calls (or calls of unknown age) names, then "and N more"."""
 
 
 class NothingArchivedYet(ConfigError):
@@ -100,6 +111,12 @@ class Status:
     oldest_unarchived: Oldest | None
     unknown_age: int
     """Unarchived calls whose creation time the ledger does not know (not in ``oldest``)."""
+    writer_running: bool | None
+    """Whether a process holds the state directory's writer lock (a worker, an archive, a
+    backfill); None when it could not be told."""
+    last_run_state: str | None
+    """``ended``, ``running`` (no end yet; it holds the writer lock, or its process still
+    runs), ``stopped`` (no end, and no process: killed) or None (no run recorded)."""
     source_retention_days: float
     retention_warning_days: float
     advice: tuple[Advice, ...]
@@ -127,6 +144,8 @@ class Status:
             },
             "oldest_unarchived": asdict(self.oldest_unarchived) if self.oldest_unarchived else None,
             "unknown_age": self.unknown_age,
+            "writer_running": self.writer_running,
+            "last_run_state": self.last_run_state,
             "source_retention_days": self.source_retention_days,
             "retention_warning_days": self.retention_warning_days,
             "advice": [asdict(a) for a in self.advice],
@@ -162,10 +181,13 @@ async def gather_status(settings: Settings, *, now: datetime | None = None) -> S
         last_run = ledger.last_run()
     finally:
         ledger.close()
+    writing = writer_running(settings.state_dir)
+    run_state = _run_state(last_run, writing)
+    busy = True if run_state == RUNNING else writing  # a process archives here (or will)
     retention = settings.daemon.source_retention / 86400
     warning = settings.daemon.retention_warning / 86400
     oldest = _oldest(unarchived, now, retention)
-    unknown = sum(1 for _, created in unarchived if not _readable(created))
+    unknown = [(sid, outcome) for sid, outcome, created in unarchived if not _readable(created)]
     for f in failures:
         command = f"exotel-archiver archive {' '.join(f.calls)}"
         first = f" (the first {len(f.calls)} of them; `status --json` has them)"
@@ -194,40 +216,37 @@ async def gather_status(settings: Settings, *, now: datetime | None = None) -> S
                 f"exotel-archiver archive {oldest.call_sid}",
             )
         )
-    if last_run is not None and last_run.exit_code != 0 and (last_run.error or not failures):
-        why = f": {last_run.error}" if last_run.error else ""
+    if unknown:
+        urgent = any(outcome in (FAILED, PENDING) for _, outcome in unknown)
+        sids = [sid for sid, _ in unknown]
         advice.append(
             Advice(
-                ATTENTION,
-                f"the last run ({last_run.command}, ended {last_run.ended_at}) exited "
-                f"{last_run.exit_code}{why}",
-                "fix what it names, then run it again",
+                ATTENTION if urgent else NOTE,
+                f"{_calls(len(sids))} not archived, of unknown age (the ledger has no creation "
+                f"time for {'them' if len(sids) != 1 else 'it'}: {_named(sids)}): how near "
+                "Exotel's retention they are is not known",
+                f"archive them now with exotel-archiver archive {' '.join(sids[:SHOWN_STUCK])} "
+                "(that also records their age)",
+                f"exotel-archiver archive {' '.join(sids[:SHOWN_STUCK])}",
             )
         )
+    advice += _stuck(unarchived, now, settings.daemon.stuck_after, busy)
+    advice += _run_advice(last_run, run_state, failures)
     if unsealed:
-        advice.append(
-            Advice(
-                NOTE,
-                f"{unsealed} manifest entr{'ies' if unsealed != 1 else 'y'} not sealed yet",
-                "the next run (or the running worker, within minutes) seals them",
+        entries = f"{unsealed} manifest entr{'ies' if unsealed != 1 else 'y'} not sealed yet"
+        if busy is False:
+            advice.append(
+                Advice(
+                    ATTENTION,
+                    f"{entries}, and no exotel-archiver process is archiving (the writer lock "
+                    "is free)",
+                    "start the worker (`systemctl start exotel-archiver`): it seals them within "
+                    "minutes; an `exotel-archiver archive` or `backfill` also seals them as it "
+                    "ends",
+                )
             )
-        )
-    if calls[NOT_READY]:
-        advice.append(
-            Advice(
-                NOTE,
-                f"{calls[NOT_READY]} call(s) still active when last looked at",
-                "the next run (or the running worker) looks again",
-            )
-        )
-    if calls[PENDING]:
-        advice.append(
-            Advice(
-                NOTE,
-                f"{calls[PENDING]} call(s) found by the worker, not archived yet",
-                "the running worker takes them up (`exotel-archiver run` if none runs)",
-            )
-        )
+        else:
+            advice.append(Advice(NOTE, entries, "the running worker (or the next run) seals them"))
     return Status(
         checked_at=utc_text(now),
         state_dir=str(settings.state_dir),
@@ -241,7 +260,9 @@ async def gather_status(settings: Settings, *, now: datetime | None = None) -> S
         last_segment=segments[-1] if segments else None,
         unsealed=unsealed,
         oldest_unarchived=oldest,
-        unknown_age=unknown,
+        unknown_age=len(unknown),
+        writer_running=writing,
+        last_run_state=run_state,
         source_retention_days=retention,
         retention_warning_days=warning,
         advice=tuple(sorted(advice, key=lambda a: (CONFIG, ATTENTION, NOTE).index(a.level))),
@@ -308,6 +329,184 @@ async def _destination(
         await sink.close()
 
 
+def writer_running(state_dir: Path) -> bool | None:
+    """Whether a process holds ``state_dir/writer.lock`` (``archiver.ledger.writer_lock``):
+    one shared, non-blocking ``flock`` attempt on the existing file, released at once. Nothing
+    is created or written; a missing file is a free lock; None when the file cannot be opened
+    or locked for another reason."""
+    try:
+        fd = os.open(state_dir / "writer.lock", os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return None
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+def process_running(pid: int | None) -> bool | None:
+    """Whether the run of process ``pid`` may still be running: the process exists and is an
+    exotel-archiver (its command line names ``archiver``: a pid reused by another program after
+    a crash is not taken for it). None when it cannot be told (no pid recorded)."""
+    if pid is None:
+        return None
+    if pid == os.getpid():
+        return False  # this process runs status, not that run
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it exists
+        pass
+    except OSError:
+        return None
+    try:
+        command_line = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True
+    return b"archiver" in command_line
+
+
+def _calls(n: int) -> str:
+    return f"{n} call{'s' if n != 1 else ''}"
+
+
+def _named(sids: list[str]) -> str:
+    """The first ``SHOWN_STUCK`` SIDs, then how many more."""
+    more = len(sids) - SHOWN_STUCK
+    return ", ".join(sids[:SHOWN_STUCK]) + (f" and {more} more" if more > 0 else "")
+
+
+def _stuck(
+    unarchived: list[tuple[str, str, str | None]],
+    now: datetime,
+    stuck_after: float,
+    busy: bool | None,
+) -> list[Advice]:
+    """Calls not ready or pending for longer than ``daemon.stuck_after`` since their creation
+    (attention, each kind named), and notes for the younger ones."""
+    advice: list[Advice] = []
+    hours = stuck_after / 3600
+    for outcome in (NOT_READY, PENDING):
+        ages = [
+            (sid, (now - datetime.fromisoformat(created)).total_seconds())
+            for sid, state, created in unarchived
+            if state == outcome and created and _readable(created)
+        ]
+        undated = sum(1 for _, state, c in unarchived if state == outcome and not _readable(c))
+        stuck = [sid for sid, age in sorted(ages, key=lambda a: -a[1]) if age > stuck_after]
+        young = len(ages) - len(stuck) + undated
+        if stuck and outcome == NOT_READY:
+            advice.append(
+                Advice(
+                    ATTENTION,
+                    f"{_calls(len(stuck))} still active at Exotel more than {hours:g} h "
+                    f"(daemon.stuck_after) after being created: {_named(stuck)}",
+                    "look at them in Exotel's dashboard (a call left open there is never "
+                    f"archived); exotel-archiver archive {' '.join(stuck[:SHOWN_STUCK])} looks "
+                    "again",
+                    f"exotel-archiver archive {' '.join(stuck[:SHOWN_STUCK])}",
+                )
+            )
+        elif stuck:
+            advice.append(
+                Advice(
+                    ATTENTION,
+                    f"{_calls(len(stuck))} found by the worker and not archived more than "
+                    f"{hours:g} h (daemon.stuck_after) after being created: {_named(stuck)}",
+                    "check the worker (`systemctl status exotel-archiver`, `journalctl -u "
+                    f"exotel-archiver`); exotel-archiver archive {' '.join(stuck[:SHOWN_STUCK])} "
+                    "archives them now",
+                    f"exotel-archiver archive {' '.join(stuck[:SHOWN_STUCK])}",
+                )
+            )
+        if not young:
+            continue
+        if outcome == NOT_READY:
+            advice.append(
+                Advice(
+                    NOTE,
+                    f"{_calls(young)} still active when last looked at",
+                    "the next run (or the running worker) looks again",
+                )
+            )
+        elif busy is False:
+            advice.append(
+                Advice(
+                    ATTENTION,
+                    f"{_calls(young)} found by the worker, not archived yet, and no "
+                    "exotel-archiver process is archiving (the writer lock is free)",
+                    "start the worker again (`systemctl start exotel-archiver`, or "
+                    "`exotel-archiver run`): it takes them up",
+                )
+            )
+        else:
+            advice.append(
+                Advice(
+                    NOTE,
+                    f"{_calls(young)} found by the worker, not archived yet",
+                    "the running worker takes them up (`exotel-archiver run` if none runs)",
+                )
+            )
+    return advice
+
+
+def _run_state(last_run: RunRecord | None, writing: bool | None) -> str | None:
+    """``ENDED``, ``RUNNING`` or ``STOPPED`` (see ``Status.last_run_state``)."""
+    if last_run is None:
+        return None
+    if last_run.ended_at is not None:
+        return ENDED
+    if writing is not False or process_running(last_run.pid) is not False:
+        return RUNNING  # holding the writer lock, or before it (a backfill's listing)
+    return STOPPED
+
+
+def _run_advice(
+    last_run: RunRecord | None, run_state: str | None, failures: tuple[FailureReason, ...]
+) -> list[Advice]:
+    """What the last run's record says: a run that stopped on an error, or one that stopped
+    without finishing (its row has no end, nobody holds the writer lock and its process is
+    gone: killed)."""
+    if last_run is None or run_state == RUNNING:
+        return []
+    if run_state == STOPPED:
+        again = (
+            "start it again (`systemctl start exotel-archiver`)"
+            if last_run.command == "run"
+            else f"run `exotel-archiver {last_run.command}` again"
+        )
+        return [
+            Advice(
+                ATTENTION,
+                f"the last `{last_run.command}` (started {last_run.started_at}) stopped without "
+                "finishing (killed, out of memory, or the host went down): no process holds the "
+                "writer lock",
+                f"check `journalctl -u exotel-archiver` (or its terminal) for why; {again}",
+            )
+        ]
+    if last_run.exit_code and (last_run.error or not failures):
+        why = f": {last_run.error}" if last_run.error else ""
+        return [
+            Advice(
+                ATTENTION,
+                f"the last run ({last_run.command}, ended {last_run.ended_at}) exited "
+                f"{last_run.exit_code}{why}",
+                "fix what it names, then run it again",
+            )
+        ]
+    return []
+
+
 def _failures(failed: list[FailedCall]) -> tuple[FailureReason, ...]:
     """Failed calls grouped by reason, the largest group first."""
     groups: dict[str, list[FailedCall]] = {}
@@ -335,9 +534,9 @@ def _readable(created: str | None) -> bool:
 
 
 def _oldest(
-    unarchived: list[tuple[str, str | None]], now: datetime, retention_days: float
+    unarchived: list[tuple[str, str, str | None]], now: datetime, retention_days: float
 ) -> Oldest | None:
-    dated = [(sid, created) for sid, created in unarchived if created and _readable(created)]
+    dated = [(sid, created) for sid, _, created in unarchived if created and _readable(created)]
     if not dated:
         return None
     sid, created = min(dated, key=lambda item: datetime.fromisoformat(item[1]))

@@ -142,6 +142,8 @@ def make_settings(ctx: click.Context, cli: dict[str, Any]) -> Settings:
         fail(f"error: {exc}", EXIT_USAGE)
     setup_logging(settings.log_level, secrets=settings.secrets, fmt=settings.log_format)
     ctx.ensure_object(dict)["settings"] = settings  # for the record of the run (cli/status.py)
+    if (started := ctx.obj.get("on_settings")) is not None:
+        started(settings)  # the record of the run begins (cli/status.py ``recorded``)
     return settings
 
 

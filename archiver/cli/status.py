@@ -4,28 +4,41 @@ record of each ``archive``, ``backfill`` and ``run``, which it shows as the last
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
+import os
 import sqlite3
 import sys
+import tomllib
 from collections.abc import Callable, Mapping
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
 from archiver.cli import main
 from archiver.cli._shared import EXIT_USAGE, fail, make_settings, run, settings_options
-from archiver.config import Settings
+from archiver.config import Settings, default_state_dir
 from archiver.errors import ConfigError
 from archiver.ledger import Ledger, RunRecord, WriterBusy, utc_now
+from archiver.options import OPTIONS, OPTIONS_BY_KEY
 from archiver.redact import redact_text
 from archiver.report import OUTCOMES, Report
-from archiver.status import ATTENTION, CONFIG, NothingArchivedYet, Status, gather_status
+from archiver.status import (
+    ATTENTION,
+    CONFIG,
+    STOPPED,
+    NothingArchivedYet,
+    Status,
+    gather_status,
+)
 
 log = logging.getLogger("archiver.cli")
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
 @main.command(example="exotel-archiver status --json")
@@ -37,10 +50,12 @@ def status(ctx: click.Context, /, as_json: bool, **cli: Any) -> None:
     archived / pending / not ready / failed (with the failure reasons), the manifest's last
     seal, the oldest unarchived call against Exotel's retention, the bucket's Object Lock, and
     what to do next. Sends Exotel nothing; reads the ledger read-only (it may run beside the
-    worker).
+    worker; SQLite may create its empty -wal/-shm files).
 
     Exit code 0 when nothing needs attention; 1 when something does (failed calls, the oldest
-    unarchived call near daemon.source_retention, a last run that stopped on an error); 2 for a
+    unarchived call near daemon.source_retention, a last run that stopped on an error or
+    without finishing, calls stuck longer than daemon.stuck_after, pending calls or unsealed
+    entries with no process archiving); 2 for a
     configuration problem (no ledger in the state directory yet, no destination, the
     destination unreadable or another archive's).
     """
@@ -84,7 +99,7 @@ def screen(s: Status) -> str:
         lock = "enabled" if s.object_lock else "not enabled"
     lines.append(f"Object Lock  {lock}")
     lines.append(f"state dir    {s.state_dir}")
-    lines.append(f"last run     {_run_line(s.last_run)}")
+    lines.append(f"last run     {_run_line(s.last_run, s.last_run_state)}")
     c = s.calls
     lines.append(
         f"calls        archived {c['archived']}, pending {c['pending']}, not ready "
@@ -121,9 +136,13 @@ def screen(s: Status) -> str:
     return "\n".join(lines)
 
 
-def _run_line(r: RunRecord | None) -> str:
+def _run_line(r: RunRecord | None, state: str | None) -> str:
     if r is None:
         return "none recorded"
+    if r.ended_at is None:
+        if state == STOPPED:
+            return f"{r.command}, started {r.started_at}, stopped without finishing (killed?)"
+        return f"{r.command}, started {r.started_at}, still running (pid {r.pid})"
     order = [o for o in OUTCOMES if o in r.counts] + sorted(
         k for k in r.counts if k not in OUTCOMES and k != "api_requests"
     )
@@ -141,14 +160,18 @@ def _run_line(r: RunRecord | None) -> str:
 
 
 def recorded(command: str, *, dry_run_flag: str | None = None) -> Callable[[F], F]:
-    """Record each run of the decorated command in the ledger when it ends: its exit code,
-    the counts it noted (``note_run``), and the error it stopped on — the "last run" of
-    ``status``. ``dry_run_flag`` names a flag that makes it ``COMMAND --dry-run``.
+    """Record each run of the decorated command in the ledger — the "last run" of ``status``:
+    a row as soon as its settings are read (no end yet: a run killed with -9 or by a host
+    crash keeps it so), completed when it ends with its exit code, the counts it noted
+    (``note_run``) and the error it stopped on. ``dry_run_flag`` names a flag that makes it
+    ``COMMAND --dry-run``.
 
-    Nothing is recorded when the command stopped before its settings were read, when another
-    process held the writer lock (the run was refused: that process's run is the one that
-    counts), or when the state directory has no ledger (nothing was done); a failure to record
-    is logged, never the command's outcome."""
+    A run whose settings cannot be read (a bad flag in a unit: a crash loop) is recorded with
+    exit 2 and its error when its state directory can still be found and already holds a
+    ledger (``_state_dir_anyway``). Nothing is recorded when another process held the writer
+    lock (the run was refused: that process's run is the one that counts), or when the state
+    directory has no ledger (nothing was done; none is created for the record); a failure to
+    record is logged, never the command's outcome."""
 
     def decorate(func: F) -> F:
         @functools.wraps(func)
@@ -156,16 +179,31 @@ def recorded(command: str, *, dry_run_flag: str | None = None) -> Callable[[F], 
             ctx = click.get_current_context()
             name = f"{command} --dry-run" if dry_run_flag and kwargs.get(dry_run_flag) else command
             started, code, error = utc_now(), 1, None
+            run_id: list[int] = []
+
+            def on_settings(settings: Settings) -> None:
+                if (row := _start(settings, name, started)) is not None:
+                    run_id.append(row)
+
+            ctx.ensure_object(dict)["on_settings"] = on_settings
             try:
                 result = func(*args, **kwargs)
                 code = 0
                 return result
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
-                if isinstance(exc.__context__, WriterBusy):
-                    ctx.ensure_object(dict).pop("settings", None)  # refused: nothing was done
-                elif code and exc.__context__ is not None:  # ``fail`` in ``run``'s except
-                    error = str(exc.__context__)
+                cause = exc.__context__
+                if isinstance(cause, WriterBusy):
+                    refused_by = ctx.obj.pop("settings", None)  # refused: nothing was done
+                    if run_id and isinstance(refused_by, Settings):
+                        _write(refused_by.state_dir, lambda ledger: ledger.drop_run(run_id[0]))
+                    raise
+                if code and cause is not None:  # ``fail`` in ``run``'s except
+                    error = str(cause)
+                refused = isinstance(cause, ConfigError) and "settings" not in ctx.obj
+                if code == EXIT_USAGE and refused:  # its settings could not be read
+                    record = RunRecord(name, started, utc_now(), code, {}, error)
+                    _record_refused_start(ctx, kwargs, record)
                 raise
             finally:
                 settings = (ctx.obj or {}).get("settings")
@@ -173,7 +211,8 @@ def recorded(command: str, *, dry_run_flag: str | None = None) -> Callable[[F], 
                     counts = (ctx.obj or {}).get("run_counts") or {}
                     if error is not None:
                         error = redact_text(error, settings.secrets)
-                    _record(settings, RunRecord(name, started, utc_now(), code, counts, error))
+                    record = RunRecord(name, started, utc_now(), code, counts, error)
+                    _record(settings.state_dir, run_id[0] if run_id else None, record)
 
         return wrapper  # type: ignore[return-value]
 
@@ -195,15 +234,75 @@ def report_counts(report: Report) -> dict[str, int]:
     return {**{o: report.count(o) for o in OUTCOMES}, "api_requests": report.api_requests}
 
 
-def _record(settings: Settings, record: RunRecord) -> None:
-    path = settings.state_dir / "ledger.sqlite3"
+def _ledger_at(state_dir: Path) -> Ledger | None:
+    """The state directory's ledger, opened to write a run's record; None when there is none
+    (or it cannot be opened: logged)."""
+    path = state_dir / "ledger.sqlite3"
     if not path.is_file():
-        return
+        return None
     try:
-        ledger = Ledger(path)
-        try:
-            ledger.add_run(record)
-        finally:
-            ledger.close()
+        return Ledger(path)
     except (OSError, sqlite3.Error, ConfigError) as exc:
         log.warning("could not record this run in %s: %s", path, exc)
+        return None
+
+
+def _write(state_dir: Path, what: Callable[[Ledger], T]) -> T | None:
+    ledger = _ledger_at(state_dir)
+    if ledger is None:
+        return None
+    try:
+        return what(ledger)
+    except (OSError, sqlite3.Error) as exc:
+        log.warning("could not record this run in %s: %s", ledger.path, exc)
+        return None
+    finally:
+        ledger.close()
+
+
+def _start(settings: Settings, command: str, started: str) -> int | None:
+    pid = os.getpid()
+    return _write(settings.state_dir, lambda ledger: ledger.start_run(command, started, pid))
+
+
+def _record(state_dir: Path, run_id: int | None, record: RunRecord) -> None:
+    _write(state_dir, lambda ledger: ledger.end_run(run_id, record))
+
+
+def _record_refused_start(ctx: click.Context, kwargs: Mapping[str, Any], record: RunRecord) -> None:
+    """Record a run whose settings were refused (exit 2), in the ledger of the state directory
+    it would have used, if that can be found and holds a ledger: the error redacted with the
+    secrets the environment holds."""
+    state_dir = _state_dir_anyway(ctx, kwargs)
+    if state_dir is None:
+        return
+    env = os.environ
+    secrets = [env.get(o.env, "") for o in OPTIONS if o.secret]
+    secrets += [s.partition(":")[2] for s in secrets]
+    error = redact_text(record.error, secrets) if record.error else None
+    _record(state_dir, None, dataclasses.replace(record, error=error))
+
+
+def _state_dir_anyway(ctx: click.Context, kwargs: Mapping[str, Any]) -> Path | None:
+    """The state directory a run would use, found without its (refused) settings: its
+    --state-dir flag, ARCHIVER_STATE_DIR, ``state_dir`` in its config file, else the default
+    (``$STATE_DIRECTORY``...). None when the config file names none it can read."""
+    opt = OPTIONS_BY_KEY["state_dir"]
+    env = os.environ
+    if kwargs.get(opt.key):
+        return Path(str(kwargs[opt.key])).expanduser()
+    if env.get(opt.env):
+        return Path(env[opt.env]).expanduser()
+    config = (
+        kwargs.get("config_file") or (ctx.obj or {}).get("config") or env.get("ARCHIVER_CONFIG")
+    )
+    if config:
+        try:
+            data = tomllib.loads(Path(str(config)).expanduser().read_text())
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+            return None
+        table = data.get(opt.section)
+        value = table.get(opt.key) if isinstance(table, dict) else None
+        if isinstance(value, str) and value:
+            return Path(value).expanduser()
+    return default_state_dir(env)
