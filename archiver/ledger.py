@@ -31,6 +31,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -153,6 +154,18 @@ class WriterBusy(ConfigError):
         self.holder = holder
 
 
+def _flock_soon(fd: int, tries: int = 10, pause: float = 0.05) -> None:
+    """Take the writer lock, allowing a reader's glance a moment: ``status`` takes a shared lock
+    for a few microseconds to see whether a writer runs (archiver.status)."""
+    for _ in range(tries - 1):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            time.sleep(pause)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
 @contextmanager
 def writer_lock(state_dir: Path, *, required: bool = True) -> Iterator[bool]:
     """Hold ``state_dir/writer.lock``: one archiving process per state directory.
@@ -176,7 +189,7 @@ def writer_lock(state_dir: Path, *, required: bool = True) -> Iterator[bool]:
         ) from None
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _flock_soon(fd)
         except BlockingIOError:
             if not required:
                 yield False

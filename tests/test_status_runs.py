@@ -185,3 +185,40 @@ def test_a_run_before_it_takes_the_writer_lock_is_running_until_its_process_is_g
     (line,) = [a for a in data["advice"] if "stopped without finishing" in a["problem"]]
     assert line["problem"].startswith("the last `backfill` (started 2026-12-01T00:00:00.000Z)")
     assert "run `exotel-archiver backfill` again" in line["fix"]
+
+
+def test_a_status_glancing_at_the_writer_lock_never_refuses_an_archive_starting_then(
+    sim: Simulator, server: SimulatorServer, tmp_path: Path
+) -> None:
+    """``status`` holds a shared lock on writer.lock for a moment to see whether a writer runs;
+    an ``archive`` starting in that moment waits it out instead of being refused as if another
+    writer were archiving. A lock held for longer (a real writer) still refuses it, exit 2."""
+    import fcntl
+    import os
+    import threading
+    import time
+
+    state = tmp_path / "state"
+    env = exotel_env(sim, server.base_url, str(tmp_path / "archive"), state)
+    assert invoke(["archive", sim.add_call().sid], env).exit_code == 0
+
+    def glance(seconds: float) -> threading.Thread:
+        fd = os.open(state / "writer.lock", os.O_RDONLY)
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+
+        def release() -> None:
+            time.sleep(seconds)
+            os.close(fd)
+
+        thread = threading.Thread(target=release)
+        thread.start()
+        return thread
+
+    thread = glance(0.1)
+    archived = invoke(["archive", sim.add_call().sid], env)
+    thread.join()
+    assert archived.exit_code == 0, archived.output
+    thread = glance(3.0)
+    refused = invoke(["archive", sim.add_call().sid], env)
+    thread.join()
+    assert refused.exit_code == 2 and "another exotel-archiver process" in refused.output
