@@ -35,6 +35,28 @@ UNDER_SYSTEMD = {
 }
 """What the archiver sees of systemd: a unit's invocation id and its journal on stderr."""
 
+GENERAL_30D = """
+[retention]
+default = "general"
+
+[retention.classes.general]
+period = "30d"
+lock = "none"
+at_end = "delete"
+"""
+"""A [retention] table: every call in one class, kept 30 days, then deleted; no Object Lock."""
+
+GENERAL_30D_LOCKED = """
+[retention]
+default = "general"
+
+[retention.classes.general]
+period = "30d"
+lock = "governance"
+at_end = "keep"
+"""
+"""A [retention] table whose one class asks for Object Lock (GOVERNANCE, 30 days)."""
+
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 """Metric samples as scraped: (sample name, labels) -> value."""
 

@@ -19,19 +19,11 @@ import pytest
 from archiver.exotel.models import IST
 from archiver.simulator import Simulator, SimulatorServer
 from tests.seaweed import SeaweedFS
-from tests.support import UNDER_SYSTEMD, exotel_env, invoke, outcome, wait_for
+from tests.support import GENERAL_30D_LOCKED, UNDER_SYSTEMD, exotel_env, invoke, outcome, wait_for
 
 DAY = str((datetime.now(IST) - timedelta(days=3)).date())
 
-LOCKING_CLASS = """
-[retention]
-default = "general"
-
-[retention.classes.general]
-period = "30d"
-lock = "governance"
-at_end = "keep"
-"""
+LOCKING_CLASS = GENERAL_30D_LOCKED
 
 
 def spent(sim: Simulator, before: dict[str, int]) -> dict[str, int]:

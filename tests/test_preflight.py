@@ -27,20 +27,12 @@ from archiver.ledger import writer_lock
 from archiver.simulator import Simulator, SimulatorServer
 from tests.s3proxy import FaultyS3Proxy
 from tests.seaweed import SeaweedFS
-from tests.support import exotel_env
+from tests.support import GENERAL_30D_LOCKED, exotel_env
 
 DAY = str((datetime.now(IST) - timedelta(days=3)).date())
 COMMANDS = ["backfill --dry-run", "backfill", "archive"]
 
-LOCKING_CLASS = """
-[retention]
-default = "general"
-
-[retention.classes.general]
-period = "30d"
-lock = "governance"
-at_end = "keep"
-"""
+LOCKING_CLASS = GENERAL_30D_LOCKED
 
 
 def args_for(command: str, sid: str) -> list[str]:

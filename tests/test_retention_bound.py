@@ -28,18 +28,10 @@ from archiver.retention.archive import open_retention
 from archiver.retention.audit import audit
 from archiver.retention.jobs import hold, purge
 from archiver.simulator import Simulator, SimulatorServer
-from tests.support import exotel_env
+from tests.support import GENERAL_30D, exotel_env
 
 ORDERS_APP = "233516"
-GENERAL = """
-[retention]
-default = "general"
-
-[retention.classes.general]
-period = "30d"
-lock = "none"
-at_end = "delete"
-"""
+GENERAL = GENERAL_30D
 ORDERS = """
 [retention.classes.{name}]
 period = "{period}"

@@ -19,17 +19,9 @@ from archiver.retention.archive import open_retention
 from archiver.retention.audit import audit
 from archiver.retention.jobs import plan, purge
 from archiver.simulator import Simulator, SimulatorServer
-from tests.support import add_bulk_objects, exotel_env
+from tests.support import GENERAL_30D, add_bulk_objects, exotel_env
 
-RULES = """
-[retention]
-default = "general"
-
-[retention.classes.general]
-period = "30d"
-lock = "none"
-at_end = "delete"
-"""
+RULES = GENERAL_30D
 
 
 async def peak_of_jobs(

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from archiver.simulator import Simulator, SimulatorServer
-from tests.support import add_bulk_objects, exotel_env, free_port, invoke
+from tests.support import GENERAL_30D, add_bulk_objects, exotel_env, free_port, invoke
 
 LOG_LINE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d (DEBUG|INFO|WARNING|ERROR|CRITICAL) ")
 _CONTROL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\r|\n|[^\x1b\r\n]+")
@@ -147,15 +147,7 @@ def test_the_demo_counts_recordings_as_recordings_and_its_check_command_works_pa
             assert pasted.returncode == 0, f"{check!r}: {pasted.stdout}{pasted.stderr}"
 
 
-RULES = """
-[retention]
-default = "general"
-
-[retention.classes.general]
-period = "30d"
-lock = "none"
-at_end = "delete"
-"""
+RULES = GENERAL_30D
 
 
 def archive_with_many_objects(

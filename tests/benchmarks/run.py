@@ -36,7 +36,7 @@ from typing import Any
 from archiver.exotel.models import IST
 from archiver.simulator import Simulator, SimulatorServer
 from tests.seaweed import SeaweedFS
-from tests.support import exotel_env
+from tests.support import GENERAL_30D, exotel_env
 
 MiB = 1024 * 1024
 RATE = "10000"
@@ -565,15 +565,7 @@ def figure_5(bench: Bench, sizes: list[int]) -> None:
     )
 
 
-RETENTION_RULES = """
-[retention]
-default = "general"
-
-[retention.classes.general]
-period = "30d"
-lock = "none"
-at_end = "delete"
-"""
+RETENTION_RULES = GENERAL_30D
 
 
 _HWM_WRAPPER = """
