@@ -40,6 +40,7 @@ __all__ = [
     "Secret",
     "Settings",
     "load_settings",
+    "read_config_file",
 ]
 
 if TYPE_CHECKING:

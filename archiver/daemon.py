@@ -219,7 +219,7 @@ class Daemon:
             raise
         with contextlib.ExitStack() as held:
             if not await self._take_writer_lock(held):
-                return Summary(self.metrics)  # stopped while waiting: nothing was started
+                return Summary(self.metrics, started=False)  # stopped while waiting: did nothing
             self.ledger = Ledger(settings.state_dir / "ledger.sqlite3")
             try:  # the holder we waited for may have claimed it meanwhile: bound again, now
                 await identity.bind(settings, self.sink, self.ledger, claim=True)

@@ -19,7 +19,9 @@ for the running worker to seal them, calls still active). The exit code follows 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import itertools
 import os
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -353,10 +355,12 @@ def writer_running(state_dir: Path) -> bool | None:
         os.close(fd)
 
 
-def process_running(pid: int | None) -> bool | None:
-    """Whether the run of process ``pid`` may still be running: the process exists and is an
-    exotel-archiver (its command line names ``archiver``: a pid reused by another program after
-    a crash is not taken for it). None when it cannot be told (no pid recorded)."""
+def process_running(pid: int | None, started_at: str | None = None) -> bool | None:
+    """Whether the run of process ``pid`` (recorded as started at ``started_at``) may still be
+    running: the process exists, runs exotel-archiver (the program or ``-m archiver`` in its
+    command line, not merely the word: ``tail -f exotel-archiver.log`` is not it), and started
+    before its run was recorded (a pid reused after a crash started later). None when it
+    cannot be told (no pid recorded)."""
     if pid is None:
         return None
     if pid == os.getpid():
@@ -370,10 +374,45 @@ def process_running(pid: int | None) -> bool | None:
     except OSError:
         return None
     try:
-        command_line = Path(f"/proc/{pid}/cmdline").read_bytes()
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return True
-    return b"archiver" in command_line
+    if not _runs_archiver(argv):
+        return False
+    began = _process_start(pid)
+    if began is not None and started_at is not None:
+        with contextlib.suppress(ValueError):
+            recorded = datetime.fromisoformat(started_at.replace("Z", "+00:00")).timestamp()
+            if began > recorded + PROCESS_START_SLACK:
+                return False  # started after the run it would be: the pid was reused
+    return True
+
+
+PROCESS_START_SLACK = 5.0
+"""Seconds a process's start time (in clock ticks since boot) may seem to follow the time its
+run was recorded at."""
+
+
+def _runs_archiver(argv: list[bytes]) -> bool:
+    names = [Path(arg.decode(errors="replace")).name for arg in argv]
+    return "exotel-archiver" in names or any(
+        a == b"-m" and b.split(b".")[0] == b"archiver" for a, b in itertools.pairwise(argv)
+    )
+
+
+def _process_start(pid: int) -> float | None:
+    """When process ``pid`` started (epoch seconds), from /proc; None if it cannot be read."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        ticks = int(stat.rpartition(")")[2].split()[19])
+        boot = next(
+            int(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime ")
+        )
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
 
 
 def _calls(n: int) -> str:
@@ -466,9 +505,9 @@ def _run_state(last_run: RunRecord | None, writing: bool | None) -> str | None:
         return None
     if last_run.ended_at is not None:
         return ENDED
-    if writing is not False or process_running(last_run.pid) is not False:
+    if writing is not False or process_running(last_run.pid, last_run.started_at):
         return RUNNING  # holding the writer lock, or before it (a backfill's listing)
-    return STOPPED
+    return STOPPED  # its process is gone (or, recorded without a pid, the lock is free)
 
 
 def _run_advice(
@@ -494,7 +533,8 @@ def _run_advice(
                 f"check `journalctl -u exotel-archiver` (or its terminal) for why; {again}",
             )
         ]
-    if last_run.exit_code and (last_run.error or not failures):
+    if last_run.exit_code and (last_run.exit_code != 1 or last_run.error or not failures):
+        # An exit 1 with failed calls is said by their own advice; 2 and 130 always are.
         why = f": {last_run.error}" if last_run.error else ""
         return [
             Advice(

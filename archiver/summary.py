@@ -15,6 +15,8 @@ class Summary:
 
     metrics: Metrics
     forced: bool = False
+    started: bool = True
+    """False: stopped while it waited for another process's writer lock (it did nothing)."""
     left_pending: int = 0
     """Calls not finished at shutdown: still pending in the ledger, taken up at the next start."""
     failed: int = 0

@@ -15,7 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from archiver.ledger import Ledger
+from archiver.ledger import Ledger, utc_now
 from archiver.simulator import Simulator, SimulatorServer
 from tests.support import clean_env, exotel_env, invoke, wait_for
 
@@ -165,13 +165,16 @@ def test_a_run_before_it_takes_the_writer_lock_is_running_until_its_process_is_g
     state = tmp_path / "state"
     env = exotel_env(sim, server.base_url, str(tmp_path / "archive"), state)
     assert invoke(["archive", sim.add_call().sid], env).exit_code == 0
-    listing = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(60)", "archiver", "backfill"]
+    listing = subprocess.Popen(  # an exotel-archiver process that runs until stopped
+        [sys.executable, "-m", "archiver", "simulate", "--port", "0", "--calls", "1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
+    started = utc_now()  # recorded once the process runs, as a run's row is
     try:
         ledger = Ledger(state / "ledger.sqlite3")
         try:
-            ledger.start_run("backfill", "2026-12-01T00:00:00.000Z", listing.pid)
+            ledger.start_run("backfill", started, listing.pid)
         finally:
             ledger.close()
         code, data = status(env)
@@ -183,7 +186,7 @@ def test_a_run_before_it_takes_the_writer_lock_is_running_until_its_process_is_g
     code, data = status(env)
     assert (data["last_run_state"], code) == ("stopped", 1)
     (line,) = [a for a in data["advice"] if "stopped without finishing" in a["problem"]]
-    assert line["problem"].startswith("the last `backfill` (started 2026-12-01T00:00:00.000Z)")
+    assert line["problem"].startswith(f"the last `backfill` (started {started})")
     assert "run `exotel-archiver backfill` again" in line["fix"]
 
 

@@ -48,6 +48,7 @@ from archiver.report import (
 from archiver.state_errors import state_problem
 
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 130
 SCRIPT = "exotel-archiver"
 """The console script's name (pyproject.toml, ``[project.scripts]``)."""
 progress_log = logging.getLogger("archiver.progress")
@@ -113,7 +114,10 @@ def run(coro: Coroutine[Any, Any, T], *, state_dir: Path | None = None) -> T:
         problem = state_problem(exc, state_dir)
         fail(f"error: {problem.message}", EXIT_USAGE if problem.config else EXIT_FAILURES)
     except KeyboardInterrupt:
-        fail("interrupted: nothing half-done was recorded; run the same command again", 130)
+        fail(
+            "interrupted: nothing half-done was recorded; run the same command again",
+            EXIT_INTERRUPTED,
+        )
 
 
 async def _reporting_loop_errors(coro: Coroutine[Any, Any, T]) -> T:

@@ -49,6 +49,8 @@ def run_command(ctx: click.Context, /, **cli: Any) -> None:
     settings = make_settings(ctx, cli)
     summary = run_coroutine(serve(settings), state_dir=settings.state_dir)
     note_run(summary.fields())
+    if not summary.started:
+        ctx.ensure_object(dict)["did_nothing"] = True  # no run to record (cli/status.py)
     emit(
         f"stopped: {summary.line()}",
         logger="archiver.daemon",

@@ -11,7 +11,6 @@ import logging
 import os
 import sqlite3
 import sys
-import tomllib
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
@@ -20,8 +19,15 @@ from typing import Any, TypeVar
 import click
 
 from archiver.cli import main
-from archiver.cli._shared import EXIT_USAGE, fail, make_settings, run, settings_options
-from archiver.config import Settings, default_state_dir
+from archiver.cli._shared import (
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    fail,
+    make_settings,
+    run,
+    settings_options,
+)
+from archiver.config import Settings, default_state_dir, read_config_file
 from archiver.errors import ConfigError
 from archiver.ledger import Ledger, RunRecord, WriterBusy, utc_now
 from archiver.options import OPTIONS, OPTIONS_BY_KEY
@@ -200,6 +206,8 @@ def recorded(command: str, *, dry_run_flag: str | None = None) -> Callable[[F], 
                     raise
                 if code and cause is not None:  # ``fail`` in ``run``'s except
                     error = str(cause)
+                if code == EXIT_INTERRUPTED:
+                    error = "interrupted (SIGINT): stopped before it finished"
                 refused = isinstance(cause, ConfigError) and "settings" not in ctx.obj
                 if code == EXIT_USAGE and refused:  # its settings could not be read
                     record = RunRecord(name, started, utc_now(), code, {}, error)
@@ -207,7 +215,10 @@ def recorded(command: str, *, dry_run_flag: str | None = None) -> Callable[[F], 
                 raise
             finally:
                 settings = (ctx.obj or {}).get("settings")
-                if isinstance(settings, Settings):
+                if isinstance(settings, Settings) and (ctx.obj or {}).get("did_nothing"):
+                    if run_id:  # a worker stopped while it waited for the lock: not a run
+                        _write(settings.state_dir, lambda ledger: ledger.drop_run(run_id[0]))
+                elif isinstance(settings, Settings):
                     counts = (ctx.obj or {}).get("run_counts") or {}
                     if error is not None:
                         error = redact_text(error, settings.secrets)
@@ -297,12 +308,13 @@ def _state_dir_anyway(ctx: click.Context, kwargs: Mapping[str, Any]) -> Path | N
         kwargs.get("config_file") or (ctx.obj or {}).get("config") or env.get("ARCHIVER_CONFIG")
     )
     if config:
+        # Only a file that reads cleanly: a refused one (a typo such as [archivr]) may mean a
+        # state_dir it does not show, and the default could be another account's ledger.
         try:
-            data = tomllib.loads(Path(str(config)).expanduser().read_text())
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+            values = read_config_file(Path(str(config)).expanduser())
+        except ConfigError:
             return None
-        table = data.get(opt.section)
-        value = table.get(opt.key) if isinstance(table, dict) else None
+        value = values.get(opt.key)
         if isinstance(value, str) and value:
             return Path(value).expanduser()
     return default_state_dir(env)
