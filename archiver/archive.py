@@ -196,7 +196,9 @@ class Archiver:
     ) -> CallResult:
         """Record ``sid`` as failed (never archived) and say why; ``created``, the call's
         creation time when its details were fetched, keeps its age (how near Exotel's retention
-        it is: ``status``) in the ledger."""
+        it is: ``status``) in the ledger. ``detail`` is redacted here, once, for every place it
+        goes (the ledger, ``status``, ``--report``): an error may quote a signed URL."""
+        detail = redact_text(detail, self.settings.secrets)
         self.ledger.set_call(sid, FAILED, created_time=created, detail=detail, reason=reason)
         return CallResult(
             sid,

@@ -55,10 +55,15 @@ class DropWhenClosed:
 
 def guard_streams() -> None:
     """Put ``DropWhenClosed`` in front of ``sys.stdout`` and ``sys.stderr`` (once each):
-    ``2>&1 | head -1`` closes stderr's pipe too."""
-    if not isinstance(sys.stdout, DropWhenClosed) and sys.stdout is not None:
+    ``2>&1 | head -1`` closes stderr's pipe too. A stream closed before the start (``2>&-``:
+    Python makes it None) becomes /dev/null: the command runs, and says nothing there."""
+    if sys.stdout is None:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
+    if not isinstance(sys.stdout, DropWhenClosed):
         sys.stdout = DropWhenClosed(sys.stdout)
-    if not isinstance(sys.stderr, DropWhenClosed) and sys.stderr is not None:
+    if not isinstance(sys.stderr, DropWhenClosed):
         sys.stderr = DropWhenClosed(sys.stderr)
 
 

@@ -93,7 +93,7 @@ def archive(
     if wait_for is not None:
         wait = Wait(wait_for, recording_grace=settings.daemon.recording_grace)
         waiter = Waiter(wait, on_wait=_show_waiting)
-    with Progress(len(call_sids), "Archiving") as advance:
+    with Progress(len(set(call_sids)), "Archiving") as advance:  # each call once
         result = run(
             archive_calls(settings, call_sids, on_result=advance, waiter=waiter),
             state_dir=settings.state_dir,

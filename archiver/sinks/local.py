@@ -140,7 +140,13 @@ class LocalSink:
     """A directory tree. See ``archiver.sinks.base`` for the promises."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root.expanduser().resolve()
+        try:
+            self.root = root.expanduser().resolve()
+        except RuntimeError:  # Python 3.11's "Symlink loop from ...": no retry mends it
+            raise ConfigError(
+                f"the local destination {root} is not a directory (its path is a loop of "
+                "symbolic links): point ARCHIVER_DESTINATION at a directory"
+            ) from None
         self.requests = 0
 
     def describe(self) -> str:
