@@ -4,8 +4,8 @@ Everything comes from the state directory's ledger (opened read-only: status run
 worker, which holds the writer lock; SQLite may create the empty -wal/-shm files of a read-only
 open, no data is written) and from the destination (its identity marker, the last manifest
 segment, the bucket's Object Lock configuration). Exotel is never asked. Whether a process is
-archiving comes from the writer lock (``writer_running``): a killed run leaves its ``runs`` row
-without an end, and the kernel drops its lock.
+archiving comes from ``archiver.liveness`` (the writer lock, the run row's process): a killed
+run leaves its ``runs`` row without an end, and the kernel drops its lock.
 
 Each thing wrong becomes one ``Advice``: a problem and the fix, at one of three levels —
 ``config`` (the next run would stop with exit 2: no destination, another archive's destination,
@@ -19,26 +19,21 @@ for the running worker to seal them, calls still active). The exit code follows 
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import itertools
-import os
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 from archiver import identity
 from archiver.archive import sink_for
 from archiver.config import Settings
 from archiver.errors import ConfigError, DestinationMismatch, StorageError
 from archiver.ledger import FailedCall, Ledger, RunRecord, SegmentRecord, utc_text
+from archiver.liveness import RUNNING, STOPPED, state_of, writer_running
 from archiver.metrics import oldest_age
 from archiver.report import ARCHIVED, FAILED, NO_RECORDING, NOT_READY
 
 PENDING = "pending"
 CALL_STATES = (ARCHIVED, PENDING, NOT_READY, FAILED, NO_RECORDING)
 CONFIG, ATTENTION, NOTE = "config", "attention", "note"
-ENDED, RUNNING, STOPPED = "ended", "running", "stopped"
 SHOWN_SIDS = 10
 """Call SIDs a failure reason lists (and its retry command names)."""
 SHOWN_STUCK = 5
@@ -184,7 +179,7 @@ async def gather_status(settings: Settings, *, now: datetime | None = None) -> S
     finally:
         ledger.close()
     writing = writer_running(settings.state_dir)
-    run_state = _run_state(last_run, writing)
+    run_state = state_of(last_run, writing)
     busy = True if run_state == RUNNING else writing  # a process archives here (or will)
     retention = settings.daemon.source_retention / 86400
     warning = settings.daemon.retention_warning / 86400
@@ -331,90 +326,6 @@ async def _destination(
         await sink.close()
 
 
-def writer_running(state_dir: Path) -> bool | None:
-    """Whether a process holds ``state_dir/writer.lock`` (``archiver.ledger.writer_lock``):
-    one shared, non-blocking ``flock`` attempt on the existing file, released at once. Nothing
-    is created or written; a missing file is a free lock; None when the file cannot be opened
-    or locked for another reason."""
-    try:
-        fd = os.open(state_dir / "writer.lock", os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return False
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    except OSError:
-        return None
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
-
-
-def process_running(pid: int | None, started_at: str | None = None) -> bool | None:
-    """Whether the run of process ``pid`` (recorded as started at ``started_at``) may still be
-    running: the process exists, runs exotel-archiver (the program or ``-m archiver`` in its
-    command line, not merely the word: ``tail -f exotel-archiver.log`` is not it), and started
-    before its run was recorded (a pid reused after a crash started later). None when it
-    cannot be told (no pid recorded)."""
-    if pid is None:
-        return None
-    if pid == os.getpid():
-        return False  # this process runs status, not that run
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: it exists
-        pass
-    except OSError:
-        return None
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return True
-    if not _runs_archiver(argv):
-        return False
-    began = _process_start(pid)
-    if began is not None and started_at is not None:
-        with contextlib.suppress(ValueError):
-            recorded = datetime.fromisoformat(started_at.replace("Z", "+00:00")).timestamp()
-            if began > recorded + PROCESS_START_SLACK:
-                return False  # started after the run it would be: the pid was reused
-    return True
-
-
-PROCESS_START_SLACK = 5.0
-"""Seconds a process's start time (in clock ticks since boot) may seem to follow the time its
-run was recorded at."""
-
-
-def _runs_archiver(argv: list[bytes]) -> bool:
-    names = [Path(arg.decode(errors="replace")).name for arg in argv]
-    return "exotel-archiver" in names or any(
-        a == b"-m" and b.split(b".")[0] == b"archiver" for a, b in itertools.pairwise(argv)
-    )
-
-
-def _process_start(pid: int) -> float | None:
-    """When process ``pid`` started (epoch seconds), from /proc; None if it cannot be read."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        ticks = int(stat.rpartition(")")[2].split()[19])
-        boot = next(
-            int(line.split()[1])
-            for line in Path("/proc/stat").read_text().splitlines()
-            if line.startswith("btime ")
-        )
-        return boot + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, StopIteration):
-        return None
-
-
 def _calls(n: int) -> str:
     return f"{n} call{'s' if n != 1 else ''}"
 
@@ -497,17 +408,6 @@ def _stuck(
                 )
             )
     return advice
-
-
-def _run_state(last_run: RunRecord | None, writing: bool | None) -> str | None:
-    """``ENDED``, ``RUNNING`` or ``STOPPED`` (see ``Status.last_run_state``)."""
-    if last_run is None:
-        return None
-    if last_run.ended_at is not None:
-        return ENDED
-    if writing is not False or process_running(last_run.pid, last_run.started_at):
-        return RUNNING  # holding the writer lock, or before it (a backfill's listing)
-    return STOPPED  # its process is gone (or, recorded without a pid, the lock is free)
 
 
 def _run_advice(

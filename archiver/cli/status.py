@@ -30,17 +30,11 @@ from archiver.cli._shared import (
 from archiver.config import Settings, default_state_dir, read_config_file
 from archiver.errors import ConfigError
 from archiver.ledger import Ledger, RunRecord, WriterBusy, utc_now
+from archiver.liveness import STOPPED
 from archiver.options import OPTIONS, OPTIONS_BY_KEY
 from archiver.redact import redact_text
 from archiver.report import OUTCOMES, Report
-from archiver.status import (
-    ATTENTION,
-    CONFIG,
-    STOPPED,
-    NothingArchivedYet,
-    Status,
-    gather_status,
-)
+from archiver.status import ATTENTION, CONFIG, NothingArchivedYet, Status, gather_status
 
 log = logging.getLogger("archiver.cli")
 F = TypeVar("F", bound=Callable[..., Any])
