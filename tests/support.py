@@ -10,9 +10,11 @@ import shutil
 import socket
 import sqlite3
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ from archiver.archive import archive_calls
 from archiver.cli import main
 from archiver.config import Settings, load_settings
 from archiver.ledger import Ledger
-from archiver.simulator import Simulator
+from archiver.simulator import Simulator, SimulatorServer
 from tests.seaweed import SeaweedFS
 from tests.seaweed import free_port as free_port  # one definition, used by SeaweedFS too
 
@@ -141,6 +143,59 @@ def wait_for(condition: Callable[[], bool], timeout: float = 60.0, interval: flo
 def clean_env() -> dict[str, str]:
     """This process's environment without systemd's marks (the suite may itself run in a unit)."""
     return {k: v for k, v in os.environ.items() if k not in UNDER_SYSTEMD}
+
+
+def status_json(env: Mapping[str, str], *args: str) -> tuple[int, dict[str, Any]]:
+    """``exotel-archiver status --json ARGS``: its exit code and its JSON."""
+    result = invoke(["status", "--json", *args], env)
+    return result.exit_code, json.loads(result.stdout)
+
+
+def ledger_rows(state: Path, sql: str) -> list[tuple[Any, ...]]:
+    """The rows of ``sql`` in the state directory's ledger, read-only."""
+    with closing(sqlite3.connect(f"{(state / 'ledger.sqlite3').as_uri()}?mode=ro", uri=True)) as db:
+        return list(db.execute(sql))
+
+
+def worker_env(sim: Simulator, server: SimulatorServer, tmp_path: Path) -> dict[str, str]:
+    """For a real ``python -m archiver run`` against ``sim``: quick polls and rechecks, a local
+    destination and state directory in ``tmp_path``."""
+    env = {k: v for k, v in clean_env().items() if not k.startswith(("AWS_", "NOTIFY_"))}
+    return {
+        **env,
+        **exotel_env(sim, server.base_url, str(tmp_path / "archive"), tmp_path / "state"),
+        "ARCHIVER_POLL_INTERVAL": "1",
+        "ARCHIVER_RECHECK_INTERVAL": "1",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+    }
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment of a child ``python -m archiver``: nothing of the developer's AWS or
+    archiver settings, this checkout importable, ``extra`` on top."""
+    env = {
+        k: v
+        for k, v in clean_env().items()
+        if not k.startswith(("AWS_", "ARCHIVER_", "EXOTEL_", "NOTIFY_", "CREDENTIALS_DIRECTORY"))
+    }
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
+    env["ARCHIVER_CONFIG"] = ""
+    env.update(extra)
+    return env
+
+
+def run_archiver(
+    args: list[str], env: dict[str, str], **kwargs: object
+) -> subprocess.CompletedProcess[str]:
+    """``python -m archiver ARGS`` as a child process, its output captured (unless ``kwargs``
+    say otherwise)."""
+    return subprocess.run(  # type: ignore[call-overload, no-any-return]
+        [sys.executable, "-m", "archiver", *args],
+        env=env,
+        text=True,
+        timeout=120,
+        **({"capture_output": True} | kwargs),
+    )
 
 
 def invoke(args: Sequence[str], env: Mapping[str, str]) -> Result:

@@ -4,7 +4,6 @@ local destination or SeaweedFS, real ``python -m archiver`` processes."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sqlite3
@@ -13,17 +12,11 @@ import sys
 from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 from archiver.simulator import Simulator, SimulatorServer
-from tests.support import clean_env, exotel_env, invoke, wait_for
+from tests.support import exotel_env, invoke, status_json, wait_for, worker_env
 
 BAD_URL = "https://recordings.example:99999/a.mp3"
-
-
-def status(env: dict[str, str], *args: str) -> tuple[int, dict[str, Any]]:
-    result = invoke(["status", "--json", *args], env)
-    return result.exit_code, json.loads(result.stdout)
 
 
 def outcomes(state: Path) -> dict[str, str]:
@@ -44,7 +37,7 @@ def test_status_loses_the_age_of_a_call_that_failed_in_a_one_shot_archive(
     sim.faults.recording_url_for[old] = BAD_URL
     assert invoke(["archive", ok], env).exit_code == 0
     assert invoke(["archive", old], env).exit_code == 1
-    _, data = status(env)
+    _, data = status_json(env)
     assert data["calls"]["failed"] == 1
     oldest = data["oldest_unarchived"]
     assert oldest is not None and oldest["call_sid"] == old, (oldest, data["unknown_age"])
@@ -70,7 +63,7 @@ def test_status_writes_no_data_into_the_state_directory_or_the_destination(
     env = exotel_env(sim, server.base_url, str(archive), state)
     assert invoke(["archive", sim.add_call().sid], env).exit_code == 0
     before, stored = tree(state), tree(archive)
-    code, _ = status(env)
+    code, _ = status_json(env)
     assert code == 0
     assert invoke(["status"], env).exit_code == 0
     after = tree(state)
@@ -78,17 +71,6 @@ def test_status_writes_no_data_into_the_state_directory_or_the_destination(
     assert after.get("ledger.sqlite3-wal", b"") == b""
     assert {k: v for k, v in after.items() if k in before} == before
     assert tree(archive) == stored
-
-
-def worker_env(sim: Simulator, server: SimulatorServer, tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in clean_env().items() if not k.startswith(("AWS_", "NOTIFY_"))}
-    return {
-        **env,
-        **exotel_env(sim, server.base_url, str(tmp_path / "archive"), tmp_path / "state"),
-        "ARCHIVER_POLL_INTERVAL": "1",
-        "ARCHIVER_RECHECK_INTERVAL": "1",
-        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
-    }
 
 
 def test_status_says_ok_after_the_worker_was_killed_with_calls_left_pending(
@@ -114,7 +96,7 @@ def test_status_says_ok_after_the_worker_was_killed_with_calls_left_pending(
         os.kill(worker.pid, signal.SIGKILL)
         worker.wait(10)
     sim.finish(active)  # the call ends; nobody archives it
-    code, data = status(env)
+    code, data = status_json(env)
     text = invoke(["status"], env).stdout
     assert data["calls"]["pending"] == 1
     assert "ok: nothing needs attention" not in text, text
@@ -134,7 +116,7 @@ def test_status_says_ok_while_the_worker_fails_to_start_on_a_flag_of_its_unit(
     for _ in range(3):  # Restart=on-failure
         started = invoke(["run", "--metrics-listen", "127.0.0.1:91OO"], env)
         assert started.exit_code == 2, started.output
-    code, data = status(env)
+    code, data = status_json(env)
     text = invoke(["status"], env).stdout
     assert data["last_run"]["command"] == "run", data["last_run"]
     assert code != 0 and "ok: nothing needs attention" not in text, text
@@ -151,7 +133,7 @@ def test_status_says_ok_for_a_call_not_ready_for_ten_days(
     stuck = sim.add_call(state="active", created=sim.now() - timedelta(days=10)).sid
     assert invoke(["archive", stuck], env).exit_code == 0
     assert outcomes(state)[stuck] == "not_ready"
-    code, data = status(env)
+    code, data = status_json(env)
     text = invoke(["status"], env).stdout
     assert data["oldest_unarchived"]["call_sid"] == stuck
     assert data["oldest_unarchived"]["age_days"] > 9.9

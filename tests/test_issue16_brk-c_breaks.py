@@ -16,37 +16,11 @@ from pathlib import Path
 import pytest
 
 from archiver.simulator import Simulator, SimulatorServer
-from tests.support import clean_env, exotel_env
+from tests.support import child_env, exotel_env, run_archiver
 from tests.test_docs_commands import code_lines, command_part
 from tests.test_help import commands
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _env(**extra: str) -> dict[str, str]:
-    """This process's environment for a child ``python -m archiver``: nothing of the
-    developer's AWS or archiver settings, this worktree importable."""
-    env = {
-        k: v
-        for k, v in clean_env().items()
-        if not k.startswith(("AWS_", "ARCHIVER_", "EXOTEL_", "NOTIFY_", "CREDENTIALS_DIRECTORY"))
-    }
-    env["PYTHONPATH"] = str(ROOT)
-    env["ARCHIVER_CONFIG"] = ""
-    env.update(extra)
-    return env
-
-
-def _archiver(
-    args: list[str], env: dict[str, str], **kwargs: object
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(  # type: ignore[call-overload, no-any-return]
-        [sys.executable, "-m", "archiver", *args],
-        env=env,
-        text=True,
-        timeout=120,
-        **({"capture_output": True} | kwargs),
-    )
 
 
 # --- messages: secrets in errors ----------------------------------------------------------------
@@ -62,9 +36,9 @@ def test_an_api_url_without_its_scheme_slashes_echoes_the_exotel_token(
     "must not contain credentials" check looks only at a parsed userinfo, and the next error
     shows the raw value with ``got {url!r}``, before the redactor knows any secret."""
     token = "tok3nS3cretValue9f8e7d6c"
-    env = _env(EXOTEL_ACCOUNT_SID="acme1", EXOTEL_API_KEY="apikey123", EXOTEL_API_TOKEN=token)
+    env = child_env(EXOTEL_ACCOUNT_SID="acme1", EXOTEL_API_KEY="apikey123", EXOTEL_API_TOKEN=token)
     for url in (f"apikey123:{token}@api.exotel.com", f"https//apikey123:{token}@api.exotel.com"):
-        done = _archiver(
+        done = run_archiver(
             ["archive", "--destination", str(tmp_path / "d"), "--state-dir",
              str(tmp_path / "s"), "--log-format", fmt, "cabfb1dfa8c5e1c7f2c458423b7716b3"],
             {**env, "EXOTEL_API_URL": url},
@@ -79,15 +53,15 @@ def test_a_text_mode_error_is_not_redacted(tmp_path: Path) -> None:
     straight to stderr, past the redactor — even a value it knows (here the password is also
     AWS_SECRET_ACCESS_KEY, which the redactor is given from the environment)."""
     secret = "wJalrXUtnFEMIK7MDENGbPxRfiCYzzSecretKey"
-    env = _env(
+    env = child_env(
         ARCHIVER_DESTINATION=f"https://minio:{secret}@minio.example.internal:9000/recordings",
         ARCHIVER_STATE_DIR=str(tmp_path / "state"),
         AWS_SECRET_ACCESS_KEY=secret,
         AWS_ACCESS_KEY_ID="minio",
     )
-    as_json = _archiver(["verify", "--log-format", "json"], env)
+    as_json = run_archiver(["verify", "--log-format", "json"], env)
     assert as_json.returncode == 2 and secret not in as_json.stderr  # redacted there
-    as_text = _archiver(["verify", "--log-format", "text"], env)
+    as_text = run_archiver(["verify", "--log-format", "text"], env)
     assert as_text.returncode == 2, as_text.stderr
     assert secret not in as_text.stderr, as_text.stderr
 
@@ -97,11 +71,11 @@ def test_an_s3_destination_with_keys_in_it_echoes_the_secret_key(tmp_path: Path)
     redactor masks the URL's userinfo, but the same error then names the "bucket"
     ``'ACCESS:SECRET@bucket'`` in full — in JSON mode too, for the journal."""
     secret = "wJalrXUtnFEMIK7MDENGbPxRfiCYzzSecretKey"
-    env = _env(
+    env = child_env(
         ARCHIVER_DESTINATION=f"s3://AKIAIOSFODNN7EXAMPLE:{secret}@recordings/exotel",
         ARCHIVER_STATE_DIR=str(tmp_path / "state"),
     )
-    done = _archiver(["verify", "--log-format", "json"], env)
+    done = run_archiver(["verify", "--log-format", "json"], env)
     assert done.returncode == 2, done.stderr
     assert secret not in done.stderr, done.stderr
 
@@ -118,7 +92,7 @@ def test_a_config_file_not_in_utf8_is_a_traceback(tmp_path: Path) -> None:
         b"# Configuraci\xf3n de producci\xf3n\n[archiver]\n"
         + f'destination = "{tmp_path / "d"}"\nstate_dir = "{tmp_path / "s"}"\n'.encode()
     )
-    done = _archiver(["--config", str(config), "verify", "--log-format", "text"], _env())
+    done = run_archiver(["--config", str(config), "verify", "--log-format", "text"], child_env())
     assert "Traceback" not in done.stderr, done.stderr
     assert done.returncode == 2, done.stderr
     assert str(config) in done.stderr
@@ -130,8 +104,8 @@ def test_a_credential_file_not_in_utf8_is_a_traceback(tmp_path: Path) -> None:
     creds = tmp_path / "creds"
     creds.mkdir()
     (creds / "exotel-api-token").write_bytes("t0ken".encode("utf-16"))
-    env = _env(CREDENTIALS_DIRECTORY=str(creds))
-    done = _archiver(
+    env = child_env(CREDENTIALS_DIRECTORY=str(creds))
+    done = run_archiver(
         ["verify", "--destination", str(tmp_path / "d"), "--state-dir", str(tmp_path / "s"),
          "--log-format", "text"],
         env,
@@ -155,13 +129,13 @@ def test_a_closed_pipe_in_text_mode_leaves_the_last_runs_report(
     ok, bad = sim.add_call().sid, sim.add_call().sid
     sim.faults.recording_url_for[bad] = "https://recordings.invalid:0/x.mp3"
     report = tmp_path / "report.json"
-    env = _env(
+    env = child_env(
         **exotel_env(sim, server.base_url, str(tmp_path / "dest"), tmp_path / "state"),
         ARCHIVER_ATTEMPTS="1",
         ARCHIVER_LOG_FORMAT="text",
         PYTHONPATH=str(ROOT),
     )
-    first = _archiver(["archive", ok, "--report", str(report)], env)
+    first = run_archiver(["archive", ok, "--report", str(report)], env)
     assert first.returncode == 0, first.stderr
     assert json.loads(report.read_text())["counts"]["failed"] == 0
 
@@ -188,8 +162,8 @@ def test_the_demos_check_it_command_fails_when_pasted_by_a_configured_operator(
     has already exported EXOTEL_ACCOUNT_SID (README's set-up; or has ARCHIVER_CONFIG with an
     account_sid) pastes it and gets exit 2, "holds the archive of Exotel account simaccount,
     but EXOTEL_ACCOUNT_SID is ...": the line does not name the demo's account."""
-    env = _env()
-    demo = _archiver(["demo", "--dir", str(tmp_path / "demo"), "--calls", "2"], env)
+    env = child_env()
+    demo = run_archiver(["demo", "--dir", str(tmp_path / "demo"), "--calls", "2"], env)
     assert demo.returncode == 0, demo.stderr
     (line,) = [x for x in demo.stdout.splitlines() if x.startswith("Check it:")]
     pasted = subprocess.run(

@@ -5,7 +5,6 @@ the simulator over HTTP, a local destination, real ``python -m archiver`` proces
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sqlite3
@@ -15,34 +14,19 @@ import time
 from contextlib import closing
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 from zoneinfo import ZoneInfo
 
 from archiver.simulator import Simulator, SimulatorServer
-from tests.support import clean_env, exotel_env, invoke, wait_for
+from tests.support import (
+    exotel_env,
+    invoke,
+    ledger_rows,
+    status_json,
+    wait_for,
+    worker_env,
+)
 
 IST = ZoneInfo("Asia/Kolkata")
-
-
-def status(env: dict[str, str]) -> tuple[int, dict[str, Any]]:
-    result = invoke(["status", "--json"], env)
-    return result.exit_code, json.loads(result.stdout)
-
-
-def rows(state: Path, sql: str) -> list[tuple[Any, ...]]:
-    with closing(sqlite3.connect(f"{(state / 'ledger.sqlite3').as_uri()}?mode=ro", uri=True)) as db:
-        return list(db.execute(sql))
-
-
-def worker_env(sim: Simulator, server: SimulatorServer, tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in clean_env().items() if not k.startswith(("AWS_", "NOTIFY_"))}
-    return {
-        **env,
-        **exotel_env(sim, server.base_url, str(tmp_path / "archive"), tmp_path / "state"),
-        "ARCHIVER_POLL_INTERVAL": "1",
-        "ARCHIVER_RECHECK_INTERVAL": "1",
-        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
-    }
 
 
 def start_worker(env: dict[str, str], state: Path) -> subprocess.Popen[bytes]:
@@ -53,8 +37,10 @@ def start_worker(env: dict[str, str], state: Path) -> subprocess.Popen[bytes]:
         stderr=subprocess.DEVNULL,
     )
     try:
-        wait_for(lambda: rows(state, "SELECT command, ended_at FROM runs")[-1] == ("run", None))
-        wait_for(lambda: status(env)[1]["writer_running"] is True)
+        wait_for(
+            lambda: ledger_rows(state, "SELECT command, ended_at FROM runs")[-1] == ("run", None)
+        )
+        wait_for(lambda: status_json(env)[1]["writer_running"] is True)
     except BaseException:
         worker.kill()
         worker.wait(10)
@@ -85,7 +71,7 @@ def test_a_killed_worker_of_a_ledger_from_before_pids_is_still_running_for_ever(
             "VALUES ('run', '2026-11-30T08:00:00.000Z', '{}')"
         )
         db.commit()
-    code, data = status(env)
+    code, data = status_json(env)
     text = invoke(["status"], env).stdout
     assert data["writer_running"] is False
     assert "still running (pid None)" not in text, text
@@ -113,7 +99,7 @@ def test_a_second_run_stopped_while_waiting_hides_the_workers_death(
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_for(lambda: len(rows(state, "SELECT id FROM runs WHERE ended_at IS NULL")) == 2)
+        wait_for(lambda: len(ledger_rows(state, "SELECT id FROM runs WHERE ended_at IS NULL")) == 2)
         time.sleep(1.0)  # it waits for the lock
         second.send_signal(signal.SIGTERM)
         assert second.wait(30) == 0
@@ -122,10 +108,10 @@ def test_a_second_run_stopped_while_waiting_hides_the_workers_death(
         worker.wait(10)
     # The second run did nothing (stopped while it waited for the lock): its row is gone, as a
     # run refused by another writer's lock is, and the killed worker's row is the last.
-    assert rows(state, "SELECT command, ended_at IS NULL, exit_code FROM runs")[-1:] == [
+    assert ledger_rows(state, "SELECT command, ended_at IS NULL, exit_code FROM runs")[-1:] == [
         ("run", 1, None),
     ]
-    code, data = status(env)
+    code, data = status_json(env)
     text = invoke(["status"], env).stdout
     assert data["writer_running"] is False
     assert "ok: nothing needs attention" not in text, text
@@ -148,7 +134,7 @@ def test_a_config_typo_records_its_refused_run_in_another_accounts_ledger(
     env_a["XDG_STATE_HOME"] = str(xdg)
     assert invoke(["archive", sim.add_call().sid], env_a).exit_code == 0
     ledger_a = xdg / "exotel-archiver"
-    assert [c for (c,) in rows(ledger_a, "SELECT command FROM runs")] == ["archive"]
+    assert [c for (c,) in ledger_rows(ledger_a, "SELECT command FROM runs")] == ["archive"]
 
     config_b = tmp_path / "b.toml"
     config_b.write_text(
@@ -158,9 +144,9 @@ def test_a_config_typo_records_its_refused_run_in_another_accounts_ledger(
     env_b = {**env_a, "ARCHIVER_DESTINATION": ""}
     refused = invoke(["--config", str(config_b), "run"], env_b)
     assert refused.exit_code == 2 and "archivr" in refused.output, refused.output
-    recorded = rows(ledger_a, "SELECT command, exit_code, error FROM runs")
+    recorded = ledger_rows(ledger_a, "SELECT command, exit_code, error FROM runs")
     assert recorded == [("archive", 0, None)], recorded
-    code, data = status(env_a)
+    code, data = status_json(env_a)
     assert code == 0, data["advice"]
 
 
@@ -193,7 +179,7 @@ def test_a_killed_workers_pid_taken_by_a_tail_of_its_log_is_still_running(
         time.sleep(0.05)
     assert tail is not None, "could not get the pid reused"
     try:
-        code, data = status(env)
+        code, data = status_json(env)
         text = invoke(["status"], env).stdout
     finally:
         tail.kill()
@@ -227,7 +213,7 @@ def test_an_interrupted_backfill_is_not_said_when_some_call_failed_before(
         stderr=subprocess.DEVNULL,
     )
     try:
-        wait_for(lambda: status(env)[1]["writer_running"] is True, timeout=60)
+        wait_for(lambda: status_json(env)[1]["writer_running"] is True, timeout=60)
         time.sleep(1.0)
         backfill.send_signal(signal.SIGINT)
         assert backfill.wait(30) == 130
@@ -235,8 +221,10 @@ def test_an_interrupted_backfill_is_not_said_when_some_call_failed_before(
         if backfill.poll() is None:
             backfill.kill()
             backfill.wait(10)
-    (last,) = rows(state, "SELECT command, exit_code, error FROM runs ORDER BY id DESC LIMIT 1")
+    (last,) = ledger_rows(
+        state, "SELECT command, exit_code, error FROM runs ORDER BY id DESC LIMIT 1"
+    )
     assert last[:2] == ("backfill", 130), last
-    _, data = status(env)
+    _, data = status_json(env)
     about_runs = [a for a in data["advice"] if "backfill" in a["problem"] or "130" in a["problem"]]
     assert about_runs, (last, [a["problem"] for a in data["advice"]])

@@ -20,37 +20,8 @@ from pathlib import Path
 import pytest
 
 from archiver.simulator import Simulator, SimulatorServer
-from tests.support import clean_env, exotel_env, outcome
+from tests.support import child_env, exotel_env, outcome, run_archiver
 from tests.test_terminal import on_a_terminal, screen
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _env(**extra: str) -> dict[str, str]:
-    """A child ``python -m archiver``'s environment: nothing of the developer's AWS or archiver
-    settings, this worktree importable."""
-    env = {
-        k: v
-        for k, v in clean_env().items()
-        if not k.startswith(("AWS_", "ARCHIVER_", "EXOTEL_", "NOTIFY_", "CREDENTIALS_DIRECTORY"))
-    }
-    env["PYTHONPATH"] = str(ROOT)
-    env["ARCHIVER_CONFIG"] = ""
-    env.update(extra)
-    return env
-
-
-def _archiver(
-    args: list[str], env: dict[str, str], **kwargs: object
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(  # type: ignore[call-overload, no-any-return]
-        [sys.executable, "-m", "archiver", *args],
-        env=env,
-        text=True,
-        timeout=120,
-        **({"capture_output": True} | kwargs),
-    )
-
 
 # --- 3. a local destination that is a loop of symbolic links ----------------------------------
 
@@ -77,8 +48,8 @@ def test_a_local_destination_in_a_symlink_loop_is_a_traceback_and_exit_1(
     destination = loop / "a" if where == "is-a-loop" else loop / "a" / "calls"
     day = "2026-11-01"
     args = [sim.add_call().sid if a == "SID" else day if a == "DAY" else a for a in args]
-    env = _env(**exotel_env(sim, server.base_url, str(destination), tmp_path / "state"))
-    done = _archiver(args, env)
+    env = child_env(**exotel_env(sim, server.base_url, str(destination), tmp_path / "state"))
+    done = run_archiver(args, env)
     assert sim.counters.get("api_requests", 0) == 0  # holds: nothing asked of Exotel
     assert "Traceback" not in done.stderr, done.stderr[-1500:]
     assert done.returncode == 2, f"exit {done.returncode}:\n{done.stderr[-1500:]}"
@@ -100,7 +71,7 @@ def test_with_stderr_closed_the_command_does_nothing_and_exits_1(
     run."""
     sid = sim.add_call().sid
     report = tmp_path / "report.json"
-    env = _env(**exotel_env(sim, server.base_url, str(tmp_path / "dest"), tmp_path / "state"))
+    env = child_env(**exotel_env(sim, server.base_url, str(tmp_path / "dest"), tmp_path / "state"))
     if fmt:
         env["ARCHIVER_LOG_FORMAT"] = fmt
     done = subprocess.run(
@@ -169,12 +140,12 @@ def test_a_signature_in_a_failure_detail_reaches_status_and_the_report(
         f"&Expires=1764614400&Signature={SIGNATURE}%3D"
     )
     report = tmp_path / "report.json"
-    env = _env(
+    env = child_env(
         **exotel_env(sim, server.base_url, str(tmp_path / "dest"), tmp_path / "state"),
         ARCHIVER_ATTEMPTS="1",
         ARCHIVER_ALLOW_PRIVATE_ADDRESSES="on",
     )
-    done = _archiver(["archive", sid, "--report", str(report)], env)
+    done = run_archiver(["archive", sid, "--report", str(report)], env)
     assert done.returncode == 1, done.stderr[-1500:]
     assert "NoSuchKey" in done.stderr  # the failure was about that answer
     assert SIGNATURE not in done.stderr and CREDENTIAL not in done.stderr  # holds: log redacted
@@ -183,7 +154,7 @@ def test_a_signature_in_a_failure_detail_reaches_status_and_the_report(
     if SIGNATURE in report.read_text() or CREDENTIAL in report.read_text():
         leaks["--report"] = report.read_text()
     for args in (["status"], ["status", "--json"]):
-        shown = _archiver(args, env)
+        shown = run_archiver(args, env)
         if SIGNATURE in shown.stdout or CREDENTIAL in shown.stdout:
             leaks[" ".join(args)] = shown.stdout
     assert not leaks, (
@@ -203,7 +174,7 @@ def test_a_call_sid_given_twice_leaves_the_progress_bar_half_full(
     of a finished run ends at ``1/2``, half full, "about 0 s left", as if a call were still to
     come."""
     sid = sim.add_call().sid
-    env = _env(**exotel_env(sim, server.base_url, str(tmp_path / "dest"), tmp_path / "state"))
+    env = child_env(**exotel_env(sim, server.base_url, str(tmp_path / "dest"), tmp_path / "state"))
     args = ["archive", sid, sid, *(["--wait=30s"] if wait else [])]
     code, raw, out = on_a_terminal(args, env)
     assert code == 0, screen(raw)

@@ -5,7 +5,6 @@ Real parts only: the simulator over HTTP, a local destination, ``python -m archi
 
 from __future__ import annotations
 
-import json
 import signal
 import sqlite3
 import subprocess
@@ -13,21 +12,10 @@ import sys
 from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 from archiver.ledger import Ledger, utc_now
 from archiver.simulator import Simulator, SimulatorServer
-from tests.support import clean_env, exotel_env, invoke, wait_for
-
-
-def status(env: dict[str, str]) -> tuple[int, dict[str, Any]]:
-    result = invoke(["status", "--json"], env)
-    return result.exit_code, json.loads(result.stdout)
-
-
-def rows(state: Path, sql: str) -> list[tuple[Any, ...]]:
-    with closing(sqlite3.connect(f"{(state / 'ledger.sqlite3').as_uri()}?mode=ro", uri=True)) as db:
-        return list(db.execute(sql))
+from tests.support import clean_env, exotel_env, invoke, ledger_rows, status_json, wait_for
 
 
 def test_a_running_worker_is_still_running_and_its_run_is_completed_when_it_stops(
@@ -48,8 +36,10 @@ def test_a_running_worker_is_still_running_and_its_run_is_completed_when_it_stop
         stderr=subprocess.DEVNULL,
     )
     try:
-        wait_for(lambda: rows(state, "SELECT command, ended_at FROM runs")[-1] == ("run", None))
-        code, data = status(env)
+        wait_for(
+            lambda: ledger_rows(state, "SELECT command, ended_at FROM runs")[-1] == ("run", None)
+        )
+        code, data = status_json(env)
         text = invoke(["status"], env).stdout
     finally:
         worker.send_signal(signal.SIGTERM)
@@ -58,12 +48,12 @@ def test_a_running_worker_is_still_running_and_its_run_is_completed_when_it_stop
     assert data["last_run"]["command"] == "run" and data["last_run"]["ended_at"] is None
     assert code == 0, data["advice"]
     assert "last run     run, started" in text and "still running" in text
-    code, data = status(env)
+    code, data = status_json(env)
     assert data["writer_running"] is False
     assert data["last_run"]["command"] == "run" and data["last_run"]["exit_code"] == 0
     assert data["last_run"]["ended_at"] is not None
     assert code == 0, data["advice"]
-    assert [c for (c,) in rows(state, "SELECT command FROM runs")] == ["archive", "run"]
+    assert [c for (c,) in ledger_rows(state, "SELECT command FROM runs")] == ["archive", "run"]
 
 
 def test_a_start_refused_its_settings_is_recorded_only_where_a_ledger_is(
@@ -82,7 +72,7 @@ def test_a_start_refused_its_settings_is_recorded_only_where_a_ledger_is(
     # Once a ledger exists (found through the config file's state_dir), the refusal is recorded.
     assert invoke(["archive", sim.add_call().sid], env).exit_code == 0
     assert invoke(["run", "--metrics-listen", "9101"], env).exit_code == 2
-    code, data = status(env)
+    code, data = status_json(env)
     run = data["last_run"]
     assert (run["command"], run["exit_code"]) == ("run", 2)
     assert "--metrics-listen" in run["error"] and "HOST:PORT" in run["error"]
@@ -114,7 +104,9 @@ def test_an_old_ledgers_runs_table_is_rebuilt_to_take_a_run_without_an_end(tmp_p
         assert last.ended_at is None and last.exit_code is None and last.pid == 4242
     finally:
         ledger.close()
-    tables = [t for (t,) in rows(tmp_path, "SELECT name FROM sqlite_master WHERE type='table'")]
+    tables = [
+        t for (t,) in ledger_rows(tmp_path, "SELECT name FROM sqlite_master WHERE type='table'")
+    ]
     assert "runs_before_starts" not in tables
 
 
@@ -126,7 +118,7 @@ def test_stuck_calls_are_named_five_then_how_many_more(
     stuck = [sim.add_call(state="active", created=old + timedelta(minutes=n)).sid for n in range(7)]
     young = sim.add_call(state="active").sid
     assert invoke(["archive", *stuck, young], env).exit_code == 0
-    code, data = status(env)
+    code, data = status_json(env)
     assert code == 1
     (line,) = [a for a in data["advice"] if "daemon.stuck_after" in a["problem"]]
     assert line["level"] == "attention"
@@ -147,10 +139,10 @@ def test_a_failed_call_of_unknown_age_needs_attention(
     assert invoke(["archive", sim.add_call().sid], env).exit_code == 0
     missing = "0123456789abcdef0123456789abcdef"
     assert invoke(["archive", missing], env).exit_code == 1
-    assert rows(state, f"SELECT outcome, created_time FROM calls WHERE call_sid = '{missing}'") == [
-        ("failed", None)
-    ]
-    code, data = status(env)
+    assert ledger_rows(
+        state, f"SELECT outcome, created_time FROM calls WHERE call_sid = '{missing}'"
+    ) == [("failed", None)]
+    code, data = status_json(env)
     assert code == 1 and data["unknown_age"] == 1 and data["oldest_unarchived"] is None
     (line,) = [a for a in data["advice"] if "unknown age" in a["problem"]]
     assert line["level"] == "attention" and missing in line["problem"]
@@ -177,13 +169,13 @@ def test_a_run_before_it_takes_the_writer_lock_is_running_until_its_process_is_g
             ledger.start_run("backfill", started, listing.pid)
         finally:
             ledger.close()
-        code, data = status(env)
+        code, data = status_json(env)
         assert (data["last_run_state"], data["writer_running"], code) == ("running", False, 0)
         assert "still running" in invoke(["status"], env).stdout
     finally:
         listing.kill()
         listing.wait(10)
-    code, data = status(env)
+    code, data = status_json(env)
     assert (data["last_run_state"], code) == ("stopped", 1)
     (line,) = [a for a in data["advice"] if "stopped without finishing" in a["problem"]]
     assert line["problem"].startswith(f"the last `backfill` (started {started})")
