@@ -15,7 +15,7 @@ import re
 import stat
 import struct
 import zlib
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -75,6 +75,12 @@ class _Page(HTMLParser):
         self.text.append(data)
         if self._open:
             self._text[len(self._open)].append(data)
+
+
+def yesterday_noon() -> datetime:
+    """Noon yesterday in the account's zone: older than listing_settle at any hour, and never in
+    the last second of a day (now minus a day was, a moment before midnight)."""
+    return datetime.combine(datetime.now(IST).date() - timedelta(days=1), time(12), IST)
 
 
 def parse(html: str) -> _Page:
@@ -211,7 +217,7 @@ async def test_the_page_shows_what_the_json_report_says_in_a_real_browser(
 async def test_a_hostile_field_from_exotel_is_shown_as_text_not_run(
     sim: Simulator, server: SimulatorServer, chromium: Chromium, tmp_path: Path
 ) -> None:
-    call = sim.add_call(created=datetime.now(IST) - timedelta(days=1))
+    call = sim.add_call(created=yesterday_noon())
     sim.faults.bulk_item_patches[call.sid] = {"Status": HOSTILE}
     env = exotel_env(sim, server.base_url, str(tmp_path / "out"), tmp_path / "state")
     page, day = tmp_path / "page.html", call.created.astimezone(IST).date()
@@ -318,7 +324,7 @@ async def test_a_broken_chain_is_said_on_the_page_and_fails_the_run(
     sim: Simulator, server: SimulatorServer, tmp_path: Path
 ) -> None:
     """Every call archived, but a segment altered in the destination: not a record to trust."""
-    call = sim.add_call(created=datetime.now(IST) - timedelta(days=1))
+    call = sim.add_call(created=yesterday_noon())
     env = exotel_env(sim, server.base_url, str(tmp_path / "out"), tmp_path / "state")
     await archive_calls(load_settings(env=env), [call.sid])
     segment = tmp_path / "out" / "_manifest" / "segments" / "00000001.jsonl"

@@ -177,7 +177,9 @@ def test_each_flag_a_command_shows_is_read_by_it(
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    yesterday = (datetime.now(IST) - timedelta(days=1)).date()
+    # Two days back: the calls are older than listing_settle at any hour, so reconcile finds
+    # the range complete (yesterday's last calls are still "recording pending" after midnight).
+    yesterday = (datetime.now(IST) - timedelta(days=2)).date()
     sim.populate(4, day=yesterday)
     sids = [sim.add_call().sid, sim.add_call(state="active").sid]
     sim.faults.expired_rate = 0.3  # so that URL refreshes are asked for

@@ -243,3 +243,17 @@ async def test_per_call_hostile_hooks(sim: Simulator, server: SimulatorServer) -
         _, _, body = await get(v3(server, f"/calls/active?limit=1&offset={offset}"))
         firsts.add(json.loads(body)["response"]["active_calls"][0]["call_sid"])
     assert len(firsts) == 1
+
+
+async def test_the_v1_listing_compares_whole_seconds_as_exotels_date_created_has(
+    sim: Simulator, server: SimulatorServer
+) -> None:
+    """A call created at 23:59:59.6 is in its day: the listing's ``lte`` is 23:59:59, and
+    Exotel's DateCreated has no fractions of a second (a test that made a call "a day ago" a
+    moment before midnight found the day empty)."""
+    day = (datetime.now(IST) - timedelta(days=2)).date()
+    late = datetime(day.year, day.month, day.day, 23, 59, 59, 600_000, tzinfo=IST)
+    call = sim.add_call(created=late)
+    query = f"DateCreated=gte:{day} 00:00:00;lte:{day} 23:59:59&PageSize=100"
+    _, _, body = await get(f"{server.base_url}/v1/Accounts/simaccount/Calls.json?{query}")
+    assert [c["Sid"] for c in json.loads(body)["Calls"]] == [call.sid]

@@ -10,7 +10,7 @@ import sqlite3
 import subprocess
 import sys
 from contextlib import closing
-from datetime import datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +98,9 @@ def test_status_after_a_backfill_into_s3_shows_what_the_ledger_holds_and_what_to
     assert data["manifest"]["unsealed"] == 0
     oldest = data["oldest_unarchived"]
     assert oldest["call_sid"] in bad
-    assert 24.5 < oldest["age_days"] < 26
+    # Created at noon (account time) 25 days before today there: 24.5 to 25.5 days old by now.
+    expected = (datetime.now(UTC) - noon).total_seconds() / 86400
+    assert abs(oldest["age_days"] - expected) < 0.05 and 24.4 < expected < 25.6
     assert data["source_retention_days"] == 30
     assert abs(oldest["days_left"] - (30 - oldest["age_days"])) < 0.01
     attention = [a for a in data["advice"] if a["level"] == "attention"]

@@ -39,6 +39,8 @@ def test_a_running_worker_is_still_running_and_its_run_is_completed_when_it_stop
         wait_for(
             lambda: ledger_rows(state, "SELECT command, ended_at FROM runs")[-1] == ("run", None)
         )
+        # Its row is written as it starts, a moment before it takes the writer lock.
+        wait_for(lambda: status_json(env)[1]["writer_running"] is True)
         code, data = status_json(env)
         text = invoke(["status"], env).stdout
     finally:

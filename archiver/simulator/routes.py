@@ -212,7 +212,9 @@ def add_routes(app: web.Application, sim: Simulator) -> None:
                 c
                 for c in list(sim.calls.values())
                 if not c.in_progress(now)  # over: listed even while still processing
-                and gte <= c.created <= lte
+                # By whole seconds, as Exotel's DateCreated has them: a call at 23:59:59.6 is
+                # in the day whose lte is 23:59:59.
+                and gte <= c.created.replace(microsecond=0) <= lte
                 and (wanted is None or c.sid in wanted)
             ),
             key=lambda c: (c.created, c.sid),
