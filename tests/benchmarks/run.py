@@ -1,10 +1,12 @@
-"""The benchmark: seven figures of exotel-archiver, each against a baseline measured in one run.
+"""The benchmark: the figures of exotel-archiver, each against a baseline measured in one run.
 
-    python -m tests.benchmarks.run                  # all seven figures (about 45 minutes)
+    python -m tests.benchmarks.run                  # every figure (about an hour)
     python -m tests.benchmarks.run --quick          # the same, ten times smaller (a few minutes)
     python -m tests.benchmarks.run --only 1,3       # some figures
+    python -m tests.benchmarks.run --only 17        # issue 17's rows: 1B, 6B, 2B, 2P (issue17.py)
     python -m tests.benchmarks.run --json out.json  # where the JSON result goes
     python -m tests.benchmarks.run --latency 0.2    # figure 1L's simulated source latency
+    python -m tests.benchmarks.run --only 1B --bare-latency 0.05 --repeat 3
 
 It starts its own SeaweedFS (``weed mini`` on loopback) and the built-in Exotel simulator, runs
 ``exotel-archiver backfill`` as a separate process (as a user would; its peak RSS is read by the
@@ -27,6 +29,7 @@ from datetime import datetime
 from pathlib import Path
 
 from archiver.simulator import SimulatorServer
+from tests.benchmarks import issue17
 from tests.benchmarks.harness import (
     Bench,
     MiB,
@@ -406,7 +409,11 @@ def figure_7(bench: Bench) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="ten times smaller")
-    parser.add_argument("--only", default="1,2,3,4,5,6,7", help="figures to run, e.g. 1,3")
+    parser.add_argument(
+        "--only",
+        default="1,2,3,4,5,6,7,17",
+        help="figures to run, e.g. 1,3; 17 is issue 17's 1B,6B,2B,2P",
+    )
     parser.add_argument(
         "--scale-sizes", default="1000,10000,100000", help="call counts of figure 5"
     )
@@ -416,9 +423,20 @@ def main() -> None:
         default=0.1,
         help="seconds every source response waits in figure 1's second half (1L); 0 skips it",
     )
+    parser.add_argument(
+        "--bare-latency",
+        type=float,
+        default=0.05,
+        help="seconds every source response waits in 1B's first half and in 6B",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="1B: runs of each side (the median is shown)"
+    )
     parser.add_argument("--json", type=Path, default=Path("benchmark-result.json"))
     args = parser.parse_args()
-    selected = set(args.only.split(","))
+    selected = {name.strip().upper() for name in args.only.split(",")}
+    if "17" in selected:
+        selected |= set(issue17.FIGURES)
     work = Path(tempfile.mkdtemp(prefix="exotel-bench-"))
     weed = SeaweedFS(work / "weed")
     weed.start()
@@ -454,6 +472,7 @@ def main() -> None:
                 ),
             ),
             ("7", lambda: figure_7(bench)),
+            *issue17.steps(bench, args.bare_latency, args.repeat),
         ]
         for name, step in steps:
             wanted = name in selected or (name == "1" and "6" in selected)
@@ -463,13 +482,14 @@ def main() -> None:
     finally:
         weed.stop()
         shutil.rmtree(work, ignore_errors=True)
-    print(f"\n{'figure':<7}{'measure':<58}{'value':>14}  {'ratio':>7}  target")
+    print(f"\n{'fig':<4}{'measure':<72}{'value':>16}  {'ratio':>6}  target, baseline")
     for r in bench.rows:
         ratio = f"{r.ratio:.2f}" if r.ratio is not None else ""
-        verdict = "" if r.met is None else (" met" if r.met else " MISSED")
+        verdict = "" if r.met is None else (" MET" if r.met else " MISSED")
+        against = f"  vs {r.baseline}" if r.baseline else ""
         print(
-            f"{r.figure:<7}{r.measure:<58}{r.value:>10,.2f} {r.unit:<4}{ratio:>7}  "
-            f"{r.target}{verdict}"
+            f"{r.figure:<4}{r.measure:<72}{r.value:>10,.2f} {r.unit:<5}{ratio:>6}  "
+            f"{r.target}{verdict}{against}"
         )
     print(f"\nJSON: {args.json}")
 
