@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import functools
 import json
 import os
 import sys
@@ -53,9 +54,8 @@ async def archive(sids: list[str], bucket: str, prefix: str, concurrency: int) -
                     answer.raise_for_status()
                     body = await answer.read()
                 key = f"{prefix}/{sid}/{n}.mp3"
-                await loop.run_in_executor(
-                    pool, lambda k=key, b=body: s3.put_object(Bucket=bucket, Key=k, Body=b)
-                )
+                put = functools.partial(s3.put_object, Bucket=bucket, Key=key, Body=body)
+                await loop.run_in_executor(pool, put)
                 stored[0] += 1
                 stored[1] += len(body)
 

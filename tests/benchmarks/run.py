@@ -392,12 +392,12 @@ def figure_7(bench: Bench) -> None:
                     note=f"{seconds:.0f} s, rc {rc}, report {report.stat().st_size // 1024} KiB",
                 )
             )
-    for job in ("audit", "purge", "plan"):
-        ratio = peaks[large][job] / peaks[small][job]
+    for name in ("audit", "purge", "plan"):
+        ratio = peaks[large][name] / peaks[small][name]
         bench.add(
             Row(
                 "7",
-                f"retention {job}: peak RSS {large:,} / {small:,} objects",
+                f"retention {name}: peak RSS {large:,} / {small:,} objects",
                 ratio,
                 "x",
                 target="<= 1.2",
