@@ -28,6 +28,7 @@ concerns every call and stops it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 import sqlite3
@@ -84,6 +85,9 @@ log = logging.getLogger("archiver.archive")
 INTERNAL_ERROR = "internal_error"
 """The reason of a call failed by an exception outside the error tree (a bug)."""
 
+
+Known = dict[tuple[str, int], ObjectRecord]
+"""A call's objects in the ledger by (kind, index), read once per call."""
 
 REJECT_STREAK = 5
 """Calls refused by the store with the same code, in a row with no recording stored in between,
@@ -148,12 +152,12 @@ class Archiver:
             if not known_failed:  # a run again goes past the calls that stopped the last one
                 self._rejected(call_sid, exc)  # the same refusal for every call: see there
             log.error("call %s failed: %s", call_sid, exc)
-            return self._failed(
+            return await self._failed(
                 call_sid, str(exc), error_reason(exc), retryable=exc.retryable, created=created
             )
         except ArchiverError as exc:
             log.error("call %s failed: %s", call_sid, exc)
-            return self._failed(
+            return await self._failed(
                 call_sid, str(exc), error_reason(exc), retryable=exc.retryable, created=created
             )
         except (OSError, sqlite3.Error, MemoryError):
@@ -165,7 +169,9 @@ class Archiver:
                 "archiver: please report it with the log line above"
             )
             log.error("call %s failed on an unexpected error", call_sid, exc_info=True)
-            return self._failed(call_sid, detail, INTERNAL_ERROR, retryable=False, created=created)
+            return await self._failed(
+                call_sid, detail, INTERNAL_ERROR, retryable=False, created=created
+            )
 
     def _rejected(self, sid: str, exc: StorageRejected) -> None:
         """Count a refusal of one call's object. ``REJECT_STREAK`` distinct calls refused in a
@@ -191,7 +197,13 @@ class Archiver:
             raise StoreRefusesAll(message + "; stopped before downloading more") from exc
         log.warning("%s", message)
 
-    def _failed(
+    async def _set_call(self, sid: str, outcome: str, **fields: str | int | None) -> None:
+        """``Ledger.set_call`` on the ledger's writer thread, in its next group commit."""
+        await self.recorder.writes.run(
+            functools.partial(self.ledger.set_call, sid, outcome, **fields)  # type: ignore[arg-type]
+        )
+
+    async def _failed(
         self, sid: str, detail: str, reason: str, *, retryable: bool, created: str | None = None
     ) -> CallResult:
         """Record ``sid`` as failed (never archived) and say why; ``created``, the call's
@@ -199,7 +211,7 @@ class Archiver:
         it is: ``status``) in the ledger. ``detail`` is redacted here, once, for every place it
         goes (the ledger, ``status``, ``--report``): an error may quote a signed URL."""
         detail = redact_text(detail, self.settings.secrets)
-        self.ledger.set_call(sid, FAILED, created_time=created, detail=detail, reason=reason)
+        await self._set_call(sid, FAILED, created_time=created, detail=detail, reason=reason)
         return CallResult(
             sid,
             FAILED,
@@ -215,13 +227,13 @@ class Archiver:
         """Archive a call from its details; ``fetched_at`` dates the URLs in them."""
         sid, created = details.sid, details.created_time.isoformat()
         if not details.is_terminal:
-            self.ledger.set_call(
+            await self._set_call(
                 sid, NOT_READY, created_time=created, detail="call is still active"
             )
             log.info("call %s is still active: not ready, try again later", sid)
             return CallResult(sid, NOT_READY, detail="call is still active (state 'active')")
         if not details.recordings:
-            self.ledger.set_call(sid, NO_RECORDING, created_time=created, recordings=0)
+            await self._set_call(sid, NO_RECORDING, created_time=created, recordings=0)
             return CallResult(
                 sid,
                 NO_RECORDING,
@@ -229,8 +241,10 @@ class Archiver:
                 ended=details.end_time,
             )
         result = CallResult(sid, ARCHIVED)
+        # The call's objects the ledger has already, read once (not once per object).
+        known = {(r.kind, r.idx): r for r in self.ledger.objects_of(sid)}
         for recording in details.recordings:
-            record = self.ledger.object_for(sid, "recording", recording.index)
+            record = known.get(("recording", recording.index))
             if record is None:
                 record = await self._archive_file(
                     details,
@@ -243,14 +257,18 @@ class Archiver:
                 )
                 result.stored += 1
             result.objects.append(record)
-        await self._snapshot(result, details, "call_details", CALL_JSON, self._source(sid), raw)
+        await self._snapshot(
+            result, details, "call_details", CALL_JSON, self._source(sid), raw, known
+        )
         if self.settings.legs:
-            await self._archive_legs(result, details)
-        if self.settings.voice_logs != "off" and not await self._archive_voice_log(result, details):
-            self.ledger.set_call(sid, NOT_READY, created_time=created, detail=result.detail)
+            await self._archive_legs(result, details, known)
+        if self.settings.voice_logs != "off" and not await self._archive_voice_log(
+            result, details, known
+        ):
+            await self._set_call(sid, NOT_READY, created_time=created, detail=result.detail)
             result.outcome = NOT_READY
             return result
-        self.ledger.set_call(
+        await self._set_call(
             sid,
             ARCHIVED,
             created_time=created,
@@ -287,13 +305,14 @@ class Archiver:
         name: str,
         source: str,
         data: bytes | None,
+        known: Known,
     ) -> None:
         """Store a JSON response once per call (skipped if the ledger has it already).
 
         The response is stored as received, except that the pre-signed URLs in it lose their
         query string: the signatures are secrets until they expire (``redact.strip_signed_urls``).
         """
-        record = self.ledger.object_for(details.sid, kind, 0)
+        record = known.get((kind, 0))
         if record is None and data is not None:
             key = f"{self._folder(details)}/{name}"
             record = await self.recorder.store_bytes(
@@ -303,8 +322,8 @@ class Archiver:
         if record is not None:
             result.objects.append(record)
 
-    async def _archive_legs(self, result: CallResult, details: CallDetails) -> None:
-        if self.ledger.object_for(details.sid, "legs", 0) is None:
+    async def _archive_legs(self, result: CallResult, details: CallDetails, known: Known) -> None:
+        if known.get(("legs", 0)) is None:
             try:
                 data: bytes | None = await self.exotel.legs(details.sid)
             except ExotelNotFound as exc:
@@ -313,15 +332,17 @@ class Archiver:
         else:
             data = None
         await self._snapshot(
-            result, details, "legs", LEGS_JSON, self._source(details.sid, "/legs"), data
+            result, details, "legs", LEGS_JSON, self._source(details.sid, "/legs"), data, known
         )
 
-    async def _archive_voice_log(self, result: CallResult, details: CallDetails) -> bool:
+    async def _archive_voice_log(
+        self, result: CallResult, details: CallDetails, known: Known
+    ) -> bool:
         """The voice log (JSON, and the file if asked); False if it is still processing."""
         sid = details.sid
         want_audio = self.settings.voice_logs == "audio"
-        have_json = self.ledger.object_for(sid, "voice_log", 0)
-        have_audio = self.ledger.object_for(sid, "voice_log_audio", 0)
+        have_json = known.get(("voice_log", 0))
+        have_audio = known.get(("voice_log_audio", 0))
         if have_json and (have_audio or not want_audio):
             result.objects += [r for r in (have_json, have_audio) if r is not None]
             return True
@@ -336,7 +357,7 @@ class Archiver:
             result.note("voice log still processing at Exotel: run again later")
             return False
         source = self._source(sid, "/voice-logs")
-        await self._snapshot(result, details, "voice_log", VOICE_LOG_JSON, source, raw)
+        await self._snapshot(result, details, "voice_log", VOICE_LOG_JSON, source, raw, known)
         if not want_audio:
             return True
         if have_audio is not None:
@@ -562,6 +583,7 @@ async def _archive_all(
         except BaseExceptionGroup as group_error:
             raise _first_error(group_error) from None
         finally:
+            worker.recorder.writes.close()  # writes of calls cut off end before the ledger closes
             report.api_requests = exotel.requests
             report.url_refreshes = worker.url_refreshes
         report.results = [r for r in results if r is not None]

@@ -438,6 +438,21 @@ class Ledger:
     def _transaction(self) -> _Tx:
         return _Tx(self._db)
 
+    def transaction(self) -> _Tx:
+        """One transaction for several writes (``archiver.group_commit``): each write method
+        called inside it is a savepoint, and the block commits them all at once."""
+        return _Tx(self._db)
+
+    @property
+    def in_transaction(self) -> bool:
+        """Whether a ``transaction()`` is still open (SQLite ends one itself on some errors)."""
+        return self._db.in_transaction
+
+    @property
+    def commits(self) -> int:
+        """Transactions this ledger has committed since it was opened."""
+        return self._db.commits
+
     # --- calls ---------------------------------------------------------------------------------
 
     def call_outcome(self, call_sid: str) -> str | None:
@@ -941,6 +956,14 @@ class _Serialized:
     def __init__(self, connection: sqlite3.Connection) -> None:
         self._connection = connection
         self.lock = threading.RLock()
+        self.depth = 0
+        """Transactions open (``_Tx``, with the lock held): past the first, savepoints."""
+        self.commits = 0
+        """Transactions committed on this connection."""
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._connection.in_transaction
 
     def execute(self, sql: str, args: tuple[object, ...] | list[object] = ()) -> _Result:
         with self.lock:
@@ -957,7 +980,9 @@ class _Serialized:
 
 class _Tx:
     """``with`` block = one IMMEDIATE transaction, committed on success, rolled back on error;
-    the connection is held for the whole of it."""
+    the connection is held for the whole of it. Inside another one (the group commit's batch,
+    ``archiver.group_commit``) it is a savepoint: rolled back alone on error, committed with
+    the batch."""
 
     def __init__(self, db: _Serialized) -> None:
         self._db = db
@@ -965,13 +990,29 @@ class _Tx:
     def __enter__(self) -> None:
         self._db.lock.acquire()
         try:
-            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("BEGIN IMMEDIATE" if self._db.depth == 0 else "SAVEPOINT nested")
+            self._db.depth += 1
         except BaseException:
             self._db.lock.release()
             raise
 
     def __exit__(self, et: object, e: object, tb: object) -> None:
         try:
-            self._db.execute("COMMIT" if et is None else "ROLLBACK")
+            self._db.depth -= 1
+            if self._db.depth:
+                if not self._db.in_transaction:
+                    return  # SQLite rolled the whole transaction back (a full disk): raise it
+                if et is not None:
+                    self._db.execute("ROLLBACK TO nested")
+                self._db.execute("RELEASE nested")
+                return
+            try:
+                self._db.execute("COMMIT" if et is None else "ROLLBACK")
+            except BaseException:
+                if self._db.in_transaction:  # a COMMIT that failed (a full disk) may leave it
+                    self._db.execute("ROLLBACK")
+                raise
+            if et is None:
+                self._db.commits += 1
         finally:
             self._db.lock.release()

@@ -217,6 +217,26 @@ class ManifestWriter:
             self._last_seq = int(json.loads(lines[-1])["seq"])
             written += len(lines)
 
+    def append(self, entries: list[Entry], ledger: Ledger) -> int:
+        """Append the lines of ``entries``, just committed (a group commit's batch), in order;
+        returns how many lines were written. When they follow the file's last line without a
+        gap they are written as they are, without reading them back; otherwise (another process
+        added entries in between: a retention job's events) it is ``sync``."""
+        seqs = [e.seq for e in entries]
+        if seqs != list(range(self._last_seq + 1, self._last_seq + 1 + len(entries))):
+            return self.sync(ledger)
+        data = "".join(
+            json.dumps(entry(r), separators=(",", ":"), ensure_ascii=True) + "\n" for r in entries
+        ).encode()
+        make_dirs(self.path.parent)
+        new = not self.path.exists()
+        with open(self.path, "ab", opener=private_opener) as fh:  # a new file is 0600
+            fh.write(data)
+        if new:
+            fsync_dir(self.path.parent)
+        self._last_seq += len(entries)
+        return len(entries)
+
     def fsync(self) -> None:
         """Force the appended lines to disk (done when segments are sealed, and at the end)."""
         if self.path.exists():

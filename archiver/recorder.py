@@ -44,7 +44,8 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from archiver.errors import StorageConflict, StoragePermanent, StorageRejected
 from archiver.exotel.models import CallDetails
-from archiver.ledger import Ledger, ObjectRecord, utc_now
+from archiver.group_commit import GroupCommit
+from archiver.ledger import Entry, Ledger, ObjectRecord, utc_now
 from archiver.manifest import ManifestWriter
 from archiver.segments import seal
 from archiver.sinks import Lock, PutResult, Sink
@@ -75,6 +76,8 @@ class Recorder:
         self.policy = policy
         self._sealing = asyncio.Lock()
         self._recording = threading.Lock()
+        self.writes = GroupCommit(ledger, after_commit=self._append)
+        """The ledger's writer thread: every write of a run goes through it (group commits)."""
         self.stored = 0
         """Recordings and voice logs (not JSON snapshots) recorded by this process so far."""
 
@@ -137,20 +140,24 @@ class Recorder:
             retain_until=retain_until,
             lock_mode=lock_mode,
         )
-        # The commit (with its fsync) runs off the event loop, so other calls' transfers go on.
-        record = await asyncio.to_thread(self._record, row)
+        record = await self._record(row)
         if self.ledger.unsealed_count() >= self.segment_size:
             await self.seal()
         return record
 
-    def _record(self, row: ObjectRecord) -> ObjectRecord:
-        """Commit the ledger row and append the manifest line, one object at a time."""
+    async def _record(self, row: ObjectRecord) -> ObjectRecord:
+        """Commit the ledger row and append the manifest line: on the writer thread, in one
+        transaction with the rows of other calls that arrived meanwhile (``writes``). Returns
+        once both are done; the event loop goes on with other calls' transfers meanwhile."""
+        return await self.writes.run(lambda: self.ledger.add_object(row))
+
+    def _append(self, entries: list[Entry]) -> None:
+        """After each commit of ``writes``, on its thread: the manifest lines of the batch."""
         with self._recording:
-            record = self.ledger.add_object(row)
-            self.manifest.sync(self.ledger)
-            if row.kind not in SNAPSHOT_KINDS:
-                self.stored += 1
-            return record
+            self.manifest.append(entries, self.ledger)
+            self.stored += sum(
+                1 for e in entries if isinstance(e, ObjectRecord) and e.kind not in SNAPSHOT_KINDS
+            )
 
     async def seal(self) -> int:
         """Seal every waiting manifest entry into segments now; returns how many were sealed.
