@@ -79,6 +79,9 @@ def strip_signed_urls(body: bytes) -> bytes:
     """
 
     def replace(match: re.Match[bytes]) -> bytes:
+        literal = match.group(0)
+        if b"?" not in literal and b"@" not in literal and b"\\" not in literal:
+            return literal  # no query, no user-info, no escape that could hide one: not signed
         try:
             value = json.loads(match.group(0))
         except ValueError:

@@ -261,6 +261,17 @@ def test_snapshot_stripping_keeps_every_other_byte() -> None:
     assert json.loads(out)["response"]["call_details"]["page"] == "https://api.example/v3?page=2"
 
 
+def test_snapshot_stripping_sees_a_signed_url_hidden_behind_json_escapes() -> None:
+    """A string with no literal '?' or '@' can still be a signed URL once its escapes are read."""
+    hidden = "https://s3.example/rec/a.mp3\\u003fX-Amz-Signature=feedface"
+    userinfo = "https://user:pass\\u0040s3.example/rec/b.mp3"
+    body = f'{{"recordings": [{{"url": "{hidden}"}}, {{"url": "{userinfo}"}}]}}'.encode()
+    out = strip_signed_urls(body)
+    assert b"feedface" not in out and b"pass" not in out
+    urls = [r["url"] for r in json.loads(out)["recordings"]]
+    assert urls == ["https://s3.example/rec/a.mp3", "https://s3.example/rec/b.mp3"]
+
+
 # --- the AWS session token: SeaweedFS refuses an unknown one, so test it at the logging layer ---
 
 
