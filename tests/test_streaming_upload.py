@@ -94,7 +94,8 @@ def _parts(proxy: FaultyS3Proxy) -> list[tuple[str, str, float, float]]:
 
 
 def _count(proxy: FaultyS3Proxy, method: str, query: str) -> int:
-    return sum(1 for m, p in proxy.log if m == method and query in p)
+    """Requests ``method`` with ``query`` for a recording's key (not preflight's probe)."""
+    return sum(1 for m, p in proxy.log if m == method and query in p and "/recording-" in p)
 
 
 def _overlapping(spans: list[tuple[str, str, float, float]]) -> bool:
