@@ -7,8 +7,9 @@ come from the standard AWS chain.
 
 Uploads send ``x-amz-checksum-sha256`` (the store refuses bytes that do not match) and
 ``If-None-Match: *`` (the store refuses to replace an existing object), and store the hex SHA-256
-as ``x-amz-meta-sha256`` too, for people and tools: it is never taken as proof of anything, since
-whoever writes an object writes its metadata. What counts as proof is a checksum the store
+as ``x-amz-meta-sha256`` too, for people and tools (not on a streamed upload, ``begin``: it
+begins before the SHA-256 is known): it is never taken as proof of anything, since whoever
+writes an object writes its metadata. What counts as proof is a checksum the store
 computed, or the object read back and hashed:
 
 * after a PUT, the store's answer when it echoes the SHA-256 it verified (AWS S3 and SeaweedFS
