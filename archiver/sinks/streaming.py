@@ -171,6 +171,8 @@ class PartStream:
         self.concurrency = max(1, concurrency)
         self.buffer = bytearray()
         self.in_flight: set[asyncio.Task[None]] = set()
+        self.calls: set[asyncio.Future[dict[str, Any]]] = set()
+        """The requests in the pool now (each part's current attempt)."""
         self.parts: dict[int, dict[str, Any]] = {}
         self.digests: dict[int, bytes] = {}
         self.sent = 0
@@ -220,10 +222,9 @@ class PartStream:
     def _reap(self, done: set[asyncio.Task[None]]) -> None:
         """Forget finished parts; raise the first one's error."""
         self.in_flight -= done
-        for task in done:
-            error = task.exception()
-            if error is not None:
-                raise error
+        errors = [e for e in (task.exception() for task in done) if e is not None]
+        if errors:
+            raise errors[0]
 
     async def _part(self, number: int, data: bytes) -> None:
         sink, what = self.sink, f"upload part {number} of {self.full}"
@@ -247,7 +248,12 @@ class PartStream:
 
         async for attempt in retrying(sink.part_retry, what=what):
             with attempt:
-                answer = await sink.call(what, send)
+                # Shielded: a part cancelled by ``abort`` is waited for before the upload is
+                # aborted, so no part can land after the abort.
+                call = asyncio.ensure_future(sink.call(what, send))
+                self.calls.add(call)
+                call.add_done_callback(self.calls.discard)
+                answer = await asyncio.shield(call)
         self.parts[number] = {
             "PartNumber": number,
             "ETag": answer["ETag"],
@@ -297,7 +303,6 @@ class PartStream:
         self.aborted = True
         for task in self.in_flight:
             task.cancel()
-        if self.in_flight:
-            await asyncio.gather(*self.in_flight, return_exceptions=True)
+        await asyncio.gather(*self.in_flight, *self.calls, return_exceptions=True)
         self.in_flight.clear()
         await multipart._abort(self.sink, self.full, self.upload_id)
