@@ -62,6 +62,7 @@ from botocore.exceptions import (
     ConnectionClosedError,
     ConnectTimeoutError,
     EndpointConnectionError,
+    HTTPClientError,
     NoCredentialsError,
     ReadTimeoutError,
     SSLError,
@@ -157,6 +158,12 @@ def _s3_config(addressing_style: str | None, checksum: str) -> dict[str, Any] | 
     if checksum == "sha256":
         config["payload_signing_enabled"] = False
     return config or None
+
+
+def _recursion(exc: Exception) -> bool:
+    """botocore's region redirect looping on a 301 that names no region, caught (depending on
+    how deep the stack was when it overflowed) inside the HTTP layer: ``HTTPClientError``."""
+    return isinstance(exc, HTTPClientError) and isinstance(exc.kwargs.get("error"), RecursionError)
 
 
 def _read_all(body: BinaryIO) -> bytes:
@@ -294,7 +301,10 @@ class S3Sink:
         try:
             return await loop.run_in_executor(self.pool, lambda: fn(**kwargs))
         except (ClientError, BotoCoreError) as exc:
-            raise self._classify(exc, what) from None
+            if not _recursion(exc):
+                raise self._classify(exc, what) from None
+            hint = _PERMANENT_CODES["301"].format(bucket=self.bucket, endpoint=self.endpoint)
+            raise StoragePermanent(f"{what}: {hint}") from None
         except RecursionError:  # botocore's region redirect loops on a 301 that names no region
             hint = _PERMANENT_CODES["301"].format(bucket=self.bucket, endpoint=self.endpoint)
             raise StoragePermanent(f"{what}: {hint}") from None
