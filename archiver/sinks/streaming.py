@@ -41,7 +41,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import io
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -240,7 +239,7 @@ class PartStream:
                 Key=self.full,
                 UploadId=self.upload_id,
                 PartNumber=number,
-                Body=io.BytesIO(data),
+                Body=data,  # bytes: one sendall, not http.client's 8 KiB reads of a file
                 ContentLength=len(data),
                 ChecksumSHA256=checksum[0],
             )
