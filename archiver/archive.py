@@ -78,7 +78,7 @@ from archiver.report import (
 from archiver.retry import retrying
 from archiver.segments import seal
 from archiver.sinks import Sink, open_sink
-from archiver.transfer import Downloaded, Partial, download, recording_session
+from archiver.transfer import Downloaded, Partial, download, recording_session, sniff_format
 from archiver.waiting import Waiter
 
 log = logging.getLogger("archiver.archive")
@@ -407,24 +407,41 @@ class Archiver:
         *,
         stem: str,
     ) -> ObjectRecord:
-        """Download an audio file into a spool file and store it under ``{stem}.{format}``."""
+        """Download an audio file into a spool file and store it under ``{stem}.{format}``.
+
+        A large one streams: once its first bytes say its format (so its key), its parts go
+        to the store while it downloads (``archiver.sinks.streaming``); the spool stays the
+        rewindable input should that upload fail. It is recorded only once stored.
+        """
         what = f"{stem} of call {details.sid}"
+        folder = self._folder(details)
+
+        def key_for(head: bytes) -> str | None:
+            fmt = sniff_format(head)
+            return None if fmt is None else f"{folder}/{stem}.{fmt}"
+
+        tap = self.recorder.tap(details, key_for)
         with tempfile.TemporaryFile(dir=self.spool_dir, prefix="spool-") as spool:
-            got, url = await self._fetch(
-                details, idx, url, fetched_at, Partial(spool), refresh, what=what
-            )
-            record = await self.recorder.store(
-                details,
-                kind=kind,
-                idx=idx,
-                key=f"{self._folder(details)}/{stem}.{got.format}",
-                body=spool,
-                size=got.size,
-                sha256=got.sha256,
-                content_type=got.content_type,
-                fmt=got.format,
-                source=strip_url(url),
-            )
+            try:
+                got, url = await self._fetch(
+                    details, idx, url, fetched_at, Partial(spool, tap=tap), refresh, what=what
+                )
+                record = await self.recorder.store(
+                    details,
+                    kind=kind,
+                    idx=idx,
+                    key=f"{folder}/{stem}.{got.format}",
+                    body=spool,
+                    size=got.size,
+                    sha256=got.sha256,
+                    content_type=got.content_type,
+                    fmt=got.format,
+                    source=strip_url(url),
+                    upload=tap,
+                )
+            finally:
+                if tap is not None:  # an upload not completed (any failure) is aborted
+                    await tap.close()
         log.info(
             "%s stored at %s (%d bytes, sha256 %s)",
             what,
@@ -617,4 +634,6 @@ def sink_for(settings: Settings) -> Sink:
         conditional_writes=settings.s3_conditional_writes,
         checksum=settings.s3_checksum,
         part_size=settings.part_size,
+        part_concurrency=settings.part_concurrency,
+        concurrency=settings.concurrency,
     )

@@ -134,6 +134,7 @@ class Settings:
     legs: bool
     part_size: int
     """Bytes."""
+    part_concurrency: int
     s3_addressing_style: str | None
     s3_conditional_writes: bool
     s3_checksum: str
@@ -458,6 +459,7 @@ def load_settings(
         voice_log_channel=values["voice_log_channel"],
         legs=values["legs"] == "on",
         part_size=values["part_size"] * 1024 * 1024,
+        part_concurrency=values["part_concurrency"],
         s3_addressing_style=None if style == "auto" else style,
         s3_conditional_writes=values["s3_conditional_writes"] == "on",
         s3_checksum=values["s3_checksum"],

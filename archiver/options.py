@@ -373,12 +373,26 @@ OPTIONS: tuple[Option, ...] = (
         "part_size",
         "ARCHIVER_PART_SIZE",
         "--part-size",
-        "Objects of this many MiB or more go to S3 in a multipart upload of parts this size; "
-        "memory use is about concurrency x part size.",
+        "Objects of this many MiB or more go to S3 in a multipart upload of parts this size, "
+        "streamed as the download arrives; memory use is at most about concurrency x "
+        "(part concurrency + 1) x part size.",
         default=8,
         kind="int",
         minimum=5,
         maximum=512,
+        commands=FETCHING,
+        group=DESTINATION,
+    ),
+    Option(
+        "archiver",
+        "part_concurrency",
+        "ARCHIVER_PART_CONCURRENCY",
+        "--part-concurrency",
+        "Parts of one multipart upload sent to S3 at the same time, while the download goes on.",
+        default=4,
+        kind="int",
+        minimum=1,
+        maximum=32,
         commands=FETCHING,
         group=DESTINATION,
     ),

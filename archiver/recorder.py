@@ -39,6 +39,7 @@ import hashlib
 import io
 import logging
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -49,6 +50,7 @@ from archiver.ledger import Entry, Ledger, ObjectRecord, utc_now
 from archiver.manifest import ManifestWriter
 from archiver.segments import seal
 from archiver.sinks import Lock, PutResult, Sink
+from archiver.sinks.streaming import Tap, mime_of
 
 if TYPE_CHECKING:
     from archiver.retention.policy import RetentionPolicy
@@ -94,20 +96,17 @@ class Recorder:
         content_type: str,
         fmt: str,
         source: str,
+        upload: Tap | None = None,
     ) -> ObjectRecord:
-        """Put ``body`` at ``key`` and record it; returns the ledger row (with its seq)."""
-        mime = content_type.split(";")[0].strip() or "application/octet-stream"
-        retention_class = retain_until = lock_mode = None
-        lock = None
-        if self.policy is not None:
-            cls = self.policy.classify(details)
-            until = cls.retain_until(details.created_time)
-            if cls.lock is not None and until > datetime.now(UTC):
-                lock = Lock(cls.lock, until)
-            retention_class = cls.name
-            retain_until = until.isoformat().replace("+00:00", "Z")
+        """Put ``body`` at ``key`` and record it; returns the ledger row (with its seq).
+
+        ``upload``: the tap of a download streamed to the store (``tap``); if it streamed to
+        ``key`` and completed, that is the put, else ``body`` is put as usual."""
+        mime = mime_of(content_type)
+        lock, retention_class, retain_until = self._retention(details)
+        lock_mode = None
         try:
-            put, lock = await self._put(key, body, size, sha256, mime, lock)
+            put, lock = await self._put(key, body, size, sha256, mime, lock, upload)
             location, size, sha256, version = put.location, put.size, put.sha256, put.version_id
             adopted = not put.created
             if put.created and lock is not None:
@@ -144,6 +143,24 @@ class Recorder:
         if self.ledger.unsealed_count() >= self.segment_size:
             await self.seal()
         return record
+
+    def _retention(self, details: CallDetails) -> tuple[Lock | None, str | None, str | None]:
+        """The call's Object Lock (if its class has one and its date is ahead), class name and
+        retain-until date (``Z``), from the retention policy; all None without one."""
+        if self.policy is None:
+            return None, None, None
+        cls = self.policy.classify(details)
+        until = cls.retain_until(details.created_time)
+        lock = Lock(cls.lock, until) if cls.lock is not None and until > datetime.now(UTC) else None
+        return lock, cls.name, until.isoformat().replace("+00:00", "Z")
+
+    def tap(self, details: CallDetails, key_for: Callable[[bytes], str | None]) -> Tap | None:
+        """A tap that streams a download of ``details`` to the key ``key_for`` its first bytes
+        (None: not audio), locked as its class says; None if the sink does not stream."""
+        threshold = self.sink.stream_threshold
+        if threshold is None:
+            return None
+        return Tap(self.sink, key_for, threshold=threshold, lock=self._retention(details)[0])
 
     async def _record(self, row: ObjectRecord) -> ObjectRecord:
         """Commit the ledger row and append the manifest line: on the writer thread, in one
@@ -189,12 +206,24 @@ class Recorder:
         )
 
     async def _put(
-        self, key: str, body: BinaryIO, size: int, sha256: str, mime: str, lock: Lock | None
+        self,
+        key: str,
+        body: BinaryIO,
+        size: int,
+        sha256: str,
+        mime: str,
+        lock: Lock | None,
+        upload: Tap | None = None,
     ) -> tuple[PutResult, Lock | None]:
-        """``sink.put``, and the lock it was written with. If the class's date passed while the
-        PUT was retried, the store refuses the lock (a date in the past): the object is then
-        written unlocked, as any call archived after its date is."""
+        """The streamed upload's result if it completed, else ``sink.put``; and the lock it was
+        written with. If the class's date passed while the PUT was retried, the store refuses
+        the lock (a date in the past): the object is then written unlocked, as any call
+        archived after its date is."""
         try:
+            if upload is not None:
+                streamed = await upload.finish(key, size=size, sha256=sha256)
+                if streamed is not None:
+                    return streamed, upload.lock
             put = await self.sink.put(
                 key, body, size=size, sha256=sha256, content_type=mime, lock=lock
             )

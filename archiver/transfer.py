@@ -42,7 +42,7 @@ import ssl
 import zlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 from urllib.parse import urljoin
 
 import aiohttp
@@ -88,15 +88,25 @@ class Downloaded:
     """Times the body was started again from byte 0 (the source ignored Range)."""
 
 
+class Tap(Protocol):
+    """Takes each piece of the body as the spool does (``archiver.sinks.streaming.Tap``)."""
+
+    async def take(self, offset: int, data: bytes, head: bytes, content_type: str) -> None: ...
+
+
 class Partial:
     """A download in progress: the spool file and the hash of the bytes in it, so far.
 
     Survives a failed attempt, so the next attempt (possibly on a fresh URL) asks only for the
-    rest with ``Range: bytes=N-``; the SHA-256 keeps running over the whole object.
+    rest with ``Range: bytes=N-``; the SHA-256 keeps running over the whole object. With a
+    ``tap``, every piece written to the spool is handed to it too, with its offset (0 again
+    after a restart), the body's first bytes and its Content-Type: a streamed upload.
     """
 
-    def __init__(self, spool: BinaryIO) -> None:
+    def __init__(self, spool: BinaryIO, *, tap: Tap | None = None) -> None:
         self.spool = spool
+        self.tap = tap
+        self.content_type = ""
         self.resumes = 0
         self.restarts = 0
         self.reset()
@@ -109,12 +119,21 @@ class Partial:
         self.total: int | None = None
         self.head = b""
 
+    def _write(self, data: bytes) -> None:
+        self.spool.write(data)
+        self.digest.update(data)  # hashlib releases the GIL for large buffers
+
     async def append(self, data: bytes) -> None:
-        await asyncio.to_thread(self.spool.write, data)
-        self.digest.update(data)
+        """Write ``data`` to the spool and hash it, in one hop off the event loop."""
+        if not data:
+            return
+        offset = self.size
+        await asyncio.to_thread(self._write, data)
         if len(self.head) < 64:
             self.head += data[: 64 - len(self.head)]
         self.size += len(data)
+        if self.tap is not None:
+            await self.tap.take(offset, data, self.head, self.content_type)
 
 
 def sniff_format(head: bytes) -> str | None:
@@ -266,6 +285,7 @@ async def download(
                 if resp.status == 429 or resp.status >= 500:
                     raise RecordingTransferError(f"{where}: HTTP {resp.status} ({detail})")
                 raise RecordingUnavailable(f"{where}: HTTP {resp.status} ({detail})")
+            partial.content_type = content_type
             mime = content_type.split(";")[0].strip().lower()
             if mime in _TEXT_TYPES:
                 raise NotARecording(

@@ -26,6 +26,10 @@ unless a fault applies. Two ways to inject one:
 answer: a store that neither echoes nor reports checksums.
 
 Every request is logged as (method, path?query); ``injected`` counts the faults by kind.
+``timeline`` has each request passed on as (method, path?query, start, end) in
+``time.monotonic()`` seconds: when its headers arrived and when its answer was ready, so a test
+can see requests in flight at once. ``delay(matches, seconds)`` holds each matching request that
+long before passing it on: a slow store.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import random
 import socket
 import struct
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -91,6 +96,8 @@ class FaultyS3Proxy:
         self.strip_response_headers: tuple[str, ...] = ()
         """Header name prefixes (lower case) removed from every answer."""
         self.random: RandomFaults | None = None
+        self.timeline: list[tuple[str, str, float, float]] = []
+        self.delays: list[tuple[Callable[[str, str], bool], float]] = []
         self.injected: Counter[str] = Counter()
         """Faults injected so far, by kind (``random_faults`` kinds, or ``rule:<code>``)."""
         self.endpoint = ""
@@ -111,6 +118,10 @@ class FaultyS3Proxy:
         if action not in (None, "reset", "reset_body", "lost_answer", "fake_ok"):
             raise ValueError(f"unknown action {action!r}")
         self.rules.append(Rule(matches, times, status, code, action))
+
+    def delay(self, matches: Callable[[str, str], bool], seconds: float) -> None:
+        """Hold every matching request ``seconds`` before passing it on."""
+        self.delays.append((matches, seconds))
 
     def random_faults(
         self,
@@ -151,6 +162,12 @@ class FaultyS3Proxy:
             return web.Response(status=599)  # never sent: the transport is gone
 
     async def _handle_or_reset(self, request: web.Request) -> web.StreamResponse:
+        started = time.monotonic()
+        response = await self._answer(request)
+        self.timeline.append((request.method, request.path_qs, started, time.monotonic()))
+        return response
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
         # A rule says what the requests it names must meet; random faults are for the others
         # (drawn first, a random lost answer could store the object a rule is there to refuse).
         rule = self._rule_for(request.method, request.path_qs)
@@ -188,6 +205,9 @@ class FaultyS3Proxy:
             xml = f"<CompleteMultipartUploadResult><ETag>{etag}</ETag>"
             xml += "</CompleteMultipartUploadResult>"
             return web.Response(status=200, text=xml, content_type="application/xml")
+        for matches, seconds in self.delays:
+            if matches(request.method, request.path_qs):
+                await asyncio.sleep(seconds)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
         headers["Host"] = request.headers["Host"]
         assert self._session is not None

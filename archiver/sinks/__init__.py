@@ -18,6 +18,7 @@ from archiver.sinks.base import (
     ObjectInfo,
     PutResult,
     Sink,
+    Upload,
     put_bytes,
     validate_key,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "PutResult",
     "RetryingSink",
     "Sink",
+    "Upload",
     "open_sink",
     "put_bytes",
     "validate_key",
@@ -46,6 +48,8 @@ def open_sink(
     conditional_writes: bool = True,
     checksum: str = "sha256",
     part_size: int = 8 * 1024 * 1024,
+    part_concurrency: int = 4,
+    concurrency: int = 8,
 ) -> Sink:
     """The sink for ``destination``, wrapped in the retry policy."""
     destination = destination.strip()
@@ -64,6 +68,8 @@ def open_sink(
             checksum=checksum,
             part_size=part_size,
             part_retry=retry,
+            part_concurrency=part_concurrency,
+            concurrency=concurrency,
         )
     elif destination.startswith("file:"):
         from archiver.sinks.local import LocalSink

@@ -34,7 +34,8 @@ each backend to hold them to it.
    retry policy. The exception: a multipart upload re-sends a failed part from its buffer (under
    the same policy) instead of failing, and so re-sending, the whole object.
 8. **Bounded memory.** ``put`` holds at most one part (``part_size``) of the body in memory,
-   whatever the object's size; a failed upload leaves no multipart upload open.
+   whatever the object's size; a failed upload leaves no multipart upload open. A streamed
+   upload (item 10) holds at most ``part_concurrency + 1`` parts.
 9. **Retention is the store's, or refused.** ``put(..., lock=Lock(mode, until))`` writes the
    object with that S3 Object Lock mode and retain-until date in the same request, or fails; it
    never stores the object unlocked instead. ``set_retention`` and ``set_legal_hold`` change them
@@ -51,6 +52,14 @@ each backend to hold them to it.
    version is GOVERNANCE and the date asked is not earlier than the stored one; anything else
    (a shorter date, COMPLIANCE → GOVERNANCE, an extension in the same mode, an unlocked object)
    goes without it, so the store refuses what would weaken the lock. ``delete`` never sends it.
+10. **Streaming keeps every promise.** ``begin`` returns an ``Upload`` that takes the object's
+    bytes in order while they download (``send``) and stores them with ``finish(size=,
+    sha256=)``: whole or nothing, each part verified by the store, write-once (completion
+    carries ``If-None-Match: *``; an object already there is adopted or a conflict exactly as
+    for ``put``), locked with ``lock``, confirmed before ``finish`` returns. Any failure, and
+    ``abort``, leaves no upload open and nothing at the key. Its only difference: the object has
+    no ``x-amz-meta-sha256`` (unknown when the upload begins; it is never proof anyway). A sink
+    that cannot keep these promises while streaming does not stream (``begin`` returns None).
 """
 
 from __future__ import annotations
@@ -112,6 +121,24 @@ class PutResult:
     version_id: str | None = None
 
 
+class Upload(Protocol):
+    """An upload fed while its bytes arrive (``Sink.begin``; ``archiver.sinks.streaming``).
+    It keeps the promises of ``put``; its memory is bounded by the sink's part concurrency."""
+
+    async def send(self, data: bytes) -> None:
+        """The next bytes of the object, in order. Raises a part's ``StorageError``."""
+        ...
+
+    async def finish(self, *, size: int, sha256: str) -> PutResult:
+        """Send the rest, complete, verify: the object is stored (or adopted). Raises
+        ``StorageError``; a failed upload is aborted."""
+        ...
+
+    async def abort(self) -> None:
+        """Abort the upload (never raises; a failure is logged)."""
+        ...
+
+
 @runtime_checkable
 class Sink(Protocol):
     """A destination for archived objects. See the module docstring for the promises."""
@@ -153,6 +180,19 @@ class Sink(Protocol):
     ) -> PutResult:
         """Store ``size`` bytes from ``body`` at ``key``, write-once and verified (and locked,
         with ``lock``)."""
+        ...
+
+    @property
+    def stream_threshold(self) -> int | None:
+        """Objects of at least this many bytes may be streamed with ``begin`` while they
+        download; None: this sink stores only from a file (``put``)."""
+        ...
+
+    async def begin(
+        self, key: str, *, content_type: str, lock: Lock | None = None
+    ) -> Upload | None:
+        """Begin a streamed upload of ``key`` (item 10), or None if this sink does not stream.
+        Raises ``StorageError``."""
         ...
 
     async def object_lock_enabled(self) -> bool:

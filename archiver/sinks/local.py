@@ -41,7 +41,7 @@ from archiver.errors import (
     StorageUnavailable,
 )
 from archiver.files import make_dirs, private_opener
-from archiver.sinks.base import Lock, LockStatus, ObjectInfo, PutResult, validate_key
+from archiver.sinks.base import Lock, LockStatus, ObjectInfo, PutResult, Upload, validate_key
 
 _CHUNK = 1024 * 1024
 _TEMP_MARK = ".part-"
@@ -312,6 +312,15 @@ class LocalSink:
             f"{what}: a local directory ({self.root}) has no Object Lock; use an S3 bucket with "
             "Object Lock enabled for retention classes with a lock mode"
         )
+
+    @property
+    def stream_threshold(self) -> int | None:
+        return None  # a file is written from the spool, whole, then linked into place
+
+    async def begin(
+        self, key: str, *, content_type: str, lock: Lock | None = None
+    ) -> Upload | None:
+        return None
 
     async def object_lock_enabled(self) -> bool:
         return False

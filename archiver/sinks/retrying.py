@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import BinaryIO, TypeVar
 
 from archiver.retry import RetryPolicy, retrying
-from archiver.sinks.base import Lock, LockStatus, ObjectInfo, PutResult, Sink
+from archiver.sinks.base import Lock, LockStatus, ObjectInfo, PutResult, Sink, Upload
 
 T = TypeVar("T")
 
@@ -66,6 +66,19 @@ class RetryingSink:
                     key, body, size=size, sha256=sha256, content_type=content_type, lock=lock
                 )
         raise AssertionError("unreachable: retrying re-raises the last error")
+
+    @property
+    def stream_threshold(self) -> int | None:
+        return self.inner.stream_threshold
+
+    async def begin(
+        self, key: str, *, content_type: str, lock: Lock | None = None
+    ) -> Upload | None:
+        """Begin a streamed upload (retried); its parts are retried by the upload itself."""
+        return await self._retried(
+            f"begin an upload to {self.location(key)}",
+            lambda: self.inner.begin(key, content_type=content_type, lock=lock),
+        )
 
     async def _retried(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         async for attempt in retrying(self.policy, what=what):

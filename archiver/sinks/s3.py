@@ -7,8 +7,9 @@ come from the standard AWS chain.
 
 Uploads send ``x-amz-checksum-sha256`` (the store refuses bytes that do not match) and
 ``If-None-Match: *`` (the store refuses to replace an existing object), and store the hex SHA-256
-as ``x-amz-meta-sha256`` too, for people and tools: it is never taken as proof of anything, since
-whoever writes an object writes its metadata. What counts as proof is a checksum the store
+as ``x-amz-meta-sha256`` too, for people and tools (not on a streamed upload, ``begin``: it
+begins before the SHA-256 is known): it is never taken as proof of anything, since whoever
+writes an object writes its metadata. What counts as proof is a checksum the store
 computed, or the object read back and hashed:
 
 * after a PUT, the store's answer when it echoes the SHA-256 it verified (AWS S3 and SeaweedFS
@@ -61,6 +62,7 @@ from botocore.exceptions import (
     ConnectionClosedError,
     ConnectTimeoutError,
     EndpointConnectionError,
+    HTTPClientError,
     NoCredentialsError,
     ReadTimeoutError,
     SSLError,
@@ -77,7 +79,8 @@ from archiver.errors import (
 )
 from archiver.retry import RetryPolicy
 from archiver.sinks import multipart
-from archiver.sinks.base import Lock, LockStatus, ObjectInfo, PutResult, validate_key
+from archiver.sinks.base import Lock, LockStatus, ObjectInfo, PutResult, Upload, validate_key
+from archiver.sinks.streaming import PartStream
 from archiver.tls import certificate_message
 
 T = TypeVar("T")
@@ -146,6 +149,23 @@ def _lock_params(lock: Lock | None) -> dict[str, Any]:
     return {"ObjectLockMode": lock.mode, "ObjectLockRetainUntilDate": lock.until}
 
 
+def _s3_config(addressing_style: str | None, checksum: str) -> dict[str, Any] | None:
+    """botocore's ``s3`` options. In sha256 mode the payload is not SHA-256-hashed again for the
+    SigV4 signature (``payload_signing_enabled``: botocore does it over plain http for every body,
+    a second pass over each byte): every upload carries ``x-amz-checksum-sha256``, a signed
+    header, and the store verifies the body against it. In md5 mode payloads stay signed."""
+    config: dict[str, Any] = {"addressing_style": addressing_style} if addressing_style else {}
+    if checksum == "sha256":
+        config["payload_signing_enabled"] = False
+    return config or None
+
+
+def _recursion(exc: Exception) -> bool:
+    """botocore's region redirect looping on a 301 that names no region, caught (depending on
+    how deep the stack was when it overflowed) inside the HTTP layer: ``HTTPClientError``."""
+    return isinstance(exc, HTTPClientError) and isinstance(exc.kwargs.get("error"), RecursionError)
+
+
 def _read_all(body: BinaryIO) -> bytes:
     body.seek(0)
     return body.read()
@@ -209,7 +229,9 @@ class S3Sink:
         checksum: str = "sha256",
         part_size: int = 8 * 1024 * 1024,
         part_retry: RetryPolicy | None = None,
-        max_workers: int = 16,
+        part_concurrency: int = 4,
+        concurrency: int = 8,
+        max_workers: int | None = None,
     ) -> None:
         self.bucket, self.prefix = bucket, prefix.strip("/")
         self.conditional_writes = conditional_writes
@@ -219,6 +241,10 @@ class S3Sink:
         self._checksum_mode = {} if checksum == "md5" else {"ChecksumMode": "ENABLED"}
         self.part_size = max(part_size, multipart.MIN_PART)
         self.part_retry = part_retry or RetryPolicy()
+        self.part_concurrency = max(1, part_concurrency)
+        # One thread (and connection) per call at work, plus the parts of a streamed upload in
+        # flight, plus a few for HEADs and the manifest: threads beyond that would only wait.
+        max_workers = max_workers or concurrency + self.part_concurrency + 4
         self.requests = 0
         self._lock_enabled = False
         """Whether ``object_lock_enabled`` found Object Lock on (lock_status then confirms an
@@ -228,7 +254,7 @@ class S3Sink:
             connect_timeout=10,
             read_timeout=120,
             max_pool_connections=max_workers,
-            s3={"addressing_style": addressing_style} if addressing_style else None,  # type: ignore[arg-type]
+            s3=_s3_config(addressing_style, checksum),  # type: ignore[arg-type]
             # With md5, no x-amz-checksum-* / aws-chunked trailers unless an operation needs one.
             request_checksum_calculation="when_required" if checksum == "md5" else None,
             response_checksum_validation="when_required" if checksum == "md5" else None,
@@ -242,6 +268,24 @@ class S3Sink:
 
     def describe(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+
+    @property
+    def stream_threshold(self) -> int | None:
+        """Objects of ``part_size`` or more stream (``archiver.sinks.streaming``), except in md5
+        mode (each part's Content-MD5 needs the SHA-256 check first) and without conditional
+        writes (the existing-object check comes before the upload): those go from the spool."""
+        if self.checksum != "sha256" or not self.conditional_writes:
+            return None
+        return self.part_size
+
+    async def begin(
+        self, key: str, *, content_type: str, lock: Lock | None = None
+    ) -> Upload | None:
+        if self.stream_threshold is None:
+            return None
+        return await PartStream.begin(
+            self, key, content_type=content_type, lock=lock, concurrency=self.part_concurrency
+        )
 
     def _full(self, key: str) -> str:
         validate_key(key)
@@ -257,7 +301,10 @@ class S3Sink:
         try:
             return await loop.run_in_executor(self.pool, lambda: fn(**kwargs))
         except (ClientError, BotoCoreError) as exc:
-            raise self._classify(exc, what) from None
+            if not _recursion(exc):
+                raise self._classify(exc, what) from None
+            hint = _PERMANENT_CODES["301"].format(bucket=self.bucket, endpoint=self.endpoint)
+            raise StoragePermanent(f"{what}: {hint}") from None
         except RecursionError:  # botocore's region redirect loops on a 301 that names no region
             hint = _PERMANENT_CODES["301"].format(bucket=self.bucket, endpoint=self.endpoint)
             raise StoragePermanent(f"{what}: {hint}") from None
@@ -511,6 +558,13 @@ class S3Sink:
         )
         if done is None:  # If-None-Match: * refused the completion: something is already there
             return await self._already_there(key, full, size, sha256)
+        return await self._verify_completed(key, full, size, sha256, done)
+
+    async def _verify_completed(
+        self, key: str, full: str, size: int, sha256: str, done: multipart.Completed
+    ) -> PutResult:
+        """A completed multipart upload holds our bytes: HEAD (the composite of the part
+        checksums the store verified, or its whole SHA-256), else the object read back."""
         version = done.answer.get("VersionId")
         head = await self.call(
             f"HEAD {full}",
