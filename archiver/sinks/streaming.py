@@ -168,7 +168,9 @@ class PartStream:
     def __init__(self, sink: S3Sink, key: str, full: str, upload_id: str, concurrency: int) -> None:
         self.sink, self.key, self.full, self.upload_id = sink, key, full, upload_id
         self.concurrency = max(1, concurrency)
-        self.buffer = bytearray()
+        self.pieces: list[memoryview] = []
+        """The bytes of the next part so far, as the download handed them (not copied)."""
+        self.buffered = 0
         self.in_flight: set[asyncio.Task[None]] = set()
         self.calls: set[asyncio.Future[dict[str, Any]]] = set()
         """The requests in the pool now (each part's current attempt)."""
@@ -200,22 +202,30 @@ class PartStream:
         return cls(sink, key, full, str(created["UploadId"]), concurrency)
 
     async def send(self, data: bytes) -> None:
-        self.buffer += data
-        size = self.sink.part_size
-        while len(self.buffer) >= size:
-            with memoryview(self.buffer) as view:
-                part = bytes(view[:size])
-            del self.buffer[:size]
-            await self._launch(part)
+        # The pieces are kept as they came (``data`` is immutable) and joined into the part in
+        # the pool thread that sends it: one copy per byte, not three on the event loop.
+        view, size = memoryview(data), self.sink.part_size
+        while view:
+            take = min(len(view), size - self.buffered)
+            self.pieces.append(view[:take])
+            self.buffered += take
+            view = view[take:]
+            if self.buffered == size:
+                await self._launch(self._take_pieces())
 
-    async def _launch(self, data: bytes) -> None:
-        """Send ``data`` as the next part; first wait while ``concurrency`` parts are in flight."""
+    def _take_pieces(self) -> list[memoryview]:
+        pieces, self.pieces, self.buffered = self.pieces, [], 0
+        return pieces
+
+    async def _launch(self, pieces: list[memoryview]) -> None:
+        """Send ``pieces`` as the next part; first wait while ``concurrency`` parts are in
+        flight."""
         while len(self.in_flight) >= self.concurrency:
             done, _ = await asyncio.wait(self.in_flight, return_when=asyncio.FIRST_COMPLETED)
             self._reap(done)
         self.number += 1
-        self.sent += len(data)
-        task = asyncio.create_task(self._part(self.number, data))
+        self.sent += sum(len(piece) for piece in pieces)
+        task = asyncio.create_task(self._part(self.number, pieces))
         self.in_flight.add(task)
 
     def _reap(self, done: set[asyncio.Task[None]]) -> None:
@@ -225,15 +235,20 @@ class PartStream:
         if errors:
             raise errors[0]
 
-    async def _part(self, number: int, data: bytes) -> None:
+    async def _part(self, number: int, pieces: list[memoryview]) -> None:
         sink, what = self.sink, f"upload part {number} of {self.full}"
         checksum: list[str] = []
+        joined: list[bytes] = []
+        """The part, once joined: every attempt sends these very bytes."""
 
         def send() -> dict[str, Any]:
-            if not checksum:  # hashed once, in the pool thread (hashlib releases the GIL)
-                digest = hashlib.sha256(data).digest()
+            if not joined:  # joined and hashed once, in the pool thread (not on the loop)
+                joined.append(b"".join(pieces))
+                pieces.clear()
+                digest = hashlib.sha256(joined[0]).digest()
                 self.digests[number] = digest
                 checksum.append(base64.b64encode(digest).decode())
+            data = joined[0]
             answer = sink.client.upload_part(
                 Bucket=sink.bucket,
                 Key=self.full,
@@ -261,9 +276,8 @@ class PartStream:
 
     async def finish(self, *, size: int, sha256: str) -> PutResult:
         try:
-            if self.buffer or self.number == 0:
-                await self._launch(bytes(self.buffer))
-                self.buffer.clear()
+            if self.pieces or self.number == 0:
+                await self._launch(self._take_pieces())
             if self.in_flight:
                 await asyncio.wait(self.in_flight)
                 self._reap(set(self.in_flight))
