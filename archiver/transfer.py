@@ -18,6 +18,11 @@ host's HTTP is spoken:
   HTTP stack still finds something to refuse in it, that is ``BadUrl`` too, never a bare
   ``ValueError``/``UnicodeError`` or a retried transfer error).
 
+A resume names the version of the bytes it has (``If-Range`` with the first answer's strong
+``ETag``, else its ``Last-Modified``), and a 206 that does not carry the same one is started
+again from byte 0: a recording replaced at the source between a cut-off and its resume is never
+stored as a mix of two bodies.
+
 ``Content-Encoding: gzip`` (or ``deflate``): the recording is what the source means — the
 decoded audio — so the body is decoded as it streams, the SHA-256, size and content gate are
 those of the decoded bytes, and the cap applies to the decoded size (a small compressed body
@@ -118,6 +123,10 @@ class Partial:
         self.size = 0
         self.total: int | None = None
         self.head = b""
+        self.validator: tuple[str, str] | None = None
+        """(header, value) naming the version of the body in the spool: its strong ``ETag``,
+        else its ``Last-Modified``. A resume sends it as ``If-Range`` and a 206 must carry it:
+        the rest of another version of the recording never continues this one."""
 
     def _write(self, data: bytes) -> None:
         self.spool.write(data)
@@ -236,6 +245,15 @@ async def _get(
     raise RecordingUnavailable(f"{what}: more than {MAX_REDIRECTS} redirects")
 
 
+def _validator(resp: aiohttp.ClientResponse) -> tuple[str, str] | None:
+    """The body's version as ``If-Range`` can name it: a strong ETag, else Last-Modified."""
+    etag = resp.headers.get("ETag")
+    if etag and not etag.startswith("W/"):
+        return "ETag", etag
+    modified = resp.headers.get("Last-Modified")
+    return ("Last-Modified", modified) if modified else None
+
+
 def _content_range_start(value: str | None) -> tuple[int, int | None] | None:
     """``bytes 100-199/200`` → (100, 200); None if absent or unreadable."""
     match = _CONTENT_RANGE.match(value or "")
@@ -265,6 +283,8 @@ async def download(
     """
     where = f"{what} from {strip_url(url)}"
     headers = {"Range": f"bytes={partial.size}-"} if partial.size else {}
+    if partial.size and partial.validator is not None:
+        headers["If-Range"] = partial.validator[1]
     buffer = bytearray()
     decoder: Any = None
     raw = 0
@@ -304,12 +324,21 @@ async def download(
                 if span is None or span[0] != partial.size:
                     partial.reset()
                     raise RecordingTransferError(f"{where}: unusable Content-Range; restarting")
+                validator = partial.validator
+                if validator is not None and resp.headers.get(validator[0]) != validator[1]:
+                    partial.restarts += 1
+                    partial.reset()
+                    raise RecordingTransferError(
+                        f"{where}: the rest came from another version of the recording "
+                        f"({validator[0]} changed); restarting from byte 0"
+                    )
                 partial.resumes += 1
                 partial.total = span[1] if span[1] is not None else partial.total
             else:
-                if partial.size:  # the source ignored Range: start cleanly from byte 0
+                if partial.size:  # the source ignored Range (or If-Range): start from byte 0
                     partial.restarts += 1
                     partial.reset()
+                partial.validator = _validator(resp)
                 partial.total = resp.content_length
                 if decoder is not None:
                     partial.total = None  # Content-Length counts encoded bytes

@@ -9,6 +9,7 @@ import logging
 import os
 import shlex
 import shutil
+import signal
 import sqlite3
 import sys
 import time
@@ -113,7 +114,7 @@ def run(coro: Coroutine[Any, Any, T], *, state_dir: Path | None = None) -> T:
     except (OSError, sqlite3.Error) as exc:
         problem = state_problem(exc, state_dir)
         fail(f"error: {problem.message}", EXIT_USAGE if problem.config else EXIT_FAILURES)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
         fail(
             "interrupted: nothing half-done was recorded; run the same command again",
             EXIT_INTERRUPTED,
@@ -121,8 +122,19 @@ def run(coro: Coroutine[Any, Any, T], *, state_dir: Path | None = None) -> T:
 
 
 async def _reporting_loop_errors(coro: Coroutine[Any, Any, T]) -> T:
-    asyncio.get_running_loop().set_exception_handler(loop_exception_handler)
-    return await coro
+    """``coro``, with loop errors logged, and SIGTERM (``systemctl stop``, ``kill``) stopping it
+    the way Ctrl-C does: the main task is cancelled, so every transfer in flight is aborted
+    (an open multipart upload included) and nothing half-done is recorded. ``run`` (the
+    worker) installs its own handler, which drains instead."""
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(loop_exception_handler)
+    main = asyncio.current_task()
+    if main is not None:
+        loop.add_signal_handler(signal.SIGTERM, main.cancel)
+    try:
+        return await coro
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
 
 
 def fail(message: str, code: int) -> NoReturn:

@@ -201,7 +201,7 @@ def recorded(command: str, *, dry_run_flag: str | None = None) -> Callable[[F], 
                 if code and cause is not None:  # ``fail`` in ``run``'s except
                     error = str(cause)
                 if code == EXIT_INTERRUPTED:
-                    error = "interrupted (SIGINT): stopped before it finished"
+                    error = "interrupted (SIGINT or SIGTERM): stopped before it finished"
                 refused = isinstance(cause, ConfigError) and "settings" not in ctx.obj
                 if code == EXIT_USAGE and refused:  # its settings could not be read
                     record = RunRecord(name, started, utc_now(), code, {}, error)

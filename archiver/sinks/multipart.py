@@ -12,14 +12,15 @@ announced (the spool changed under us), nothing is completed. Completion carries
 orphaned parts are left in the bucket. The store's resulting checksum is the composite
 "SHA-256 of the part SHA-256s, -N"; ``composite_checksum`` computes the value to expect.
 
-A process killed mid-upload (SIGKILL, OOM, power loss) cannot abort: its upload stays open,
-its parts billed. Before starting an upload of a key, ``upload`` therefore lists the unfinished
-uploads of exactly that key and aborts them. A killed upload belongs to a call that was not
-recorded as archived, so the next run uploads that key again and cleans up first: once a backfill
-completes, no upload it started is left open. One state directory has one writer (the writer
-lock), so an open upload of a key we are about to write is a leftover, not a live one. Listing
-needs ``s3:ListBucketMultipartUploads``; without it the clean-up is skipped with a warning and the
-bucket's lifecycle rule (docs/storage.md) is what removes leftovers.
+A process killed mid-upload (SIGKILL, OOM, power loss) cannot abort: its upload stays open, its
+parts billed. Before starting an upload of a key (and before a single PUT of 5 MiB or more,
+``S3Sink.put``, in case a killed run used a smaller part size), ``upload`` therefore lists the
+unfinished uploads of exactly that key and aborts them. A killed upload belongs to a call that
+was not recorded as archived, so the next run uploads that key again and cleans up first: once a
+backfill completes, no upload it started is left open. One state directory has one writer (the
+writer lock), so an open upload of a key we are about to write is a leftover, not a live one.
+Listing needs ``s3:ListBucketMultipartUploads``; without it the clean-up is skipped with a
+warning and the bucket's lifecycle rule (docs/storage.md) is what removes leftovers.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ class Completed:
     answer: dict[str, Any]
     composite: str
     """The checksum the store should report: base64(SHA-256 of part digests) + "-N"."""
+    upload_id: str = ""
+    """The upload completed: aborted if the completed object cannot be confirmed."""
 
 
 def composite_checksum(part_digests: list[bytes]) -> str:
@@ -153,7 +156,9 @@ async def upload(
     if done is None:
         await _abort(sink, full_key, upload_id)
         return None
-    return Completed(answer=dict(done), composite=composite_checksum(digests))
+    return Completed(
+        answer=dict(done), composite=composite_checksum(digests), upload_id=str(upload_id)
+    )
 
 
 async def _abort_leftovers(sink: S3Sink, full_key: str) -> None:

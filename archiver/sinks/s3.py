@@ -475,6 +475,11 @@ class S3Sink:
             )
         if size >= self.part_size:
             return await self._put_multipart(key, full, body, size, sha256, content_type, locking)
+        if size >= multipart.MIN_PART:
+            # An object this large may have been streamed or sent in parts by a run that was
+            # killed (with a smaller ARCHIVER_PART_SIZE then): its upload is aborted here too,
+            # not only before an upload in parts. One listing, for large objects only.
+            await multipart._abort_leftovers(self, full)
         # Below the part size the body is sent from memory: one sendall instead of the 8 KiB
         # reads http.client makes of a file (a third of the CPU of an upload), at most
         # part_size per concurrent upload, and still rewindable for a retry.
@@ -564,7 +569,20 @@ class S3Sink:
         self, key: str, full: str, size: int, sha256: str, done: multipart.Completed
     ) -> PutResult:
         """A completed multipart upload holds our bytes: HEAD (the composite of the part
-        checksums the store verified, or its whole SHA-256), else the object read back."""
+        checksums the store verified, or its whole SHA-256), else the object read back. If that
+        fails (a completion acknowledged but not made, a HEAD that outlasts its retries), the
+        upload is aborted too: should it still be open, its parts are not left billed (an
+        upload the store did complete is gone already, and the abort of it is a no-op)."""
+        try:
+            return await self._check_completed(key, full, size, sha256, done)
+        except BaseException:
+            if done.upload_id:
+                await asyncio.shield(multipart._abort(self, full, done.upload_id))
+            raise
+
+    async def _check_completed(
+        self, key: str, full: str, size: int, sha256: str, done: multipart.Completed
+    ) -> PutResult:
         version = done.answer.get("VersionId")
         head = await self.call(
             f"HEAD {full}",

@@ -306,7 +306,9 @@ class PartStream:
             await self.abort()
             return await self.sink._already_there(self.key, self.full, size, sha256)
         composite = multipart.composite_checksum([self.digests[n] for n in numbers])
-        completed = multipart.Completed(answer=dict(done), composite=composite)
+        completed = multipart.Completed(
+            answer=dict(done), composite=composite, upload_id=self.upload_id
+        )
         self.aborted = True  # completed: nothing to abort any more
         return await self.sink._verify_completed(self.key, self.full, size, sha256, completed)
 
