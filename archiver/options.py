@@ -213,8 +213,9 @@ OPTIONS: tuple[Option, ...] = (
         "concurrency",
         "ARCHIVER_CONCURRENCY",
         "--concurrency",
-        "Calls archived at the same time.",
-        default=8,
+        "Calls archived at the same time (the default comes from the benchmark's sweep, "
+        "docs/performance.md).",
+        default=16,
         kind="int",
         minimum=1,
         maximum=256,

@@ -49,7 +49,7 @@ def open_sink(
     checksum: str = "sha256",
     part_size: int = 8 * 1024 * 1024,
     part_concurrency: int = 4,
-    concurrency: int = 8,
+    concurrency: int = 16,
 ) -> Sink:
     """The sink for ``destination``, wrapped in the retry policy."""
     destination = destination.strip()

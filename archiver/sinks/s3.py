@@ -230,7 +230,7 @@ class S3Sink:
         part_size: int = 8 * 1024 * 1024,
         part_retry: RetryPolicy | None = None,
         part_concurrency: int = 4,
-        concurrency: int = 8,
+        concurrency: int = 16,
         max_workers: int | None = None,
     ) -> None:
         self.bucket, self.prefix = bucket, prefix.strip("/")
