@@ -339,3 +339,55 @@ def tmpfs(folder: Path, then: str, size: str = "1m") -> str:
     then running ``then``."""
     where = shlex.quote(str(folder))
     return f"mount --make-rprivate / && mount -t tmpfs -o size={size} tmpfs {where} && {then}"
+
+
+HWM_WRAPPER = """
+import atexit, runpy, sys
+path = sys.argv[1]
+def hwm():
+    with open("/proc/self/status") as status, open(path, "w") as out:
+        out.write(next(l for l in status if l.startswith("VmHWM:")).split()[1])
+atexit.register(hwm)
+sys.argv = ["exotel-archiver", *sys.argv[2:]]
+runpy.run_module("archiver", run_name="__main__")
+"""
+"""``python -c HWM_WRAPPER FILE ARGS``: runs ``exotel-archiver ARGS`` and writes its own peak
+RSS (``VmHWM``, kB) to FILE at exit (``wait4``'s ``ru_maxrss`` carries the parent's high-water
+mark over ``exec``, so it overstates a child started from a big process such as pytest)."""
+
+STREAM_PREFIX = "calls"
+"""The destination prefix of ``streamed_env``."""
+
+
+def streamed_env(
+    sim: Simulator,
+    server: SimulatorServer,
+    seaweed: SeaweedFS,
+    proxy_endpoint: str,
+    bucket: str,
+    state: Path,
+    **extra: str,
+) -> dict[str, str]:
+    """A child archiver's environment for streamed uploads: S3 through a FaultyS3Proxy at
+    ``proxy_endpoint``, 5 MiB parts, 4 in flight, 2 attempts with short waits."""
+    return {
+        **seaweed.env(),
+        **exotel_env(sim, server.base_url, f"s3://{bucket}/{STREAM_PREFIX}", state),
+        "AWS_ENDPOINT_URL": proxy_endpoint,
+        "AWS_CONFIG_FILE": str(state.parent / "no-aws-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(state.parent / "no-aws-credentials"),
+        "EXOTEL_RATE_LIMIT": "6000",
+        "ARCHIVER_PART_SIZE": "5",
+        "ARCHIVER_PART_CONCURRENCY": "4",
+        "ARCHIVER_ATTEMPTS": "2",
+        "ARCHIVER_MAX_WAIT": "0.2",
+        **extra,
+    }
+
+
+def recording_key(sim: Simulator, sid: str, prefix: str = STREAM_PREFIX) -> str:
+    """The key of a call's first recording (mp3) under ``prefix``, in the default layout."""
+    from archiver.exotel.models import IST
+
+    day = sim.calls[sid].created.astimezone(IST)
+    return f"{prefix}/{day:%Y/%m/%d}/{sid}/recording-1.mp3"

@@ -14,10 +14,19 @@ from archiver.exotel.models import IST
 from archiver.simulator import Simulator, SimulatorServer
 from tests.s3proxy import FaultyS3Proxy
 from tests.seaweed import SeaweedFS
-from tests.support import child_env, exotel_env, invoke, outcome, wait_for
+from tests.support import (
+    STREAM_PREFIX,
+    child_env,
+    exotel_env,
+    invoke,
+    outcome,
+    recording_key,
+    streamed_env,
+    wait_for,
+)
 
 MiB = 1024 * 1024
-PREFIX = "calls"
+PREFIX = STREAM_PREFIX
 
 
 def _is_part(method: str, path: str) -> bool:
@@ -88,27 +97,6 @@ def _signal_mid_stream(sim, server, seaweed, bucket, proxy, tmp_path, args, sign
         time.sleep(0.2)
     _, err = proc.communicate(timeout=60)
     return call, state, proc.returncode, err.decode()
-
-
-def _env(sim, server, seaweed, proxy, bucket, state, **extra):
-    return {
-        **seaweed.env(),
-        **exotel_env(sim, server.base_url, f"s3://{bucket}/{PREFIX}", state),
-        "AWS_ENDPOINT_URL": proxy.endpoint,
-        "AWS_CONFIG_FILE": str(state.parent / "no-aws-config"),
-        "AWS_SHARED_CREDENTIALS_FILE": str(state.parent / "no-aws-credentials"),
-        "EXOTEL_RATE_LIMIT": "6000",
-        "ARCHIVER_PART_SIZE": "5",
-        "ARCHIVER_PART_CONCURRENCY": "4",
-        "ARCHIVER_ATTEMPTS": "2",
-        "ARCHIVER_MAX_WAIT": "0.2",
-        **extra,
-    }
-
-
-def _key(sim, sid):
-    day = sim.calls[sid].created.astimezone(IST)
-    return f"{PREFIX}/{day:%Y/%m/%d}/{sid}/recording-1.mp3"
 
 
 def _run(env, *args):
@@ -188,7 +176,7 @@ def test_a_streamed_completion_acknowledged_but_not_made_leaves_the_upload_open(
     sid = sim.add_call(size=22 * MiB).sid
     proxy.fail(_is_complete, times=1, action="fake_ok")
     state = tmp_path / "state"
-    env = _env(sim, server, seaweed, proxy, bucket, state)
+    env = streamed_env(sim, server, seaweed, proxy.endpoint, bucket, state)
     rc, out = _run(env, "archive", sid)
     assert rc == 1 and outcome(state, sid) == "failed", out[-2000:]
     assert proxy.injected["fake_ok"] == 1
@@ -273,11 +261,17 @@ def test_a_recording_replaced_between_a_cut_and_its_range_resume_is_archived_as_
     source = _ChangingSource(a, b)
     sim.faults.recording_url_for[call.sid] = source.url
     state = tmp_path / "state"
-    env = _env(sim, server, seaweed, proxy, bucket, state, ARCHIVER_ALLOW_PRIVATE_ADDRESSES="on")
+    env = streamed_env(
+        sim, server, seaweed, proxy.endpoint, bucket, state, ARCHIVER_ALLOW_PRIVATE_ADDRESSES="on"
+    )
     _run(env, "archive", call.sid)
     assert len(source.requests) >= 2 and source.requests[1][0], source.requests  # resumed
     if outcome(state, call.sid) == "archived":
-        stored = seaweed.client().get_object(Bucket=bucket, Key=_key(sim, call.sid))["Body"].read()
+        stored = (
+            seaweed.client()
+            .get_object(Bucket=bucket, Key=recording_key(sim, call.sid))["Body"]
+            .read()
+        )
         digest = hashlib.sha256(stored).hexdigest()
         versions = {hashlib.sha256(x).hexdigest() for x in (a, b)}
         assert digest in versions, (

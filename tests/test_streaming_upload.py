@@ -21,27 +21,23 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from archiver.exotel.models import IST
 from archiver.simulator import Simulator, SimulatorServer
 from tests.s3proxy import FaultyS3Proxy
 from tests.seaweed import SeaweedFS
-from tests.support import child_env, exotel_env, invoke, ledger_rows, outcome
+from tests.support import (
+    HWM_WRAPPER,
+    STREAM_PREFIX,
+    child_env,
+    exotel_env,
+    invoke,
+    ledger_rows,
+    outcome,
+    recording_key,
+    streamed_env,
+)
 
 MiB = 1024 * 1024
-PREFIX = "calls"
-
-
-_HWM = """
-import atexit, runpy, sys
-path = sys.argv[1]
-def hwm():
-    with open("/proc/self/status") as status, open(path, "w") as out:
-        out.write(next(l for l in status if l.startswith("VmHWM:")).split()[1])
-atexit.register(hwm)
-sys.argv = ["exotel-archiver", *sys.argv[2:]]
-runpy.run_module("archiver", run_name="__main__")
-"""
-"""Runs ``exotel-archiver ARGS`` and writes its own peak RSS (kB) to the file ARGV[1] at exit."""
+PREFIX = STREAM_PREFIX
 
 
 def _is_part(method: str, path: str) -> bool:
@@ -50,28 +46,6 @@ def _is_part(method: str, path: str) -> bool:
 
 def _is_part_n(number: int) -> Callable[[str, str], bool]:
     return lambda method, path: _is_part(method, path) and f"partNumber={number}&" in path + "&"
-
-
-def _env(
-    sim: Simulator,
-    server: SimulatorServer,
-    seaweed: SeaweedFS,
-    proxy: FaultyS3Proxy,
-    bucket: str,
-    state: Path,
-) -> dict[str, str]:
-    return {
-        **seaweed.env(),
-        **exotel_env(sim, server.base_url, f"s3://{bucket}/{PREFIX}", state),
-        "AWS_ENDPOINT_URL": proxy.endpoint,
-        "AWS_CONFIG_FILE": str(state.parent / "no-aws-config"),
-        "AWS_SHARED_CREDENTIALS_FILE": str(state.parent / "no-aws-credentials"),
-        "EXOTEL_RATE_LIMIT": "6000",
-        "ARCHIVER_PART_SIZE": "5",
-        "ARCHIVER_PART_CONCURRENCY": "4",
-        "ARCHIVER_ATTEMPTS": "2",
-        "ARCHIVER_MAX_WAIT": "0.2",
-    }
 
 
 @contextmanager
@@ -116,11 +90,6 @@ def _overlapping(spans: list[tuple[str, str, float, float]]) -> bool:
     return any(b[2] < a[3] for a, b in itertools.pairwise(ordered))
 
 
-def _key(sim: Simulator, sid: str) -> str:
-    day = sim.calls[sid].created.astimezone(IST)
-    return f"{PREFIX}/{day:%Y/%m/%d}/{sid}/recording-1.mp3"
-
-
 def _manifest_sha256(state: Path, sid: str) -> list[str]:
     path = state / "manifest.jsonl"
     if not path.exists():
@@ -143,7 +112,7 @@ def _assert_stored_once(
     no upload is left open."""
     expected = sim.recording_bytes(sid, 1)
     client = seaweed.client()
-    key = _key(sim, sid)
+    key = recording_key(sim, sid)
     body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
     assert len(body) == len(expected) and body == expected, "the stored bytes are not the source's"
     versions = client.list_object_versions(Bucket=bucket, Prefix=key).get("Versions", [])
@@ -160,7 +129,9 @@ def _assert_nothing_of(
 ) -> None:
     client = seaweed.client()
     assert not client.list_multipart_uploads(Bucket=bucket).get("Uploads"), "an upload is open"
-    listed = client.list_objects_v2(Bucket=bucket, Prefix=_key(sim, sid)).get("Contents", [])
+    listed = client.list_objects_v2(Bucket=bucket, Prefix=recording_key(sim, sid)).get(
+        "Contents", []
+    )
     assert not listed, "an object is at the recording's key"
     assert _manifest_sha256(state, sid) == []
     assert _recording_rows(state, sid) == []
@@ -185,7 +156,7 @@ def test_parts_go_up_in_parallel_while_the_download_runs(
     proxy.delay(_is_part, 1.0)
     state = tmp_path / "state"
     with _served_at(sim) as seen:
-        assert _archive(_env(sim, server, seaweed, proxy, bucket, state), sid) == 0
+        assert _archive(streamed_env(sim, server, seaweed, proxy.endpoint, bucket, state), sid) == 0
     parts = _parts(proxy)
     assert len(parts) == 7
     assert seen["served"], "the download never ended"
@@ -209,7 +180,7 @@ def test_a_part_that_fails_for_good_mid_stream_leaves_nothing(
     sim.faults.bandwidth = 10 * MiB
     proxy.fail(_is_part_n(3), times=1000, status=500, code="InternalError")
     state = tmp_path / "state"
-    env = _env(sim, server, seaweed, proxy, bucket, state)
+    env = streamed_env(sim, server, seaweed, proxy.endpoint, bucket, state)
     with _served_at(sim) as seen:
         assert _archive(env, sid) == 1
     assert outcome(state, sid) == "failed"
@@ -235,7 +206,7 @@ def test_a_download_cut_off_and_resumed_continues_the_same_upload(
     sim.faults.recording_script.append("cut")
     state = tmp_path / "state"
     with _served_at(sim) as seen:
-        assert _archive(_env(sim, server, seaweed, proxy, bucket, state), sid) == 0
+        assert _archive(streamed_env(sim, server, seaweed, proxy.endpoint, bucket, state), sid) == 0
     assert sim.counters["range_requests"] == 1
     assert _count(proxy, "POST", "?uploads") == 1, "not one upload"
     assert _count(proxy, "DELETE", "uploadId=") == 0, "an upload was aborted"
@@ -257,7 +228,7 @@ def test_a_source_that_ignores_range_starts_the_upload_again(
     sid = sim.add_call(size=30 * MiB).sid
     sim.faults.recording_script.extend(["cut", "no_range"])
     state = tmp_path / "state"
-    assert _archive(_env(sim, server, seaweed, proxy, bucket, state), sid) == 0
+    assert _archive(streamed_env(sim, server, seaweed, proxy.endpoint, bucket, state), sid) == 0
     assert _count(proxy, "POST", "?uploads") == 2, "the first upload was not started mid-stream"
     assert _count(proxy, "DELETE", "uploadId=") >= 1, "the first upload was not aborted"
     _assert_stored_once(seaweed, bucket, sim, sid, state)
@@ -276,7 +247,7 @@ def test_a_large_body_that_is_not_audio_uploads_nothing(
     sid = sim.add_call(size=20 * MiB).sid
     sim.faults.recording_script.append("noise")
     state = tmp_path / "state"
-    assert _archive(_env(sim, server, seaweed, proxy, bucket, state), sid) == 1
+    assert _archive(streamed_env(sim, server, seaweed, proxy.endpoint, bucket, state), sid) == 1
     assert outcome(state, sid) == "failed"
     assert _count(proxy, "POST", "?uploads") == 0 and not _parts(proxy)
     _assert_nothing_of(seaweed, bucket, sim, sid, state)
@@ -302,7 +273,7 @@ def test_a_256_mib_recording_keeps_memory_bounded(
     )
     hwm = tmp_path / "hwm"
     result = subprocess.run(
-        [sys.executable, "-c", _HWM, str(hwm), "archive", sid],
+        [sys.executable, "-c", HWM_WRAPPER, str(hwm), "archive", sid],
         env=env,
         capture_output=True,
         text=True,

@@ -23,7 +23,7 @@ from typing import Any
 from archiver.exotel.models import IST
 from archiver.simulator import Simulator, SimulatorServer
 from tests.seaweed import SeaweedFS
-from tests.support import exotel_env
+from tests.support import HWM_WRAPPER, exotel_env
 
 MiB = 1024 * 1024
 RATE = "10000"
@@ -262,18 +262,6 @@ def fresh(bench: Bench, name: str, **sim_args: Any) -> tuple[Simulator, Path]:
     shutil.rmtree(state, ignore_errors=True)
     state.mkdir(parents=True)
     return Simulator(seed=11, **sim_args), state
-
-
-HWM_WRAPPER = """
-import atexit, runpy, sys
-path = sys.argv[1]
-def hwm():
-    with open("/proc/self/status") as status, open(path, "w") as out:
-        out.write(next(l for l in status if l.startswith("VmHWM:")).split()[1])
-atexit.register(hwm)
-sys.argv = ["exotel-archiver", *sys.argv[2:]]
-runpy.run_module("archiver", run_name="__main__")
-"""
 
 
 def job_peak(env: dict[str, str], args: list[str], hwm: Path) -> tuple[float, float, int]:
