@@ -12,6 +12,7 @@ import shutil
 import signal
 import sqlite3
 import sys
+import threading
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -129,12 +130,15 @@ async def _reporting_loop_errors(coro: Coroutine[Any, Any, T]) -> T:
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(loop_exception_handler)
     main = asyncio.current_task()
-    if main is not None:
+    handled = main is not None and threading.current_thread() is threading.main_thread()
+    if handled:  # signals reach the main thread only (a command run in a thread: none)
+        assert main is not None
         loop.add_signal_handler(signal.SIGTERM, main.cancel)
     try:
         return await coro
     finally:
-        loop.remove_signal_handler(signal.SIGTERM)
+        if handled:
+            loop.remove_signal_handler(signal.SIGTERM)
 
 
 def fail(message: str, code: int) -> NoReturn:
