@@ -442,6 +442,23 @@ async def _stream(
         sim.count("range_bytes_asked", length)
     response = web.StreamResponse(status=status, headers=headers)
     await response.prepare(request)
+    try:
+        return await _send_body(request, response, sim, asset, fault, start, end, length)
+    except ConnectionResetError:  # the client went away (it refused the body): as S3, no error
+        return response
+
+
+async def _send_body(
+    request: web.Request,
+    response: web.StreamResponse,
+    sim: Simulator,
+    asset: Asset,
+    fault: str | None,
+    start: int,
+    end: int,
+    length: int,
+) -> web.StreamResponse:
+    size = asset.size
     sent = 0
     cut_at = length // 2 if fault == "cut" else None
     for chunk in recording_body(asset.seed_key, size, start, end, asset.content_type):
