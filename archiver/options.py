@@ -390,7 +390,7 @@ OPTIONS: tuple[Option, ...] = (
         "ARCHIVER_PART_CONCURRENCY",
         "--part-concurrency",
         "Parts of one multipart upload sent to S3 at the same time, while the download goes on.",
-        default=4,
+        default=2,
         kind="int",
         minimum=1,
         maximum=32,

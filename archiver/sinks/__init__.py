@@ -48,7 +48,7 @@ def open_sink(
     conditional_writes: bool = True,
     checksum: str = "sha256",
     part_size: int = 8 * 1024 * 1024,
-    part_concurrency: int = 4,
+    part_concurrency: int = 2,
     concurrency: int = 16,
 ) -> Sink:
     """The sink for ``destination``, wrapped in the retry policy."""

@@ -229,7 +229,7 @@ class S3Sink:
         checksum: str = "sha256",
         part_size: int = 8 * 1024 * 1024,
         part_retry: RetryPolicy | None = None,
-        part_concurrency: int = 4,
+        part_concurrency: int = 2,
         concurrency: int = 16,
         max_workers: int | None = None,
     ) -> None:
