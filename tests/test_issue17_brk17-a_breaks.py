@@ -17,7 +17,6 @@ from tests.seaweed import SeaweedFS
 from tests.support import (
     STREAM_PREFIX,
     child_env,
-    exotel_env,
     invoke,
     outcome,
     recording_key,
@@ -43,21 +42,17 @@ def _child_env(
     **extra: str,
 ) -> dict[str, str]:
     return child_env(
-        **{
-            **seaweed.env(),
-            **exotel_env(sim, server.base_url, f"s3://{bucket}/{PREFIX}", state),
-            "AWS_ENDPOINT_URL": proxy.endpoint,
-            "AWS_CONFIG_FILE": str(state.parent / "no-aws-config"),
-            "AWS_SHARED_CREDENTIALS_FILE": str(state.parent / "no-aws-credentials"),
-            "EXOTEL_RATE_LIMIT": "6000",
-            "ARCHIVER_PART_SIZE": "5",
-            "ARCHIVER_PART_CONCURRENCY": "4",
-            "ARCHIVER_ATTEMPTS": "2",
-            "ARCHIVER_MAX_WAIT": "0.2",
-            "ARCHIVER_POLL_INTERVAL": "1",
-            "ARCHIVER_RECHECK_INTERVAL": "1",
+        **streamed_env(
+            sim,
+            server,
+            seaweed,
+            proxy.endpoint,
+            bucket,
+            state,
+            ARCHIVER_POLL_INTERVAL="1",
+            ARCHIVER_RECHECK_INTERVAL="1",
             **extra,
-        }
+        )
     )
 
 
