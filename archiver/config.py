@@ -145,6 +145,15 @@ class Settings:
     allow_private_addresses: bool = False
     listing_settle: float = 6 * 3600.0
     """Seconds: how long after a range's end its listing counts as complete (backfill)."""
+    recording_auth_hosts: tuple[str, ...] = ("recordings.exotel.com",)
+    """Hosts a private (unsigned) recording URL may be sent the Exotel credentials to (https
+    only): ``archiver.recording_auth``."""
+    rescue: bool = True
+    """Rescue recordings straight from the v1 listing (``archiver.rescue``)."""
+    enrich: str = "background"
+    """``background`` (fetch the v3 details of rescued calls later) or ``never``."""
+    enrich_share: int = 50
+    """Percent of the rate limit the enrichment of rescued calls may use."""
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
     retention: RetentionPolicy | None = None
     """Compliance retention classes and rules (config file only), or None."""
@@ -468,6 +477,12 @@ def load_settings(
         max_recording_size=values["max_recording_size"] * 1024 * 1024,
         allow_private_addresses=values["allow_private_addresses"] == "on",
         listing_settle=values["listing_settle"] * 3600.0,
+        recording_auth_hosts=tuple(
+            h.strip().lower() for h in str(values["recording_auth_hosts"]).split(",") if h.strip()
+        ),
+        rescue=values["rescue"] == "on",
+        enrich=values["enrich"],
+        enrich_share=values["enrich_share"],
         daemon=daemon,
         retention=from_file.get(RETENTION),
         secrets=tuple(s for s in secrets if s),

@@ -34,6 +34,8 @@ PLACEHOLDERS = ("yyyy", "mm", "dd", "hh", "call_sid", "direction", "account_sid"
 CALL_JSON = "call.json"
 LEGS_JSON = "legs.json"
 VOICE_LOG_JSON = "voice-log.json"
+V1_JSON = "call-v1.json"
+"""The call's item of the v1 listing a rescued recording came from (signatures stripped)."""
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 _MAX_VALUE = 64  # a value from the API never makes a key longer than S3's 1024 bytes
 

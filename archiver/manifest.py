@@ -54,7 +54,9 @@ SCHEMA = 1
 """Version of the line format, in every line as ``schema``."""
 
 
-OBJECT_KINDS = frozenset({"recording", "call_details", "legs", "voice_log", "voice_log_audio"})
+OBJECT_KINDS = frozenset(
+    {"recording", "call_details", "legs", "voice_log", "voice_log_audio", "v1_record"}
+)
 """The kinds of object entries (archiver.recorder's table)."""
 EVENT_KINDS = frozenset(
     {"legal_hold", "legal_hold_release", "retention_extended", "erasure", "repaired"}

@@ -277,6 +277,65 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "archiver",
+        "recording_auth_hosts",
+        "ARCHIVER_RECORDING_AUTH_HOSTS",
+        "--recording-auth-hosts",
+        "Exotel's own recording hosts, comma-separated: only to these, over https, are the "
+        "Exotel API key and token sent (HTTP Basic) to download a private recording URL (one "
+        "without a signature). Never to a pre-signed URL, another host or a redirect off it. "
+        "Empty: never.",
+        default="recordings.exotel.com",
+        kind="str",
+        commands=FETCHING,
+        group=EXOTEL,
+    ),
+    Option(
+        "archiver",
+        "rescue",
+        "ARCHIVER_RESCUE",
+        "--rescue",
+        "on (default): a call the v1 listing shows with a recording URL it can be downloaded "
+        "from (PreSignedRecordingUrl, or RecordingUrl on a --recording-auth-hosts host) is "
+        "rescued at once from the listing: its recording stored for about 0.01 API requests, "
+        "its v3 details fetched later (--enrich). off: every call through its v3 details.",
+        default="on",
+        kind="choice",
+        choices=("on", "off"),
+        commands=frozenset({"backfill", "run"}),
+        group=BEHAVIOUR,
+    ),
+    Option(
+        "archiver",
+        "enrich",
+        "ARCHIVER_ENRICH",
+        "--enrich",
+        "What follows a rescue. background (default): the v3 details of rescued calls are "
+        "fetched, oldest first, at --enrich-share of the budget; call.json is stored, any "
+        "recording v3 lists that v1 did not is archived, and the call becomes archived. never: "
+        "rescued calls stay rescued (no call.json, app/flow/digits metadata lost, and a call "
+        "with several recordings keeps only the one v1 lists).",
+        default="background",
+        kind="choice",
+        choices=("background", "never"),
+        commands=frozenset({"backfill", "run"}),
+        group=BEHAVIOUR,
+    ),
+    Option(
+        "archiver",
+        "enrich_share",
+        "ARCHIVER_ENRICH_SHARE",
+        "--enrich-share",
+        "Percent of --rate-limit the enrichment of rescued calls may use; the listing and "
+        "the worker's own requests keep the rest.",
+        default=50,
+        kind="int",
+        minimum=1,
+        maximum=100,
+        commands=frozenset({"backfill", "run"}),
+        group=BEHAVIOUR,
+    ),
+    Option(
+        "archiver",
         "listing_settle",
         "ARCHIVER_LISTING_SETTLE",
         "--listing-settle",

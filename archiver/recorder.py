@@ -14,6 +14,7 @@ call_details     ``call.json``                the v3 call-details response, as r
 legs             ``legs.json``                the legs response, as received
 voice_log        ``voice-log.json``           the voice-logs response, as received
 voice_log_audio  ``voice-log.{mp3|wav}``      the file the voice log points to
+v1_record        ``call-v1.json``             the call's v1 listing item, for a rescued call
 ===============  ===========================  =============================================
 
 The JSON responses are snapshots: a later request gives other bytes (a new ``request_id``, fresh
@@ -55,7 +56,7 @@ from archiver.sinks.streaming import Tap, mime_of
 if TYPE_CHECKING:
     from archiver.retention.policy import RetentionPolicy
 
-SNAPSHOT_KINDS = frozenset({"call_details", "legs", "voice_log"})
+SNAPSHOT_KINDS = frozenset({"call_details", "legs", "voice_log", "v1_record"})
 _STRENGTH = {None: 0, "GOVERNANCE": 1, "COMPLIANCE": 2}
 """Object Lock modes, weakest first."""
 

@@ -39,7 +39,11 @@ ALREADY_ARCHIVED = "already_archived"
 NOT_READY = "not_ready"
 NO_RECORDING = "no_recording"
 FAILED = "failed"
-OUTCOMES = (ARCHIVED, ALREADY_ARCHIVED, NOT_READY, NO_RECORDING, FAILED)
+RESCUED = "rescued"
+"""The call's recording is stored from the v1 listing (``archiver.rescue``): its audio is safe,
+its v3 details (``call.json``, any recording v1 did not list) are not fetched yet. Not complete:
+enrichment makes it ``archived``."""
+OUTCOMES = (ARCHIVED, RESCUED, ALREADY_ARCHIVED, NOT_READY, NO_RECORDING, FAILED)
 
 
 @dataclass
