@@ -302,6 +302,26 @@ def _check_base_url(origin: str, url: str) -> str:
     return url.rstrip("/")
 
 
+_HOST_NAME = re.compile(
+    r"^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$"
+)
+
+
+def _auth_hosts(origin: str, value: str) -> tuple[str, ...]:
+    """The comma-separated host names of ``recording_auth_hosts``, lower-cased: each a bare
+    ASCII host name or IPv4 address (no scheme, user, port, path, wildcard, trailing dot or
+    whitespace inside), as ``archiver.recording_auth`` compares them."""
+    hosts = tuple(h.strip().lower() for h in value.split(",") if h.strip())
+    for host in hosts:
+        if not _HOST_NAME.match(host):
+            raise ConfigError(
+                f"{origin} must be comma-separated host names such as recordings.exotel.com "
+                "(no scheme, user, port, path, wildcard or trailing dot; credentials go to "
+                f"https on port 443 only); got {host[:80]!r}"
+            )
+    return hosts
+
+
 def _listen(origin: str, value: str | None) -> tuple[str, int] | None:
     """``HOST:PORT`` (``[::1]:9100`` for IPv6) as (host, port); None when unset."""
     if not value:
@@ -477,8 +497,8 @@ def load_settings(
         max_recording_size=values["max_recording_size"] * 1024 * 1024,
         allow_private_addresses=values["allow_private_addresses"] == "on",
         listing_settle=values["listing_settle"] * 3600.0,
-        recording_auth_hosts=tuple(
-            h.strip().lower() for h in str(values["recording_auth_hosts"]).split(",") if h.strip()
+        recording_auth_hosts=_auth_hosts(
+            origins["recording_auth_hosts"], str(values["recording_auth_hosts"])
         ),
         rescue=values["rescue"] == "on",
         enrich=values["enrich"],
