@@ -12,6 +12,7 @@ printed or logged without leaking them.
 
 from __future__ import annotations
 
+import base64
 import difflib
 import ipaddress
 import os
@@ -466,9 +467,11 @@ def load_settings(
         source_retention=values["source_retention"] * 86400.0,
         retention_warning=values["retention_warning"] * 86400.0,
     )
+    basic = base64.b64encode(f"{api_key}:{api_token}".encode()).decode() if api_key else ""
     secrets = (
         api_key,
         api_token,
+        basic,  # the Authorization value sent to the API and to private recording URLs
         webhook_secret,
         webhook_basic_auth,
         webhook_basic_auth.partition(":")[2],
