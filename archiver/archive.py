@@ -72,6 +72,7 @@ from archiver.manifest import ManifestWriter
 from archiver.preflight import preflight
 from archiver.ratelimit import RateLimiter
 from archiver.recorder import Binding, Recorder
+from archiver.recording_auth import RecordingAuth
 from archiver.redact import redact_text, strip_signed_urls, strip_url
 from archiver.report import (
     ALREADY_ARCHIVED,
@@ -138,6 +139,7 @@ class Archiver:
         make_dirs(self.spool_dir)  # 0700: the spool files hold recordings
         self.rates = RateMeter()
         self.addresses = address_policy(settings)
+        self.recording_auth = RecordingAuth.from_settings(settings)
         self.url_refreshes = 0
         """Fresh URLs fetched, after a 403 or ahead of a deadline: API requests they cost."""
         self.rescued = 0
@@ -703,6 +705,7 @@ class Archiver:
                             what=what,
                             max_bytes=self.settings.max_recording_size,
                             policy=self.addresses,
+                            auth=self.recording_auth,
                         )
                         self.rates.add(got.size - offset, time.monotonic() - started)
                         return got, url
