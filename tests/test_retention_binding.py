@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 from archiver.archive import archive_calls, sink_for
+from archiver.cli import main
 from archiver.config import Settings, load_settings
 from archiver.exotel.models import IST, CallDetails, parse_call_details
 from archiver.ledger import Ledger, ObjectRecord, utc_now
@@ -244,6 +246,20 @@ async def test_an_unbound_rescued_object_is_kept_and_reported_until_enrichment_b
     today = await jobs(settings, datetime.now(UTC))
     assert today["audit"]["ok"], today["audit"]["findings"]
     assert today["audit"]["pending"] == {"class_not_bound_yet": 2}
+    # What an operator sees.
+    env = {
+        **exotel_env(sim, server.base_url, f"s3://{lock_bucket}/{PREFIX}", tmp_path / "state"),
+        "ARCHIVER_CONFIG": str(tmp_path / "archiver.toml"),
+    }
+    planned = await asyncio.to_thread(CliRunner().invoke, main, ["retention", "plan"], env=env)
+    assert planned.exit_code == 0, planned.output
+    assert "rescued, class not bound yet: 2 object(s), unlocked since 20" in planned.output
+    assert [line.split()[:4] for line in planned.output.splitlines() if recording in line] == [
+        ["class_not_bound_yet", call.sid, recording, "-"]
+    ]
+    audited = await asyncio.to_thread(CliRunner().invoke, main, ["retention", "audit"], env=env)
+    assert audited.exit_code == 0, audited.output
+    assert "not findings yet: 2 object(s) of rescued calls" in audited.output
 
     details = await asyncio.to_thread(v3_details, sim, server, call)
     before, after = await enrich_by_hand(settings, details)
