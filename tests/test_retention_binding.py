@@ -384,3 +384,114 @@ async def test_a_config_edited_between_rescue_and_enrichment_does_not_lower_a_bo
         if edit == "shorter_period":
             assert "bound_beyond_class" in actions(found["plan"], key)
     assert (await run_verify(settings)).ok
+
+
+# --- end to end: a real backfill through the rescue lane -----------------------------------------
+
+
+def lane_env(
+    sim: Simulator, server: SimulatorServer, bucket: str, tmp_path: Path, config: str, **extra: str
+) -> dict[str, str]:
+    path = tmp_path / "archiver.toml"
+    path.write_text(config)
+    return {
+        **exotel_env(sim, server.base_url, f"s3://{bucket}/{PREFIX}", tmp_path / "state"),
+        "ARCHIVER_CONFIG": str(path),
+        "ARCHIVER_RESCUE": "on",
+        "ARCHIVER_ALLOW_PRIVATE_ADDRESSES": "on",
+        "EXOTEL_RATE_LIMIT": "6000",
+        **extra,
+    }
+
+
+def lane_calls(sim: Simulator) -> tuple[str, list[SimCall], list[SimCall]]:
+    day = (datetime.now(IST) - timedelta(days=3)).date()
+    noon = datetime.combine(day, datetime.min.time(), IST) + timedelta(hours=12)
+    orders = [
+        sim.add_call(created=noon + timedelta(minutes=n), size=3000, app_id=ORDERS_APP)
+        for n in range(3)
+    ]
+    general = [sim.add_call(created=noon + timedelta(minutes=10 + n), size=3000) for n in range(3)]
+    return str(day), orders, general
+
+
+def lane_objects(settings: Settings) -> list[dict[str, Any]]:
+    manifest = read_manifest(settings.state_dir / "manifest.jsonl")
+    return [e for e in manifest if e["kind"] not in ("class_bound",) and "index" in e]
+
+
+@pytest.mark.parametrize(
+    ("enrich", "rescued"), [("background", True), ("never", False)], ids=["enriched", "never"]
+)
+async def test_a_backfill_whose_rules_need_v3_binds_the_rescued_objects_at_enrichment(
+    sim: Simulator,
+    server: SimulatorServer,
+    s3_env: None,
+    seaweed: Any,
+    lock_bucket: str,
+    tmp_path: Path,
+    enrich: str,
+    rescued: bool,
+) -> None:
+    day, orders, general = lane_calls(sim)
+    env = lane_env(sim, server, lock_bucket, tmp_path, rules(), ARCHIVER_ENRICH=enrich)
+    result = await asyncio.to_thread(
+        CliRunner().invoke, main, ["backfill", "--since", day, "--until", day], env=env
+    )
+    assert result.exit_code == 0, result.output
+    settings = settings_with(sim, server, tmp_path, lock_bucket, rules())
+
+    events = {e["key"]: e for e in bindings(settings)}
+    for call, cls, period, mode in [(c, "orders", "3y", "COMPLIANCE") for c in orders] + [
+        (c, "general", "30d", "GOVERNANCE") for c in general
+    ]:
+        rescued_keys = [f"{folder(call)}/recording-1.mp3", f"{folder(call)}/call-v1.json"]
+        for key in (*rescued_keys, f"{folder(call)}/call.json"):
+            if key.endswith("call-v1.json") and not rescued:
+                continue  # with enrich = never the call went the v3 way: no v1 item
+            stored = retention(seaweed, lock_bucket, key)
+            assert stored["Mode"] == mode, key
+            assert abs(stored["RetainUntilDate"] - until(call, period)) < timedelta(seconds=1)
+        for key in rescued_keys:
+            if rescued:  # stored unbound by the rescue, bound at enrichment
+                assert events[key]["retention_class"] == cls
+                assert events[key]["lock_mode"] == mode
+            else:
+                assert key not in events
+    # Every object has its class, in its entry or its binding; no window left.
+    for e in lane_objects(settings):
+        assert e.get("retention_class") or e["key"] in events, e["key"]
+    found = await jobs(settings, datetime.now(UTC))
+    assert found["plan"]["unbound_rescued"] == {"objects": 0, "oldest": None}
+    assert found["audit"]["ok"], found["audit"]["findings"]
+    assert (await run_verify(settings)).ok
+
+
+async def test_a_backfill_whose_rules_v1_decides_binds_and_locks_at_rescue(
+    sim: Simulator,
+    server: SimulatorServer,
+    s3_env: None,
+    seaweed: Any,
+    lock_bucket: str,
+    tmp_path: Path,
+) -> None:
+    day, orders, general = lane_calls(sim)
+    config = rules().replace(f'app_id = "{ORDERS_APP}"', 'direction = "inbound"')
+    for call in orders:
+        call.direction = "inbound"
+    env = lane_env(sim, server, lock_bucket, tmp_path, config)
+    result = await asyncio.to_thread(
+        CliRunner().invoke, main, ["backfill", "--since", day, "--until", day], env=env
+    )
+    assert result.exit_code == 0, result.output
+    settings = settings_with(sim, server, tmp_path, lock_bucket, config)
+    assert bindings(settings) == []  # nothing waited for enrichment
+    classes = {e["key"]: e["retention_class"] for e in lane_objects(settings)}
+    for call in orders:
+        assert classes[f"{folder(call)}/recording-1.mp3"] == "orders"
+        assert classes[f"{folder(call)}/call-v1.json"] == "orders"
+        assert retention(seaweed, lock_bucket, f"{folder(call)}/recording-1.mp3")["Mode"] == (
+            "COMPLIANCE"
+        )
+    for call in general:
+        assert classes[f"{folder(call)}/recording-1.mp3"] == "general"
