@@ -19,13 +19,13 @@ look at it next) from four sources:
 * **restart** — calls the ledger holds as ``pending`` or ``not_ready`` from an earlier run.
 
 With the rescue lane on (``rescue``, ``archiver.rescue``), a call the sweep lists with a URL its
-recording can be downloaded from, and that nothing else watches or schedules, is rescued from
-the listing at once (no call-details request), at most ``concurrency`` at a time: the sweep
-reads on only as they finish. Rescued calls are enriched by a loop of their own (``enrich =
-background``): oldest first, ``concurrency / 2`` at a time, their requests held to
-``enrich_share`` of the one limiter, a failed one looked at again after ``ENRICH_RETRY``; live
-calls never wait for a worker behind them. Rescues and enrichments cut off by a shutdown lose
-nothing: the call stays pending (redone through v3 at the next start) or rescued.
+recording can be downloaded from, and that nothing else watches or schedules, is rescued from the
+listing at once (no call-details request), at most ``concurrency`` at a time: the sweep reads on
+only as they finish. Rescued calls are enriched by a loop of their own (``enrich = background``):
+oldest first, ``concurrency / 2`` at a time, their requests held to ``enrich_share`` of the one
+limiter, a failed one looked at again after ``ENRICH_RETRY``, doubling; live calls never wait for a
+worker behind them. Rescues and enrichments cut off by a shutdown lose nothing: the call stays
+pending (redone through v3 at the next start) or rescued.
 
 A pool of ``concurrency`` workers takes due calls and archives each with the same code as
 ``archive`` (``Archiver.archive_call``).
@@ -101,7 +101,8 @@ LOCK_POLL = 5.0
 ENRICH_IDLE = 5.0
 """Seconds the enrichment loop waits when no rescued call is due."""
 ENRICH_RETRY = 600.0
-"""Seconds before a rescued call whose enrichment did not complete is taken again."""
+"""Seconds before a rescued call whose enrichment did not complete is taken again; doubled
+after each further try, up to 128 times (about 21 hours)."""
 """Seconds between two tries at the state directory's writer lock while another process (a
 backfill, a retention job) holds it."""
 SEAL_IDLE = 30.0
@@ -140,6 +141,8 @@ class Daemon:
         self._enrich_after: dict[str, float] = {}
         """Rescued call -> when (monotonic) the enrichment may take it again."""
         self._enriching: set[str] = set()
+        self._enrich_tries: dict[str, int] = {}
+        """Rescued call -> enrichments taken of it that did not complete it (the backoff)."""
         """When the last call was finished (for sealing once idle)."""
         self.ledger: Ledger | None = None
         self.archiver: Archiver | None = None
@@ -587,7 +590,11 @@ class Daemon:
                     continue
                 self.schedule.in_flight.add(sid)
                 self._enriching.add(sid)
-                self._enrich_after[sid] = time.monotonic() + ENRICH_RETRY
+                tries = self._enrich_tries.get(sid, 0)
+                self._enrich_tries[sid] = tries + 1
+                # Taken again only after a doubling delay: calls whose enrichment keeps failing
+                # (v3 has lost them) never crowd out the younger ones from the share.
+                self._enrich_after[sid] = time.monotonic() + ENRICH_RETRY * 2 ** min(tries, 7)
                 task = asyncio.create_task(self._guard(self._enrich(sid, slots)))
                 running.add(task)
                 task.add_done_callback(running.discard)
@@ -603,6 +610,7 @@ class Daemon:
                 result = await self.archiver.archive_call(sid)
             if result.outcome == ARCHIVED:
                 self._enrich_after.pop(sid, None)
+                self._enrich_tries.pop(sid, None)
             self._after(result)
         finally:
             self._enriching.discard(sid)

@@ -15,14 +15,14 @@ costs about 0.01 requests a call, the listing itself.
   the longest Exotel allows; an account refusing that is asked again with ``url_validity``). A
   URL that is too close to its end (or refused) anyway sends its call the v3 way
   (``archive_call``: one request, fresh URLs).
-* **Enrichment** (``enrich = background``): meanwhile, rescued calls — of this range and any left
-  by earlier runs — are taken from the ledger, oldest first, and archived through their v3
+* **Enrichment** (``enrich = background``): meanwhile, the range's rescued calls — rescued now, or
+  by an earlier run — are taken in the listing's order (oldest first) and archived through their v3
   details (``archive_call``): ``call.json``, any recording v3 lists that v1 did not, and the call
-  becomes ``archived``. Its requests pass the one rate limiter, held to ``enrich_share`` percent
-  of it (``RateLimiter.share``); a failed enrichment leaves the call rescued (its audio is safe)
-  for a later run. ``enrich = never`` leaves rescued calls rescued; a call whose retention class
-  the v1 fields cannot decide is then not rescued but archived through v3 at once, so no object
-  stays without its class.
+  becomes ``archived``. Its requests pass the one rate limiter, held to ``enrich_share`` percent of
+  it (``RateLimiter.share``); a failed enrichment leaves the call rescued (its audio is safe) for a
+  later run. ``enrich = never`` leaves rescued calls rescued; a call whose retention class the v1
+  fields cannot decide is then not rescued but archived through v3 at once, so no object stays
+  without its class.
 * **What is not rescued** goes the v3 way as before: calls listed without a usable URL, calls the
   ledger knows as unfinished, calls listed too soon to be settled; calls listed without a
   recording and settled are ``no_recording`` with no request.
@@ -37,7 +37,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
@@ -172,11 +172,13 @@ class _Lane:
         self.listing_done = asyncio.Event()
         self.rescues_done = asyncio.Event()
         self.listing: list[tuple[str, str, bool]] = []
-        self.tried: set[str] = set()
-        """Rescued calls an enrichment of this run has taken (shared by its tasks)."""
+        self.to_enrich: deque[str] = deque()
+        """This run's rescued calls not enriched yet, oldest first (the listing's order)."""
 
     def _report(self, result: CallResult) -> None:
         self.results[result.call_sid] = result
+        if result.outcome == RESCUED and self.settings.enrich == "background":
+            self.to_enrich.append(result.call_sid)
         if self.on_result is not None:
             self.on_result(result)
 
@@ -299,29 +301,15 @@ class _Lane:
             self._report(result)
 
     async def _enrich(self) -> None:
-        """Enrich rescued calls, oldest first, until none is left that this run has not tried
-        (and the rescues are over)."""
-        tried = self.tried
+        """Enrich this run's rescued calls (rescued now, or by an earlier run and listed now),
+        in listing order — the oldest first — until none is left and the rescues are over."""
         while True:
-            sid = self._next_rescued(tried)
-            if sid is None:
-                if self.rescues_done.is_set() and self._next_rescued(tried) is None:
+            if not self.to_enrich:
+                if self.rescues_done.is_set() and not self.to_enrich:
                     return
                 await asyncio.sleep(_IDLE)
                 continue
-            tried.add(sid)
+            sid = self.to_enrich.popleft()
             with lane(ENRICH_LANE):
                 result = await self.worker.archive_call(sid)
             self._report(result)
-
-    def _next_rescued(self, tried: set[str]) -> str | None:
-        """The oldest rescued call no enrichment of this run has taken, or None."""
-        skip = 0
-        while True:
-            batch = self.ledger.rescued_calls(100, skip=skip)
-            for sid in batch:
-                if sid not in tried:
-                    return sid
-            if len(batch) < 100:
-                return None
-            skip += len(batch)
