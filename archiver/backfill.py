@@ -294,8 +294,10 @@ async def plan_backfill(settings: Settings, since: date, until: date) -> Plan:
             outcome = ledger.call_outcome(sid)
             if outcome == ARCHIVED:
                 plan.already_archived.append(sid)
+            elif outcome == RESCUED and (settings.rescue or not plan.enrich):
+                plan.rescued_before.append(sid)  # the lane enriches it (or nothing does)
             elif outcome == RESCUED:
-                plan.rescued_before.append(sid)
+                plan.to_archive.append(sid)  # --rescue off: enriched the v3 way now
             elif sid in rescuable:
                 plan.to_rescue.append(sid)
             elif outcome in UNFINISHED or has_recording:
@@ -344,6 +346,10 @@ async def backfill(
     skipped += [
         CallResult(sid, NO_RECORDING, detail="the v1 listing shows no recording: not asked again")
         for sid in plan.no_recording
+    ]
+    skipped += [
+        CallResult(sid, RESCUED, detail="rescued by an earlier run; enrich = never")
+        for sid in plan.rescued_before
     ]
     report.results[:0] = skipped
     return report

@@ -272,3 +272,33 @@ def test_the_dry_run_plan_shows_rescue_and_enrichment_apart(
     assert "enrichment: about 14 API requests" in dry.output
     assert sim.counters.get("recording_requests", 0) == 0  # a dry run downloads nothing
     assert sim.counters.get("v3_call_details", 0) == 0
+
+
+def test_rescued_calls_are_completed_by_a_backfill_with_the_lane_off_and_counted_by_one(
+    sim: Simulator,
+    server: SimulatorServer,
+    s3_env: None,
+    bucket: str,
+    seaweed: SeaweedFS,
+    tmp_path: Path,
+) -> None:
+    day = the_day()
+    noon = datetime.combine(day, datetime.min.time(), IST) + timedelta(hours=12)
+    calls = [sim.add_call(created=noon + timedelta(minutes=n), recordings=2) for n in range(3)]
+    env = lane_env(sim, server, bucket, tmp_path, ARCHIVER_ENRICH="never")
+    assert invoke(["backfill", "--since", str(day), "--until", str(day)], env).exit_code == 0
+    args = ["backfill", "--since", str(day), "--until", str(day), "--rescue", "off"]
+
+    kept = invoke(args, env)  # enrich = never: they stay rescued, and are counted so
+    assert kept.exit_code == 0, kept.output
+    summary = json.loads((tmp_path / "state" / f"backfill-{day}-{day}.json").read_text())
+    assert summary["result"]["counts"]["rescued"] == 3
+    assert sum(summary["result"]["counts"].values()) == summary["plan"]["calls_listed"] == 3
+
+    done = invoke(args, {**env, "ARCHIVER_ENRICH": "background"})
+    assert done.exit_code == 0, done.output
+    assert set(outcomes(tmp_path / "state", *(c.sid for c in calls)).values()) == {"archived"}
+    files = by_call(objects(seaweed, bucket))
+    for call in calls:
+        assert files[call.sid]["recording-2.mp3"] == sim.recording_asset(call, 2).body()
+        assert "call.json" in files[call.sid]
