@@ -34,8 +34,11 @@ import socket
 import sqlite3
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -48,23 +51,28 @@ from archiver.errors import (
     ExotelAuthError,
     ExotelNotFound,
     InvalidCallSid,
+    RecordingError,
     RecordingExpired,
     RecordingUnavailable,
     StoragePermanent,
     StorageRejected,
     StoreRefusesAll,
+    UnsafeAddress,
     error_reason,
 )
 from archiver.exotel.client import ExotelClient
-from archiver.exotel.models import CallDetails, validate_call_sid
+from archiver.exotel.listing import ListedCall
+from archiver.exotel.models import CallDetails, Recording, validate_call_sid
+from archiver.exotel.v1 import details_from_listing, v1_record
 from archiver.expiry import RateMeter, too_close, url_deadline
 from archiver.files import make_dirs
-from archiver.keys import CALL_JSON, LEGS_JSON, VOICE_LOG_JSON
+from archiver.keys import CALL_JSON, LEGS_JSON, V1_JSON, VOICE_LOG_JSON
 from archiver.ledger import Ledger, ObjectRecord, writer_lock
 from archiver.manifest import ManifestWriter
 from archiver.preflight import preflight
 from archiver.ratelimit import RateLimiter
-from archiver.recorder import Recorder
+from archiver.recorder import Binding, Recorder
+from archiver.recording_auth import RecordingAuth
 from archiver.redact import redact_text, strip_signed_urls, strip_url
 from archiver.report import (
     ALREADY_ARCHIVED,
@@ -72,9 +80,11 @@ from archiver.report import (
     FAILED,
     NO_RECORDING,
     NOT_READY,
+    RESCUED,
     CallResult,
     Report,
 )
+from archiver.retention.binding import bind_rescued
 from archiver.retry import retrying
 from archiver.segments import seal
 from archiver.sinks import Sink, open_sink
@@ -85,6 +95,9 @@ log = logging.getLogger("archiver.archive")
 INTERNAL_ERROR = "internal_error"
 """The reason of a call failed by an exception outside the error tree (a bug)."""
 
+
+Refresh = Callable[[CallDetails, int], Awaitable[str]]
+"""Fetches a fresh URL for (call, index) when one has expired (an API request)."""
 
 Known = dict[tuple[str, int], ObjectRecord]
 """A call's objects in the ledger by (kind, index), read once per call."""
@@ -126,39 +139,147 @@ class Archiver:
         make_dirs(self.spool_dir)  # 0700: the spool files hold recordings
         self.rates = RateMeter()
         self.addresses = address_policy(settings)
+        self.recording_auth = RecordingAuth.from_settings(settings)
         self.url_refreshes = 0
         """Fresh URLs fetched, after a 403 or ahead of a deadline: API requests they cost."""
+        self.rescued = 0
+        """Calls rescued from their v1 listing item by this process."""
+        self.rescue_fallbacks = 0
+        """Rescues whose URL could not serve the call, archived through v3 instead."""
         self._reject_streak: tuple[str, set[str]] = ("", set())
         self._stored_at = 0
+        self._folders: dict[str, str] = {}
+        """The folder of each rescued call being enriched now: where its rescue put it."""
+        self._rescued: set[str] = set()
+        """Calls being enriched now (rescued before): any outcome short of archived keeps them
+        rescued in the ledger."""
 
     async def archive_call(self, call_sid: str) -> CallResult:
-        """Archive one call. Never raises for a per-call failure: the result says ``failed``."""
-        known_failed = False  # failed before this attempt: not counted again in a streak
-        created: str | None = None  # once the details are known: a failure keeps the call's age
-        try:
+        """Archive one call. Never raises for a per-call failure: the result says ``failed``.
+        A rescued call (``rescue_call``) is enriched: its v3 details complete it."""
+        seen = _Attempt()
+
+        async def work() -> CallResult:
             validate_call_sid(call_sid)
             before = self.ledger.call_outcome(call_sid)
             if before == ARCHIVED:
                 return CallResult(call_sid, ALREADY_ARCHIVED, self.ledger.objects_of(call_sid))
-            known_failed = before == FAILED
+            seen.known_failed = before == FAILED
+            if before == RESCUED:
+                self._rescued.add(call_sid)  # an enrichment: its failure keeps it rescued
             details, raw = await self.exotel.call_details(call_sid)
-            created = details.created_time.isoformat()
+            seen.created = details.created_time.isoformat()
             return await self._archive_details(details, raw, fetched_at=time.time())
+
+        try:
+            return await self._guarded(call_sid, work, seen)
+        finally:
+            self._rescued.discard(call_sid)
+            self._folders.pop(call_sid, None)
+
+    async def rescue_call(
+        self, listed: ListedCall, url: str, binding: Binding = None
+    ) -> CallResult:
+        """Rescue a call from its v1 listing item: store the recording ``url`` (the item's
+        pre-signed or private URL) as ``recording-1`` and the item beside it as
+        ``call-v1.json``, then mark the call ``rescued`` (its v3 details not fetched yet).
+
+        The same transfer path as every recording (spool, content gate, checksum, write-once,
+        ledger and manifest). No API request is made — unless the URL cannot serve it (expired,
+        too close to its end, refused, not a recording): then the call goes the v3 way
+        (``archive_call``), which fetches fresh URLs. Never raises for a per-call failure."""
+        sid = listed.sid
+        seen = _Attempt(created=listed.date_created.isoformat())
+
+        async def work() -> CallResult:
+            before = self.ledger.call_outcome(sid)
+            if before == ARCHIVED:
+                return CallResult(sid, ALREADY_ARCHIVED, self.ledger.objects_of(sid))
+            if before == RESCUED:
+                return CallResult(
+                    sid, RESCUED, self.ledger.objects_of(sid), detail="rescued already"
+                )
+            seen.known_failed = before == FAILED
+            details = details_from_listing(listed, url)
+            known = {(r.kind, r.idx): r for r in self.ledger.objects_of(sid)}
+            result = CallResult(sid, RESCUED)
+            record = known.get(("recording", 1))
+            if record is None:
+                record = await self._archive_file(
+                    details,
+                    "recording",
+                    1,
+                    url,
+                    listed.fetched_at or time.time(),
+                    None,
+                    stem="recording-1",
+                    binding=binding,
+                )
+                result.stored += 1
+            result.objects.append(record)
+            snapshot = known.get(("v1_record", 0))
+            if snapshot is None:
+                snapshot = await self.recorder.store_bytes(
+                    details,
+                    kind="v1_record",
+                    key=f"{self._folder(details)}/{V1_JSON}",
+                    data=v1_record(listed),
+                    source=self._v1_source(),
+                    binding=binding,
+                )
+                result.stored += 1
+            result.objects.append(snapshot)
+            await self._set_call(sid, RESCUED, created_time=seen.created, detail=None)
+            self.rescued += 1
+            log.info("call %s rescued from the v1 listing: %d object(s)", sid, len(result.objects))
+            return result
+
+        try:
+            return await self._guarded(sid, work, seen, fall_back=True)
+        except _FallBack as why:
+            self.rescue_fallbacks += 1
+            log.info("call %s: %s; archiving it through its v3 details", sid, why)
+            return await self.archive_call(sid)
+
+    def _v1_source(self) -> str:
+        exotel = self.settings.exotel
+        return f"{exotel.v1_api_url}/v1/Accounts/{exotel.account_sid}/Calls.json"
+
+    async def _guarded(
+        self,
+        call_sid: str,
+        work: Callable[[], Awaitable[CallResult]],
+        seen: _Attempt,
+        *,
+        fall_back: bool = False,
+    ) -> CallResult:
+        """``work()``, with every per-call error turned into a ``failed`` result (recorded);
+        errors that concern every call raised. ``fall_back``: a recording URL that cannot
+        serve the call raises ``_FallBack`` instead (a rescue goes the v3 way)."""
+        try:
+            return await work()
+        except (RecordingError, UnsafeAddress) as exc:
+            if fall_back:
+                raise _FallBack(redact_text(str(exc), self.settings.secrets)) from None
+            log.error("call %s failed: %s", call_sid, exc)
+            return await self._failed(
+                call_sid, str(exc), error_reason(exc), retryable=exc.retryable, created=seen.created
+            )
         except (ExotelAuthError, StoragePermanent, CertificateError, DestinationFull):
             raise  # concerns every call: the run stops
         except InvalidCallSid as exc:
             return CallResult(call_sid, FAILED, detail=str(exc), reason="invalid_call_sid")
         except StorageRejected as exc:
-            if not known_failed:  # a run again goes past the calls that stopped the last one
+            if not seen.known_failed:  # a run again goes past the calls that stopped the last one
                 self._rejected(call_sid, exc)  # the same refusal for every call: see there
             log.error("call %s failed: %s", call_sid, exc)
             return await self._failed(
-                call_sid, str(exc), error_reason(exc), retryable=exc.retryable, created=created
+                call_sid, str(exc), error_reason(exc), retryable=exc.retryable, created=seen.created
             )
         except ArchiverError as exc:
             log.error("call %s failed: %s", call_sid, exc)
             return await self._failed(
-                call_sid, str(exc), error_reason(exc), retryable=exc.retryable, created=created
+                call_sid, str(exc), error_reason(exc), retryable=exc.retryable, created=seen.created
             )
         except (OSError, sqlite3.Error, MemoryError):
             raise  # the worker's own state directory or ledger: every call would fail alike
@@ -170,7 +291,7 @@ class Archiver:
             )
             log.error("call %s failed on an unexpected error", call_sid, exc_info=True)
             return await self._failed(
-                call_sid, detail, INTERNAL_ERROR, retryable=False, created=created
+                call_sid, detail, INTERNAL_ERROR, retryable=False, created=seen.created
             )
 
     def _rejected(self, sid: str, exc: StorageRejected) -> None:
@@ -211,7 +332,13 @@ class Archiver:
         it is: ``status``) in the ledger. ``detail`` is redacted here, once, for every place it
         goes (the ledger, ``status``, ``--report``): an error may quote a signed URL."""
         detail = redact_text(detail, self.settings.secrets)
-        await self._set_call(sid, FAILED, created_time=created, detail=detail, reason=reason)
+        if sid in self._rescued:
+            # An enrichment that failed: the call's recording is safe all the same. It stays
+            # rescued in the ledger (with why), to be enriched again; this run reports a failure.
+            detail = f"rescued; enrichment failed: {detail}"
+            await self._set_call(sid, RESCUED, created_time=created, detail=detail, reason=reason)
+        else:
+            await self._set_call(sid, FAILED, created_time=created, detail=detail, reason=reason)
         return CallResult(
             sid,
             FAILED,
@@ -226,13 +353,24 @@ class Archiver:
     ) -> CallResult:
         """Archive a call from its details; ``fetched_at`` dates the URLs in them."""
         sid, created = details.sid, details.created_time.isoformat()
+        rescued = sid in self._rescued
         if not details.is_terminal:
             await self._set_call(
-                sid, NOT_READY, created_time=created, detail="call is still active"
+                sid,
+                RESCUED if rescued else NOT_READY,
+                created_time=None if rescued else created,
+                detail=("rescued; v3 says " if rescued else "") + "call is still active",
             )
             log.info("call %s is still active: not ready, try again later", sid)
             return CallResult(sid, NOT_READY, detail="call is still active (state 'active')")
+        # The call's objects the ledger has already, read once (not once per object).
+        known = {(r.kind, r.idx): r for r in self.ledger.objects_of(sid)}
         if not details.recordings:
+            if rescued:  # v1 listed a recording, v3 lists none: the rescued one is kept
+                detail = "rescued; its v3 details list no recording: not enriched"
+                await self._set_call(sid, RESCUED, detail=detail, reason="v3_no_recording")
+                log.warning("call %s: %s", sid, detail)
+                return CallResult(sid, RESCUED, list(known.values()), detail=detail)
             await self._set_call(sid, NO_RECORDING, created_time=created, recordings=0)
             return CallResult(
                 sid,
@@ -241,25 +379,30 @@ class Archiver:
                 ended=details.end_time,
             )
         result = CallResult(sid, ARCHIVED)
-        # The call's objects the ledger has already, read once (not once per object).
-        known = {(r.kind, r.idx): r for r in self.ledger.objects_of(sid)}
-        for recording in details.recordings:
-            record = known.get(("recording", recording.index))
-            if record is None:
-                record = await self._archive_file(
-                    details,
-                    "recording",
-                    recording.index,
-                    recording.url,
-                    fetched_at,
-                    self._recording_url,
-                    stem=f"recording-{recording.index}",
-                )
-                result.stored += 1
-            result.objects.append(record)
+        if ("v1_record", 0) in known:
+            self._folders[sid] = known[("v1_record", 0)].key.rsplit("/", 1)[0]
+            await self._enrich_recordings(result, details, known, fetched_at)
+        else:
+            for recording in details.recordings:
+                record = known.get(("recording", recording.index))
+                if record is None:
+                    record = await self._archive_file(
+                        details,
+                        "recording",
+                        recording.index,
+                        recording.url,
+                        fetched_at,
+                        self._recording_url,
+                        stem=f"recording-{recording.index}",
+                    )
+                    result.stored += 1
+                result.objects.append(record)
         await self._snapshot(
             result, details, "call_details", CALL_JSON, self._source(sid), raw, known
         )
+        if ("v1_record", 0) in known:
+            result.objects.append(known[("v1_record", 0)])
+            result.objects[:] = await bind_rescued(self.recorder, details, result.objects)
         if self.settings.legs:
             await self._archive_legs(result, details, known)
         if self.settings.voice_logs != "off" and not await self._archive_voice_log(
@@ -284,7 +427,63 @@ class Archiver:
             log.info("call %s archived: %d object(s)", sid, len(result.objects))
         return result
 
+    async def _enrich_recordings(
+        self, result: CallResult, details: CallDetails, known: Known, fetched_at: float
+    ) -> None:
+        """The recordings v3 lists for a call rescued from its v1 listing item.
+
+        The rescued recording (``recording-1``, from v1's URL) is one of them: the one whose
+        file (host and path) is the v1 URL's — or, when the URL forms differ (Exotel's pages do
+        not say they match), the one whose bytes have its SHA-256: it is downloaded and
+        compared, and not stored again. Every other one is stored under the next free index,
+        so no key of the rescued call is ever reused for other bytes."""
+        have = [r for (kind, _), r in known.items() if kind == "recording"]
+        matched: set[int] = set()
+        by_file = {_file_of(r.source): r for r in have}
+        later: list[Recording] = []
+        for recording in details.recordings or ():
+            record = by_file.get(_file_of(recording.url))
+            if record is not None and record.idx not in matched:
+                matched.add(record.idx)
+                result.objects.append(record)
+            else:
+                later.append(recording)
+        next_idx = max((r.idx for r in have), default=0) + 1
+        for recording in later:
+
+            def same(sha256: str) -> ObjectRecord | None:
+                return next((r for r in have if r.idx not in matched and r.sha256 == sha256), None)
+
+            async def fresh(d: CallDetails, _idx: int, n: int = recording.index) -> str:
+                return await self._recording_url(d, n)
+
+            record = await self._archive_file(
+                details,
+                "recording",
+                next_idx,
+                recording.url,
+                fetched_at,
+                fresh,
+                stem=f"recording-{next_idx}",
+                same_as=same,
+            )
+            if record.idx == next_idx:  # stored now (a match by content has its own index)
+                next_idx += 1
+                result.stored += 1
+            else:
+                log.info(
+                    "recording %d v3 lists for call %s is the rescued recording-%d (the same "
+                    "SHA-256): not stored again",
+                    recording.index,
+                    details.sid,
+                    record.idx,
+                )
+            matched.add(record.idx)
+            result.objects.append(record)
+
     def _folder(self, details: CallDetails) -> str:
+        if details.sid in self._folders:  # a rescued call: its first folder, whatever v3 says
+            return self._folders[details.sid]
         return self.settings.key_layout.folder(
             details.sid,
             details.created_time,
@@ -403,15 +602,22 @@ class Archiver:
         idx: int,
         url: str,
         fetched_at: float,
-        refresh: Callable[[CallDetails, int], Awaitable[str]],
+        refresh: Refresh | None,
         *,
         stem: str,
+        same_as: Callable[[str], ObjectRecord | None] | None = None,
+        binding: Binding = None,
     ) -> ObjectRecord:
         """Download an audio file into a spool file and store it under ``{stem}.{format}``.
 
         A large one streams: once its first bytes say its format (so its key), its parts go
         to the store while it downloads (``archiver.sinks.streaming``); the spool stays the
         rewindable input should that upload fail. It is recorded only once stored.
+
+        ``refresh`` fetches a fresh URL when this one has expired (None: the expiry is raised,
+        ``RecordingExpired``). ``same_as`` may name an object recorded already with the
+        downloaded bytes' SHA-256: that one is returned and nothing is stored (a streamed
+        upload begun meanwhile is aborted). ``binding``: see ``Recorder.store``.
         """
         what = f"{stem} of call {details.sid}"
         folder = self._folder(details)
@@ -420,12 +626,15 @@ class Archiver:
             fmt = sniff_format(head)
             return None if fmt is None else f"{folder}/{stem}.{fmt}"
 
-        tap = self.recorder.tap(details, key_for)
+        tap = self.recorder.tap(details, key_for, binding)
         with tempfile.TemporaryFile(dir=self.spool_dir, prefix="spool-") as spool:
             try:
                 got, url = await self._fetch(
                     details, idx, url, fetched_at, Partial(spool, tap=tap), refresh, what=what
                 )
+                same = same_as(got.sha256) if same_as is not None else None
+                if same is not None:
+                    return same
                 record = await self.recorder.store(
                     details,
                     kind=kind,
@@ -438,6 +647,7 @@ class Archiver:
                     fmt=got.format,
                     source=strip_url(url),
                     upload=tap,
+                    binding=binding,
                 )
             finally:
                 if tap is not None:  # an upload not completed (any failure) is aborted
@@ -458,14 +668,17 @@ class Archiver:
         url: str,
         fetched_at: float,
         partial: Partial,
-        refresh: Callable[[CallDetails, int], Awaitable[str]],
+        refresh: Refresh | None,
         *,
         what: str,
     ) -> tuple[Downloaded, str]:
-        """Download into ``partial``, resuming cut-off bodies and refreshing expired URLs.
+        """Download into ``partial``, resuming cut-off bodies and refreshing expired URLs
+        (``refresh`` None: an expired URL, or one too close to its deadline, is
+        ``RecordingExpired`` at once).
 
         Returns the body and the URL it finally came from.
         """
+        allowed = self.settings.url_refreshes if refresh is not None else 0
         refreshes = 0
         while True:
             try:
@@ -473,11 +686,14 @@ class Archiver:
                     with attempt:
                         remaining = partial.total - partial.size if partial.total else None
                         needed = self.rates.seconds_for(remaining)
-                        if refreshes < self.settings.url_refreshes and too_close(
+                        close = too_close(
                             url_deadline(url, fetched_at, self.settings.url_validity),
                             fetched_at,
                             needed,
-                        ):
+                        )
+                        if close and refresh is None:
+                            raise RecordingExpired(f"{what}: the URL is too close to its end")
+                        if close and refreshes < allowed and refresh is not None:
                             refreshes += 1
                             log.info("%s: URL too close to its deadline, refreshing it", what)
                             url, fetched_at = await self._refresh(refresh, details, idx)
@@ -489,11 +705,14 @@ class Archiver:
                             what=what,
                             max_bytes=self.settings.max_recording_size,
                             policy=self.addresses,
+                            auth=self.recording_auth,
                         )
                         self.rates.add(got.size - offset, time.monotonic() - started)
                         return got, url
             except RecordingExpired:
-                if refreshes >= self.settings.url_refreshes:
+                if refresh is None:
+                    raise
+                if refreshes >= allowed:
                     raise RecordingExpired(
                         f"{what}: the URL was still refused after {refreshes} fresh URL(s)"
                     ) from None
@@ -504,7 +723,7 @@ class Archiver:
 
     async def _refresh(
         self,
-        refresh: Callable[[CallDetails, int], Awaitable[str]],
+        refresh: Refresh,
         details: CallDetails,
         idx: int,
     ) -> tuple[str, float]:
@@ -560,18 +779,7 @@ async def _archive_all(
     waiter: Waiter | None = None,
 ) -> None:
     """The body of ``archive_calls``, with the writer lock held and the ledger open."""
-    await preflight(settings, sink, ledger=ledger, claim=True, lock=False)  # we hold the lock
-    manifest = ManifestWriter(Path(report.manifest))
-    manifest.sync(ledger)  # catch up after a crash between ledger commit and manifest append
-    segments_before = len(ledger.segments())
-    limiter = limiter or RateLimiter(settings.exotel.rate_limit, 60.0)
-    async with (
-        ExotelClient(settings.exotel, limiter=limiter, retry=settings.retry) as exotel,
-        recording_session(policy=address_policy(settings)) as http,
-    ):
-        worker = Archiver(
-            settings, sink=sink, ledger=ledger, manifest=manifest, exotel=exotel, http=http
-        )
+    async with open_run(settings, sink, ledger, report, limiter) as worker:
         # A fixed pool of workers takes calls from one queue, in order: a backlog of 100,000
         # calls costs 100,000 list entries, not 100,000 waiting tasks, and each call's
         # details (and so its URLs) are fetched only when a worker is free for it.
@@ -598,12 +806,40 @@ async def _archive_all(
                 done = [r for r in results if r is not None]
                 results[:] = await waiter.settle(done, worker.archive_call, ledger, on_result)
         except BaseExceptionGroup as group_error:
-            raise _first_error(group_error) from None
+            raise first_error(group_error) from None
+        finally:
+            report.results = [r for r in results if r is not None]
+
+
+@asynccontextmanager
+async def open_run(
+    settings: Settings,
+    sink: Sink,
+    ledger: Ledger,
+    report: Report,
+    limiter: RateLimiter | None = None,
+) -> AsyncIterator[Archiver]:
+    """The ``Archiver`` of one run, with the writer lock held and the ledger open: preflight
+    first, the manifest caught up; at the end (not after an error) the manifest fsynced and
+    its waiting entries sealed, and the run's counters in ``report``."""
+    await preflight(settings, sink, ledger=ledger, claim=True, lock=False)  # we hold the lock
+    manifest = ManifestWriter(Path(report.manifest))
+    manifest.sync(ledger)  # catch up after a crash between ledger commit and manifest append
+    segments_before = len(ledger.segments())
+    limiter = limiter or RateLimiter(settings.exotel.rate_limit, 60.0)
+    async with (
+        ExotelClient(settings.exotel, limiter=limiter, retry=settings.retry) as exotel,
+        recording_session(policy=address_policy(settings)) as http,
+    ):
+        worker = Archiver(
+            settings, sink=sink, ledger=ledger, manifest=manifest, exotel=exotel, http=http
+        )
+        try:
+            yield worker
         finally:
             worker.recorder.writes.close()  # writes of calls cut off end before the ledger closes
             report.api_requests = exotel.requests
             report.url_refreshes = worker.url_refreshes
-        report.results = [r for r in results if r is not None]
     manifest.sync(ledger)
     manifest.fsync()
     await seal(ledger, sink)
@@ -611,10 +847,38 @@ async def _archive_all(
     report.storage_requests = sink.requests
 
 
-def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+@dataclass
+class _Attempt:
+    """What one attempt at a call learnt before it failed: kept in the failure's record."""
+
+    created: str | None = None
+    """The call's creation time, once known (a failure keeps the call's age)."""
+    known_failed: bool = False
+    """The ledger had the call failed before (not counted again in a refusal streak)."""
+
+
+class _FallBack(Exception):
+    """A rescue's URL could not serve the call: it goes the v3 way instead."""
+
+
+def _file_of(url: str) -> tuple[str, str, str]:
+    """(scheme, host[:port], path) of a URL, lower-cased but the path: which file it is,
+    whatever its signature."""
+    try:
+        parts = urlsplit(url)
+        return (
+            parts.scheme.lower(),
+            (parts.hostname or "") + (f":{parts.port}" if parts.port else ""),
+            parts.path,
+        )
+    except ValueError:
+        return "", url, ""
+
+
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """The error that stopped the run (the others are the cancellations it caused)."""
     first = group.exceptions[0]
-    return _first_error(first) if isinstance(first, BaseExceptionGroup) else first
+    return first_error(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def address_policy(settings: Settings) -> AddressPolicy:

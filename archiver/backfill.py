@@ -43,11 +43,13 @@ from archiver.archive import archive_calls, sink_for
 from archiver.config import Settings
 from archiver.errors import ConfigError
 from archiver.exotel.client import ExotelClient
-from archiver.exotel.listing import SkippedItem, list_calls
+from archiver.exotel.listing import ListedCall, SkippedItem, list_calls
+from archiver.exotel.v1 import rescue_url
 from archiver.ledger import UNFINISHED, Ledger, utc_text
 from archiver.preflight import preflight
 from archiver.ratelimit import RateLimiter
-from archiver.report import ALREADY_ARCHIVED, ARCHIVED, NO_RECORDING, CallResult, Report
+from archiver.recording_auth import RecordingAuth
+from archiver.report import ALREADY_ARCHIVED, ARCHIVED, NO_RECORDING, RESCUED, CallResult, Report
 
 API_WINDOW = timedelta(days=180)
 """How far back Exotel's v1 listing reaches (its pages say six months)."""
@@ -75,6 +77,20 @@ class Plan:
     """Listed without a recording, created at least ``listing_settle`` before the listing began,
     and not known to the ledger as unfinished: not asked about again."""
     to_archive: list[str] = field(default_factory=list)
+    """Calls archived through their v3 details (one request each, and more with legs or voice
+    logs)."""
+    to_rescue: list[str] = field(default_factory=list)
+    """Calls the listing gives a URL for: rescued from it (``archiver.rescue``)."""
+    rescued_before: list[str] = field(default_factory=list)
+    """Calls an earlier run rescued: waiting for enrichment."""
+    enrich: bool = True
+    """Whether rescued calls are enriched (their v3 details fetched) in this run."""
+    enrich_share: int = 0
+    """Requests a minute the enrichment may use."""
+    enrich_requests: int = 0
+    """Requests the enrichment spent (after a run)."""
+    rescue_fallbacks: int = 0
+    """Rescues whose URL could not serve the call, archived through v3 (after a run)."""
     listing_requests: int = 0
     """v1 requests spent listing (0 when a saved complete listing was reused)."""
     listing_began: datetime | None = None
@@ -92,13 +108,28 @@ class Plan:
 
     @property
     def api_requests(self) -> int:
-        """Requests the archiving will cost (URL refreshes aside)."""
-        return len(self.to_archive) * self.requests_per_call
+        """Requests the archiving will cost (URL refreshes aside): the calls through v3, and
+        the enrichment of rescued calls when this run enriches."""
+        return len(self.to_archive) * self.requests_per_call + self.enrichment_estimate
+
+    @property
+    def enrichment_estimate(self) -> int:
+        """Requests the enrichment of this range's rescued calls will cost."""
+        if not self.enrich:
+            return 0
+        return (len(self.to_rescue) + len(self.rescued_before)) * self.requests_per_call
+
+    def enrich_minutes(self) -> float:
+        """Minutes the enrichment takes at its share of the budget."""
+        return self.enrichment_estimate / self.enrich_share if self.enrich_share else 0.0
 
     def minutes_at(self, rate_limit: int) -> float:
         """Minutes the archiving takes at ``rate_limit`` requests a minute, when the API is
-        what limits it (the listing is done by then)."""
-        return self.api_requests / rate_limit
+        what limits it (the listing is done by then): the calls through v3 at the rate left
+        to them, the enrichment at its share, side by side."""
+        direct = len(self.to_archive) * self.requests_per_call
+        left = max(1, rate_limit - (self.enrich_share if self.enrichment_estimate else 0))
+        return max(direct / left, self.enrich_minutes())
 
     def as_dict(self, rate_limit: int) -> dict[str, object]:
         return {
@@ -111,6 +142,27 @@ class Plan:
             "listing_requests": self.listing_requests,
             "listing_began": utc_text(self.listing_began) if self.listing_began else None,
             "listing_complete": self.listing_complete,
+            "to_rescue": len(self.to_rescue),
+            "rescued_before": len(self.rescued_before),
+            "enrich": self.enrich,
+            "rescue": {
+                "calls": len(self.to_rescue),
+                "estimated_api_requests": 0,
+                "note": "rescued from the listing: its requests are the only ones",
+            },
+            "enrichment": {
+                "calls": len(self.to_rescue) + len(self.rescued_before) if self.enrich else 0,
+                "estimated_api_requests": self.enrichment_estimate,
+                "share_per_minute": self.enrich_share,
+                "estimated_minutes": round(self.enrich_minutes(), 1),
+                "estimated_duration": duration_text(self.enrich_minutes()),
+                "api_requests": self.enrich_requests,
+            },
+            "v3_calls": {
+                "calls": len(self.to_archive),
+                "estimated_api_requests": len(self.to_archive) * self.requests_per_call,
+            },
+            "rescue_fallbacks": self.rescue_fallbacks,
             "estimated_api_requests": self.api_requests,
             "rate_limit_per_minute": rate_limit,
             "estimated_minutes_at_rate_limit": round(self.minutes_at(rate_limit), 1),
@@ -193,6 +245,11 @@ async def plan_backfill(settings: Settings, since: date, until: date) -> Plan:
     settle = timedelta(seconds=settings.listing_settle)
     plan = Plan(since, until)
     plan.requests_per_call = 1 + int(settings.legs) + int(settings.voice_logs != "off")
+    plan.enrich = settings.enrich == "background"
+    plan.enrich_share = max(1, settings.exotel.rate_limit * settings.enrich_share // 100)
+    auth = RecordingAuth.from_settings(settings) if settings.rescue else None
+    rescuable: set[str] = set()
+    """Calls the listing gives a URL for (with the lane on): rescued, not asked through v3."""
     sink = sink_for(settings)
     try:
         await preflight(settings, sink)
@@ -201,7 +258,7 @@ async def plan_backfill(settings: Settings, since: date, until: date) -> Plan:
     key = listing_key(since, until, tz)
     ledger = Ledger(settings.state_dir / "ledger.sqlite3")
     try:
-        saved = ledger.listing(key)
+        saved = ledger.listing(key) if not settings.rescue else None  # a rescue needs URLs
         if saved is not None and listing_complete(until, tz, settle, saved.began):
             listing, plan.listing_began = saved.calls, saved.began
         else:  # none saved, or one made too soon (under a shorter listing_settle): list again
@@ -210,17 +267,18 @@ async def plan_backfill(settings: Settings, since: date, until: date) -> Plan:
             limiter = RateLimiter(settings.exotel.rate_limit, 60.0)
             plan.limiter = limiter
             async with ExotelClient(settings.exotel, limiter=limiter, retry=settings.retry) as c:
-                listing = [
-                    (call.sid, call.date_created.isoformat(), call.has_recording)
-                    async for call in list_calls(
-                        c,
-                        start,
-                        end,
-                        tz=tz,
-                        url_validity_minutes=int(settings.url_validity // 60),
-                        on_skip=plan.skipped.append,
-                    )
-                ]
+                listing = []
+                async for call in list_calls(
+                    c,
+                    start,
+                    end,
+                    tz=tz,
+                    url_validity_minutes=int(settings.url_validity // 60),
+                    on_skip=plan.skipped.append,
+                ):
+                    listing.append((call.sid, call.date_created.isoformat(), call.has_recording))
+                    if settings.rescue and rescue_url(call, auth) and _rescued_v1(settings, call):
+                        rescuable.add(call.sid)
                 plan.listing_requests = c.requests
             listing = one_per_call(listing)
             plan.listing_began = began
@@ -236,6 +294,10 @@ async def plan_backfill(settings: Settings, since: date, until: date) -> Plan:
             outcome = ledger.call_outcome(sid)
             if outcome == ARCHIVED:
                 plan.already_archived.append(sid)
+            elif outcome == RESCUED:
+                plan.rescued_before.append(sid)
+            elif sid in rescuable:
+                plan.to_rescue.append(sid)
             elif outcome in UNFINISHED or has_recording:
                 plan.to_archive.append(sid)  # what the ledger knows unfinished is looked at
             elif datetime.fromisoformat(created) + settle <= plan.listing_began:
@@ -247,6 +309,15 @@ async def plan_backfill(settings: Settings, since: date, until: date) -> Plan:
     finally:
         ledger.close()
     return plan
+
+
+def _rescued_v1(settings: Settings, call: ListedCall) -> bool:
+    """Whether the lane rescues ``call`` (given a URL): not when its retention class needs v3
+    fields and rescued calls are never enriched (``archiver.rescue.binding_for``)."""
+    policy = settings.retention
+    if policy is None or settings.enrich != "never":
+        return True
+    return policy.classify_v1(call.direction, call.status, call.phone_number_sid) is not None
 
 
 async def backfill(

@@ -12,6 +12,7 @@ printed or logged without leaking them.
 
 from __future__ import annotations
 
+import base64
 import difflib
 import ipaddress
 import os
@@ -302,6 +303,26 @@ def _check_base_url(origin: str, url: str) -> str:
     return url.rstrip("/")
 
 
+_HOST_NAME = re.compile(
+    r"^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$"
+)
+
+
+def _auth_hosts(origin: str, value: str) -> tuple[str, ...]:
+    """The comma-separated host names of ``recording_auth_hosts``, lower-cased: each a bare
+    ASCII host name or IPv4 address (no scheme, user, port, path, wildcard, trailing dot or
+    whitespace inside), as ``archiver.recording_auth`` compares them."""
+    hosts = tuple(h.strip().lower() for h in value.split(",") if h.strip())
+    for host in hosts:
+        if not _HOST_NAME.match(host):
+            raise ConfigError(
+                f"{origin} must be comma-separated host names such as recordings.exotel.com "
+                "(no scheme, user, port, path, wildcard or trailing dot; credentials go to "
+                f"https on port 443 only); got {host[:80]!r}"
+            )
+    return hosts
+
+
 def _listen(origin: str, value: str | None) -> tuple[str, int] | None:
     """``HOST:PORT`` (``[::1]:9100`` for IPv6) as (host, port); None when unset."""
     if not value:
@@ -446,9 +467,11 @@ def load_settings(
         source_retention=values["source_retention"] * 86400.0,
         retention_warning=values["retention_warning"] * 86400.0,
     )
+    basic = base64.b64encode(f"{api_key}:{api_token}".encode()).decode() if api_key else ""
     secrets = (
         api_key,
         api_token,
+        basic,  # the Authorization value sent to the API and to private recording URLs
         webhook_secret,
         webhook_basic_auth,
         webhook_basic_auth.partition(":")[2],
@@ -477,8 +500,8 @@ def load_settings(
         max_recording_size=values["max_recording_size"] * 1024 * 1024,
         allow_private_addresses=values["allow_private_addresses"] == "on",
         listing_settle=values["listing_settle"] * 3600.0,
-        recording_auth_hosts=tuple(
-            h.strip().lower() for h in str(values["recording_auth_hosts"]).split(",") if h.strip()
+        recording_auth_hosts=_auth_hosts(
+            origins["recording_auth_hosts"], str(values["recording_auth_hosts"])
         ),
         rescue=values["rescue"] == "on",
         enrich=values["enrich"],

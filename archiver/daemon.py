@@ -18,6 +18,15 @@ look at it next) from four sources:
 * **webhook** — optional StatusCallback hints (``archiver.webhook``): de-duplicated, scheduled now;
 * **restart** — calls the ledger holds as ``pending`` or ``not_ready`` from an earlier run.
 
+With the rescue lane on (``rescue``, ``archiver.rescue``), a call the sweep lists with a URL its
+recording can be downloaded from, and that nothing else watches or schedules, is rescued from
+the listing at once (no call-details request), at most ``concurrency`` at a time: the sweep
+reads on only as they finish. Rescued calls are enriched by a loop of their own (``enrich =
+background``): oldest first, ``concurrency / 2`` at a time, their requests held to
+``enrich_share`` of the one limiter, a failed one looked at again after ``ENRICH_RETRY``; live
+calls never wait for a worker behind them. Rescues and enrichments cut off by a shutdown lose
+nothing: the call stays pending (redone through v3 at the next start) or rescued.
+
 A pool of ``concurrency`` workers takes due calls and archives each with the same code as
 ``archive`` (``Archiver.archive_call``).
 
@@ -58,15 +67,18 @@ from archiver.config import Settings
 from archiver.discovery import DiscoveryReports
 from archiver.errors import ArchiverError, CertificateError, ConfigError, ExotelAuthError
 from archiver.exotel.client import ExotelClient
-from archiver.exotel.listing import active_calls, list_calls
+from archiver.exotel.listing import ListedCall, active_calls, list_calls
+from archiver.exotel.v1 import rescue_url
 from archiver.ledger import Ledger, WriterBusy, writer_lock
 from archiver.manifest import ManifestWriter
 from archiver.metrics import Metrics, oldest_age
 from archiver.notify import Notifier
 from archiver.preflight import preflight
-from archiver.ratelimit import RateLimiter
+from archiver.ratelimit import RateLimiter, lane
 from archiver.rechecks import Rechecks, duration
-from archiver.report import ARCHIVED, FAILED, NOT_READY, CallResult
+from archiver.recorder import Binding
+from archiver.report import ARCHIVED, FAILED, NOT_READY, RESCUED, CallResult
+from archiver.rescue import ENRICH_LANE, binding_for
 from archiver.schedule import Schedule
 from archiver.serving import listen, metrics_app
 from archiver.sinks import Sink
@@ -86,6 +98,10 @@ HINT_MEMORY = 10_000
 STATUS_EVERY = 10.0
 SEAL_EVERY = 600.0
 LOCK_POLL = 5.0
+ENRICH_IDLE = 5.0
+"""Seconds the enrichment loop waits when no rescued call is due."""
+ENRICH_RETRY = 600.0
+"""Seconds before a rescued call whose enrichment did not complete is taken again."""
 """Seconds between two tries at the state directory's writer lock while another process (a
 backfill, a retention job) holds it."""
 SEAL_IDLE = 30.0
@@ -118,6 +134,12 @@ class Daemon:
         self._fatal: BaseException | None = None
         self._warned_retention = 0.0
         self._last_work = time.monotonic()
+        self._rescue_slots = asyncio.Semaphore(settings.concurrency)
+        self._rescuing: set[asyncio.Task[None]] = set()
+        """Rescues in flight (started by a sweep): drained at shutdown like the workers."""
+        self._enrich_after: dict[str, float] = {}
+        """Rescued call -> when (monotonic) the enrichment may take it again."""
+        self._enriching: set[str] = set()
         """When the last call was finished (for sealing once idle)."""
         self.ledger: Ledger | None = None
         self.archiver: Archiver | None = None
@@ -226,6 +248,9 @@ class Daemon:
                 manifest = ManifestWriter(settings.state_dir / "manifest.jsonl")
                 manifest.sync(self.ledger)
                 limiter = RateLimiter(settings.exotel.rate_limit, 60.0)
+                limiter.share(
+                    ENRICH_LANE, max(1, settings.exotel.rate_limit * settings.enrich_share // 100)
+                )
                 async with (
                     ExotelClient(settings.exotel, limiter=limiter, retry=settings.retry) as exo,
                     recording_session(policy=address_policy(settings)) as http,
@@ -271,6 +296,8 @@ class Daemon:
             intake = [asyncio.create_task(self._guard(self._poll_loop()), name="poll")]
             if self.config.sweep_interval > 0:
                 intake.append(asyncio.create_task(self._guard(self._sweep_loop()), name="sweep"))
+            if self.settings.enrich == "background":
+                intake.append(asyncio.create_task(self._guard(self._enrich_loop()), name="enrich"))
             status = asyncio.create_task(self._guard(self._status_loop()), name="status")
             workers = [
                 asyncio.create_task(self._guard(self._work()), name=f"worker-{n}")
@@ -317,16 +344,17 @@ class Daemon:
             log.info("waiting for %d call(s) in flight", len(self.schedule.in_flight))
         force: asyncio.Task[Any] = asyncio.create_task(self._force.wait())
         deadline = time.monotonic() + self.config.shutdown_grace
-        waiting: set[asyncio.Task[Any]] = set(workers)
+        waiting: set[asyncio.Task[Any]] = set(workers) | set(self._rescuing)
         while waiting and not force.done() and (remaining := deadline - time.monotonic()) > 0:
             _done, waiting = await asyncio.wait(
                 waiting | {force}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
             )
             waiting.discard(force)
         in_flight = set(self.schedule.in_flight)
-        for task in (*workers, force):
+        rescues = list(self._rescuing)
+        for task in (*workers, *rescues, force):
             task.cancel()
-        await asyncio.gather(*workers, force, return_exceptions=True)
+        await asyncio.gather(*workers, *rescues, force, return_exceptions=True)
         cut_off = len(in_flight) - self._finished_meanwhile(in_flight)
         if cut_off:
             log.warning(
@@ -477,12 +505,17 @@ class Daemon:
                 continue
             if not call.has_recording and (outcome is not None or now - call.date_created > young):
                 continue  # nothing to archive, and too old for a recording to appear now
+            if outcome == RESCUED:
+                continue  # its audio is safe; the enrichment loop completes it
             due = self.rechecks.failed_due(sid, self.ledger) if outcome == FAILED else None
             if due is not None and due > datetime.now(UTC):
                 backing_off.append(due)
                 continue  # its backoff has not passed: no request spent on it yet
             if due is not None:  # back from its backoff: one look, not the quick retries again
                 self.rechecks.one_look(sid)
+            if await self._rescued_from(call):
+                found += 1
+                continue
             if self._discover(sid, "sweep", created=call.date_created.isoformat()):
                 found += 1
                 log.info(
@@ -509,6 +542,84 @@ class Daemon:
             "; catching up: the next step follows at once" if self.sweep_behind else "",
         )
         return found
+
+    async def _rescued_from(self, call: ListedCall) -> bool:
+        """Rescue ``call`` from its listing item if the lane can (True); it is in the ledger as
+        pending first, so a rescue cut off is redone at the next start."""
+        if not self.settings.rescue or self.archiver is None or self.ledger is None:
+            return False
+        url = rescue_url(call, getattr(self.archiver, "recording_auth", None))
+        binding = binding_for(self.settings, call) if url is not None else False
+        if url is None or isinstance(binding, bool):
+            return False
+        await self._rescue_slots.acquire()  # the listing reads on only as rescues finish
+        self.ledger.track_call(call.sid, created_time=call.date_created.isoformat())
+        self.metrics.discovered["sweep"] += 1
+        self.schedule.in_flight.add(call.sid)  # not scheduled by anything else meanwhile
+        task = asyncio.create_task(self._guard(self._rescue(call, url, binding)))
+        self._rescuing.add(task)
+        task.add_done_callback(self._rescuing.discard)
+        return True
+
+    async def _rescue(self, call: ListedCall, url: str, binding: Binding) -> None:
+        assert self.archiver is not None
+        try:
+            with self.schedule.working_on(call.sid):
+                result = await self.archiver.rescue_call(call, url, binding)
+            self._after(result)
+        finally:
+            self._rescue_slots.release()
+
+    async def _enrich_loop(self) -> None:
+        """Enrich rescued calls, oldest first, a few at a time, until stopped."""
+        slots = asyncio.Semaphore(max(1, self.settings.concurrency // 2))
+        running: set[asyncio.Task[None]] = set()
+        try:
+            while not self._stop.is_set():
+                sid = self._next_rescued()
+                if sid is None:
+                    await self._pause(ENRICH_IDLE)
+                    continue
+                await slots.acquire()
+                if sid in self.schedule:  # a worker has it (a recheck): not twice at once
+                    slots.release()
+                    self._enrich_after[sid] = time.monotonic() + ENRICH_IDLE
+                    continue
+                self.schedule.in_flight.add(sid)
+                self._enriching.add(sid)
+                self._enrich_after[sid] = time.monotonic() + ENRICH_RETRY
+                task = asyncio.create_task(self._guard(self._enrich(sid, slots)))
+                running.add(task)
+                task.add_done_callback(running.discard)
+        finally:
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+
+    async def _enrich(self, sid: str, slots: asyncio.Semaphore) -> None:
+        assert self.archiver is not None
+        try:
+            with lane(ENRICH_LANE), self.schedule.working_on(sid):
+                result = await self.archiver.archive_call(sid)
+            if result.outcome == ARCHIVED:
+                self._enrich_after.pop(sid, None)
+            self._after(result)
+        finally:
+            self._enriching.discard(sid)
+            slots.release()
+
+    def _next_rescued(self) -> str | None:
+        """The oldest rescued call not being enriched and not waiting to be tried again."""
+        assert self.ledger is not None
+        now, skip = time.monotonic(), 0
+        while True:
+            batch = self.ledger.rescued_calls(100, skip=skip)
+            for sid in batch:
+                if sid not in self._enriching and self._enrich_after.get(sid, 0.0) <= now:
+                    return sid
+            if len(batch) < 100:
+                return None
+            skip += len(batch)
 
     async def _status_loop(self) -> None:
         assert self.archiver is not None

@@ -27,6 +27,10 @@ The tree::
     ├── RecordingError            the pre-signed recording URL (not the API)
     │   ├── RecordingExpired      403 "Request has expired"/AccessDenied: not retried as is; the
     │   │                         worker fetches a fresh URL from the call details (bounded)
+    │   ├── RecordingAuthRequired 401: a private recording (no signature) that needs HTTP Basic,
+    │   │                         and the credentials were not sent to it (host not in
+    │   │                         ARCHIVER_RECORDING_AUTH_HOSTS, not https) or not accepted;
+    │   │                         not retryable
     │   ├── RecordingUnavailable  any other refusal (404, 400, bad signature); not retryable as is
     │   ├── RecordingTransferError body cut off, length mismatch, network failure: retryable
     │   ├── RecordingTooLarge     over ARCHIVER_MAX_RECORDING_SIZE (announced or streamed); not
@@ -200,6 +204,14 @@ class RecordingExpired(RecordingError):
     Retrying the same URL cannot help, so ``retryable`` is False; a fresh URL from the call
     details can, and the worker fetches one (a bounded number of times).
     """
+
+
+class RecordingAuthRequired(RecordingError):
+    """The recording host answered 401: the recording is private (``archiver.recording_auth``).
+
+    The message says whether the Exotel credentials were sent and, if not, why not, and names
+    the fix: the host in ARCHIVER_RECORDING_AUTH_HOSTS and an https URL, or pre-signed URLs
+    enabled on the account. Retrying the same request cannot help."""
 
 
 class RecordingUnavailable(RecordingError):

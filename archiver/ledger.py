@@ -529,6 +529,16 @@ class Ledger:
             )
         return self.retry_state(call_sid) or RetryState(0, None, None)
 
+    def rescued_calls(self, limit: int, *, skip: int = 0) -> list[str]:
+        """Up to ``limit`` calls still ``rescued`` (their v3 details not fetched yet), the
+        oldest first (by creation time), after the first ``skip`` of them."""
+        rows = self._read.execute(
+            "SELECT call_sid FROM calls WHERE outcome = 'rescued' "
+            "ORDER BY created_time, call_sid LIMIT ? OFFSET ?",
+            (limit, skip),
+        )
+        return [str(r["call_sid"]) for r in rows]
+
     def calls_with_outcome(self, outcome: str) -> list[tuple[str, str | None]]:
         """(call SID, created time) of every call whose last outcome is ``outcome``."""
         rows = self._read.execute(

@@ -12,16 +12,35 @@ pre-signed URLs are not API requests.
 
     async with limiter.slot():
         ... one API request ...
+
+A *lane* of work may be held to a share of the budget: ``limiter.share("enrich", 100)`` makes
+every request sent from a task inside ``lane("enrich")`` pass a second limiter of 100 a minute
+first, then this one. The lane is a context variable, so the tasks of one worker (the rescue's
+listing, the enrichment of rescued calls, the calls archived through v3) share one limiter and
+one client without passing the lane to every call.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+
+_LANE: contextvars.ContextVar[str] = contextvars.ContextVar("archiver_lane", default="")
+
+
+@contextmanager
+def lane(name: str) -> Iterator[None]:
+    """Requests sent from this context (and tasks it starts) belong to lane ``name``."""
+    token = _LANE.set(name)
+    try:
+        yield
+    finally:
+        _LANE.reset(token)
 
 
 class RateLimiter:
@@ -46,6 +65,14 @@ class RateLimiter:
         """How many requests have passed, for reports."""
         self.waited = 0.0
         """Seconds spent waiting for the window, summed over all requests."""
+        self._shares: dict[str, RateLimiter] = {}
+
+    def share(self, name: str, limit: int) -> RateLimiter:
+        """Hold lane ``name`` to ``limit`` requests a ``period`` (within this limiter's own);
+        returns the lane's limiter (its ``acquired`` counts the lane's requests)."""
+        limiter = RateLimiter(max(1, min(limit, self.limit)), self.period, clock=self._clock)
+        self._shares[name] = limiter
+        return limiter
 
     def following(self) -> RateLimiter:
         """A new limiter (for a new event loop) that remembers this one's recent requests, so
@@ -57,7 +84,18 @@ class RateLimiter:
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
-        """Hold a slot for one request: wait for the window, and date the slot when it ends."""
+        """Hold a slot for one request: wait for the window (the lane's share first, if the
+        current lane has one), and date the slot when it ends."""
+        share = self._shares.get(_LANE.get())
+        if share is None:
+            async with self._own_slot():
+                yield
+            return
+        async with share.slot(), self._own_slot():
+            yield
+
+    @asynccontextmanager
+    async def _own_slot(self) -> AsyncIterator[None]:
         slot = await self._acquire()
         try:
             yield

@@ -42,7 +42,7 @@ import logging
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, Literal, Union
 
 from archiver.errors import StorageConflict, StoragePermanent, StorageRejected
 from archiver.exotel.models import CallDetails
@@ -54,7 +54,12 @@ from archiver.sinks import Lock, PutResult, Sink
 from archiver.sinks.streaming import Tap, mime_of
 
 if TYPE_CHECKING:
-    from archiver.retention.policy import RetentionPolicy
+    from archiver.retention.policy import RetentionClass, RetentionPolicy
+
+UNBOUND: Literal["unbound"] = "unbound"
+"""``Recorder.store(binding=UNBOUND)``: the object gets no class and no lock yet."""
+Binding = Union["RetentionClass", Literal["unbound"], None]
+"""What class an object is stored under: the rules' (None), a given one, or none yet."""
 
 SNAPSHOT_KINDS = frozenset({"call_details", "legs", "voice_log", "v1_record"})
 _STRENGTH = {None: 0, "GOVERNANCE": 1, "COMPLIANCE": 2}
@@ -98,13 +103,17 @@ class Recorder:
         fmt: str,
         source: str,
         upload: Tap | None = None,
+        binding: Binding = None,
     ) -> ObjectRecord:
         """Put ``body`` at ``key`` and record it; returns the ledger row (with its seq).
 
         ``upload``: the tap of a download streamed to the store (``tap``); if it streamed to
-        ``key`` and completed, that is the put, else ``body`` is put as usual."""
+        ``key`` and completed, that is the put, else ``body`` is put as usual. ``binding``: the
+        class to bind instead of the one the rules give ``details`` (a rescue's, decided from
+        the v1 fields), or ``UNBOUND``: no class and no lock yet (a rescue whose class needs
+        v3 fields: bound at enrichment, ``archiver.retention.binding``)."""
         mime = mime_of(content_type)
-        lock, retention_class, retain_until = self._retention(details)
+        lock, retention_class, retain_until = self._retention(details, binding)
         lock_mode = None
         try:
             put, lock = await self._put(key, body, size, sha256, mime, lock, upload)
@@ -145,23 +154,32 @@ class Recorder:
             await self.seal()
         return record
 
-    def _retention(self, details: CallDetails) -> tuple[Lock | None, str | None, str | None]:
+    def _retention(
+        self, details: CallDetails, binding: Binding = None
+    ) -> tuple[Lock | None, str | None, str | None]:
         """The call's Object Lock (if its class has one and its date is ahead), class name and
-        retain-until date (``Z``), from the retention policy; all None without one."""
-        if self.policy is None:
+        retain-until date (``Z``), from the retention policy (or ``binding``); all None without
+        one, or when ``binding`` is ``UNBOUND``."""
+        if self.policy is None or isinstance(binding, str):  # UNBOUND
             return None, None, None
-        cls = self.policy.classify(details)
+        cls = binding if binding is not None else self.policy.classify(details)
         until = cls.retain_until(details.created_time)
         lock = Lock(cls.lock, until) if cls.lock is not None and until > datetime.now(UTC) else None
         return lock, cls.name, until.isoformat().replace("+00:00", "Z")
 
-    def tap(self, details: CallDetails, key_for: Callable[[bytes], str | None]) -> Tap | None:
+    def tap(
+        self,
+        details: CallDetails,
+        key_for: Callable[[bytes], str | None],
+        binding: Binding = None,
+    ) -> Tap | None:
         """A tap that streams a download of ``details`` to the key ``key_for`` its first bytes
         (None: not audio), locked as its class says; None if the sink does not stream."""
         threshold = self.sink.stream_threshold
         if threshold is None:
             return None
-        return Tap(self.sink, key_for, threshold=threshold, lock=self._retention(details)[0])
+        lock = self._retention(details, binding)[0]
+        return Tap(self.sink, key_for, threshold=threshold, lock=lock)
 
     async def _record(self, row: ObjectRecord) -> ObjectRecord:
         """Commit the ledger row and append the manifest line: on the writer thread, in one
@@ -190,7 +208,14 @@ class Recorder:
             return len(await seal(self.ledger, self.sink))
 
     async def store_bytes(
-        self, details: CallDetails, *, kind: str, key: str, data: bytes, source: str
+        self,
+        details: CallDetails,
+        *,
+        kind: str,
+        key: str,
+        data: bytes,
+        source: str,
+        binding: Binding = None,
     ) -> ObjectRecord:
         """Store a small JSON document (a response as received)."""
         return await self.store(
@@ -204,6 +229,7 @@ class Recorder:
             content_type="application/json",
             fmt="json",
             source=source,
+            binding=binding,
         )
 
     async def _put(

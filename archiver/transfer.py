@@ -1,4 +1,4 @@
-"""Downloading one recording from its pre-signed URL into a spool file, hashing as it streams.
+"""Downloading one recording from its URL into a spool file, hashing as it streams.
 
 The body is streamed in chunks into a temporary file (never held whole in memory) while its
 SHA-256 and size are computed; the spool file is the rewindable input the storage layer uploads
@@ -9,6 +9,9 @@ host's HTTP is spoken:
   ``RecordingExpired``: the worker fetches a fresh URL from the call details.
 * 5xx, 429, a body cut off, shorter or longer than its Content-Length, a reset or a timeout →
   ``RecordingTransferError`` (retryable).
+* 401 (a private recording: unsigned, needs HTTP Basic) → ``RecordingAuthRequired``, not
+  retried; the message says whether the credentials were sent and, if not, why not
+  (``archiver.recording_auth``), and names the fix.
 * other 4xx → ``RecordingUnavailable``.
 * status 200 with an HTML/XML/JSON body, or an empty body → ``NotARecording``.
 * more bytes than ``max_bytes`` (announced by Content-Length, or streamed) → ``RecordingTooLarge``
@@ -32,9 +35,13 @@ other encoding is refused (``RecordingUnavailable``). The session itself never d
 (``auto_decompress=False``), so this is the one place it happens.
 
 The pre-signed URL is a secret until it expires: no message here contains it, only its
-signature-free form (``archiver.redact.strip_url``). No credentials or cookies are ever sent to it:
-the recording session has no auth, and S3 refuses a pre-signed request that carries an
-Authorization header anyway.
+signature-free form (``archiver.redact.strip_url``). The recording session has no auth and no
+cookies. With an ``auth`` (``archiver.recording_auth.RecordingAuth``), each request — the first,
+every Range resume, every redirect hop — carries the Exotel credentials (HTTP Basic) only if
+``auth.header_for`` allows that exact URL and, for a redirect hop, the hop is same-origin (scheme,
+host, port) with the URL the download started from. A pre-signed URL never gets them (S3 refuses
+a pre-signed request with an Authorization header), and aiohttp never adds any from user-info:
+the address policy refuses a URL that has one before any connection.
 """
 
 from __future__ import annotations
@@ -56,11 +63,13 @@ from archiver.addresses import AddressPolicy, GuardedResolver, well_formed
 from archiver.errors import (
     BadUrl,
     NotARecording,
+    RecordingAuthRequired,
     RecordingExpired,
     RecordingTooLarge,
     RecordingTransferError,
     RecordingUnavailable,
 )
+from archiver.recording_auth import HOSTS_VARIABLE, RecordingAuth, same_origin
 from archiver.redact import strip_url
 from archiver.tls import certificate_refused
 
@@ -203,6 +212,35 @@ def _inflate(decoder: Any, data: bytes) -> Iterator[bytes]:
         yield decoder.decompress(decoder.unconsumed_tail, _INFLATE_STEP)
 
 
+@dataclass
+class _Hop:
+    """The last request ``_get`` made: its URL, and whether (or why not) it carried credentials."""
+
+    url: str
+    sent_credentials: bool = False
+    withheld: str | None = None
+    """Why the credentials were not sent (None: no ``auth``, or sent)."""
+
+
+def _credentials(auth: RecordingAuth | None, first: str, url: str, hop: _Hop) -> dict[str, str]:
+    """The Authorization header for a request to ``url`` (``first`` began the download)."""
+    hop.url, hop.sent_credentials, hop.withheld = url, False, None
+    if auth is None:
+        return {}
+    if url != first and not same_origin(first, url):
+        hop.withheld = "credentials are never sent on a redirect to another host, port or scheme"
+        return {}
+    why = auth.refusal(url)
+    if why is not None:
+        hop.withheld = why
+        return {}
+    header = auth.header_for(url)
+    if header is None:  # pragma: no cover - refusal() and header_for() agree
+        return {}
+    hop.sent_credentials = True
+    return {"Authorization": header}
+
+
 @contextlib.asynccontextmanager
 async def _get(
     session: aiohttp.ClientSession,
@@ -210,15 +248,22 @@ async def _get(
     headers: dict[str, str],
     policy: AddressPolicy | None,
     what: str,
+    auth: RecordingAuth | None = None,
+    hop: _Hop | None = None,
 ) -> AsyncIterator[aiohttp.ClientResponse]:
-    """GET ``url``, following up to ``MAX_REDIRECTS`` redirects, each hop checked by ``policy``."""
+    """GET ``url``, following up to ``MAX_REDIRECTS`` redirects, each hop checked by ``policy``
+    and given credentials only as ``_credentials`` says (``hop`` tells the caller what the last
+    request was)."""
+    first = url
+    hop = hop if hop is not None else _Hop(url)
     for _hop in range(MAX_REDIRECTS + 1):
         if policy is not None:
             policy.check_url(url, what=what)
         else:
             well_formed(url, what=what)
+        request_headers = {**headers, **_credentials(auth, first, url, hop)}
         try:
-            resp = await session.get(url, headers=headers, allow_redirects=False)
+            resp = await session.get(url, headers=request_headers, allow_redirects=False)
         except (aiohttp.ClientError, ValueError) as exc:  # UnicodeError (IDNA) is a ValueError
             # A certificate error is a ValueError too: left to download() to classify.
             if isinstance(exc, ssl.SSLError | aiohttp.ClientError) and not isinstance(
@@ -267,6 +312,25 @@ def _mib(n: int) -> str:
     return f"{n / (1024 * 1024):g} MiB"
 
 
+def _auth_required(where: str, url: str, hop: _Hop) -> RecordingAuthRequired:
+    """The 401 of a private recording, saying what was (not) sent and the fix."""
+    if hop.sent_credentials:
+        return RecordingAuthRequired(
+            f"{where}: refused with 401 although the Exotel API key and token were sent: the "
+            "recording is private and the host does not accept the account's credentials; "
+            "check EXOTEL_API_KEY/EXOTEL_API_TOKEN are this account's, or enable pre-signed "
+            "recording URLs on the Exotel account"
+        )
+    why = hop.withheld or "no credentials are given to this download"
+    if hop.url != url:
+        why = f"{why} (redirected to {strip_url(hop.url)})"
+    return RecordingAuthRequired(
+        f"{where}: the recording is private (HTTP 401) and the Exotel credentials were not sent: "
+        f"{why}. Fix: its host must be in {HOSTS_VARIABLE} and the URL https (or enable "
+        "pre-signed recording URLs on the Exotel account)"
+    )
+
+
 async def download(
     session: aiohttp.ClientSession,
     url: str,
@@ -275,11 +339,13 @@ async def download(
     what: str,
     max_bytes: int | None = None,
     policy: AddressPolicy | None = None,
+    auth: RecordingAuth | None = None,
 ) -> Downloaded:
     """GET ``url`` into ``partial``, continuing it with a Range request if it has bytes already.
 
-    Raises a ``RecordingError`` (or ``UnsafeAddress``) on any failure; the bytes received before
-    a failure stay in ``partial`` for the next attempt (unless the body was encoded).
+    With ``auth``, a request carries the Exotel credentials only where the module docstring
+    says. Raises a ``RecordingError`` (or ``UnsafeAddress``) on any failure; the bytes received
+    before a failure stay in ``partial`` for the next attempt (unless the body was encoded).
     """
     where = f"{what} from {strip_url(url)}"
     headers = {"Range": f"bytes={partial.size}-"} if partial.size else {}
@@ -289,12 +355,15 @@ async def download(
     decoder: Any = None
     raw = 0
     encoded_length: int | None = None
+    hop = _Hop(url)
     try:
-        async with _get(session, url, headers, policy, what) as resp:
+        async with _get(session, url, headers, policy, what, auth, hop) as resp:
             content_type = resp.headers.get("Content-Type", "")
             if resp.status not in (200, 206):
                 body = await resp.content.read(4096)
                 detail = _s3_error(body)
+                if resp.status == 401:
+                    raise _auth_required(where, url, hop)
                 if resp.status == 403:
                     raise RecordingExpired(
                         f"{where}: refused with 403 ({detail}); the URL needs refreshing"

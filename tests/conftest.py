@@ -108,6 +108,14 @@ def service_env(
 
 
 @pytest.fixture(autouse=True)
+def _rescue_off_unless_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The suite's older tests test the per-call v3 path (still the path of every call the
+    listing gives no URL for, of ``archive SID`` and of ``--rescue off``); the rescue lane
+    (issue 18) has its own tests, which set ``ARCHIVER_RESCUE=on`` in their environments."""
+    monkeypatch.setenv("ARCHIVER_RESCUE", "off")
+
+
+@pytest.fixture(autouse=True)
 def _short_late_grace(monkeypatch: pytest.MonkeyPatch) -> None:
     """verify waits ``LATE_GRACE`` for a worker's commit of an object in doubt; the suite's
     tampered archives need not wait 15 s each (tests of the wait set their own)."""

@@ -180,6 +180,7 @@ def child_env(**extra: str) -> dict[str, str]:
     }
     env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
     env["ARCHIVER_CONFIG"] = ""
+    env["ARCHIVER_RESCUE"] = "off"  # as in the suite's own process (conftest.py); "on" in extra
     env.update(extra)
     return env
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -31,6 +31,10 @@ from archiver.cli._shared import (
 from archiver.cli.status import note_run, recorded, report_counts
 from archiver.errors import InvalidCallSid
 from archiver.exotel.models import validate_call_sid
+
+if TYPE_CHECKING:
+    from archiver.backfill import Plan
+    from archiver.config import Settings
 from archiver.waiting import (
     DEFAULT_WAIT,
     MAX_WAIT,
@@ -175,47 +179,17 @@ def backfill(
     listing was skipped (a dry run too), 2 for usage or configuration errors.
     """
     from archiver.backfill import backfill as run_backfill
-    from archiver.backfill import duration_text, plan_backfill
+    from archiver.backfill import plan_backfill
 
     first, last = _days(day(since), day(until), day_range)
     settings = make_settings(ctx, cli)
+    if settings.rescue and not dry_run:
+        _rescue_backfill(settings, first, last, report)
     plan = run(plan_backfill(settings, first, last), state_dir=settings.state_dir)
-    limit = settings.exotel.rate_limit
-    click.echo(
-        f"{plan.since}..{plan.until}: {plan.listed} calls listed"
-        f"{' (saved listing reused)' if not plan.listing_requests else ''}; "
-        f"already archived: {len(plan.already_archived)}, no recording: "
-        f"{len(plan.no_recording)}, to archive: {len(plan.to_archive)}"
-    )
-    click.echo(
-        f"budget: about {plan.api_requests} API requests to archive them, "
-        f"{duration_text(plan.minutes_at(limit))} "
-        f"at {limit}/min (exotel.rate_limit: this worker's share of the 200/min Exotel allows "
-        "the account)"
-    )
-    if plan.skipped:
-        click.echo(
-            f"{len(plan.skipped)} malformed item(s) skipped in Exotel's listing (the rest of "
-            f"the range is {'planned' if dry_run else 'archived'}; this run exits 1):",
-            err=True,
-        )
-        for item in plan.skipped:
-            click.echo(f"  SKIPPED    {item.line()}", err=True)
-        click.echo(
-            "listing not saved: later runs of this range list it again (and report these "
-            "items again until Exotel's answer is mended)"
-        )
-    elif plan.listing_requests and plan.listing_complete:
-        click.echo("listing saved: later runs of this range reuse it")
-    elif not plan.listing_complete:
-        hours = settings.listing_settle / 3600
-        click.echo(
-            f"listing not saved: it began less than {hours:g} h (listing_settle) after the "
-            "range's end, when calls of the range may still have been in progress or "
-            "processing; later runs of this range list it again"
-        )
+    _print_plan(plan, settings, dry_run)
     name = f"backfill-{plan.since}-{plan.until}{'.plan' if dry_run else ''}.json"
     path = report or settings.state_dir / name
+    limit = settings.exotel.rate_limit
     if dry_run:
         write_json({"plan": plan.as_dict(limit), "dry_run": True}, path)
         click.echo(f"dry run: nothing archived. Plan written to {path}")
@@ -229,6 +203,93 @@ def backfill(
         click.echo(f"  {len(plan.skipped)} malformed listing item(s) skipped (above)", err=True)
     click.echo(f"summary written to {path}")
     sys.exit(EXIT_FAILURES if result.failed or plan.skipped else EXIT_OK)
+
+
+def _rescue_backfill(settings: Settings, first: date, last: date, report: Path | None) -> None:
+    """``backfill`` through the rescue lane (``archiver.rescue``): the listing is read as the
+    recordings are rescued, so the plan is printed at the end, with what was done."""
+    from archiver.rescue import rescue_backfill
+
+    with Progress(None, "Rescuing") as advance:
+        plan, result = run(
+            rescue_backfill(settings, first, last, on_result=advance),
+            state_dir=settings.state_dir,
+        )
+    _print_plan(plan, settings, dry_run=False)
+    limit = settings.exotel.rate_limit
+    note_run(report_counts(result))
+    print_report(result)
+    listed = max(plan.listed, 1)
+    click.echo(
+        f"rescue lane: {len(plan.to_rescue)} rescued from the listing "
+        f"({plan.rescue_fallbacks} through v3 instead: their URL could not serve them), "
+        f"{plan.listing_requests} listing request(s) for {plan.listed} calls "
+        f"({plan.listing_requests / listed:.3f} a call); enrichment: {plan.enrich_requests} "
+        f"request(s) at up to {plan.enrich_share}/min"
+        + ("" if plan.enrich else " (enrich = never: rescued calls stay rescued)")
+    )
+    path = report or settings.state_dir / f"backfill-{plan.since}-{plan.until}.json"
+    write_json({"plan": plan.as_dict(limit), "result": result.as_dict()}, path)
+    if plan.skipped:
+        click.echo(f"  {len(plan.skipped)} malformed listing item(s) skipped (above)", err=True)
+    click.echo(f"summary written to {path}")
+    sys.exit(EXIT_FAILURES if result.failed or plan.skipped else EXIT_OK)
+
+
+def _print_plan(plan: Plan, settings: Settings, dry_run: bool) -> None:
+    """The plan's lines: what the listing held, what it costs, whether it was saved."""
+    from archiver.backfill import duration_text
+
+    limit = settings.exotel.rate_limit
+    click.echo(
+        f"{plan.since}..{plan.until}: {plan.listed} calls listed"
+        f"{' (saved listing reused)' if not plan.listing_requests else ''}; "
+        f"already archived: {len(plan.already_archived)}, no recording: "
+        f"{len(plan.no_recording)}, to archive: {len(plan.to_archive)}"
+        + (
+            f", to rescue: {len(plan.to_rescue)}, rescued before: {len(plan.rescued_before)}"
+            if settings.rescue
+            else ""
+        )
+    )
+    direct = len(plan.to_archive) * plan.requests_per_call
+    click.echo(
+        f"budget: about {direct} API requests to archive them, "
+        f"{duration_text(direct / limit)} "
+        f"at {limit}/min (exotel.rate_limit: this worker's share of the 200/min Exotel allows "
+        "the account)"
+    )
+    if settings.rescue:
+        click.echo(
+            f"rescue: {len(plan.to_rescue)} calls from the listing, no request but the "
+            f"listing's; enrichment: about {plan.enrichment_estimate} API requests, "
+            f"{duration_text(plan.enrich_minutes())} at {plan.enrich_share}/min "
+            f"(enrich_share {settings.enrich_share} %)"
+            + ("" if plan.enrich else " — enrich = never: not enriched")
+        )
+    if plan.skipped:
+        click.echo(
+            f"{len(plan.skipped)} malformed item(s) skipped in Exotel's listing (the rest of "
+            f"the range is {'planned' if dry_run else 'archived'}; this run exits 1):",
+            err=True,
+        )
+        for item in plan.skipped:
+            click.echo(f"  SKIPPED    {item.line()}", err=True)
+        click.echo(
+            "listing not saved: later runs of this range list it again (and report these "
+            "items again until Exotel's answer is mended)"
+        )
+    elif settings.rescue:
+        pass  # the lane lists the range again every run: a rescue needs fresh URLs
+    elif plan.listing_requests and plan.listing_complete:
+        click.echo("listing saved: later runs of this range reuse it")
+    elif not plan.listing_complete:
+        hours = settings.listing_settle / 3600
+        click.echo(
+            f"listing not saved: it began less than {hours:g} h (listing_settle) after the "
+            "range's end, when calls of the range may still have been in progress or "
+            "processing; later runs of this range list it again"
+        )
 
 
 def _days(since: date | None, until: date | None, day_range: str | None) -> tuple[date, date]:

@@ -33,8 +33,9 @@ the rest of the page is used.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, tzinfo
 from urllib.parse import urljoin, urlsplit
 
@@ -48,12 +49,26 @@ MAX_PAGES = 100_000
 
 @dataclass(frozen=True)
 class ListedCall:
-    """One item of a v1 listing: enough to decide what to archive."""
+    """One item of a v1 listing: enough to decide what to archive, and to rescue its recording
+    straight from the listing (``archiver.rescue``)."""
 
     sid: str
     date_created: datetime
     status: str
     has_recording: bool
+    direction: str | None = None
+    """``Direction`` as v1 gives it (``inbound``, ``outbound-dial``, ``outbound-api``)."""
+    phone_number_sid: str | None = None
+    """``PhoneNumberSid``: the account's number the call went through (v3's virtual_number,
+    perhaps in another format)."""
+    presigned_url: str | None = field(default=None, repr=False)
+    """``PreSignedRecordingUrl``: a secret until it expires (never shown)."""
+    recording_url: str | None = field(default=None, repr=False)
+    """``RecordingUrl``: unsigned; private since October 2024 (HTTP Basic to Exotel's hosts)."""
+    item: dict[str, object] | None = field(default=None, repr=False, compare=False)
+    """The item as received (signed URLs in it: strip before storing or showing)."""
+    fetched_at: float = field(default=0.0, repr=False, compare=False)
+    """When its page was received (``time.time()``): dates the pre-signed URL."""
 
 
 SKIP_REASONS = (
@@ -115,7 +130,7 @@ def _v1_time(value: object, tz: tzinfo) -> datetime:
         ) from None
 
 
-def _listed_call(item: object, tz: tzinfo) -> ListedCall:
+def _listed_call(item: object, tz: tzinfo, fetched_at: float = 0.0) -> ListedCall:
     """One v1 item as a ``ListedCall``, or ``_BadItem``."""
     if not isinstance(item, dict):
         raise _BadItem("not_an_object", f"an item of 'Calls' is not an object: {quoted(item)}")
@@ -128,7 +143,25 @@ def _listed_call(item: object, tz: tzinfo) -> ListedCall:
         date_created=_v1_time(item.get("DateCreated"), tz),
         status=str(item.get("Status") or ""),
         has_recording=bool(item.get("RecordingUrl") or item.get("PreSignedRecordingUrl")),
+        direction=_text(item.get("Direction")),
+        phone_number_sid=_text(item.get("PhoneNumberSid")),
+        presigned_url=_url(item.get("PreSignedRecordingUrl")),
+        recording_url=_url(item.get("RecordingUrl")),
+        item=item,
+        fetched_at=fetched_at,
     )
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _url(value: object) -> str | None:
+    """An http(s) URL string, else None (a hostile value is not a URL to rescue from: the call
+    goes through its v3 details instead)."""
+    if not isinstance(value, str) or not value.lower().startswith(("https://", "http://")):
+        return None
+    return value
 
 
 def windows(since: datetime, until: datetime) -> list[tuple[datetime, datetime]]:
@@ -169,6 +202,7 @@ async def list_calls(
         for page in range(MAX_PAGES):
             what = f"GET call list {start:%Y-%m-%d}..{end:%Y-%m-%d} page {page + 1}"
             answer = await client.get_json(url, what=what, params=params)
+            fetched_at = time.time()
             calls = answer.envelope.get("Calls")
             metadata = answer.envelope.get("Metadata")
             metadata = {} if metadata is None else metadata  # not `or {}`: [] is no Metadata
@@ -176,7 +210,7 @@ async def list_calls(
                 raise ExotelProtocolError(f"{what}: no 'Calls' list or 'Metadata' object")
             for item in calls:
                 try:
-                    listed = _listed_call(item, tz)
+                    listed = _listed_call(item, tz, fetched_at)
                 except _BadItem as bad:
                     if on_skip is None:  # the caller must see every call: the listing fails
                         raise ExotelProtocolError(

@@ -206,6 +206,13 @@ class RetentionPolicy:
                 return self.classes[rule.retention_class]
         return self.classes[self.default]
 
+    def classify_v1(
+        self, direction: str | None, status: str | None, phone_number_sid: str | None
+    ) -> RetentionClass | None:
+        """The class of a call from its v1 listing fields, or None when a rule needs more
+        than they say (the class binds at enrichment): stub, every rule undecided."""
+        return None if self.rules else self.classes[self.default]
+
     @property
     def needs_object_lock(self) -> bool:
         return any(c.lock is not None for c in self.classes.values())

@@ -83,6 +83,8 @@ class Faults:
         """Bytes per second per recording response, or None for no cap."""
         self.next_page_uri: str | None = None
         """When set, every v1 page answers with this NextPageUri (a loop, another host...)."""
+        self.recording_for: dict[str, deque[str]] = {}
+        """Call SID -> faults for that call's next recording requests, one each, in order."""
         self.always_cut: set[str] = set()
         """Call SIDs whose recording downloads are always cut off."""
         self.details_body: bytes | None = None
@@ -128,6 +130,8 @@ class Faults:
         with self._lock:
             if call_sid in self.always_cut:
                 return "cut"
+            if self.recording_for.get(call_sid):
+                return self.recording_for[call_sid].popleft()
             if self.recording_script:
                 return self.recording_script.popleft()
             roll = self._rng.random()

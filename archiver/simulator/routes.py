@@ -105,7 +105,7 @@ def add_routes(app: web.Application, sim: Simulator) -> None:
             }
         rewrite = sim.faults.details_recordings or (lambda url: url)
         recordings = [
-            {"url": rewrite(sim.presign(base_url(request), call, i))}
+            {"url": rewrite(sim.recording_url(base_url(request), call, i))}
             for i in range(1, len(call.recordings) + 1)
         ]
         if call.sid in sim.faults.recording_url_for and recordings:
@@ -259,8 +259,34 @@ def add_routes(app: web.Application, sim: Simulator) -> None:
             }
         )
 
+    def basic_refusal(request: web.Request) -> web.Response | None:
+        """None if the request carries the account's HTTP Basic credentials, else a 401."""
+        expected = "Basic " + base64.b64encode(f"{sim.api_key}:{sim.api_token}".encode()).decode()
+        given = request.headers.get("Authorization", "")
+        if hmac.compare_digest(given.encode(), expected.encode()):
+            return None
+        sim.count("unauthorized_recording_requests")
+        return web.Response(
+            status=401,
+            text="Authentication required: this recording is private",
+            headers={"WWW-Authenticate": 'Basic realm="Exotel recordings"'},
+        )
+
     async def recording(request: web.Request) -> web.StreamResponse:
         sim.count("recording_requests")
+        if "Authorization" in request.headers:
+            sim.count("credentialed_requests")
+            sim.count(f"credentialed_requests:{request.host}")
+        signed = any(k.lower().startswith("x-amz-") for k in request.query)
+        if sim.private_recordings and not signed:
+            refused = basic_refusal(request)
+            if refused is not None:
+                return refused
+            name = request.match_info["name"].rsplit(".", 1)[0]
+            asset = sim.asset(name)
+            if asset is None or request.match_info["account"] != sim.account_sid:
+                return _s3_error(404, "NoSuchKey", "The specified key does not exist.")
+            return await _serve(request, sim, asset, sim.faults.next_recording(asset.call_sid))
         if "Authorization" in request.headers:
             return _s3_error(
                 400,
@@ -306,34 +332,7 @@ def add_routes(app: web.Application, sim: Simulator) -> None:
                     "ServerTime": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
                 },
             )
-        if fault == "html":
-            return web.Response(
-                text="<html><body><h1>Recording unavailable</h1></body></html>",
-                content_type="text/html",
-            )
-        if fault == "xml200":
-            return web.Response(
-                text='<?xml version="1.0"?><Error><Code>NoSuchKey</Code></Error>',
-                content_type="application/xml",
-            )
-        if fault == "empty":
-            return web.Response(body=b"", content_type=asset.content_type)
-        if fault in ("gzip", "gzip_lie", "brotli", "gzip_bomb"):
-            body = asset.body()
-            if fault == "gzip":
-                body = gzip.compress(body)
-            elif fault == "gzip_bomb":
-                body = gzip.compress(asset.body()[:14] + bytes(64 * 1024 * 1024))
-            encoding = "br" if fault == "brotli" else "gzip"
-            return web.Response(
-                body=body,
-                headers={"Content-Type": asset.content_type, "Content-Encoding": encoding},
-            )
-        if fault == "redirect":
-            raise web.HTTPFound(sim.faults.redirect_to or str(request.url))
-        if fault == "endless":
-            return await _endless(request, asset)
-        return await _stream(request, sim, asset, fault)
+        return await _serve(request, sim, asset, fault)
 
     async def voice_logs(request: web.Request) -> web.Response:
         refused = check_api(request)
@@ -402,6 +401,44 @@ def add_routes(app: web.Application, sim: Simulator) -> None:
     app.router.add_get(f"/v3/accounts/{account}/calls/{{call_sid}}", call_details)
     app.router.add_get(f"/v1/Accounts/{account}/Calls.json", bulk_calls)
     app.router.add_get(f"/exotel-recordings/{account}/{{name}}", recording)
+
+
+async def _serve(
+    request: web.Request, sim: Simulator, asset: Asset, fault: str | None
+) -> web.StreamResponse:
+    """A recording request that passed its checks (signature or credentials): the body, or the
+    injected recording fault."""
+    if fault == "expired":
+        sim.count("expired_refusals")
+        return _s3_error(403, "AccessDenied", "Request has expired")
+    if fault == "html":
+        return web.Response(
+            text="<html><body><h1>Recording unavailable</h1></body></html>",
+            content_type="text/html",
+        )
+    if fault == "xml200":
+        return web.Response(
+            text='<?xml version="1.0"?><Error><Code>NoSuchKey</Code></Error>',
+            content_type="application/xml",
+        )
+    if fault == "empty":
+        return web.Response(body=b"", content_type=asset.content_type)
+    if fault in ("gzip", "gzip_lie", "brotli", "gzip_bomb"):
+        body = asset.body()
+        if fault == "gzip":
+            body = gzip.compress(body)
+        elif fault == "gzip_bomb":
+            body = gzip.compress(asset.body()[:14] + bytes(64 * 1024 * 1024))
+        encoding = "br" if fault == "brotli" else "gzip"
+        return web.Response(
+            body=body,
+            headers={"Content-Type": asset.content_type, "Content-Encoding": encoding},
+        )
+    if fault == "redirect":
+        raise web.HTTPFound(sim.faults.redirect_to or str(request.url))
+    if fault == "endless":
+        return await _endless(request, asset)
+    return await _stream(request, sim, asset, fault)
 
 
 async def _stream(
@@ -546,6 +583,10 @@ def _v1_item(sim: Simulator, call: SimCall, base_url: str, ttl: float | None) ->
             if has_recording
             else None
         ),
-        "PreSignedRecordingUrl": sim.presign(base_url, call, 1, ttl) if has_recording else None,
+        "PreSignedRecordingUrl": (
+            sim.presign(base_url, call, 1, ttl)
+            if has_recording and not sim.private_recordings
+            else None
+        ),
         "Uri": f"/v1/Accounts/{sim.account_sid}/Calls/{call.sid}.json",
     }

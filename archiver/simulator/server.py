@@ -12,6 +12,17 @@ One aiohttp application serves, on one host:
   pre-signed URLs: 403 XML after X-Amz-Date + X-Amz-Expires, 403 on a bad signature, 400 when an
   ``Authorization`` header is sent too, Range support.
 
+``Simulator(private_recordings=True)``: an account without pre-signed URLs, as Exotel's
+recordings are since October 2024. The v3 ``recordings[].url`` and the v1 ``RecordingUrl`` are
+unsigned (``/exotel-recordings/{account}/{token}.{ext}``, no query; no ``PreSignedRecordingUrl``),
+and the recording route serves an unsigned request only with HTTP Basic of the account's API key
+and token (401 with ``WWW-Authenticate`` otherwise). A signed URL (voice logs) is served as
+before, and refused with 400 if it carries an ``Authorization`` header too, as S3 does.
+
+In every mode, each recording request that carried an ``Authorization`` header is counted in
+``counters["credentialed_requests"]`` and ``counters["credentialed_requests:HOST"]`` (HOST as the
+request's ``Host`` header): tests assert that the credentials never reached another server.
+
 Decisions where Exotel's pages are silent: a wrong account SID in the path answers 401 (Exotel
 treats it as an authentication failure); a 400 carries Exotel code 10200 (invented).
 """
@@ -63,8 +74,11 @@ class Simulator:
         seed: int = 0,
         clock: Callable[[], float] = time.time,
         rate_limit_per_minute: int | None = None,
+        private_recordings: bool = False,
     ) -> None:
         self.account_sid, self.api_key, self.api_token = account_sid, api_key, api_token
+        self.private_recordings = private_recordings
+        """True: recording URLs are unsigned and served only with HTTP Basic (module docstring)."""
         self.url_ttl = url_ttl
         self.clock = clock
         self.rate_limit_per_minute = rate_limit_per_minute
@@ -83,6 +97,8 @@ class Simulator:
                 "server_errors",
                 "range_requests",
                 "bytes_served",
+                "credentialed_requests",
+                "unauthorized_recording_requests",
             ),
             0,
         )
@@ -214,6 +230,21 @@ class Simulator:
     def _sign(self, path: str, amz_date: str, expires: int) -> str:
         message = f"{path}\n{amz_date}\n{expires}".encode()
         return hmac.new(self._signing_key, message, hashlib.sha256).hexdigest()
+
+    def recording_url(
+        self, base_url: str, call: SimCall, index: int, ttl: float | None = None
+    ) -> str:
+        """The URL of recording ``index`` of ``call`` as the account hands it out: pre-signed,
+        or unsigned with ``private_recordings``."""
+        if self.private_recordings:
+            return self.private_url(base_url, call, index)
+        return self.presign(base_url, call, index, ttl)
+
+    def private_url(self, base_url: str, call: SimCall, index: int) -> str:
+        """The unsigned URL of recording ``index`` (served only with HTTP Basic when private)."""
+        token = call.tokens[index - 1]
+        ext = self.recording_asset(call, index).ext
+        return f"{base_url}/exotel-recordings/{self.account_sid}/{token}.{ext}"
 
     def presign(self, base_url: str, call: SimCall, index: int, ttl: float | None = None) -> str:
         token = call.tokens[index - 1]
