@@ -342,3 +342,73 @@ def test_metrics_count_rescued_as_an_outcome() -> None:
     metrics.calls["rescued"] += 3
     text = generate_latest(registry(metrics)).decode()
     assert 'exotel_archiver_calls_total{outcome="rescued"} 3.0' in text
+
+
+def test_end_to_end_a_real_backfill_rescues_the_views_say_rescued_then_enrichment_completes(
+    sim: Simulator,
+    server: SimulatorServer,
+    seaweed: SeaweedFS,
+    bucket: str,
+    s3_env: None,
+    tmp_path: Path,
+) -> None:
+    """The lane itself (no hand-made state): a backfill with enrich = never leaves every call
+    rescued; status, reconcile, verify and a rebuilt ledger all say so; a backfill that
+    enriches, run on the rebuilt ledger, completes them, and the views say complete."""
+    day = (datetime.now(IST) - timedelta(days=3)).date()
+    noon = datetime.combine(day, time(12), IST)
+    sids = [sim.add_call(created=noon + timedelta(minutes=n)).sid for n in range(3)]
+    sids.append(sim.add_call(created=noon + timedelta(minutes=9), recordings=2).sid)
+    env = {
+        **s3(sim, server, seaweed, bucket, tmp_path),
+        "ARCHIVER_RESCUE": "on",
+        "ARCHIVER_ALLOW_PRIVATE_ADDRESSES": "on",
+        "EXOTEL_RATE_LIMIT": "6000",
+    }
+    never = {**env, "ARCHIVER_ENRICH": "never"}
+    on = str(day)
+
+    result = invoke(["backfill", "--since", on, "--until", on], never)
+
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "state" / f"backfill-{on}-{on}.json").read_text())
+    assert summary["result"]["counts"]["rescued"] == 4
+    assert summary["result"]["counts"]["archived"] == 0
+    code, data = status_json(never)
+    assert code == 0, data["advice"]
+    assert (data["calls"]["rescued"], data["calls"]["archived"]) == (4, 0)
+    assert data["last_run"]["counts"]["rescued"] == 4
+    assert any("stay rescued: enrich = never" in a["problem"] for a in data["advice"])
+    text = invoke(["status"], never).stdout
+    assert "archived 0, rescued 4," in text and "archived 0, rescued 4, already archived" in text
+
+    code, report, out = _reconcile(never, on, tmp_path)
+    assert code == 1 and report["complete"] is False and report["recordings_safe"] is True
+    assert {c["call_sid"]: c["state"] for c in report["calls"]} == dict.fromkeys(sids, "rescued")
+    assert all("enrich = never: it stays rescued" in c["reason"] for c in report["calls"])
+    assert "rescued: 4 call(s) with the recording stored from the v1 listing" in out
+
+    checked = tmp_path / "verify.json"
+    assert invoke(["verify", "--report", str(checked)], never).exit_code == 0
+    found = json.loads(checked.read_text())
+    assert found["calls"] == {"complete": 0, "rescued": 4, "incomplete": 0}
+    assert found["counts"]["ok"] == 8 and found["counts"]["missing"] == 0
+
+    rebuilt = {**env, "ARCHIVER_STATE_DIR": str(tmp_path / "rebuilt")}
+    assert invoke(["manifest", "rebuild"], rebuilt).exit_code == 0
+    restored = dict(ledger_rows(tmp_path / "rebuilt", "SELECT call_sid, outcome FROM calls"))
+    assert restored == dict.fromkeys(sids, "rescued")
+
+    # Enrichment, on the rebuilt ledger: every call complete, the second recording found.
+    result = invoke(["backfill", "--since", on, "--until", on], rebuilt)
+    assert result.exit_code == 0, result.output
+    restored = dict(ledger_rows(tmp_path / "rebuilt", "SELECT call_sid, outcome FROM calls"))
+    assert restored == dict.fromkeys(sids, "archived")
+    code, data = status_json(rebuilt)
+    assert code == 0 and data["calls"]["rescued"] == 0 and data["calls"]["archived"] == 4
+    assert invoke(["verify", "--report", str(checked)], rebuilt).exit_code == 0
+    found = json.loads(checked.read_text())
+    assert found["calls"] == {"complete": 4, "rescued": 0, "incomplete": 0}
+    assert found["counts"]["ok"] == 4 * 3 + 1  # recording, call-v1.json, call.json; recording-2
+    code, report, _ = _reconcile(rebuilt, on, tmp_path)
+    assert code == 0 and report["complete"] and report["counts"]["archived"] == 4
