@@ -980,16 +980,17 @@ class Ledger:
             )
         return out
 
-    def unlocked_rescued(self) -> tuple[int, str | None]:
-        """Objects of calls whose last outcome is ``rescued`` with no retention class bound
-        yet (a class their v1 fields could not decide: bound, and locked, at enrichment): how
-        many, and the earliest ``archived_at`` of them (None: none)."""
+    def unbound_objects(self, outcome: str, bound_kind: str) -> tuple[int, str | None]:
+        """Read-only: how many objects of calls with ``outcome`` have no retention class, in
+        their row or in a ``bound_kind`` event, and the oldest ``archived_at`` among them
+        (``archiver.retention.binding.unbound_window``: rescued calls not yet bound)."""
         row = self._read.execute(
-            "SELECT COUNT(*) AS n, MIN(o.archived_at) AS oldest FROM objects o "
-            "JOIN calls c ON c.call_sid = o.call_sid "
-            "WHERE c.outcome = 'rescued' AND o.retention_class IS NULL"
+            "SELECT COUNT(*), MIN(o.archived_at) FROM calls c JOIN objects o "
+            "ON o.call_sid = c.call_sid WHERE c.outcome = ? AND o.retention_class IS NULL "
+            "AND NOT EXISTS (SELECT 1 FROM events e WHERE e.key = o.key AND e.kind = ?)",
+            (outcome, bound_kind),
         ).rows[0]
-        return int(row["n"]), row["oldest"]
+        return int(row[0]), None if row[1] is None else str(row[1])
 
 
 class _Result:

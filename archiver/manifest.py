@@ -28,8 +28,11 @@ Events about stored objects are lines of the same sequence, told apart by their 
 (``EVENT_KINDS``): ``legal_hold`` and ``legal_hold_release`` (with ``reason``),
 ``retention_extended`` (``lock_mode``, ``retain_until`` and the ``previous_*`` values) and
 ``erasure`` (the receipt: ``sha256``, ``size``, ``retention_class``, ``retain_until``,
-``deleted_at``). Each has ``call_sid``, ``key``, ``version_id``, ``at`` (UTC) and ``actor``
-(who ran the job). The chain keeps these after the data itself is gone.
+``deleted_at``) and ``class_bound`` (a rescued call's object bound to its retention class at
+enrichment, its entry having none: ``retention_class``, ``retain_until``, ``lock_mode``,
+``rescued_at``, ``bound_at``; archiver.retention.binding). Each has ``call_sid``, ``key``,
+``version_id``, ``at`` (UTC) and ``actor`` (who ran the job). The chain keeps these after the
+data itself is gone.
 
 The ledger is the source of truth and the file is written from it: after each stored object the
 writer appends every ledger row whose ``seq`` is past the file's last line. It is fsynced when
@@ -59,7 +62,7 @@ OBJECT_KINDS = frozenset(
 )
 """The kinds of object entries (archiver.recorder's table)."""
 EVENT_KINDS = frozenset(
-    {"legal_hold", "legal_hold_release", "retention_extended", "erasure", "repaired"}
+    {"legal_hold", "legal_hold_release", "retention_extended", "erasure", "repaired", "class_bound"}
 )
 SYNC_BATCH = 10_000
 """Ledger entries ``ManifestWriter.sync`` reads and appends at a time."""

@@ -57,6 +57,7 @@ from archiver.ratelimit import RateLimiter
 from archiver.recorder import SNAPSHOT_KINDS
 from archiver.redact import strip_url
 from archiver.retention.archive import default_actor
+from archiver.retention.binding import bindings, bound_record
 from archiver.segments import read_segment, render, seal
 from archiver.sinks import Lock, Sink, put_bytes
 from archiver.transfer import Partial, recording_session
@@ -314,7 +315,8 @@ async def _repair_object(
             size=record.size,
             sha256=record.sha256,
             content_type=mime,
-            lock=_lock_of(record),
+            # A rescued call's object bound at enrichment: the lock its binding gave.
+            lock=_lock_of(bound_record(record, bindings(ledger, [record.key]).get(record.key))),
         )
     ledger.add_event(
         EventRecord(

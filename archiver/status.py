@@ -40,6 +40,7 @@ from archiver.ledger import FailedCall, Ledger, RunRecord, SegmentRecord, utc_te
 from archiver.liveness import RUNNING, STOPPED, state_of, writer_running
 from archiver.metrics import oldest_age
 from archiver.report import ARCHIVED, FAILED, NO_RECORDING, NOT_READY, RESCUED
+from archiver.retention.binding import unbound_window
 
 PENDING = "pending"
 CALL_STATES = (ARCHIVED, RESCUED, PENDING, NOT_READY, FAILED, NO_RECORDING)
@@ -113,7 +114,8 @@ class Rescued:
     failures: tuple[FailureReason, ...]
     """Rescued calls whose last enrichment attempt failed, by reason (their audio is safe)."""
     unlocked_objects: int | None
-    """With retention rules: objects of rescued calls with no retention class bound yet (so
+    """With retention rules: objects of rescued calls with no retention class bound yet, in
+    their row or a ``class_bound`` event (``archiver.retention.binding.unbound_window``: so
     unlocked); None without rules."""
     oldest_unlocked_since: str | None
     """When the earliest of those was stored: the longest window between rescue and lock."""
@@ -497,7 +499,8 @@ def _rescued(ledger: Ledger, settings: Settings, count: int) -> Rescued:
             waiting, since, first = n, oldest, sids
         else:
             failed.append(FailureReason(reason, n, sids, detail))
-    unlocked, unlocked_since = ledger.unlocked_rescued() if policy else (None, None)
+    window = unbound_window(ledger) if policy else None
+    unlocked, unlocked_since = (window.objects, window.oldest) if window else (None, None)
     return Rescued(waiting, since, first, tuple(failed), unlocked, unlocked_since, settings.enrich)
 
 

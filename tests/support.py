@@ -74,6 +74,7 @@ def exotel_env(sim: Simulator, base_url: str, destination: str, state: Path) -> 
         "ARCHIVER_DESTINATION": destination,
         "ARCHIVER_STATE_DIR": str(state),
         "ARCHIVER_CONFIG": "",
+        "ARCHIVER_RESCUE": "off",  # the per-call path; the lane's tests turn it on
     }
 
 

@@ -64,3 +64,32 @@ async def test_a_following_limiter_continues_the_same_budget() -> None:
     async with second.slot():
         started = time.monotonic()
     assert started - ended >= 0.4 - 0.02 and second.waited > 0
+
+
+async def test_a_lane_is_held_to_its_share_and_counts_in_the_whole() -> None:
+    """``share("enrich", 2)`` of a limit of 6: the lane's requests never more than 2 a period,
+    the others as many as the whole leaves; every request counts in the whole."""
+    from archiver.ratelimit import lane
+
+    limiter = RateLimiter(6, period=0.4)
+    share = limiter.share("enrich", 2)
+    starts: dict[str, list[float]] = {"enrich": [], "other": []}
+
+    async def request(name: str) -> None:
+        async with limiter.slot():
+            starts[name].append(time.monotonic())
+
+    async def enriching() -> None:
+        with lane("enrich"):
+            await asyncio.gather(*(request("enrich") for _ in range(6)))
+
+    t0 = time.monotonic()
+    await asyncio.gather(enriching(), *(request("other") for _ in range(4)))
+    assert share.acquired == 6 and limiter.acquired == 10
+    lane_starts = sorted(starts["enrich"])
+    for i in range(len(lane_starts) - 2):
+        assert lane_starts[i + 2] - lane_starts[i] >= 0.4 - 0.01  # 2 a period, no more
+    assert all(s - t0 < 0.2 for s in starts["other"])  # the others did not wait behind it
+    everything = sorted(starts["enrich"] + starts["other"])
+    for i in range(len(everything) - 6):
+        assert everything[i + 6] - everything[i] >= 0.4 - 0.01  # the whole held too

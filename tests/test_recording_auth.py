@@ -179,14 +179,16 @@ def cli_env(
 ) -> dict[str, str]:
     """A child archiver's environment: ``sim`` at ``base_url``, SeaweedFS, nothing else."""
     return child_env(
-        **seaweed.env(),
-        **exotel_env(sim, base_url, f"s3://{bucket}/{PREFIX}", tmp_path / "state"),
-        AWS_CONFIG_FILE=str(tmp_path / "no-aws-config"),
-        AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "no-aws-credentials"),
-        ARCHIVER_ALLOW_PRIVATE_ADDRESSES="on",
-        ARCHIVER_ATTEMPTS="2",
-        ARCHIVER_MAX_WAIT="0.2",
-        **extra,
+        **{
+            **seaweed.env(),
+            **exotel_env(sim, base_url, f"s3://{bucket}/{PREFIX}", tmp_path / "state"),
+            "AWS_CONFIG_FILE": str(tmp_path / "no-aws-config"),
+            "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-aws-credentials"),
+            "ARCHIVER_ALLOW_PRIVATE_ADDRESSES": "on",
+            "ARCHIVER_ATTEMPTS": "2",
+            "ARCHIVER_MAX_WAIT": "0.2",
+            **extra,
+        }
     )
 
 
@@ -598,3 +600,52 @@ def test_the_basic_header_value_is_a_known_secret_for_the_log_filter() -> None:
     assert value is not None
     scrubbed = Redactor(settings.secrets).scrub(f"sent {value.split()[1]} to the host")
     assert value.split()[1] not in scrubbed
+
+
+# --- the rescue lane of a private account ------------------------------------------------------
+
+
+def test_a_backfill_rescues_private_recordings_from_their_recording_url_then_enriches(
+    addresses: tuple[str, str],
+    cert: tuple[Path, Path],
+    seaweed: SeaweedFS,
+    bucket: str,
+    tmp_path: Path,
+) -> None:
+    """No pre-signed URL in the listing: ``RecordingUrl`` on an allow-listed host over https is
+    the rescue's URL, with the credentials; the enrichment finds the second recording and does
+    not download the rescued one again."""
+    from datetime import datetime, timedelta
+
+    from archiver.exotel.models import IST
+
+    sim = private_sim(seed=181)
+    day = datetime.now(IST).date() - timedelta(days=3)
+    noon = datetime.combine(day, datetime.min.time(), IST) + timedelta(hours=12)
+    one = sim.add_call(created=noon, size=40 * 1024)
+    two = sim.add_call(created=noon + timedelta(minutes=5), recordings=2, size=30 * 1024)
+    host = addresses[0]
+    with serving(sim, host, 443, cert) as srv:
+        env = cli_env(
+            sim,
+            srv.base_url,
+            seaweed,
+            bucket,
+            tmp_path,
+            SSL_CERT_FILE=str(cert[0]),
+            ARCHIVER_RECORDING_AUTH_HOSTS=host,
+            ARCHIVER_RESCUE="on",
+            EXOTEL_RATE_LIMIT="6000",
+        )
+        done = run_archiver(["backfill", "--since", str(day), "--until", str(day)], env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    stored = recordings_in(seaweed, bucket, PREFIX)
+    want = [sim.recording_bytes(one.sid, 1), *(sim.recording_bytes(two.sid, i) for i in (1, 2))]
+    assert sorted(stored.values()) == sorted(want)
+    assert sim.counters["recording_requests"] == 3  # each recording once
+    assert sent_credentials(sim) == 3 and sim.counters[f"credentialed_requests:{host}"] == 3
+    rows = ledger_rows(tmp_path / "state", "SELECT call_sid, outcome FROM calls")
+    assert dict(rows) == {one.sid: "archived", two.sid: "archived"}
+    kinds = ledger_rows(tmp_path / "state", "SELECT kind, COUNT(*) FROM objects GROUP BY kind")
+    assert dict(kinds) == {"recording": 3, "v1_record": 2, "call_details": 2}
+    no_leak_anywhere(sim, seaweed, bucket, done.stdout, done.stderr)

@@ -235,3 +235,40 @@ def test_when_v3_names_the_rescued_file_otherwise_it_is_matched_by_its_bytes_not
     )
     sources = dict(rows)
     assert "127.0.0.1" in sources[1] and "localhost" in sources[2]
+
+
+def test_the_dry_run_plan_shows_rescue_and_enrichment_apart(
+    sim: Simulator, server: SimulatorServer, s3_env: None, bucket: str, tmp_path: Path
+) -> None:
+    day = the_day()
+    noon = datetime.combine(day, datetime.min.time(), IST) + timedelta(hours=12)
+    for n in range(7):
+        sim.add_call(created=noon + timedelta(minutes=n))
+    for n in range(2):
+        sim.add_call(created=noon + timedelta(hours=1, minutes=n), recordings=0)
+    env = lane_env(sim, server, bucket, tmp_path, EXOTEL_RATE_LIMIT="120", ARCHIVER_LEGS="on")
+
+    dry = invoke(
+        [
+            "backfill",
+            "--since",
+            str(day),
+            "--until",
+            str(day),
+            "--dry-run",
+            "--report",
+            str(tmp_path / "plan.json"),
+        ],
+        env,
+    )
+
+    assert dry.exit_code == 0, dry.output
+    plan = json.loads((tmp_path / "plan.json").read_text())["plan"]
+    assert plan["to_rescue"] == 7 and plan["to_archive"] == 0 and plan["no_recording"] == 2
+    assert plan["enrichment"]["estimated_api_requests"] == 7 * 2  # details and legs a call
+    assert plan["enrichment"]["share_per_minute"] == 60  # 50 % of 120
+    assert plan["v3_calls"]["estimated_api_requests"] == 0
+    assert "rescue: 7 calls from the listing" in dry.output
+    assert "enrichment: about 14 API requests" in dry.output
+    assert sim.counters.get("recording_requests", 0) == 0  # a dry run downloads nothing
+    assert sim.counters.get("v3_call_details", 0) == 0

@@ -130,6 +130,11 @@ def plan_command(ctx: click.Context, /, days: int, report: Path | None, **cli: A
 
     settings = make_settings(ctx, cli)
     result = run(_with_archive(settings, None, lambda a: plan(a, days=days)))
+    if result.unbound and result.unbound["objects"]:
+        click.echo(
+            f"rescued, class not bound yet: {result.unbound['objects']} object(s), unlocked "
+            f"since {result.unbound['oldest']}; their class and lock are applied at enrichment"
+        )
     _finish(result, report, failed=False)
 
 
@@ -278,6 +283,12 @@ def audit_command(ctx: click.Context, /, grace_days: int, report: Path | None, *
         )
     if len(result.findings) > len(result.findings.first):
         click.echo(f"  ... and {len(result.findings) - len(result.findings.first)} more")
+    if result.pending:
+        click.echo(
+            f"  not findings yet: {result.pending['class_not_bound_yet']} object(s) of rescued "
+            f"calls whose class binds at enrichment, rescued within the last {grace_days} "
+            "day(s) (older ones are findings)"
+        )
     ok = result.ok
     _write(result, report)
     sys.exit(EXIT_OK if ok else EXIT_FAILURES)

@@ -9,7 +9,10 @@ the object stays its class (a class since renamed or removed keeps the object, n
 is reported), and its retention is the latest of the bound ``retain_until``, the date the class
 gives as configured now, and any extension ``apply`` recorded. Only objects archived before
 retention rules existed get their class now, from the rules and the call details stored beside
-them (``call.json``).
+them (``call.json``). An object of a rescued call that the v1 fields could not classify has no
+class until enrichment binds one (a ``class_bound`` event: ``archiver.retention.binding``, read
+here as if the class were in its row); until then it is ``class_not_bound_yet``: kept, never
+purged, reported — never classified from a ``call.json`` it does not have yet.
 
 ``items()`` reads the ledger a page at a time, so a job over millions of objects runs in bounded
 memory.
@@ -43,6 +46,8 @@ from archiver.identity import bind
 from archiver.keys import QUARANTINE
 from archiver.ledger import PAGE, EventRecord, Ledger, ObjectRecord, utc_now, writer_lock
 from archiver.manifest import ManifestWriter
+from archiver.report import RESCUED
+from archiver.retention.binding import CLASS_BOUND, bound_record
 from archiver.retention.policy import Period, RetentionClass, RetentionPolicy
 from archiver.segments import seal
 from archiver.sinks import Sink
@@ -143,6 +148,18 @@ def _class_unknown(why: str) -> tuple[str, str]:
     )
 
 
+NOT_BOUND_YET = "class_not_bound_yet"
+
+
+def _not_bound_yet(record: ObjectRecord) -> tuple[str, str]:
+    return (
+        NOT_BOUND_YET,
+        f"a rescued call's object (since {record.archived_at}) whose class the v1 fields cannot "
+        "decide: its class is bound, and its lock applied, at enrichment; until then it is "
+        "kept, never purged",
+    )
+
+
 def _not_configured(name: str) -> tuple[str, str]:
     return (
         "class_not_configured",
@@ -161,6 +178,8 @@ class _Events:
     held: dict[str, str | None] = field(default_factory=dict)
     repaired: dict[str, list[str | None]] = field(default_factory=dict)
     quarantined: dict[str, list[str]] = field(default_factory=dict)
+    bound: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """The class bound at enrichment to an object of a rescued call (``class_bound``)."""
 
     @classmethod
     def of(cls, events: list[EventRecord]) -> _Events:
@@ -174,6 +193,8 @@ class _Events:
                 found.held[e.key] = json.loads(e.details).get("reason")
             elif e.kind == RELEASE:
                 found.held.pop(e.key, None)
+            elif e.kind == CLASS_BOUND:
+                found.bound.setdefault(e.key, json.loads(e.details))
             elif e.kind == REPAIRED:
                 found.repaired.setdefault(e.key, []).append(e.version_id)
                 aside = json.loads(e.details).get("quarantined_as")
@@ -230,6 +251,7 @@ class RetentionArchive:
         return [await self._item(r, events) for r in records if r.key not in events.erased]
 
     async def _item(self, record: ObjectRecord, events: _Events) -> Item:
+        record = bound_record(record, events.bound.get(record.key))
         cls, undecided = await self._class_of(record)
         bound = by_class = None
         try:
@@ -287,17 +309,28 @@ class RetentionArchive:
         The class bound at archive time is the object's class for good: if the config no longer
         has it, the object is kept (``at_end = keep``) with its bound lock mode, never moved to
         another class. Only an object archived before any rules gets its class now, from its
-        call's stored details."""
-        bound = record.retention_class
-        if bound is not None:
-            if bound in self.policy.classes:
-                return self.policy.classes[bound], None
-            return RetentionClass(bound, Period(), record.lock_mode, "keep"), _not_configured(bound)
+        call's stored details; an object of a rescued call still unbound has none yet."""
+        name = record.retention_class
+        if name is not None:
+            if name in self.policy.classes:
+                return self.policy.classes[name], None
+            return RetentionClass(name, Period(), record.lock_mode, "keep"), _not_configured(name)
+        if self.rescued_unbound(record.call_sid):
+            return RetentionClass("", Period(), None, "keep"), _not_bound_yet(record)
         found = await self.class_from_snapshot(record.call_sid)
         if not isinstance(found, RetentionClass):
             default = self.policy.classes[self.policy.default]
             return RetentionClass(default.name, Period(), default.lock, "keep"), found
         return found, None
+
+    def rescued_unbound(self, call_sid: str) -> bool:
+        """Whether an object of ``call_sid`` without a class is a rescued call's, to be bound at
+        enrichment: the call is ``rescued``, or (a ledger rebuilt from the chain) it has its v1
+        item stored and no v3 details yet."""
+        return self.ledger.call_outcome(call_sid) == RESCUED or (
+            self.ledger.object_for(call_sid, "call_details", 0) is None
+            and self.ledger.object_for(call_sid, "v1_record", 0) is not None
+        )
 
     async def class_from_snapshot(
         self, call_sid: str, *, default_if_gone: bool = True

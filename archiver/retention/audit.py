@@ -16,6 +16,10 @@ Findings (each names the call, the key and the problem):
                            hold: kept against its class (run ``retention purge``)
 ``class_not_configured``   the class bound at archive time is not in the config any more: the
                            object is kept (never purged) until the class is added back
+``class_not_bound_yet``    an object of a rescued call whose class waits for enrichment (no lock
+                           meanwhile), rescued longer ago than the grace period: enrichment is
+                           not keeping up, or failing. Within the grace it is not a finding, only
+                           counted (``pending``): the window between rescue and lock
 ``erased_but_present``     an erasure receipt exists but the object is still there
 ``deleted_early``          an erasure receipt dated before the retain-until date bound to the
                            object at archive time (its manifest entry), or before its own
@@ -43,6 +47,7 @@ from archiver.retention.archive import (
     ERASURE,
     EXTENDED,
     HOLD,
+    NOT_BOUND_YET,
     RELEASE,
     REPAIRED,
     Item,
@@ -50,6 +55,7 @@ from archiver.retention.archive import (
     iso,
     parse_time,
 )
+from archiver.retention.binding import CLASS_BOUND, bound_record
 from archiver.retention.jobs import SLACK
 from archiver.retention.policy import RetentionClass
 from archiver.retention.reports import AuditReport
@@ -84,6 +90,8 @@ class _Before:
     erased: bool = False
     extended_until: str | None = None
     versions: set[str | None] = field(default_factory=set)
+    bound: dict[str, Any] | None = None
+    """The class bound to a rescued call's object at enrichment (``class_bound``)."""
 
 
 def _before(archive: RetentionArchive, entry: ObjectRecord, seq: int) -> _Before:
@@ -95,6 +103,8 @@ def _before(archive: RetentionArchive, entry: ObjectRecord, seq: int) -> _Before
             found.erased = True
         elif e.kind == REPAIRED:
             found.versions.add(e.version_id)
+        elif e.kind == CLASS_BOUND and found.bound is None:
+            found.bound = json.loads(e.details)
         elif e.kind == EXTENDED:
             until = _field(json.loads(e.details), "retain_until")
             if until and (
@@ -138,6 +148,7 @@ async def _check_receipt(
         )
         return
     before = _before(archive, entry, event.seq or 0)
+    entry = bound_record(entry, before.bound)  # bound at enrichment: as if in its entry
     still = [v for v in sorted(before.versions, key=str) if await archive.sink.lock_status(key, v)]
     if still or await archive.sink.stat(key) is not None:
         report.add("erased_but_present", sid, key, f"receipt {event.at}")
@@ -150,7 +161,7 @@ async def _check_receipt(
     for problem in await _receipt_against_entry(archive, details, entry, event, before):
         report.add("receipt_mismatch", sid, key, f"receipt {event.at}: {problem}")
     floors = [
-        (entry.retain_until, "bound at archive time"),
+        (entry.retain_until, "bound at archive time (or at enrichment)"),
         (before.extended_until, "extended by `retention apply`"),
         (stated_until, "the receipt's own"),
     ]
@@ -210,7 +221,12 @@ async def _check_item(
     archive: RetentionArchive, item: Item, report: AuditReport, now: datetime, grace: timedelta
 ) -> None:
     sid, key = item.record.call_sid, item.key
-    if item.undecided is not None:
+    if item.undecided is not None and item.undecided[0] == NOT_BOUND_YET:
+        if _time(item.record.archived_at) >= now - grace:
+            report.pending[NOT_BOUND_YET] += 1  # the window between rescue and lock
+        else:
+            report.add(NOT_BOUND_YET, sid, key, item.kept_because())
+    elif item.undecided is not None:
         report.add(item.undecided[0], sid, key, item.kept_because())
     stored = await archive.sink.lock_status(key, item.record.version_id)
     if stored is None:

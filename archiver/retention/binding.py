@@ -1,18 +1,150 @@
-"""Binding the retention class of a rescued call's objects at enrichment (stub: H2 fills it)."""
+"""The retention class of a rescued call's objects, bound at enrichment.
+
+A call rescued from the v1 listing (``archiver.rescue``) is stored with its class when the v1
+fields decide it (``RetentionPolicy.classify_v1``: locked in the same PUT, as any call). When
+the rules need what only the v3 details say (``app_id``, ``app_name``, ``custom_field``, a
+status or number v1 cannot tell for certain), its objects are stored *unbound*: no class, no
+lock. ``bind_rescued`` binds them once enrichment has the v3 details:
+
+* the class ``policy.classify(details)`` gives, its retain-until date from the call's creation;
+* the class's Object Lock put on the stored version (S3 sets retention on an existing version
+  in an Object Lock bucket), only ever strengthening: an object already locked longer or
+  stronger keeps its lock (``Recorder.bind_retention``);
+* a ``class_bound`` event in the ledger and so in the manifest chain (``retention_class``,
+  ``retain_until``, ``lock_mode``, ``rescued_at``, ``bound_at``).
+
+The object's own manifest entry is not rewritten: it is sealed into the chain as it was
+recorded (``verify`` compares the two), so the binding is the event, and whoever reads an
+object's retention reads its row through ``bound_record`` (the retention jobs, ``repair``). A class
+once bound — at rescue or at enrichment — is a floor no later config edit lowers: binding again
+changes nothing.
+
+Between rescue and binding an unbound object has no lock: ``unbound_window`` says how many
+there are and since when (``retention plan`` and ``status`` show it).
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import json
+import logging
+from dataclasses import dataclass, replace
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
-from archiver.exotel.models import CallDetails
-from archiver.ledger import ObjectRecord
+from archiver.ledger import EventRecord, Ledger, ObjectRecord, utc_now
+from archiver.report import RESCUED
 
 if TYPE_CHECKING:
+    from archiver.exotel.models import CallDetails
     from archiver.recorder import Recorder
+
+CLASS_BOUND = "class_bound"
+"""The event kind of a binding at enrichment."""
+
+log = logging.getLogger("archiver.retention")
+
+
+def bound_record(record: ObjectRecord, binding: dict[str, Any] | None) -> ObjectRecord:
+    """``record`` as it stands after its ``class_bound`` event (``binding``, its details): with
+    that class, date and lock mode. A record bound when it was stored, or without a binding,
+    is returned as it is."""
+    if binding is None or record.retention_class is not None:
+        return record
+    return replace(
+        record,
+        retention_class=str(binding["retention_class"]),
+        retain_until=binding.get("retain_until"),
+        lock_mode=binding.get("lock_mode"),
+    )
+
+
+def bindings(ledger: Ledger, keys: list[str]) -> dict[str, dict[str, Any]]:
+    """The ``class_bound`` details of each of ``keys`` that has one (the first: a binding is
+    never redone), at most ``archiver.ledger.PAGE`` keys."""
+    found: dict[str, dict[str, Any]] = {}
+    for e in ledger.events_of(keys):
+        if e.kind == CLASS_BOUND and e.key not in found:
+            found[e.key] = json.loads(e.details)
+    return found
 
 
 async def bind_rescued(
     recorder: Recorder, details: CallDetails, records: list[ObjectRecord]
 ) -> list[ObjectRecord]:
-    """The call's records once their class is bound (unchanged for now)."""
-    return records
+    """Bind the objects of a rescued call that were stored without a class (``records``: every
+    object of the call, ``details``: its v3 details); returns ``records`` as they are after
+    binding, in the same order.
+
+    Without a retention policy, nothing to do. A record with a class (bound at rescue, or
+    stored at enrichment) is returned unchanged, as is one bound by an earlier attempt. For
+    each other: its lock brought up to the class first, then the ``class_bound`` event
+    committed — so a crash between the two leaves the object unbound, and the next enrichment
+    binds it again (the lock is then already there). A store error is raised; the objects
+    bound before it stay bound."""
+    if recorder.policy is None or all(r.retention_class is not None for r in records):
+        return list(records)
+    done = bindings(recorder.ledger, [r.key for r in records if r.retention_class is None])
+    out = []
+    for record in records:
+        if record.retention_class is not None or record.key in done:
+            out.append(bound_record(record, done.get(record.key)))
+            continue
+        name, until, mode, version = await recorder.bind_retention(
+            record.key, record.version_id, details
+        )
+        if name is None:  # no policy (it was checked above; for the type checker)
+            out.append(record)
+            continue
+        now = utc_now()
+        binding = {
+            "retention_class": name,
+            "retain_until": until,
+            "lock_mode": mode,
+            "rescued_at": record.archived_at,
+            "bound_at": now,
+        }
+        event = EventRecord(
+            kind=CLASS_BOUND,
+            call_sid=record.call_sid,
+            key=record.key,
+            at=now,
+            actor=recorder.worker,
+            details=json.dumps(binding, sort_keys=True),
+            version_id=version,
+        )
+        await recorder.writes.run(partial(recorder.ledger.add_event, event))
+        log.info(
+            "%s bound to retention class %s at enrichment (until %s, lock %s)",
+            record.key,
+            name,
+            until,
+            mode or "none",
+        )
+        out.append(bound_record(replace(record, version_id=version), binding))
+    if recorder.ledger.unsealed_count() >= recorder.segment_size:
+        await recorder.seal()
+    return out
+
+
+@dataclass(frozen=True)
+class UnboundWindow:
+    """The window between rescue and lock: objects of rescued calls still without a class."""
+
+    objects: int
+    oldest: str | None
+    """The earliest ``archived_at`` among them (UTC, ISO 8601): unlocked since then."""
+
+    def describe(self) -> str:
+        if not self.objects:
+            return "every rescued object has its retention class"
+        return (
+            f"{self.objects} object(s) of rescued calls not bound to a retention class yet, "
+            f"unlocked since {self.oldest}: they bind (and lock) at enrichment"
+        )
+
+
+def unbound_window(ledger: Ledger) -> UnboundWindow:
+    """How many objects of calls still rescued have no class yet (row or ``class_bound``
+    event), and the oldest of their rescue times. One query, whatever the archive's size."""
+    count, oldest = ledger.unbound_objects(RESCUED, CLASS_BOUND)
+    return UnboundWindow(count, oldest)

@@ -34,6 +34,7 @@ from archiver.retention.archive import (
     iso,
     stronger,
 )
+from archiver.retention.binding import unbound_window
 from archiver.retention.reports import JobReport
 from archiver.sinks import Lock, LockStatus
 
@@ -73,7 +74,9 @@ STRENGTHEN_NEEDS_OPT_IN = (
 
 
 async def plan(archive: RetentionArchive, *, days: int, now: datetime | None = None) -> JobReport:
-    """Objects whose retention ends within ``days``, under legal hold, or not as the rules say."""
+    """Objects whose retention ends within ``days``, under legal hold, or not as the rules say;
+    and the window between rescue and lock (``report.unbound``: objects of rescued calls whose
+    class binds at enrichment, listed one by one as ``class_not_bound_yet``)."""
     now = now or datetime.now(UTC)
     report = JobReport("plan")
     horizon = now + timedelta(days=days)
@@ -112,6 +115,8 @@ async def plan(archive: RetentionArchive, *, days: int, now: datetime | None = N
             report.add(item, change, stored_mode=stored.mode, stored_until=_iso(stored.until))
         elif (beyond := kept_beyond(item, stored)) is not None:
             report.add(item, "kept_beyond_class", detail=beyond)
+    window = unbound_window(archive.ledger)
+    report.unbound = {"objects": window.objects, "oldest": window.oldest}
     return report
 
 

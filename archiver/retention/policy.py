@@ -23,11 +23,19 @@ A class binds when a call is archived: every object of the call gets the class, 
 ``retain_until`` of the call's creation time plus the period (calendar months and years), and —
 when the class has a lock mode and that date is still ahead — S3 Object Lock with that mode and
 date in the same PUT. The rules are read with the call details Exotel gave, nothing else.
+
+A call rescued from the v1 listing (``archiver.rescue``) has no v3 details yet:
+``RetentionPolicy.classify_v1`` names its class from the v1 fields when that is certain —
+every rule before the deciding one certainly does not match, the deciding one certainly does —
+and says None otherwise: the class is then bound at enrichment, from the v3 details
+(``archiver.retention.binding``). docs/compliance.md, "Rescued calls", has the reading of
+each field.
 """
 
 from __future__ import annotations
 
 import calendar
+import enum
 import fnmatch
 import re
 from dataclasses import dataclass
@@ -176,6 +184,66 @@ class RetentionClass:
         return self.period.after(created)
 
 
+V1_DIRECTIONS = frozenset({"inbound", "outbound-dial", "outbound-api"})
+"""The words of v1's ``Direction``, the same as v3's field table (v3's example also shows
+``outbound``, a word v1 does not use)."""
+V1_CERTAIN_STATUS = "completed"
+"""The one v1 ``Status`` whose v3 ``status`` is certain: ``completed`` is ``completed``. v1's
+``busy``, ``failed``, ``no-answer`` and ``canceled`` each stand for one or more of v3's
+unanswered, cancelled and no-dial statuses, in a mapping Exotel does not document."""
+_NUMBER_DIGITS = 10
+"""Digits of a phone number compared across formats (``+911414941199`` and ``01414941199``
+are the same number written two ways): the national number of an Indian ExoPhone."""
+
+
+class V1Verdict(enum.Enum):
+    """What a rule, or one field of it, says of a call known only from its v1 listing item."""
+
+    MATCH = "match"
+    """It matches the call's v3 details for certain."""
+    NO = "no"
+    """It does not match them, for certain."""
+    UNKNOWN = "unknown"
+    """Only the v3 details can tell."""
+
+
+def _v1_direction(direction: str | None, allowed: frozenset[str]) -> V1Verdict:
+    if direction is None or direction not in V1_DIRECTIONS:
+        return V1Verdict.UNKNOWN  # not a word we know v3 says the same way
+    if direction in allowed:
+        return V1Verdict.MATCH
+    # A rule value v1 never says (``outbound``): v3 may say it of this very call.
+    return V1Verdict.NO if allowed <= V1_DIRECTIONS else V1Verdict.UNKNOWN
+
+
+def _v1_status(status: str | None, allowed: frozenset[str]) -> V1Verdict:
+    if status != V1_CERTAIN_STATUS:
+        return V1Verdict.UNKNOWN
+    return V1Verdict.MATCH if V1_CERTAIN_STATUS in allowed else V1Verdict.NO
+
+
+_PHONE = re.compile(r"\+?[0-9][0-9 ()-]*", re.ASCII)
+
+
+def _digits(number: str) -> str:
+    return "".join(c for c in number if c.isascii() and c.isdigit())[-_NUMBER_DIGITS:]
+
+
+def _v1_number(phone_number_sid: str | None, allowed: frozenset[str]) -> V1Verdict:
+    if phone_number_sid in allowed:
+        return V1Verdict.MATCH
+    sid = phone_number_sid or ""
+    digits = _digits(sid)
+    if not _PHONE.fullmatch(sid) or len(digits) < _NUMBER_DIGITS:
+        return V1Verdict.UNKNOWN  # not a phone number we can compare: an id, a short code
+    if any(_digits(value) == digits for value in allowed):
+        return V1Verdict.UNKNOWN  # the same number in another format: v3's may be either
+    return V1Verdict.NO
+
+
+_V1_READERS = {"direction": _v1_direction, "status": _v1_status, "virtual_number": _v1_number}
+
+
 @dataclass(frozen=True)
 class Rule:
     retention_class: str
@@ -193,6 +261,27 @@ class Rule:
             return False
         return self.custom_field is None or bool(self.custom_field.search(call.custom_field or ""))
 
+    def matches_v1(
+        self, direction: str | None, status: str | None, phone_number_sid: str | None
+    ) -> V1Verdict:
+        """Whether the rule matches a call known only from its v1 fields: one field certainly
+        not matching rules it out; all matching for certain is a match; otherwise unknown
+        (``app_id``, ``app_name`` and ``custom_field`` are in v3 only)."""
+        fields = {
+            "direction": direction,
+            "status": status,
+            "virtual_number": phone_number_sid,
+        }
+        verdicts = [
+            _V1_READERS[name](fields[name], allowed) if name in _V1_READERS else V1Verdict.UNKNOWN
+            for name, allowed in self.exact
+        ]
+        if self.app_name is not None or self.custom_field is not None:
+            verdicts.append(V1Verdict.UNKNOWN)
+        if V1Verdict.NO in verdicts:
+            return V1Verdict.NO
+        return V1Verdict.UNKNOWN if V1Verdict.UNKNOWN in verdicts else V1Verdict.MATCH
+
 
 @dataclass(frozen=True)
 class RetentionPolicy:
@@ -209,9 +298,20 @@ class RetentionPolicy:
     def classify_v1(
         self, direction: str | None, status: str | None, phone_number_sid: str | None
     ) -> RetentionClass | None:
-        """The class of a call from its v1 listing fields, or None when a rule needs more
-        than they say (the class binds at enrichment): stub, every rule undecided."""
-        return None if self.rules else self.classes[self.default]
+        """The class of a call from its v1 listing fields (``Direction``, ``Status``,
+        ``PhoneNumberSid``), or None when only its v3 details can decide (bind at enrichment).
+
+        The rules in order: the first that certainly matches decides; one that certainly does
+        not is passed over; one that may match, before any certain match, leaves the call
+        undecided. None matching, for certain: the default class. A class named here is the
+        class ``classify`` gives the call's v3 details (docs/compliance.md, "Rescued calls")."""
+        for rule in self.rules:
+            verdict = rule.matches_v1(direction, status, phone_number_sid)
+            if verdict is V1Verdict.MATCH:
+                return self.classes[rule.retention_class]
+            if verdict is V1Verdict.UNKNOWN:
+                return None
+        return self.classes[self.default]
 
     @property
     def needs_object_lock(self) -> bool:

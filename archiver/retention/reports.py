@@ -97,6 +97,9 @@ class JobReport:
     failures: Spool = field(default_factory=Spool)
     seal_error: str | None = None
     """Why what the job recorded is not sealed into the destination yet (the next job seals it)."""
+    unbound: dict[str, Any] | None = None
+    """``plan``: the window between rescue and lock (``objects`` of rescued calls not bound to
+    a class yet, the ``oldest`` rescue time among them)."""
 
     def add(self, item: Briefed, action: str, **extra: Any) -> None:
         self.counts[action] += 1
@@ -119,6 +122,8 @@ class JobReport:
         head: dict[str, Any] = {"job": self.job, "counts": self.summary()}
         if self.seal_error is not None:
             head["seal_error"] = self.seal_error
+        if self.unbound is not None:
+            head["unbound_rescued"] = self.unbound
         return head
 
     def write(self, path: Path) -> None:
@@ -135,6 +140,9 @@ class AuditReport:
     receipts: int = 0
     counts: Counter[str] = field(default_factory=Counter)
     findings: Spool = field(default_factory=Spool)
+    pending: Counter[str] = field(default_factory=Counter)
+    """What is not a finding yet, counted: objects of rescued calls whose class binds at
+    enrichment, rescued within the grace period."""
 
     def add(self, problem: str, call_sid: str, key: str, detail: str) -> None:
         self.counts[problem] += 1
@@ -152,6 +160,7 @@ class AuditReport:
             "checked": self.checked,
             "receipts_checked": self.receipts,
             "counts": {p: self.counts[p] for p in sorted(self.counts)},
+            "pending": {p: self.pending[p] for p in sorted(self.pending)},
         }
 
     def as_dict(self) -> dict[str, Any]:
