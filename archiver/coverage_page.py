@@ -4,11 +4,12 @@ What a compliance officer reads at a glance, from a ``ReconcileReport``:
 
 * the verdict: complete or not, and whether the manifest chain is intact;
 * a calendar of the range's days (the account's time zone), each coloured by its calls — all
-  archived (or erased under the retention rules), some missing, still active or recording
-  pending, no recording, no calls — with a legend, and each day's counts written in it, so the
-  colour is never the only signal;
+  archived (or erased under the retention rules), some missing, still active, recording
+  pending or rescued (audio safe, v3 details to come), no recording, no calls — with a
+  legend, and each day's counts written in it, so the colour is never the only signal;
 * the totals per state;
-* every call missing, still active or with its recording pending, with its reason;
+* every call missing, still active or with its recording pending, with its reason (rescued
+  calls are counted, in the verdict and the totals, not listed: a large backfill rescues many);
 * the manifest chain: segments, entries, the head (SHA-256 of the last segment), the check's
   result and its problems.
 
@@ -40,19 +41,21 @@ COLOURS = {
 DAY_LABELS = {
     "archived": "all archived",
     "missing": "some missing",
-    "active": "still active / pending",
+    "active": "still active / pending / rescued",
     "recordless": "no recording",
     "empty": "no calls",
 }
 LEGEND = {
     "archived": "every call archived (or erased under the retention rules)",
     "missing": "at least one call with a recording is not archived",
-    "active": "calls still active or recordings still in processing: not final yet",
+    "active": "calls still active, recordings still in processing, or calls rescued (recording "
+    "stored from the v1 listing) whose v3 details are still to come: not final yet",
     "recordless": "calls, none of them with a recording at Exotel",
     "empty": "no calls that day",
 }
 STATE_LABELS = {
     "archived": "archived",
+    "rescued": "rescued",
     "erased": "erased",
     "missing": "missing",
     "no_recording_at_source": "no recording",
@@ -64,6 +67,7 @@ _STATE_CLASS = {
     "missing": "missing",
     "still_active": "active",
     "recording_pending": "active",
+    "rescued": "active",
     "archived": "archived",
     "erased": "archived",
     "no_recording_at_source": "recordless",
@@ -109,7 +113,7 @@ def day_kind(counts: Counter[str]) -> str:
     """Which colour a day with these per-state counts gets (see ``LEGEND``)."""
     if counts["missing"]:
         return "missing"
-    if counts["still_active"] or counts["recording_pending"]:
+    if counts["still_active"] or counts["recording_pending"] or counts["rescued"]:
         return "active"
     if counts["archived"] or counts["erased"]:
         return "archived"
@@ -181,7 +185,9 @@ def _verdict(report: ReconcileReport, counts: dict[str, int]) -> str:
             "the retention rules, or have no recording at Exotel"
         )
     else:
-        open_ = ", ".join(f"{counts[s]} {STATE_LABELS[s]}" for s in ATTENTION if counts[s])
+        open_ = ", ".join(
+            f"{counts[s]} {STATE_LABELS[s]}" for s in (*ATTENTION, "rescued") if counts[s]
+        )
         text = f"NOT COMPLETE: {open_}"
     if broken:
         text += "; the manifest chain is BROKEN (see below)"

@@ -943,6 +943,43 @@ class Ledger:
         )
         return [ObjectRecord(**dict(r)) for r in rows]
 
+    # --- rescued calls (read only: what ``status`` shows of them) -------------------------------
+
+    def rescued_groups(
+        self, shown: int
+    ) -> list[tuple[str | None, int, str | None, tuple[str, ...], str | None]]:
+        """Calls whose last outcome is ``rescued``, grouped by ``reason`` (None: waiting for
+        enrichment; else the kind of error its last enrichment attempt failed with), the
+        largest group first: (reason, calls, the earliest rescue time — a call's first
+        ``archived_at`` —, the first ``shown`` call SIDs, earliest rescued first, and the
+        ``detail`` of the first of them)."""
+        rescued = (
+            "WITH r AS (SELECT c.call_sid, c.reason, c.detail, (SELECT MIN(o.archived_at) "
+            "FROM objects o WHERE o.call_sid = c.call_sid) AS rescued_at "
+            "FROM calls c WHERE c.outcome = 'rescued') "
+        )
+        groups = self._read.execute(
+            rescued + "SELECT reason, COUNT(*) AS n, MIN(rescued_at) AS oldest FROM r "
+            "GROUP BY reason ORDER BY n DESC, reason"
+        ).rows
+        out: list[tuple[str | None, int, str | None, tuple[str, ...], str | None]] = []
+        for group in groups:
+            first = self._read.execute(
+                rescued + "SELECT call_sid, detail FROM r WHERE reason IS ? "
+                "ORDER BY rescued_at IS NULL, rescued_at, call_sid LIMIT ?",
+                (group["reason"], shown),
+            ).rows
+            out.append(
+                (
+                    group["reason"],
+                    int(group["n"]),
+                    group["oldest"],
+                    tuple(str(r["call_sid"]) for r in first),
+                    first[0]["detail"] if first else None,
+                )
+            )
+        return out
+
     def unbound_objects(self, outcome: str, bound_kind: str) -> tuple[int, str | None]:
         """Read-only: how many objects of calls with ``outcome`` have no retention class, in
         their row or in a ``bound_kind`` event, and the oldest ``archived_at`` among them

@@ -12,6 +12,8 @@ Every name of ours starts with ``exotel_archiver_``. Counters only grow while th
 
 =================================================  ===========================================
 ``calls_total{outcome}``                            calls looked at, by outcome (archived,
+                                                    rescued: recording stored from the v1
+                                                    listing, v3 details to come;
                                                     already_archived, not_ready, no_recording,
                                                     failed)
 ``bytes_archived_total``                            bytes of the objects of archived calls

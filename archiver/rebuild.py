@@ -9,7 +9,7 @@ from archiver.config import Settings
 from archiver.errors import ConfigError
 from archiver.ledger import Entry, Ledger, ObjectRecord, SegmentRecord, writer_lock
 from archiver.manifest import ManifestWriter, record_from_entry
-from archiver.report import ARCHIVED
+from archiver.report import ARCHIVED, RESCUED
 from archiver.sinks import Sink
 
 PENDING = "pending"
@@ -39,10 +39,12 @@ def call_outcomes(
     ``call.json`` (stored after every recording of the call), and, when they are asked for, its
     legs, its voice log and (``voice_logs="audio"``) the voice-log file — each stored *after*
     ``call.json``, so a call whose later part failed has a ``call.json`` and is not archived.
+    A call with its v1 listing item (``call-v1.json``, kind ``v1_record``) and no ``call.json``
+    was rescued from the listing and not enriched yet: ``rescued`` (enrichment completes it).
     Else it is ``pending``, looked at again by the next run (which skips what is stored; at worst
     a few API requests for a part Exotel never had). A call whose objects were erased since
-    stays ``archived``: it is never fetched again. ``voice_logs``: ``off``, ``json`` or
-    ``audio`` (True means ``json``, False ``off``).
+    stays ``archived`` (or ``rescued``): it is never fetched again for them. ``voice_logs``:
+    ``off``, ``json`` or ``audio`` (True means ``json``, False ``off``).
     """
     mode = ("json" if voice_logs else "off") if isinstance(voice_logs, bool) else voice_logs
     wanted = {"call_details"}
@@ -69,7 +71,9 @@ def call_outcomes(
     out = []
     for sid, have in kinds.items():
         done = wanted <= have or ("call_details" in have and sid in erased)
-        out.append((sid, ARCHIVED if done else PENDING, created[sid], recordings[sid]))
+        rescued = "v1_record" in have and "call_details" not in have
+        outcome = ARCHIVED if done else RESCUED if rescued else PENDING
+        out.append((sid, outcome, created[sid], recordings[sid]))
     return out
 
 

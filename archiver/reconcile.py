@@ -4,6 +4,10 @@
 each up in the ledger:
 
 * ``archived`` — the ledger says the call is archived;
+* ``rescued`` — the ledger says the call is rescued: its recording is stored (from the v1
+  listing, ``archiver.rescue``), its v3 details (``call.json``, any recording v1 did not list)
+  are not yet: its audio is safe, but it is not complete (the reason says whether enrichment is
+  waiting, failed, or — ``enrich = never`` — will never come);
 * ``erased`` — it was archived, and ``retention purge`` has since deleted every recording of it
   under the retention rules (erasure receipts in the manifest chain): settled, not missing;
 * ``no_recording_at_source`` — Exotel lists no recording for it, the call ended at least
@@ -19,7 +23,9 @@ each up in the ledger:
 
 The report is complete only when every call is ``archived``, ``erased`` or
 ``no_recording_at_source``: a
-range with calls still active or recordings still to come is not complete yet.
+range with calls still active or recordings still to come is not complete yet, nor one with
+rescued calls. ``recordings_safe`` says the weaker thing: every call is settled or rescued (no
+recording the listing shows is missing from the archive).
 
 Each call also carries a ``reason``: why it is in its state, in words (for a failed call, the
 ledger's note of the failure). The report also holds the manifest chain as the destination
@@ -43,10 +49,11 @@ from archiver.identity import check_destination
 from archiver.ledger import UNFINISHED, Ledger
 from archiver.ratelimit import RateLimiter
 from archiver.redact import redact_text
-from archiver.report import ARCHIVED, FAILED, NOT_READY
+from archiver.report import ARCHIVED, FAILED, NOT_READY, RESCUED
 
 RECONCILED = (
     "archived",
+    "rescued",
     "erased",
     "missing",
     "no_recording_at_source",
@@ -54,6 +61,8 @@ RECONCILED = (
     "recording_pending",
 )
 SETTLED = frozenset({"archived", "erased", "no_recording_at_source"})
+SAFE = SETTLED | {"rescued"}
+"""States in which no recording Exotel lists is missing from the archive."""
 
 
 @dataclass
@@ -107,12 +116,18 @@ class ReconcileReport:
     def complete(self) -> bool:
         return all(c["state"] in SETTLED for c in self.calls)
 
+    @property
+    def recordings_safe(self) -> bool:
+        """Every call settled or rescued: complete but for the v3 details of rescued calls."""
+        return all(c["state"] in SAFE for c in self.calls)
+
     def as_dict(self) -> dict[str, object]:
         return {
             "since": self.since.isoformat(),
             "until": self.until.isoformat(),
             "timezone": str(self.tz),
             "complete": self.complete,
+            "recordings_safe": self.recordings_safe,
             "counts": self.counts(),
             "calls": self.calls,
             "chain": self.chain.as_dict() if self.chain is not None else None,
@@ -164,6 +179,13 @@ async def reconcile(settings: Settings, since: date, until: date) -> ReconcileRe
                     "archived, then erased under the retention rules (receipts in the manifest)"
                     if state == "erased"
                     else "archived: in the ledger and the manifest"
+                )
+            elif outcome == RESCUED:
+                state = "erased" if _erased(ledger, call.sid, erased) else "rescued"
+                reason = (
+                    "rescued, then erased under the retention rules (receipts in the manifest)"
+                    if state == "erased"
+                    else _rescued_reason(ledger, call.sid, settings)
                 )
             elif outcome == NOT_READY:
                 state, reason = "still_active", f"not ready when last looked at: {note}"
@@ -219,6 +241,17 @@ async def reconcile(settings: Settings, since: date, until: date) -> ReconcileRe
     finally:
         ledger.close()
     return report
+
+
+def _rescued_reason(ledger: Ledger, call_sid: str, settings: Settings) -> str:
+    """Why a rescued call is not complete: enrichment waiting, failed, or never coming."""
+    safe = "rescued: its recording is stored (from the v1 listing); its v3 details are not"
+    detail = ledger.call_detail(call_sid)
+    if settings.enrich == "never":
+        return f"{safe}, and enrich = never: it stays rescued"
+    if detail:  # e.g. a failed enrichment attempt (the outcome stays rescued)
+        return f"{safe} yet, enrichment has not completed: {_note(ledger, call_sid, settings)}"
+    return f"{safe} yet: enrichment fetches them (call.json) and completes it"
 
 
 def _note(ledger: Ledger, call_sid: str, settings: Settings) -> str:

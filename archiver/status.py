@@ -12,9 +12,19 @@ Each thing wrong becomes one ``Advice``: a problem and the fix, at one of three 
 a destination that cannot be read), ``attention`` (failed calls, the oldest unarchived call near
 Exotel's retention, a last run that stopped on an error or was killed, calls not ready or
 pending past ``daemon.stuck_after``, failed or pending calls of unknown age, work left while no
-process holds the writer lock) and ``note`` (nothing wrong, but worth knowing: entries waiting
-for the running worker to seal them, calls still active). The exit code follows the worst: 2,
-1, else 0.
+process holds the writer lock, rescued calls whose enrichment failed) and ``note`` (nothing
+wrong, but worth knowing: entries waiting for the running worker to seal them, calls still
+active, rescued calls waiting for enrichment and their objects not locked yet). The exit code
+follows the worst: 2, 1, else 0.
+
+A *rescued* call (``archiver.report.RESCUED``) has its recording stored from the v1 listing and
+its v3 details still to come: its audio is safe, so it is neither "unarchived" (the oldest
+unarchived call, Exotel's retention) nor a failure, and alone it never makes the exit code 1;
+it is counted apart from ``archived`` and shown in ``rescued``: how many wait for enrichment
+(since when), how many had their enrichment fail (by reason: attention), and, with retention
+rules, how many of their objects have no class bound (unlocked) yet and since when — the window
+between rescue and lock. With ``enrich = never`` they stay rescued: a note says so, and their
+unlocked objects (never locked then) are attention.
 """
 
 from __future__ import annotations
@@ -29,10 +39,11 @@ from archiver.errors import ConfigError, DestinationMismatch, StorageError
 from archiver.ledger import FailedCall, Ledger, RunRecord, SegmentRecord, utc_text
 from archiver.liveness import RUNNING, STOPPED, state_of, writer_running
 from archiver.metrics import oldest_age
-from archiver.report import ARCHIVED, FAILED, NO_RECORDING, NOT_READY
+from archiver.report import ARCHIVED, FAILED, NO_RECORDING, NOT_READY, RESCUED
+from archiver.retention.binding import unbound_window
 
 PENDING = "pending"
-CALL_STATES = (ARCHIVED, PENDING, NOT_READY, FAILED, NO_RECORDING)
+CALL_STATES = (ARCHIVED, RESCUED, PENDING, NOT_READY, FAILED, NO_RECORDING)
 CONFIG, ATTENTION, NOTE = "config", "attention", "note"
 SHOWN_SIDS = 10
 """Call SIDs a failure reason lists (and its retry command names)."""
@@ -91,6 +102,28 @@ class Oldest:
 
 
 @dataclass(frozen=True)
+class Rescued:
+    """The calls rescued from the v1 listing and not complete yet (``calls["rescued"]``)."""
+
+    waiting: int
+    """Waiting for enrichment (no attempt failed)."""
+    oldest_waiting_since: str | None
+    """When the earliest rescued of those was rescued (its first object stored; UTC)."""
+    waiting_calls: tuple[str, ...]
+    """The first ``SHOWN_SIDS`` of them, earliest rescued first."""
+    failures: tuple[FailureReason, ...]
+    """Rescued calls whose last enrichment attempt failed, by reason (their audio is safe)."""
+    unlocked_objects: int | None
+    """With retention rules: objects of rescued calls with no retention class bound yet, in
+    their row or a ``class_bound`` event (``archiver.retention.binding.unbound_window``: so
+    unlocked); None without rules."""
+    oldest_unlocked_since: str | None
+    """When the earliest of those was stored: the longest window between rescue and lock."""
+    enrich: str
+    """``background`` or ``never`` (``archiver.enrich``)."""
+
+
+@dataclass(frozen=True)
 class Status:
     checked_at: str
     state_dir: str
@@ -102,6 +135,7 @@ class Status:
     last_run: RunRecord | None
     calls: dict[str, int]
     failures: tuple[FailureReason, ...]
+    rescued: Rescued
     segments: int
     last_segment: SegmentRecord | None
     unsealed: int
@@ -134,6 +168,7 @@ class Status:
             "last_run": asdict(self.last_run) if self.last_run else None,
             "calls": self.calls,
             "failures": [asdict(f) for f in self.failures],
+            "rescued": asdict(self.rescued),
             "manifest": {
                 "segments": self.segments,
                 "last_segment": asdict(self.last_segment) if self.last_segment else None,
@@ -172,6 +207,7 @@ async def gather_status(settings: Settings, *, now: datetime | None = None) -> S
         counts = ledger.call_counts()
         calls = {state: counts.get(state, 0) for state in CALL_STATES}
         failures = _failures(ledger.failed_calls())
+        rescued = _rescued(ledger, settings, calls[RESCUED])
         segments = ledger.segments()
         unsealed = ledger.unsealed_count()
         unarchived = ledger.unarchived_created()
@@ -228,6 +264,7 @@ async def gather_status(settings: Settings, *, now: datetime | None = None) -> S
             )
         )
     advice += _stuck(unarchived, now, settings.daemon.stuck_after, busy)
+    advice += _rescued_advice(rescued, busy)
     advice += _run_advice(last_run, run_state, failures)
     if unsealed:
         entries = f"{unsealed} manifest entr{'ies' if unsealed != 1 else 'y'} not sealed yet"
@@ -253,6 +290,7 @@ async def gather_status(settings: Settings, *, now: datetime | None = None) -> S
         last_run=last_run,
         calls=calls,
         failures=failures,
+        rescued=rescued,
         segments=len(segments),
         last_segment=segments[-1] if segments else None,
         unsealed=unsealed,
@@ -445,6 +483,99 @@ def _run_advice(
             )
         ]
     return []
+
+
+def _rescued(ledger: Ledger, settings: Settings, count: int) -> Rescued:
+    """What the ledger holds of the rescued calls (no query at all when there are none: a
+    ledger from before rescues may lack the columns the queries read)."""
+    policy = settings.retention is not None
+    if not count:
+        return Rescued(0, None, (), (), 0 if policy else None, None, settings.enrich)
+    waiting, since = 0, None
+    first: tuple[str, ...] = ()
+    failed: list[FailureReason] = []
+    for reason, n, oldest, sids, detail in ledger.rescued_groups(SHOWN_SIDS):
+        if reason is None:
+            waiting, since, first = n, oldest, sids
+        else:
+            failed.append(FailureReason(reason, n, sids, detail))
+    window = unbound_window(ledger) if policy else None
+    unlocked, unlocked_since = (window.objects, window.oldest) if window else (None, None)
+    return Rescued(waiting, since, first, tuple(failed), unlocked, unlocked_since, settings.enrich)
+
+
+def _rescued_advice(r: Rescued, busy: bool | None) -> list[Advice]:
+    """Rescued calls: waiting for enrichment (a note: their audio is safe), staying rescued
+    under ``enrich = never`` (a note), failed enrichment (attention), objects not locked yet
+    (a note; attention when ``enrich = never``, as nothing will lock them)."""
+    advice: list[Advice] = []
+    never = r.enrich == "never"
+    total = r.waiting + sum(f.count for f in r.failures)
+    if r.waiting and never:
+        advice.append(
+            Advice(
+                NOTE,
+                f"{_calls(r.waiting)} rescued (recording stored from the v1 listing) stay "
+                "rescued: enrich = never, so no call.json, no app/flow/digits metadata, and a "
+                "call with several recordings keeps only the one v1 lists",
+                "set enrich = background (ARCHIVER_ENRICH) to complete them",
+            )
+        )
+    elif r.waiting:
+        where = (
+            "start the worker (`systemctl start exotel-archiver`) or run the backfill again: "
+            "it enriches them"
+            if busy is False
+            else "the running worker (or the next backfill) enriches them"
+        )
+        advice.append(
+            Advice(
+                NOTE,
+                f"{_calls(r.waiting)} rescued (recording stored from the v1 listing), waiting "
+                "for enrichment (v3 details: call.json, any recording v1 did not list), the "
+                f"earliest rescued at {r.oldest_waiting_since or 'an unknown time'}",
+                f"{where}, oldest first, at --enrich-share of the rate limit",
+            )
+        )
+    for f in r.failures:
+        command = f"exotel-archiver archive {' '.join(f.calls)}"
+        first = f" (the first {len(f.calls)} of them; `status --json` has them)"
+        example = f": {f.example}" if f.example else ""
+        advice.append(
+            Advice(
+                ATTENTION,
+                f"{_calls(f.count)} rescued, their enrichment failed ({f.reason}{example}); "
+                "their recording is safe, their call.json is not stored",
+                f"{command} completes them{first if f.count > len(f.calls) else ''}",
+                command,
+            )
+        )
+    if r.unlocked_objects:
+        objects = f"{r.unlocked_objects} object{'s' if r.unlocked_objects != 1 else ''}"
+        problem = (
+            f"{objects} of rescued calls not under retention yet (their class needs the v3 "
+            f"details: bound and locked at enrichment), the earliest stored at "
+            f"{r.oldest_unlocked_since}"
+        )
+        if never:
+            advice.append(
+                Advice(
+                    ATTENTION,
+                    f"{problem}; with enrich = never nothing binds or locks them",
+                    "set enrich = background (ARCHIVER_ENRICH), or make the retention rules "
+                    "decide from v1 fields only (docs/compliance.md)",
+                )
+            )
+        else:
+            advice.append(
+                Advice(
+                    NOTE,
+                    problem,
+                    "enrichment binds their class and locks them"
+                    + (f" ({_calls(total)} to enrich)" if total else ""),
+                )
+            )
+    return advice
 
 
 def _failures(failed: list[FailedCall]) -> tuple[FailureReason, ...]:

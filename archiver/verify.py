@@ -16,6 +16,14 @@
 
 The result is ``ok`` only when the chain is intact and every object checked is ``ok``, ``erased``
 or ``pending_seal``, with nothing unexpected.
+
+It also counts the calls the entries name (of the date range; a sample re-reads fewer objects
+but counts every call): ``complete`` — its ``call.json`` (the v3 details) is recorded; ``rescued``
+— its recording was stored from the v1 listing with ``call-v1.json`` beside it and no
+``call.json`` yet (``archiver.rescue``: by design, not damage — every object it has is still
+re-read byte for byte); ``incomplete`` — neither (e.g. a call whose archiving stopped after
+its recordings: the next run completes it). These counts are facts about the chain, not
+failures: they never make the result not ``ok``.
 """
 
 from __future__ import annotations
@@ -44,6 +52,9 @@ PENDING_SEAL = "pending_seal"
 seals it soon. Not a failure; only known with the ledger."""
 STATUSES = (OK, MISSING, ALTERED, UNEXPECTED, ERASED, NOT_ERASED, PENDING_SEAL)
 PASSING = frozenset({OK, ERASED, PENDING_SEAL})
+COMPLETE, RESCUED, INCOMPLETE = "complete", "rescued", "incomplete"
+CALL_STATES = (COMPLETE, RESCUED, INCOMPLETE)
+"""What the entries say of each call: see the module docstring."""
 
 LATE_GRACE = 15.0
 """Seconds verify waits, with the ledger, for the worker's commit of an object it found stored
@@ -67,6 +78,8 @@ class ObjectCheck:
 class VerifyReport:
     chain: Chain
     checks: list[ObjectCheck] = field(default_factory=list)
+    calls: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CALL_STATES, 0))
+    """Calls by what their entries hold (``call_state``)."""
 
     def count(self, status: str) -> int:
         return sum(1 for c in self.checks if c.status == status)
@@ -83,6 +96,7 @@ class VerifyReport:
             "chain_problems": self.chain.problems,
             "notes": self.chain.notes,
             "counts": {s: self.count(s) for s in STATUSES},
+            "calls": dict(self.calls),
             "objects": [c.__dict__ for c in self.checks if c.status not in (OK, ERASED)],
             "checked": len([c for c in self.checks if c.status != UNEXPECTED]),
         }
@@ -105,6 +119,29 @@ def selected(
     return True
 
 
+def call_state(kinds: set[str]) -> str:
+    """A call's state from the kinds of its entries: ``call.json`` recorded is complete; the v1
+    record without it is rescued; else incomplete."""
+    if "call_details" in kinds:
+        return COMPLETE
+    return RESCUED if "v1_record" in kinds else INCOMPLETE
+
+
+def count_calls(
+    entries: list[dict[str, Any]], since: date | None, until: date | None
+) -> dict[str, int]:
+    """Calls by ``call_state``, of the object entries of the date range."""
+    kinds: dict[str, set[str]] = {}
+    for e in entries:
+        if is_event(e) or not selected(e, since, until, None, ""):
+            continue
+        kinds.setdefault(str(e.get("call_sid")), set()).add(str(e.get("kind")))
+    counts = dict.fromkeys(CALL_STATES, 0)
+    for have in kinds.values():
+        counts[call_state(have)] += 1
+    return counts
+
+
 async def verify(
     sink: Sink,
     ledger: Ledger | None,
@@ -117,7 +154,7 @@ async def verify(
 ) -> VerifyReport:
     """Check the chain, then the objects it names; see the module docstring."""
     chain = await load_chain(sink, ledger)
-    report = VerifyReport(chain)
+    report = VerifyReport(chain, calls=count_calls(chain.checked, since, until))
 
     def add(check: ObjectCheck) -> None:
         report.checks.append(check)

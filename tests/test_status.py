@@ -77,6 +77,7 @@ def test_status_after_a_backfill_into_s3_shows_what_the_ledger_holds_and_what_to
     assert sorted(sid for (sid,) in archived) == sorted(good)
     assert data["calls"] == {
         "archived": 3,
+        "rescued": 0,
         "pending": 0,
         "not_ready": 1,
         "failed": 2,

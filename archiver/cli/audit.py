@@ -59,7 +59,9 @@ def verify(
 
     Objects the worker has recorded but not sealed yet are "pending seal" (not a failure); without
     a ledger they are unexpected. docs/manifest.md lists what is detected with and without the
-    ledger.
+    ledger. It also counts the calls: complete (call.json recorded), rescued (recording and
+    call-v1.json from the v1 listing, call.json still to come: by design, not a failure; their
+    objects are re-read as every other) and incomplete (neither: archiving under way).
 
     Exit code 0 only when the chain is intact and every object checked is ok, erased or pending
     seal; 1 otherwise (`exotel-archiver repair` puts back what it can); 2 when the state
@@ -69,12 +71,15 @@ def verify(
 
     from archiver.verify import (
         ALTERED,
+        COMPLETE,
         ERASED,
+        INCOMPLETE,
         MISSING,
         NOT_ERASED,
         OK,
         PASSING,
         PENDING_SEAL,
+        RESCUED,
         UNEXPECTED,
         run_verify,
     )
@@ -106,6 +111,11 @@ def verify(
         f"missing: {result.count(MISSING)}, altered: {result.count(ALTERED)}, "
         f"unexpected: {result.count(UNEXPECTED)}, erased: {result.count(ERASED)}, "
         f"not erased: {result.count(NOT_ERASED)}"
+    )
+    calls = result.calls
+    click.echo(
+        f"calls: complete {calls[COMPLETE]}, rescued {calls[RESCUED]} (recording stored from "
+        f"the v1 listing, call.json still to come), incomplete {calls[INCOMPLETE]}"
     )
     write_json(result.as_dict(), report)
     sys.exit(EXIT_OK if result.ok else EXIT_FAILURES)
@@ -206,13 +216,15 @@ def reconcile(
     **cli: Any,
 ) -> None:
     """Compare Exotel's own list of calls (v1) for a date range with the archive: each call is
-    archived, erased (archived, then deleted by `retention purge` under the rules), missing,
-    no_recording_at_source, still_active or recording_pending (listed without a recording less
-    than --listing-settle hours after it was made), with the reason; and check the manifest
-    chain as `verify` does (not re-reading the objects).
+    archived, rescued (its recording stored from the v1 listing, its v3 details still to
+    come: audio safe, not complete), erased (archived, then deleted by `retention purge` under
+    the rules), missing, no_recording_at_source, still_active or recording_pending (listed
+    without a recording less than --listing-settle hours after it was made), with the reason;
+    and check the manifest chain as `verify` does (not re-reading the objects).
 
     Exit code 0 only when the range is complete (every call archived, erased or without a
-    recording) and the manifest chain intact.
+    recording: a rescued call is not complete yet; the report's recordings_safe says whether
+    every recording is stored nonetheless) and the manifest chain intact.
     """
     from datetime import UTC, datetime
 
@@ -236,6 +248,12 @@ def reconcile(
             click.echo(f"  CHAIN              {problem}", err=True)
     counts = result.counts()
     click.echo(", ".join(f"{state.replace('_', ' ')}: {n}" for state, n in counts.items()))
+    if counts["rescued"]:
+        safe = "; every recording Exotel lists is stored" if result.recordings_safe else ""
+        click.echo(
+            f"rescued: {counts['rescued']} call(s) with the recording stored from the v1 "
+            f"listing and the v3 details (call.json) still to come: not complete yet{safe}"
+        )
     if chain is not None:
         state = "intact" if chain.intact else "BROKEN"
         head = chain.head_sha256 or "none (no segment sealed yet)"

@@ -47,7 +47,8 @@ T = TypeVar("T")
 @click.pass_context
 def status(ctx: click.Context, /, as_json: bool, **cli: Any) -> None:
     """What an operator reads first: the destination and its identity, the last run, calls
-    archived / pending / not ready / failed (with the failure reasons), the manifest's last
+    archived / rescued / pending / not ready / failed (with the failure reasons; rescued calls:
+    recording stored from the v1 listing, v3 details still to come), the manifest's last
     seal, the oldest unarchived call against Exotel's retention, the bucket's Object Lock, and
     what to do next. Sends Exotel nothing; reads the ledger read-only (it may run beside the
     worker; SQLite may create its empty -wal/-shm files).
@@ -55,7 +56,8 @@ def status(ctx: click.Context, /, as_json: bool, **cli: Any) -> None:
     Exit code 0 when nothing needs attention; 1 when something does (failed calls, the oldest
     unarchived call near daemon.source_retention, a last run that stopped on an error or
     without finishing, calls stuck longer than daemon.stuck_after, pending calls or unsealed
-    entries with no process archiving); 2 for a
+    entries with no process archiving, rescued calls whose enrichment failed); rescued calls
+    waiting for enrichment alone are not a failure (0); 2 for a
     configuration problem (no ledger in the state directory yet, no destination, the
     destination unreadable or another archive's).
     """
@@ -101,13 +103,16 @@ def screen(s: Status) -> str:
     lines.append(f"state dir    {s.state_dir}")
     lines.append(f"last run     {_run_line(s.last_run, s.last_run_state)}")
     c = s.calls
+    rescued = f", rescued {c['rescued']}" if c["rescued"] else ""
     lines.append(
-        f"calls        archived {c['archived']}, pending {c['pending']}, not ready "
+        f"calls        archived {c['archived']}{rescued}, pending {c['pending']}, not ready "
         f"{c['not_ready']}, failed {c['failed']}, no recording {c['no_recording']}"
     )
     for f in s.failures:
         example = f": {f.example}" if f.example else ""
         lines.append(f"  failed     {f.count} {f.reason}{example}")
+    if c["rescued"]:
+        lines += _rescued_lines(s)
     last = s.last_segment
     sealed = (
         f"{s.segments} sealed, the last: number {last.number} (seq {last.first_seq}-"
@@ -134,6 +139,23 @@ def screen(s: Status) -> str:
             mark = {CONFIG: "!!", ATTENTION: "! "}.get(a.level, "- ")
             lines.append(f"  {mark} {a.line()}")
     return "\n".join(lines)
+
+
+def _rescued_lines(s: Status) -> list[str]:
+    """The rescued calls: audio safe, not complete (``archiver.status.Rescued``)."""
+    r = s.rescued
+    never = " (enrich = never: they stay rescued)" if r.enrich == "never" else ""
+    since = f", the earliest rescued at {r.oldest_waiting_since}" if r.oldest_waiting_since else ""
+    lines = [f"  rescued    {r.waiting} waiting for enrichment{since}{never}"]
+    for f in r.failures:
+        example = f": {f.example}" if f.example else ""
+        lines.append(f"  rescued    {f.count} enrichment failed ({f.reason}){example}")
+    if r.unlocked_objects:
+        lines.append(
+            f"  rescued    {r.unlocked_objects} object(s) not locked yet (retention class bound "
+            f"at enrichment), the earliest stored at {r.oldest_unlocked_since}"
+        )
+    return lines
 
 
 def _run_line(r: RunRecord | None, state: str | None) -> str:
