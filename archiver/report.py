@@ -99,7 +99,12 @@ class Report:
 
     @property
     def bytes_archived(self) -> int:
-        return sum(r.bytes for r in self.results if r.outcome == ARCHIVED)
+        """Bytes of the calls archived, and of those rescued, by this run."""
+        return sum(
+            r.bytes
+            for r in self.results
+            if r.outcome == ARCHIVED or (r.outcome == RESCUED and r.stored)
+        )
 
     def as_dict(self) -> dict[str, object]:
         return {

@@ -103,6 +103,7 @@ def test_a_backfill_rescues_every_recording_from_the_listing_for_a_hundredth_of_
     summary = json.loads((tmp_path / "state" / f"backfill-{day}-{day}.json").read_text())
     assert summary["result"]["counts"]["rescued"] == len(calls)
     assert summary["plan"]["listing_requests"] == 3
+    assert summary["result"]["bytes_archived"] == sum(ln["size"] for ln in lines)
     assert "rescued" in result.output
 
 
