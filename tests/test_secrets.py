@@ -119,7 +119,9 @@ def _backfill(env: dict[str, str], since: str, until: str, report: Path) -> Any:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("lane", ["v3", "rescue"])
 def test_no_secret_anywhere_after_a_faulty_backfill_and_a_daemon_run(
+    lane: str,
     sim: Simulator,
     server: SimulatorServer,
     seaweed: SeaweedFS,
@@ -155,6 +157,8 @@ def test_no_secret_anywhere_after_a_faulty_backfill_and_a_daemon_run(
         "ARCHIVER_VOICE_LOGS": "audio",
         "ARCHIVER_LEGS": "on",
         "ARCHIVER_WEBHOOK_SECRET": webhook_secret,
+        # The rescue lane (issue 18): recordings from the listing's pre-signed URLs, call-v1.json.
+        "ARCHIVER_RESCUE": "on" if lane == "rescue" else "off",
     }
     outputs: dict[str, bytes] = {}
     first_half = str(day - timedelta(days=1))
@@ -224,6 +228,7 @@ def test_no_secret_anywhere_after_a_faulty_backfill_and_a_daemon_run(
     stored = bucket_contents(seaweed, bucket)
     assert any(k.endswith("/call.json") for k in stored)
     assert any(k.endswith("/voice-log.json") for k in stored)
+    assert any(k.endswith("/call-v1.json") for k in stored) == (lane == "rescue")
     assert any("/_manifest/" in k for k in stored)
     written = {
         **outputs,
