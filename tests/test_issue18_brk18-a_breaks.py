@@ -548,3 +548,154 @@ def test_repair_of_a_rescued_recording_fetches_v3s_recording_of_that_index_not_t
     assert result.exit_code == 0, result.output
     body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     assert body == sim.recording_asset(call, 2).body()
+
+
+def test_the_worker_restarted_after_a_crash_mid_rescue_leaves_the_recording_without_its_class(
+    sim: Simulator, server: SimulatorServer, seaweed: SeaweedFS, lock_bucket: str, tmp_path: Path
+) -> None:
+    """The worker, rules that need v3 (app_id), Object Lock: the sweep rescues a call unbound
+    and the worker dies between recording-1 and call-v1.json. Restarted with the same
+    settings, it redoes the pending call "through v3" — and `bind_rescued` runs only for calls
+    with a call-v1.json: the call is `archived`, its recording has no class in the ledger and
+    no lock in the bucket (its class asks for COMPLIANCE for 3 years). Nothing reports it: the
+    unbound window counts only calls still `rescued`."""
+    call = sim.add_call(size=4096, app_id=ORDERS_APP)
+    config = tmp_path / "archiver.toml"
+    config.write_text(RULES_NEED_V3)
+    env = {
+        **worker_env(sim, server, tmp_path),
+        **seaweed.env(),
+        "ARCHIVER_DESTINATION": f"s3://{lock_bucket}/{PREFIX}",
+        "AWS_CONFIG_FILE": str(tmp_path / "none"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+        "ARCHIVER_CONFIG": str(config),
+        "ARCHIVER_RESCUE": "on",
+        "ARCHIVER_ALLOW_PRIVATE_ADDRESSES": "on",
+        "ARCHIVER_CONCURRENCY": "1",
+    }
+    code = CRASH.format(module="archiver.archive", name="v1_record")
+    died = subprocess.run(
+        [sys.executable, "-c", code, "run"], env=env, capture_output=True, text=True, timeout=90
+    )
+    assert died.returncode == 137, died.stderr[-3000:]
+    state = tmp_path / "state"
+    assert ledger_rows(state, "SELECT kind, retention_class FROM objects") == [("recording", None)]
+
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "archiver", "run"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: outcomes(state, call.sid)[call.sid] == "archived", timeout=60)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.communicate(timeout=30)
+
+    rows = ledger_rows(state, "SELECT retention_class FROM objects WHERE kind = 'recording'")
+    key = next(k for k in objects(seaweed, lock_bucket) if k.endswith("/recording-1.mp3"))
+    lock = lock_of(seaweed, lock_bucket, key)
+    assert rows == [("orders",)] and lock is not None and lock["Mode"] == "COMPLIANCE", (
+        f"an archived call's recording without its class: ledger {rows}, lock {lock}"
+    )
+
+
+def test_guard_a_crash_after_call_json_before_the_binding_binds_at_the_next_run(
+    sim: Simulator,
+    server: SimulatorServer,
+    s3_env: None,
+    lock_bucket: str,
+    seaweed: SeaweedFS,
+    tmp_path: Path,
+) -> None:
+    """GUARD (holds on main): enrichment stores call.json and dies before `bind_rescued`
+    (no lock, no class_bound event). The next run of the lane binds and locks the rescued
+    recording and call-v1.json, and stores nothing twice."""
+    call = sim.add_call(created=noon(), size=4096, app_id=ORDERS_APP)
+    env = with_rules(lane_env(sim, server, lock_bucket, tmp_path), tmp_path, RULES_NEED_V3)
+    crashing_backfill(env, seaweed, "archiver.archive", "bind_rescued")
+    kinds = ledger_rows(tmp_path / "state", "SELECT kind FROM objects")
+    assert sorted(k for (k,) in kinds) == ["call_details", "recording", "v1_record"]
+
+    again = backfill(env)
+
+    assert again.exit_code == 0, again.output
+    assert outcomes(tmp_path / "state", call.sid)[call.sid] == "archived"
+    stored = objects(seaweed, lock_bucket)
+    assert len(stored) == 3
+    for key in stored:
+        lock = lock_of(seaweed, lock_bucket, key)
+        assert lock is not None and lock["Mode"] == "COMPLIANCE", (key, lock)
+    manifest = (tmp_path / "state" / "manifest.jsonl").read_text().splitlines()
+    keys = [json.loads(line)["key"] for line in manifest if '"index"' in line]
+    assert len(keys) == len(set(keys)) == 3
+
+
+def test_a_backfill_with_the_lane_off_strands_rescued_calls_and_omits_them_from_its_report(
+    sim: Simulator,
+    server: SimulatorServer,
+    s3_env: None,
+    bucket: str,
+    seaweed: SeaweedFS,
+    tmp_path: Path,
+) -> None:
+    """`--rescue off` is documented as "every call through its v3 details", and enrich
+    defaults to background. Calls rescued by an earlier run (enrich = never, or a run cut off
+    before its enrichment) are then never completed by a backfill with the lane off: the plan
+    files them under `rescued_before`, `archive_calls` is given only `to_archive`, and the
+    report holds neither a result nor a count for them — the summary's counts add up to fewer
+    calls than were listed, and nothing says three calls of the range are still incomplete.
+    Turning the lane off (say, to get out of trouble with it) strands every rescued call."""
+    calls = [sim.add_call(created=noon() + timedelta(minutes=n), size=4096) for n in range(3)]
+    env = lane_env(sim, server, bucket, tmp_path, ARCHIVER_ENRICH="never")
+    assert backfill(env).exit_code == 0
+    assert set(outcomes(tmp_path / "state", *(c.sid for c in calls)).values()) == {"rescued"}
+    off = {k: v for k, v in env.items() if k != "ARCHIVER_ENRICH"}
+
+    again = backfill({**off, "ARCHIVER_RESCUE": "off"})
+
+    assert again.exit_code == 0, again.output
+    day = the_day()
+    summary = json.loads((tmp_path / "state" / f"backfill-{day}-{day}.json").read_text())
+    counts = summary["result"]["counts"]
+    got = outcomes(tmp_path / "state", *(c.sid for c in calls))
+    assert set(got.values()) == {"archived"}, (
+        f"rescued calls left rescued by a backfill 'through v3': {got}; summary counts {counts}"
+    )
+
+
+def test_guard_a_lane_backfill_while_the_worker_runs_is_refused_by_the_writer_lock(
+    sim: Simulator, server: SimulatorServer, tmp_path: Path
+) -> None:
+    """GUARD (holds on main): a lane backfill started while the worker (lane on) holds the
+    state directory is refused with a one-line message naming the other process, exit 2, no
+    traceback,
+    and nothing of the range is downloaded by it."""
+    sim.add_call(created=noon(), size=4096)
+    env = {
+        **worker_env(sim, server, tmp_path),
+        "ARCHIVER_RESCUE": "on",
+        "ARCHIVER_ALLOW_PRIVATE_ADDRESSES": "on",
+        "ARCHIVER_SWEEP_INTERVAL": "0",
+    }
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "archiver", "run"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: (tmp_path / "state" / "ledger.sqlite3").exists(), timeout=30)
+        before = sim.counters.get("recording_requests", 0)
+        result = invoke(["backfill", "--since", str(the_day()), "--until", str(the_day())], env)
+        assert result.exit_code != 0, result.output
+        assert (
+            "Traceback" not in result.output and "another exotel-archiver process" in result.output
+        )
+        assert sim.counters.get("recording_requests", 0) == before
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.communicate(timeout=30)
