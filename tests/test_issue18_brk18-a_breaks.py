@@ -1,6 +1,7 @@
 """Breaker A (issue 18): the rescue lane's record — crashes between steps, reruns with other
 settings, a hostile or inconsistent Exotel. Each test proves one way the record says something
-false or loses something silently; each fails on main as it stands.
+false or loses something silently; each fails on main as it stands — but the
+``test_guard_*`` tests, which hold on main and guard what must stay so.
 
 Crashes are real: the backfill is a child process (``python -m archiver``-like) that dies with
 ``os._exit`` — as a SIGKILL would, no ``finally``, no flush — at one exact point of a rescue,
