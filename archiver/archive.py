@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import socket
 import sqlite3
@@ -38,7 +39,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -63,7 +63,7 @@ from archiver.errors import (
 from archiver.exotel.client import ExotelClient
 from archiver.exotel.listing import ListedCall
 from archiver.exotel.models import CallDetails, Recording, validate_call_sid
-from archiver.exotel.v1 import details_from_listing, v1_record
+from archiver.exotel.v1 import details_from_listing, file_of, v1_files, v1_files_of, v1_record
 from archiver.expiry import RateMeter, too_close, url_deadline
 from archiver.files import make_dirs
 from archiver.keys import CALL_JSON, LEGS_JSON, V1_JSON, VOICE_LOG_JSON
@@ -148,6 +148,8 @@ class Archiver:
         """Rescues whose URL could not serve the call, archived through v3 instead."""
         self._reject_streak: tuple[str, set[str]] = ("", set())
         self._stored_at = 0
+        self._v1_files: dict[str, set[tuple[str, str, str]]] = {}
+        """The files of the v1 recording URLs of each call being rescued now."""
         self._folders: dict[str, str] = {}
         """The folder of each rescued call being enriched now: where its rescue put it."""
         self._rescued: set[str] = set()
@@ -202,7 +204,23 @@ class Archiver:
             seen.known_failed = before == FAILED
             details = details_from_listing(listed, url)
             known = {(r.kind, r.idx): r for r in self.ledger.objects_of(sid)}
+            self._keep_folder(sid, known)
             result = CallResult(sid, RESCUED)
+            # The v1 record first: from then on any path that looks at the call (an
+            # enrichment, `archive SID`, a run with the lane off, the worker's restart) knows
+            # it as rescued — its folder, the file its recording-1 is — whatever is cut off next.
+            self._v1_files[sid] = v1_files(listed)
+            snapshot = known.get(("v1_record", 0))
+            if snapshot is None:
+                snapshot = await self.recorder.store_bytes(
+                    details,
+                    kind="v1_record",
+                    key=f"{self._folder(details)}/{V1_JSON}",
+                    data=v1_record(listed),
+                    source=self._v1_source(),
+                    binding=binding,
+                )
+                result.stored += 1
             record = known.get(("recording", 1))
             if record is None:
                 record = await self._archive_file(
@@ -216,19 +234,7 @@ class Archiver:
                     binding=binding,
                 )
                 result.stored += 1
-            result.objects.append(record)
-            snapshot = known.get(("v1_record", 0))
-            if snapshot is None:
-                snapshot = await self.recorder.store_bytes(
-                    details,
-                    kind="v1_record",
-                    key=f"{self._folder(details)}/{V1_JSON}",
-                    data=v1_record(listed),
-                    source=self._v1_source(),
-                    binding=binding,
-                )
-                result.stored += 1
-            result.objects.append(snapshot)
+            result.objects += [record, snapshot]
             await self._set_call(sid, RESCUED, created_time=seen.created, detail=None)
             self.rescued += 1
             log.info("call %s rescued from the v1 listing: %d object(s)", sid, len(result.objects))
@@ -240,6 +246,9 @@ class Archiver:
             self.rescue_fallbacks += 1
             log.info("call %s: %s; archiving it through its v3 details", sid, why)
             return await self.archive_call(sid)
+        finally:
+            self._v1_files.pop(sid, None)
+            self._folders.pop(sid, None)
 
     def _v1_source(self) -> str:
         exotel = self.settings.exotel
@@ -379,8 +388,8 @@ class Archiver:
                 ended=details.end_time,
             )
         result = CallResult(sid, ARCHIVED)
+        self._keep_folder(sid, known)
         if ("v1_record", 0) in known:
-            self._folders[sid] = known[("v1_record", 0)].key.rsplit("/", 1)[0]
             await self._enrich_recordings(result, details, known, fetched_at)
         else:
             for recording in details.recordings:
@@ -436,20 +445,30 @@ class Archiver:
         file (host and path) is the v1 URL's — or, when the URL forms differ (Exotel's pages do
         not say they match), the one whose bytes have its SHA-256: it is downloaded and
         compared, and not stored again. Every other one is stored under the next free index,
-        so no key of the rescued call is ever reused for other bytes."""
+        so no key of the rescued call is ever reused for other bytes. When the rescue did not
+        record its recording-1 (its download failed, or was cut off), the v3 recording that is
+        v1's file (``call-v1.json`` says which) is stored as recording-1; index 1 is never
+        given to another."""
         have = [r for (kind, _), r in known.items() if kind == "recording"]
         matched: set[int] = set()
-        by_file = {_file_of(r.source): r for r in have}
-        later: list[Recording] = []
+        by_file = {file_of(r.source): r for r in have}
+        v1_pending = not any(r.idx == 1 for r in have)
+        v1_file = await self._v1file_of(details.sid, known) if v1_pending else set()
+        todo: list[tuple[Recording, int | None]] = []  # None: the next free index
         for recording in details.recordings or ():
-            record = by_file.get(_file_of(recording.url))
+            file = file_of(recording.url)
+            record = by_file.get(file)
             if record is not None and record.idx not in matched:
                 matched.add(record.idx)
                 result.objects.append(record)
+            elif v1_pending and file in v1_file and 1 not in matched:
+                matched.add(1)
+                todo.insert(0, (recording, 1))
             else:
-                later.append(recording)
-        next_idx = max((r.idx for r in have), default=0) + 1
-        for recording in later:
+                todo.append((recording, None))
+        next_idx = max({r.idx for r in have} | {1 if v1_pending else 0}) + 1
+        for recording, fixed in todo:
+            idx = fixed if fixed is not None else next_idx
 
             def same(sha256: str) -> ObjectRecord | None:
                 return next((r for r in have if r.idx not in matched and r.sha256 == sha256), None)
@@ -460,16 +479,17 @@ class Archiver:
             record = await self._archive_file(
                 details,
                 "recording",
-                next_idx,
+                idx,
                 recording.url,
                 fetched_at,
                 fresh,
-                stem=f"recording-{next_idx}",
-                same_as=same,
+                stem=f"recording-{idx}",
+                same_as=same if fixed is None else None,
             )
-            if record.idx == next_idx:  # stored now (a match by content has its own index)
-                next_idx += 1
+            if record.idx == idx:  # stored now (a match by content has its own index)
                 result.stored += 1
+                if fixed is None:
+                    next_idx += 1
             else:
                 log.info(
                     "recording %d v3 lists for call %s is the rescued recording-%d (the same "
@@ -480,9 +500,43 @@ class Archiver:
                 )
             matched.add(record.idx)
             result.objects.append(record)
+        stray = [r for r in have if r.idx not in matched]
+        if stray:
+            # v1's recording is none of those v3 lists for the call, by file or by bytes: kept
+            # (its audio came from Exotel for this call's listing item), and said.
+            names = ", ".join(f"recording-{r.idx}" for r in stray)
+            result.note(
+                f"{names} (rescued from the v1 listing) is none of the recordings v3 lists for "
+                "this call: kept, check it"
+            )
+            log.warning("call %s: %s is none of the recordings v3 lists for it", details.sid, names)
+            result.objects += stray
+
+    async def _v1file_of(self, sid: str, known: Known) -> set[tuple[str, str, str]]:
+        """The files (scheme, host, path) of the recording URLs of the call's v1 record: from
+        the rescue of this process, else read back from ``call-v1.json``."""
+        if sid in self._v1_files:
+            return self._v1_files[sid]
+        record = known.get(("v1_record", 0))
+        if record is None:
+            return set()
+        data = b"".join([chunk async for chunk in self.recorder.sink.read(record.key)])
+        try:
+            item = json.loads(data)
+        except ValueError:
+            return set()
+        return v1_files_of(item if isinstance(item, dict) else {})
+
+    def _keep_folder(self, sid: str, known: Known) -> None:
+        """A call begun in an earlier run (some of its objects recorded) keeps their folder,
+        whatever the key template or the details say now: one call, one folder."""
+        for record in known.values():
+            if not record.key.startswith("_manifest/") and "/" in record.key:
+                self._folders[sid] = record.key.rsplit("/", 1)[0]
+                return
 
     def _folder(self, details: CallDetails) -> str:
-        if details.sid in self._folders:  # a rescued call: its first folder, whatever v3 says
+        if details.sid in self._folders:  # a call begun already: its folder, whatever v3 says
             return self._folders[details.sid]
         return self.settings.key_layout.folder(
             details.sid,
@@ -859,20 +913,6 @@ class _Attempt:
 
 class _FallBack(Exception):
     """A rescue's URL could not serve the call: it goes the v3 way instead."""
-
-
-def _file_of(url: str) -> tuple[str, str, str]:
-    """(scheme, host[:port], path) of a URL, lower-cased but the path: which file it is,
-    whatever its signature."""
-    try:
-        parts = urlsplit(url)
-        return (
-            parts.scheme.lower(),
-            (parts.hostname or "") + (f":{parts.port}" if parts.port else ""),
-            parts.path,
-        )
-    except ValueError:
-        return "", url, ""
 
 
 def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:

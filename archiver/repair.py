@@ -49,6 +49,7 @@ from archiver.errors import (
 )
 from archiver.exotel.client import ExotelClient
 from archiver.exotel.models import CallDetails
+from archiver.exotel.v1 import file_of
 from archiver.keys import QUARANTINE
 from archiver.ledger import EventRecord, Ledger, ObjectRecord, SegmentRecord, utc_now, writer_lock
 from archiver.manifest import ManifestWriter
@@ -268,19 +269,29 @@ async def _repair_object(
         )
         return
     what = f"{record.kind} {record.idx} of call {record.call_sid}"
+    refresh: Callable[[CallDetails, int], Awaitable[str]]
     with tempfile.TemporaryFile(dir=archiver.spool_dir, prefix="spool-") as spool:
         try:
             details, _raw = await archiver.exotel.call_details(record.call_sid)
             fetched_at = time.time()
-            refresh: Callable[[CallDetails, int], Awaitable[str]]
             if record.kind == "recording":
-                refresh = archiver._recording_url
-                listed = [r.url for r in details.recordings or () if r.index == record.idx]
+                # The file it came from first (a rescued call's recording-1 is the file v1
+                # listed, whichever of v3's it is; a later one takes the next free index), else
+                # the same position in v3's list.
+                same_file = [
+                    r for r in details.recordings or () if file_of(r.url) == file_of(record.source)
+                ]
+                same_index = [r for r in details.recordings or () if r.index == record.idx]
+                listed = same_file or same_index
                 if not listed:
                     item.outcome = CANNOT
                     item.detail = f"Exotel no longer lists recording {record.idx} of this call"
                     return
-                url = listed[0]
+                url, index = listed[0].url, listed[0].index
+
+                async def refresh(d: CallDetails, _idx: int) -> str:
+                    return await archiver._recording_url(d, index)
+
             else:
                 refresh = archiver._voice_log_url
                 url = await refresh(details, 0)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 from typing import Protocol
+from urllib.parse import urlsplit
 
 from archiver.exotel.listing import ListedCall
 from archiver.exotel.models import CallDetails, CallState, CallStatus, Recording
@@ -67,6 +68,33 @@ def details_from_listing(listed: ListedCall, url: str) -> CallDetails:
         digits=None,
         recordings=(Recording(index=1, url=url),),
     )
+
+
+def v1_files(listed: ListedCall) -> set[tuple[str, str, str]]:
+    """The files (scheme, host, path) the listed call's recording URLs name."""
+    return v1_files_of(listed.item or {})
+
+
+def v1_files_of(item: dict[str, object]) -> set[tuple[str, str, str]]:
+    """The files named by an item's ``PreSignedRecordingUrl`` and ``RecordingUrl`` (either as
+    received or as ``call-v1.json`` keeps them, signatures stripped)."""
+    files = set()
+    for name in ("PreSignedRecordingUrl", "RecordingUrl"):
+        value = item.get(name)
+        if isinstance(value, str) and value:
+            files.add(file_of(value))
+    return files
+
+
+def file_of(url: str) -> tuple[str, str, str]:
+    """(scheme, host[:port], path) of a URL, lower-cased but the path: which file it is,
+    whatever its signature."""
+    try:
+        parts = urlsplit(url)
+        port = f":{parts.port}" if parts.port else ""
+        return parts.scheme.lower(), (parts.hostname or "") + port, parts.path
+    except ValueError:
+        return "", url, ""
 
 
 def v1_record(listed: ListedCall) -> bytes:

@@ -13,6 +13,11 @@ lock. ``bind_rescued`` binds them once enrichment has the v3 details:
 * a ``class_bound`` event in the ledger and so in the manifest chain (``retention_class``,
   ``retain_until``, ``lock_mode``, ``rescued_at``, ``bound_at``).
 
+An object the v1 fields bound at rescue is checked against v3's class too: when v3 gives a later
+date (v1's ``DateCreated`` read in another time zone than Exotel's, or a rule v1 misjudged), it is
+raised the same way — never lowered: a class v1 gave that outlasts v3's stays, and one kept at
+its end is never turned into one deleted.
+
 The object's own manifest entry is not rewritten: it is sealed into the chain as it was
 recorded (``verify`` compares the two), so the binding is the event, and whoever reads an
 object's retention reads its row through ``bound_record`` (the retention jobs, ``repair``). A class
@@ -28,6 +33,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +43,7 @@ from archiver.report import RESCUED
 if TYPE_CHECKING:
     from archiver.exotel.models import CallDetails
     from archiver.recorder import Recorder
+    from archiver.retention.policy import RetentionClass, RetentionPolicy
 
 CLASS_BOUND = "class_bound"
 """The event kind of a binding at enrichment."""
@@ -46,9 +53,10 @@ log = logging.getLogger("archiver.retention")
 
 def bound_record(record: ObjectRecord, binding: dict[str, Any] | None) -> ObjectRecord:
     """``record`` as it stands after its ``class_bound`` event (``binding``, its details): with
-    that class, date and lock mode. A record bound when it was stored, or without a binding,
-    is returned as it is."""
-    if binding is None or record.retention_class is not None:
+    that class, date and lock mode. Without a binding it is returned as it is. (A binding of a
+    record that had a class — one the v1 fields decided, which v3 then contradicted or dated
+    later — only ever raises it: ``bind_rescued``.)"""
+    if binding is None:
         return record
     return replace(
         record,
@@ -75,18 +83,22 @@ async def bind_rescued(
     object of the call, ``details``: its v3 details); returns ``records`` as they are after
     binding, in the same order.
 
-    Without a retention policy, nothing to do. A record with a class (bound at rescue, or
-    stored at enrichment) is returned unchanged, as is one bound by an earlier attempt. For
-    each other: its lock brought up to the class first, then the ``class_bound`` event
-    committed — so a crash between the two leaves the object unbound, and the next enrichment
-    binds it again (the lock is then already there). A store error is raised; the objects
-    bound before it stay bound."""
-    if recorder.policy is None or all(r.retention_class is not None for r in records):
+    Without a retention policy, nothing to do. A record stored at enrichment (classified from
+    v3) is returned unchanged, as is one bound by an earlier attempt, and one the v1 fields
+    bound at rescue that v3's class would not raise (``_raises``: never lower). For each other
+    — unbound, or bound at rescue to a class v3 contradicts or dates later — its lock brought
+    up to the class first, then the ``class_bound`` event committed — so a crash between the
+    two leaves the object unbound, and the next enrichment binds it again (the lock is then
+    already there). A store error is raised; the objects bound before it stay bound."""
+    policy = recorder.policy
+    if policy is None:
         return list(records)
-    done = bindings(recorder.ledger, [r.key for r in records if r.retention_class is None])
+    target = policy.classify(details)
+    target_until = target.retain_until(details.created_time).isoformat().replace("+00:00", "Z")
+    done = bindings(recorder.ledger, [r.key for r in records])
     out = []
     for record in records:
-        if record.retention_class is not None or record.key in done:
+        if record.key in done or not _raises(record, target, target_until, policy):
             out.append(bound_record(record, done.get(record.key)))
             continue
         name, until, mode, version = await recorder.bind_retention(
@@ -124,6 +136,32 @@ async def bind_rescued(
     if recorder.ledger.unsealed_count() >= recorder.segment_size:
         await recorder.seal()
     return out
+
+
+def _raises(
+    record: ObjectRecord, target: RetentionClass, until: str, policy: RetentionPolicy
+) -> bool:
+    """Whether binding ``record`` to ``target`` (the class v3's details give, kept ``until``)
+    raises what it has: always for an unbound object; for one bound at rescue from the v1
+    fields, when v3 gives a later date (v1's ``DateCreated`` read in another time zone, or a
+    rule v1 misjudged) and does not turn a class kept at its end into one deleted. Never
+    lower: a class v1 decided that outlasts v3's stays."""
+    if record.retention_class is None:
+        return True
+    if record.retention_class == target.name and (record.retain_until or "") >= until:
+        return False
+    current = policy.classes.get(record.retention_class)
+    if current is None:  # a class since renamed or removed: kept as bound, never touched
+        return False
+    if current.at_end == "keep" and target.at_end != "keep":
+        return False
+    return _instant(until) > _instant(record.retain_until)
+
+
+def _instant(text: str | None) -> datetime:
+    if not text:
+        return datetime.min.replace(tzinfo=UTC)
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 @dataclass(frozen=True)
