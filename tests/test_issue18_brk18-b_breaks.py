@@ -18,6 +18,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from archiver.archive import sink_for
 from archiver.config import Settings, load_settings
 from archiver.daemon import Daemon
@@ -420,3 +422,52 @@ def test_an_enrichment_waiting_for_the_voice_log_keeps_the_call_rescued(
     assert rows[done.sid].startswith("archived")
     assert rows[waiting.sid].startswith("rescued"), rows[waiting.sid]
     assert "voice log" in rows[waiting.sid]
+
+
+# --- scale: the enrichment's pick of the next rescued call -------------------------------------
+
+
+def test_picking_the_next_rescued_call_does_not_rescan_every_failed_one(
+    sim: Simulator, server: SimulatorServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``_Lane._next_rescued`` (and the worker's ``Daemon._next_rescued``) find the next call to
+    enrich by reading the ledger's rescued calls from the oldest, 100 at a time, skipping those
+    tried already: while enrichments fail (v3 down, answering garbage) the k-th pick reads k/100
+    pages, each an ``ORDER BY created_time`` over every rescued call (no index on calls by
+    outcome), on the event loop thread. Measured here: 1,000 failing picks cost 1.1 s of
+    queries, 2,000 cost 7 s, 4,000 cost 52 s — super-linear, while rescues and downloads on the
+    same loop wait. With the issue's backlog (millions rescued, enriched later) a v3 outage
+    stalls the lane. Expected: a bounded number of ledger reads per pick (here: at most 3 per
+    enrichment); on main about 6 per enrichment for 1,200 calls, growing with the count."""
+    noon = the_day() - timedelta(hours=12)
+    calls = [
+        sim.add_call(created=noon + timedelta(seconds=30 * n), size=2_000) for n in range(1200)
+    ]
+    env = {
+        **exotel_env(sim, server.base_url, str(tmp_path / "archive"), tmp_path / "state"),
+        "ARCHIVER_ALLOW_PRIVATE_ADDRESSES": "on",
+        "ARCHIVER_RESCUE": "on",
+        "EXOTEL_RATE_LIMIT": "10000",
+        "ARCHIVER_LOG_LEVEL": "warning",
+    }
+    day = str(noon.date())
+    first = invoke(
+        ["backfill", "--since", day, "--until", day], {**env, "ARCHIVER_ENRICH": "never"}
+    )
+    assert first.exit_code == 0, first.output[-2000:]
+    reads = 0
+    real = Ledger.rescued_calls
+
+    def counted(self: Ledger, limit: int, *, skip: int = 0) -> list[str]:
+        nonlocal reads
+        reads += 1
+        return real(self, limit, skip=skip)
+
+    monkeypatch.setattr(Ledger, "rescued_calls", counted)
+    sim.faults.details_body = b"<html>maintenance</html>"  # v3 answers garbage: all fail
+
+    again = invoke(["backfill", "--since", day, "--until", day], env)
+
+    assert again.exit_code == 1, again.output[-2000:]
+    assert sim.counters["v3_call_details"] == len(calls)
+    assert reads <= 3 * len(calls), f"{reads} reads of the rescued calls for {len(calls)} picks"
