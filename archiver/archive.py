@@ -417,7 +417,11 @@ class Archiver:
         if self.settings.voice_logs != "off" and not await self._archive_voice_log(
             result, details, known
         ):
-            await self._set_call(sid, NOT_READY, created_time=created, detail=result.detail)
+            if rescued:  # its audio is safe: it stays rescued, to be enriched again
+                detail = f"rescued; {result.detail}"
+                await self._set_call(sid, RESCUED, detail=detail, reason="voice_log_processing")
+            else:
+                await self._set_call(sid, NOT_READY, created_time=created, detail=result.detail)
             result.outcome = NOT_READY
             return result
         await self._set_call(
@@ -740,7 +744,9 @@ class Archiver:
                     with attempt:
                         remaining = partial.total - partial.size if partial.total else None
                         needed = self.rates.seconds_for(remaining)
-                        close = too_close(
+                        # A private URL fetched with the credentials has no end; a pre-signed one
+                        # (or one assumed so) ends at its signature's, or url_validity's.
+                        close = not self.recording_auth.header_for(url) and too_close(
                             url_deadline(url, fetched_at, self.settings.url_validity),
                             fetched_at,
                             needed,

@@ -78,7 +78,7 @@ from archiver.ratelimit import RateLimiter, lane
 from archiver.rechecks import Rechecks, duration
 from archiver.recorder import Binding
 from archiver.report import ARCHIVED, FAILED, NOT_READY, RESCUED, CallResult
-from archiver.rescue import ENRICH_LANE, binding_for
+from archiver.rescue import ENRICH_LANE, binding_for, enrich_per_minute, list_for_rescue
 from archiver.schedule import Schedule
 from archiver.serving import listen, metrics_app
 from archiver.sinks import Sink
@@ -141,6 +141,10 @@ class Daemon:
         self._enrich_after: dict[str, float] = {}
         """Rescued call -> when (monotonic) the enrichment may take it again."""
         self._enriching: set[str] = set()
+        self._enrichments: set[asyncio.Task[None]] = set()
+        self._enrich_cursor: tuple[str, str] | None = None
+        """(created, SID) of the rescued call the enrichment loop took or passed last."""
+        """Enrichments in flight: drained at shutdown like the workers."""
         self._enrich_tries: dict[str, int] = {}
         """Rescued call -> enrichments taken of it that did not complete it (the backoff)."""
         """When the last call was finished (for sealing once idle)."""
@@ -251,9 +255,7 @@ class Daemon:
                 manifest = ManifestWriter(settings.state_dir / "manifest.jsonl")
                 manifest.sync(self.ledger)
                 limiter = RateLimiter(settings.exotel.rate_limit, 60.0)
-                limiter.share(
-                    ENRICH_LANE, max(1, settings.exotel.rate_limit * settings.enrich_share // 100)
-                )
+                limiter.share(ENRICH_LANE, enrich_per_minute(settings))
                 async with (
                     ExotelClient(settings.exotel, limiter=limiter, retry=settings.retry) as exo,
                     recording_session(policy=address_policy(settings)) as http,
@@ -347,14 +349,14 @@ class Daemon:
             log.info("waiting for %d call(s) in flight", len(self.schedule.in_flight))
         force: asyncio.Task[Any] = asyncio.create_task(self._force.wait())
         deadline = time.monotonic() + self.config.shutdown_grace
-        waiting: set[asyncio.Task[Any]] = set(workers) | set(self._rescuing)
+        waiting: set[asyncio.Task[Any]] = set(workers) | self._rescuing | self._enrichments
         while waiting and not force.done() and (remaining := deadline - time.monotonic()) > 0:
             _done, waiting = await asyncio.wait(
                 waiting | {force}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
             )
             waiting.discard(force)
         in_flight = set(self.schedule.in_flight)
-        rescues = list(self._rescuing)
+        rescues = [*self._rescuing, *self._enrichments]
         for task in (*workers, *rescues, force):
             task.cancel()
         await asyncio.gather(*workers, *rescues, force, return_exceptions=True)
@@ -415,8 +417,10 @@ class Daemon:
             self._after(result)
         self.schedule.wake()  # let the other workers see the stop too
 
-    def _after(self, result: CallResult) -> None:
-        """Count a result; ``Rechecks`` decides when, if ever, to look at the call again."""
+    def _after(self, result: CallResult, *, recheck: bool = True) -> None:
+        """Count a result; ``Rechecks`` decides when, if ever, to look at the call again
+        (not for an enrichment, ``recheck=False``: the enrichment loop takes it again itself,
+        within its share of the budget)."""
         assert self.ledger is not None
         sid, outcome = result.call_sid, result.outcome
         self._last_work = time.monotonic()
@@ -426,7 +430,7 @@ class Daemon:
         elif outcome == FAILED:
             self._failed_calls.add(sid)
             self.metrics.failures[result.reason or "unknown"] += 1
-        delay = self.rechecks.after(result, self.ledger)
+        delay = self.rechecks.after(result, self.ledger) if recheck else None
         if delay is not None:
             self.schedule.add(sid, delay)
 
@@ -492,14 +496,19 @@ class Daemon:
         young = timedelta(seconds=self.config.recording_grace) + timedelta(hours=2)
         found = 0
         backing_off: list[datetime] = []  # when each failed call listed may be looked at
-        async for call in list_calls(
-            self.exotel,
-            since,
-            until,
-            tz=tz,
-            url_validity_minutes=int(self.settings.url_validity // 60),
-            on_skip=self.reports.skip,
-        ):
+        listing = (
+            list_for_rescue(self.exotel, since, until, self.settings, self.reports.skip)
+            if self.settings.rescue  # URLs to rescue from: the longest validity Exotel allows
+            else list_calls(
+                self.exotel,
+                since,
+                until,
+                tz=tz,
+                url_validity_minutes=int(self.settings.url_validity // 60),
+                on_skip=self.reports.skip,
+            )
+        )
+        async for call in listing:
             sid = call.sid
             if sid in self.schedule or sid in self._watching:
                 continue
@@ -556,6 +565,13 @@ class Daemon:
         if url is None or isinstance(binding, bool):
             return False
         await self._rescue_slots.acquire()  # the listing reads on only as rescues finish
+        if (
+            call.sid in self.schedule  # found meanwhile (a StatusCallback, a poll): not twice
+            or call.sid in self._watching
+            or self.ledger.call_outcome(call.sid) in (ARCHIVED, RESCUED)
+        ):
+            self._rescue_slots.release()
+            return True
         self.ledger.track_call(call.sid, created_time=call.date_created.isoformat())
         self.metrics.discovered["sweep"] += 1
         self.schedule.in_flight.add(call.sid)  # not scheduled by anything else meanwhile
@@ -576,32 +592,28 @@ class Daemon:
     async def _enrich_loop(self) -> None:
         """Enrich rescued calls, oldest first, a few at a time, until stopped."""
         slots = asyncio.Semaphore(max(1, self.settings.concurrency // 2))
-        running: set[asyncio.Task[None]] = set()
-        try:
-            while not self._stop.is_set():
-                sid = self._next_rescued()
-                if sid is None:
-                    await self._pause(ENRICH_IDLE)
-                    continue
-                await slots.acquire()
-                if sid in self.schedule:  # a worker has it (a recheck): not twice at once
-                    slots.release()
-                    self._enrich_after[sid] = time.monotonic() + ENRICH_IDLE
-                    continue
-                self.schedule.in_flight.add(sid)
-                self._enriching.add(sid)
-                tries = self._enrich_tries.get(sid, 0)
-                self._enrich_tries[sid] = tries + 1
-                # Taken again only after a doubling delay: calls whose enrichment keeps failing
-                # (v3 has lost them) never crowd out the younger ones from the share.
-                self._enrich_after[sid] = time.monotonic() + ENRICH_RETRY * 2 ** min(tries, 7)
-                task = asyncio.create_task(self._guard(self._enrich(sid, slots)))
-                running.add(task)
-                task.add_done_callback(running.discard)
-        finally:
-            for task in running:
-                task.cancel()
-            await asyncio.gather(*running, return_exceptions=True)
+        running = self._enrichments
+        while not self._stop.is_set():
+            sid = self._next_rescued()
+            if sid is None:
+                await self._pause(ENRICH_IDLE)
+                continue
+            await slots.acquire()
+            if sid in self.schedule or self._stop.is_set():  # a worker has it, or stopping
+                slots.release()
+                self._enrich_after[sid] = time.monotonic() + ENRICH_IDLE
+                continue
+            self.schedule.in_flight.add(sid)
+            self._enriching.add(sid)
+            tries = self._enrich_tries.get(sid, 0)
+            self._enrich_tries[sid] = tries + 1
+            # Taken again only after a doubling delay: calls whose enrichment keeps failing
+            # (v3 has lost them) never crowd out the younger ones from the share.
+            self._enrich_after[sid] = time.monotonic() + ENRICH_RETRY * 2 ** min(tries, 7)
+            task = asyncio.create_task(self._guard(self._enrich(sid, slots)))
+            running.add(task)
+            task.add_done_callback(running.discard)
+        # Enrichments in flight finish within the shutdown grace (``_drain``), as calls do.
 
     async def _enrich(self, sid: str, slots: asyncio.Semaphore) -> None:
         assert self.archiver is not None
@@ -611,23 +623,29 @@ class Daemon:
             if result.outcome == ARCHIVED:
                 self._enrich_after.pop(sid, None)
                 self._enrich_tries.pop(sid, None)
-            self._after(result)
+            self._after(result, recheck=False)
         finally:
             self._enriching.discard(sid)
             slots.release()
 
     def _next_rescued(self) -> str | None:
-        """The oldest rescued call not being enriched and not waiting to be tried again."""
+        """The next rescued call, oldest first, not being enriched and not waiting to be tried
+        again: read on from where the last one was found (``_enrich_cursor``), wrapping round
+        to the oldest once, so calls in their backoff are passed over once a round, not at
+        every pick."""
         assert self.ledger is not None
-        now, skip = time.monotonic(), 0
-        while True:
-            batch = self.ledger.rescued_calls(100, skip=skip)
-            for sid in batch:
-                if sid not in self._enriching and self._enrich_after.get(sid, 0.0) <= now:
-                    return sid
-            if len(batch) < 100:
-                return None
-            skip += len(batch)
+        now = time.monotonic()
+        for _ in range(2):
+            while True:
+                batch = self.ledger.rescued_calls(100, after=self._enrich_cursor)
+                for created, sid in batch:
+                    self._enrich_cursor = (created, sid)
+                    if sid not in self._enriching and self._enrich_after.get(sid, 0.0) <= now:
+                        return sid
+                if len(batch) < 100:
+                    break
+            self._enrich_cursor = None  # the end: round to the oldest again
+        return None
 
     async def _status_loop(self) -> None:
         assert self.archiver is not None

@@ -93,6 +93,8 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS objects_unsealed ON objects (seq) WHERE segment IS NULL;
 CREATE INDEX IF NOT EXISTS events_unsealed ON events (seq) WHERE segment IS NULL;
 CREATE INDEX IF NOT EXISTS events_key ON events (key);
+CREATE INDEX IF NOT EXISTS calls_rescued ON calls (created_time, call_sid)
+    WHERE outcome = 'rescued';
 CREATE TABLE IF NOT EXISTS listed_calls (
     range_key     TEXT NOT NULL,
     call_sid      TEXT NOT NULL,
@@ -529,15 +531,20 @@ class Ledger:
             )
         return self.retry_state(call_sid) or RetryState(0, None, None)
 
-    def rescued_calls(self, limit: int, *, skip: int = 0) -> list[str]:
-        """Up to ``limit`` calls still ``rescued`` (their v3 details not fetched yet), the
-        oldest first (by creation time), after the first ``skip`` of them."""
+    def rescued_calls(
+        self, limit: int, *, after: tuple[str, str] | None = None
+    ) -> list[tuple[str, str]]:
+        """Up to ``limit`` calls still ``rescued`` (their v3 details not fetched yet) as
+        (creation time, call SID), the oldest first, after ``after`` (one of these pairs).
+        An index of the rescued calls alone keeps each read short, however many there are."""
+        created, sid = after if after is not None else ("", "")
         rows = self._read.execute(
-            "SELECT call_sid FROM calls WHERE outcome = 'rescued' "
-            "ORDER BY created_time, call_sid LIMIT ? OFFSET ?",
-            (limit, skip),
+            "SELECT COALESCE(created_time, '') AS created, call_sid FROM calls "
+            "WHERE outcome = 'rescued' AND (COALESCE(created_time, ''), call_sid) > (?, ?) "
+            "ORDER BY created_time, call_sid LIMIT ?",
+            (created, sid, limit),
         )
-        return [str(r["call_sid"]) for r in rows]
+        return [(str(r["created"]), str(r["call_sid"])) for r in rows]
 
     def calls_with_outcome(self, outcome: str) -> list[tuple[str, str | None]]:
         """(call SID, created time) of every call whose last outcome is ``outcome``."""

@@ -53,7 +53,8 @@ from archiver.backfill import (
 )
 from archiver.config import Settings
 from archiver.errors import ExotelBadRequest
-from archiver.exotel.listing import ListedCall, list_calls
+from archiver.exotel.client import ExotelClient
+from archiver.exotel.listing import ListedCall, SkippedItem, list_calls
 from archiver.exotel.v1 import rescue_url
 from archiver.ledger import UNFINISHED, Ledger, writer_lock
 from archiver.ratelimit import RateLimiter, lane
@@ -93,6 +94,42 @@ class _ByDetails:
 _Job = _Rescue | _ByDetails
 
 
+def enrich_per_minute(settings: Settings) -> int:
+    """Requests a minute the enrichment may use: ``enrich_share`` percent of the rate limit."""
+    return max(1, settings.exotel.rate_limit * settings.enrich_share // 100)
+
+
+async def list_for_rescue(
+    client: ExotelClient,
+    start: datetime,
+    end: datetime,
+    settings: Settings,
+    on_skip: Callable[[SkippedItem], None],
+) -> AsyncIterator[ListedCall]:
+    """``list_calls`` of [start, end] asking for the longest URL validity Exotel allows (60
+    minutes), and for ``url_validity`` if the account refuses that before its first item."""
+    tz = settings.exotel.timezone
+    configured = int(settings.url_validity // 60)
+    validities = list(dict.fromkeys([LONGEST_VALIDITY, configured]))
+    for n, minutes in enumerate(validities):
+        yielded = False
+        try:
+            async for call in list_calls(
+                client, start, end, tz=tz, url_validity_minutes=minutes, on_skip=on_skip
+            ):
+                yielded = True
+                yield call
+            return
+        except ExotelBadRequest:
+            if yielded or n == len(validities) - 1:
+                raise
+            log.warning(
+                "Exotel refused RecordingUrlValidity=%d: listing with %d minutes instead",
+                minutes,
+                configured,
+            )
+
+
 def binding_for(settings: Settings, listed: ListedCall) -> Binding | bool:
     """The retention class a rescue of ``listed`` stores its objects under: None without rules;
     the class the v1 fields decide; ``UNBOUND`` when a rule needs v3 fields (bound at
@@ -123,6 +160,8 @@ async def rescue_backfill(
     check_range(first, last, today=began.date())
     plan = Plan(first, last, listing_began=began)
     plan.requests_per_call = 1 + int(settings.legs) + int(settings.voice_logs != "off")
+    plan.enrich = settings.enrich == "background"
+    plan.enrich_share = enrich_per_minute(settings)
     sink = sink_for(settings)
     report = Report(
         destination=sink.describe(), manifest=str(settings.state_dir / "manifest.jsonl")
@@ -133,8 +172,7 @@ async def rescue_backfill(
             ledger = Ledger(settings.state_dir / "ledger.sqlite3")
             limiter = RateLimiter(settings.exotel.rate_limit, 60.0)
             listing_share = limiter.share(LIST_LANE, settings.exotel.rate_limit)
-            share = max(1, settings.exotel.rate_limit * settings.enrich_share // 100)
-            enrich_share = limiter.share(ENRICH_LANE, share)
+            enrich_share = limiter.share(ENRICH_LANE, enrich_per_minute(settings))
             async with open_run(settings, sink, ledger, report, limiter) as worker:
                 lane_run = _Lane(settings, worker, ledger, plan, on_result)
                 try:
@@ -207,35 +245,14 @@ class _Lane:
             )
             await self.worker.recorder.writes.run(save)
 
-    async def _listed(self) -> AsyncIterator[ListedCall]:
-        """The range's listing, oldest first, asking for the longest URL validity (and for
-        ``url_validity`` if the account refuses that)."""
+    def _listed(self) -> AsyncIterator[ListedCall]:
+        """The range's listing, oldest first (``list_for_rescue``)."""
         tz = self.settings.exotel.timezone
         start = datetime.combine(self.plan.since, time.min, tz)
         end = range_end(self.plan.until, tz) - timedelta(seconds=1)
-        validities = [LONGEST_VALIDITY, int(self.settings.url_validity // 60)]
-        for n, minutes in enumerate(dict.fromkeys(validities)):
-            yielded = False
-            try:
-                async for call in list_calls(
-                    self.worker.exotel,
-                    start,
-                    end,
-                    tz=tz,
-                    url_validity_minutes=minutes,
-                    on_skip=self.plan.skipped.append,
-                ):
-                    yielded = True
-                    yield call
-                return
-            except ExotelBadRequest:
-                if yielded or n == len(set(validities)) - 1:
-                    raise
-                log.warning(
-                    "Exotel refused RecordingUrlValidity=%d: listing with %d minutes instead",
-                    minutes,
-                    int(self.settings.url_validity // 60),
-                )
+        return list_for_rescue(
+            self.worker.exotel, start, end, self.settings, self.plan.skipped.append
+        )
 
     async def _list(self) -> None:
         plan, recent = self.plan, OrderedDict[str, bool]()
