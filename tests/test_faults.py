@@ -111,15 +111,24 @@ def _key(sid: str, created: datetime, name: str) -> str:
 
 
 def _assert_archived_exactly_once(
-    seaweed: Any, bucket: str, sim: Simulator, sizes: dict[str, int], state: Path
+    seaweed: Any,
+    bucket: str,
+    sim: Simulator,
+    sizes: dict[str, int],
+    state: Path,
+    *,
+    rescued: frozenset[str] | set[str] = frozenset(),
 ) -> None:
-    """The bucket holds what it should, once, byte for byte; the ledger agrees."""
+    """The bucket holds what it should, once, byte for byte; the ledger agrees. ``rescued``:
+    calls rescued from the listing, which have their v1 item beside them (call-v1.json)."""
     client = seaweed.client()
     expected = {}
     for sid, size in sizes.items():
         call = sim.calls[sid]
         expected[_key(sid, call.created, "recording-1.mp3")] = ("recording", sid, size)
         expected[_key(sid, call.created, "call.json")] = ("call", sid, None)
+        if sid in rescued:
+            expected[_key(sid, call.created, "call-v1.json")] = ("v1", sid, None)
 
     versions: list[dict[str, Any]] = []
     markers: list[dict[str, Any]] = []
@@ -145,6 +154,8 @@ def _assert_archived_exactly_once(
             assert len(data) == size, key
             source = sim.recording_bytes(sid, 1)
             assert hashlib.sha256(data).hexdigest() == hashlib.sha256(source).hexdigest(), key
+        elif kind == "v1":
+            assert json.loads(data)["Sid"] == sid and b"X-Amz-Signature" not in data, key
         else:
             details = json.loads(data)["response"]["call_details"]
             assert details["sid"] == sid, key
@@ -311,7 +322,9 @@ def test_fault_matrix_quick_failures_are_honest_and_a_second_run_finishes(
     _verify(env)
 
 
+@pytest.mark.parametrize("lane", ["v3", "rescue"])
 def test_fault_matrix_1000_calls(
+    lane: str,
     sim: Simulator,
     server: SimulatorServer,
     seaweed: Any,
@@ -333,7 +346,11 @@ def test_fault_matrix_1000_calls(
     # 8 attempts: with the default 5, one API request in 0.15^5 (1 in 13,000) fails for good, so
     # about one run in twelve of this size would end with one call failed (reported, and
     # finished by the next run — the quick test proves that path).
-    env = {**_env(sim, server, seaweed, proxy, bucket, state), "ARCHIVER_ATTEMPTS": "8"}
+    env = {
+        **_env(sim, server, seaweed, proxy, bucket, state),
+        "ARCHIVER_ATTEMPTS": "8",
+        "ARCHIVER_RESCUE": "on" if lane == "rescue" else "off",  # issue 18's lane
+    }
     report = tmp_path / "report.json"
     run = _backfill(env, day, report)
     output = run.stdout + run.stderr
@@ -344,7 +361,12 @@ def test_fault_matrix_1000_calls(
     _assert_faults_happened(sim, proxy)
 
     proxy.random_faults(0)  # the evidence is checked on a healthy store
-    _assert_archived_exactly_once(seaweed, bucket, sim, sizes, state)
+    with sqlite3.connect(state / "ledger.sqlite3") as db:
+        rescued = {
+            sid for (sid,) in db.execute("SELECT call_sid FROM objects WHERE kind = 'v1_record'")
+        }
+    assert bool(rescued) == (lane == "rescue")
+    _assert_archived_exactly_once(seaweed, bucket, sim, sizes, state, rescued=rescued)
     _verify(env)
     print(f"1000-call matrix: injected {dict(proxy.injected)}, simulator {sim.counters}")
 
