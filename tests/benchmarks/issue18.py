@@ -118,16 +118,34 @@ def lane_env(
     return env
 
 
-def profile(pid: int, after: float, seconds: int, out: Path) -> threading.Thread:
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds (user + system) of each thread of ``pid`` so far, by thread id."""
+    tick, out = os.sysconf("SC_CLK_TCK"), {}
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            fields = (task / "stat").read_text().rpartition(")")[2].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        out[int(task.name)] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def profile(
+    pid: int, after: float, seconds: int, out: Path, cores: dict[int, float]
+) -> threading.Thread:
     """py-spy samples ``pid`` for ``seconds`` from ``after`` seconds on (raw collapsed stacks
-    into ``out``), from a thread; it does not pause the process (``--nonblocking``)."""
+    into ``out``), from a thread; it does not pause the process (``--nonblocking``). ``cores``
+    gets each thread's CPU over the same window, in cores (by thread id)."""
     spy = Path(sys.executable).with_name("py-spy")
 
     def sample() -> None:
         time.sleep(after)
         args = [str(spy), "record", "--pid", str(pid), "--duration", str(seconds)]
         args += ["--format", "raw", "--nonblocking", "--threads", "--gil", "-o", str(out)]
+        before, started = thread_cpu(pid), time.perf_counter()
         subprocess.run(args, capture_output=True, check=False)
+        now, spent = thread_cpu(pid), time.perf_counter() - started
+        cores.update({tid: (cpu - before.get(tid, 0.0)) / spent for tid, cpu in now.items()})
 
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
@@ -154,15 +172,17 @@ def _frame(frame: str) -> str:
     return f"{name} ({where.split(':')[0].rsplit('/', 1)[-1].rstrip(')')})" if where else name
 
 
-def top_costs(raw: Path, count: int = 8) -> list[str]:
+def top_costs(raw: Path, cores: dict[int, float], count: int = 8) -> list[str]:
     """From py-spy's collapsed stacks (``thread (tid): name;frame;... samples``, GIL-holding
     samples only): the share of each thread, the functions most often on top of the stack
-    (self), and those most often anywhere in it (inclusive, less the ``_ROOTS``)."""
+    (self), and those most often anywhere in it (inclusive, less the ``_ROOTS``); first, each
+    thread's CPU in cores over the window (``cores``, named from the samples)."""
     if not raw.exists():
         return ["py-spy wrote nothing (is it installed beside the venv's python?)"]
     own: collections.Counter[str] = collections.Counter()
     anywhere: collections.Counter[str] = collections.Counter()
     threads: collections.Counter[str] = collections.Counter()
+    names: dict[int, str] = {}
     total = 0
     for line in raw.read_text().splitlines():
         stack, _, samples = line.rpartition(" ")
@@ -170,6 +190,9 @@ def top_costs(raw: Path, count: int = 8) -> list[str]:
             continue
         head, _, rest = stack.partition(": ")
         thread, *frames = rest.split(";")
+        tid = head.partition("(")[2].rstrip(")")
+        if tid.isdigit():
+            names[int(tid)] = thread
         n = int(samples)
         total += n
         threads[thread.rstrip("_0123456789") or head] += n
@@ -180,7 +203,12 @@ def top_costs(raw: Path, count: int = 8) -> list[str]:
     if not total:
         return ["py-spy took no sample"]
     share = ", ".join(f"{name} {n / total:.0%}" for name, n in threads.most_common(4))
-    out = [f"{total} GIL-holding samples; by thread: {share}", "self:"]
+    by_thread: collections.Counter[str] = collections.Counter()
+    for tid, used in cores.items():
+        by_thread[names.get(tid, "other").rstrip("_0123456789")] += used
+    cpu = ", ".join(f"{name} {used:.2f}" for name, used in by_thread.most_common(5))
+    out = [f"CPU by thread (cores): {cpu}"]
+    out += [f"{total} GIL-holding samples; by thread: {share}", "self:"]
     out += [f"{n / total:.1%} {name}" for name, n in own.most_common(count)]
     out.append("inclusive:")
     out += [f"{n / total:.1%} {name}" for name, n in anywhere.most_common(count + 4)]
@@ -205,7 +233,8 @@ def run_backfill(
         busy_before, _ = machine_busy()
         started, started_at = time.perf_counter(), time.time()
         proc = subprocess.Popen(wrapped, env=env, stdout=log, stderr=log)
-        sampler = profile(proc.pid, *spy, raw) if spy else None
+        cores: dict[int, float] = {}
+        sampler = profile(proc.pid, *spy, raw, cores) if spy else None
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - started
         busy_after, _ = machine_busy()
@@ -226,7 +255,7 @@ def run_backfill(
         returncode=os.waitstatus_to_exitcode(status),
         started_at=started_at,
         peak_mib=int(hwm.read_text()) / 1024 if hwm.exists() else 0.0,
-        profile=top_costs(raw) if spy else [],
+        profile=top_costs(raw, cores) if spy else [],
     )
 
 
@@ -302,14 +331,26 @@ def row_a(bench: Bench, got: Results) -> None:
 
 
 def lane_run(
-    bench: Bench, name: str, count: int, local: bool, spy: tuple[float, int] | None = None
+    bench: Bench,
+    name: str,
+    count: int,
+    local: bool,
+    spy: tuple[float, int] | None = None,
+    **extra: str,
 ) -> tuple[Child, Simulator, int, int, str]:
     sim, state = fresh(bench, name)
     add_calls(sim, count, SMALL)
     destination = str(state / "archive") if local else f"s3://{bench.bucket()}/bench"
     with SimulatorServer(sim) as server:
         env = lane_env(
-            bench, sim, server, destination, state, ARCHIVER_RESCUE="on", ARCHIVER_ENRICH="never"
+            bench,
+            sim,
+            server,
+            destination,
+            state,
+            ARCHIVER_RESCUE="on",
+            ARCHIVER_ENRICH="never",
+            **extra,
         )
         run = run_backfill(bench, env, state, spy=spy)
         requests = requests_since(sim, run.started_at)
@@ -365,6 +406,24 @@ def row_b(bench: Bench, got: Results, count: int) -> None:
                 note=f"{requests} requests ({run.plan().get('listing_requests')} listing) for "
                 f"{rescued} calls; busiest 60 s {busiest} of {LIMIT}, "
                 f"{sim.counters['rate_limited']} answered 429 ({waited})",
+            )
+        )
+    # Is it the calls in flight? The same lane at more of them, over half as many calls.
+    for concurrency in (32, 64):
+        half = max(count // 2, 300)
+        run, *_ = lane_run(
+            bench, f"f18b-c{concurrency}", half, False, ARCHIVER_CONCURRENCY=str(concurrency)
+        )
+        rate = run.counts().get("rescued", 0) / run.seconds * 60
+        bench.add(
+            Row(
+                "18B",
+                f"rescue lane into SeaweedFS at concurrency {concurrency}, {half} x 2 KiB",
+                rate,
+                "calls/min",
+                "per-call-details path (18A)",
+                rate / got.per_call_rate if got.per_call_rate else None,
+                note=f"{run.seconds:.0f} s; {run.cores()}; peak {run.peak_mib:.0f} MiB",
             )
         )
     # The top costs, from a shorter run of its own (py-spy's sampling in no measured row).
