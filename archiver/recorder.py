@@ -151,8 +151,17 @@ class Recorder:
         )
         record = await self._record(row)
         if self.ledger.unsealed_count() >= self.segment_size:
-            await self.seal()
+            await self._seal_when_full()
         return record
+
+    async def _seal_when_full(self) -> None:
+        """Seal full segments once ``segment_size`` entries wait — looked at again under the
+        seal's lock: the other calls in flight that saw the threshold passed meanwhile find
+        those entries sealed by the first, and do not seal the few that came after into a
+        segment each."""
+        async with self._sealing:
+            if self.ledger.unsealed_count() >= self.segment_size:
+                await self._seal_now(at_least=self.segment_size)
 
     def _retention(
         self, details: CallDetails, binding: Binding = None
@@ -202,10 +211,14 @@ class Recorder:
         for ``segment_size`` company indefinitely.
         """
         async with self._sealing:
-            with self._recording:
-                self.manifest.sync(self.ledger)  # entries other processes added (retention jobs)
-                self.manifest.fsync()
-            return len(await seal(self.ledger, self.sink))
+            return await self._seal_now()
+
+    async def _seal_now(self, at_least: int = 1) -> int:
+        """``seal``'s work, its lock held (``segments.seal``'s ``at_least``)."""
+        with self._recording:
+            self.manifest.sync(self.ledger)  # entries other processes added (retention jobs)
+            self.manifest.fsync()
+        return len(await seal(self.ledger, self.sink, at_least=at_least))
 
     async def store_bytes(
         self,

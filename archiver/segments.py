@@ -89,12 +89,15 @@ async def read_segment(sink: Sink, key: str) -> bytes:
     return b"".join([chunk async for chunk in sink.read(key)])
 
 
-async def seal(ledger: Ledger, sink: Sink) -> list[SegmentRecord]:
-    """Seal every entry waiting in the ledger into new segments; returns what was sealed."""
+async def seal(ledger: Ledger, sink: Sink, *, at_least: int = 1) -> list[SegmentRecord]:
+    """Seal the entries waiting in the ledger into new segments, for as long as at least
+    ``at_least`` of them wait (1: every one); returns what was sealed. A worker sealing a full
+    segment passes its size: the few entries its calls in flight commit during the PUT wait
+    for the next one instead of becoming a segment each."""
     sealed: list[SegmentRecord] = []
     while True:
         pending = ledger.unsealed(SEGMENT_MAX)
-        if not pending:
+        if not pending or len(pending) < at_least:
             return sealed
         known = ledger.segments()
         number = known[-1].number + 1 if known else 1

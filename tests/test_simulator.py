@@ -257,3 +257,44 @@ async def test_the_v1_listing_compares_whole_seconds_as_exotels_date_created_has
     query = f"DateCreated=gte:{day} 00:00:00;lte:{day} 23:59:59&PageSize=100"
     _, _, body = await get(f"{server.base_url}/v1/Accounts/simaccount/Calls.json?{query}")
     assert [c["Sid"] for c in json.loads(body)["Calls"]] == [call.sid]
+
+
+async def test_an_account_capped_at_5_minutes_refuses_a_longer_url_validity(
+    clock: Clock,
+) -> None:
+    """``max_url_validity``: RecordingUrlValidity above it is a 400 (as an account that allows
+    only 5 minutes answers); at or below it, the URLs live that long. Unset: 5-60 as before."""
+    capped = Simulator(seed=3, clock=clock, max_url_validity=5)
+    capped.add_call(created=datetime.now(IST) - timedelta(days=2))
+    day = (datetime.now(IST) - timedelta(days=2)).date()
+    query = f"DateCreated=gte:{day} 00:00:00;lte:{day} 23:59:59&PageSize=100"
+    with SimulatorServer(capped) as srv:
+        path = f"{srv.base_url}/v1/Accounts/simaccount/Calls.json?{query}"
+        status, _, body = await get(f"{path}&RecordingUrlValidity=60")
+        assert status == 400 and b"RecordingUrlValidity" in body
+        status, _, body = await get(f"{path}&RecordingUrlValidity=5")
+        assert status == 200
+        url = json.loads(body)["Calls"][0]["PreSignedRecordingUrl"]
+        assert parse_qs(urlsplit(url).query)["X-Amz-Expires"] == ["300"]
+    plain = Simulator(seed=3, clock=clock)
+    plain.add_call(created=datetime.now(IST) - timedelta(days=2))
+    with SimulatorServer(plain) as srv:
+        path = f"{srv.base_url}/v1/Accounts/simaccount/Calls.json?{query}"
+        status, _, _ = await get(f"{path}&RecordingUrlValidity=60")
+        assert status == 200
+
+
+async def test_the_api_log_tells_listing_from_call_details(
+    sim: Simulator, server: SimulatorServer, clock: Clock
+) -> None:
+    """``api_kinds`` runs beside ``api_log`` (``v1``, ``v3``), and ``busiest_minute`` counts
+    one kind when asked: what the benchmark measures an enrichment's share with."""
+    call = sim.add_call(created=datetime.now(IST) - timedelta(days=2))
+    day = (datetime.now(IST) - timedelta(days=2)).date()
+    query = f"DateCreated=gte:{day} 00:00:00;lte:{day} 23:59:59&PageSize=100"
+    assert (await get(f"{server.base_url}/v1/Accounts/simaccount/Calls.json?{query}"))[0] == 200
+    for _ in range(3):
+        assert (await get(v3(server, f"/calls/{call.sid}")))[0] == 200
+    assert sim.api_kinds == ["v1", "v3", "v3", "v3"] and len(sim.api_log) == 4
+    assert sim.busiest_minute(kind="v3") == 3 and sim.busiest_minute(kind="v1") == 1
+    assert sim.busiest_minute() == 4

@@ -62,7 +62,7 @@ def add_routes(app: web.Application, sim: Simulator) -> None:
 
     def check_api(request: web.Request) -> web.Response | None:
         """Auth, account, rate limit and injected faults, common to every API route."""
-        sim.note_api_request()
+        sim.note_api_request("v1" if request.path.startswith("/v1/") else "v3")
         expected = "Basic " + base64.b64encode(f"{sim.api_key}:{sim.api_token}".encode()).decode()
         given = request.headers.get("Authorization", "")
         if not hmac.compare_digest(given.encode(), expected.encode()):
@@ -203,6 +203,11 @@ def add_routes(app: web.Application, sim: Simulator) -> None:
                 minutes = int(validity)
                 if not 5 <= minutes <= 60:
                     raise ValueError("RecordingUrlValidity must be between 5 and 60")
+                if sim.max_url_validity is not None and minutes > sim.max_url_validity:
+                    raise ValueError(
+                        f"RecordingUrlValidity must be at most {sim.max_url_validity} "
+                        "on this account"
+                    )
                 ttl = minutes * 60.0
         except ValueError as exc:
             return api_error(400, str(exc))

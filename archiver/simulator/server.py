@@ -75,6 +75,7 @@ class Simulator:
         clock: Callable[[], float] = time.time,
         rate_limit_per_minute: int | None = None,
         private_recordings: bool = False,
+        max_url_validity: int | None = None,
     ) -> None:
         self.account_sid, self.api_key, self.api_token = account_sid, api_key, api_token
         self.private_recordings = private_recordings
@@ -82,6 +83,9 @@ class Simulator:
         self.url_ttl = url_ttl
         self.clock = clock
         self.rate_limit_per_minute = rate_limit_per_minute
+        self.max_url_validity = max_url_validity
+        """Minutes: a v1 ``RecordingUrlValidity`` above it answers 400, as an account allowing
+        only that much does (None: Exotel's 5-60)."""
         self.calls: dict[str, SimCall] = {}
         self.faults = Faults(seed)
         self.counters: dict[str, int] = dict.fromkeys(
@@ -116,6 +120,8 @@ class Simulator:
         self._api_times: list[float] = []
         self.api_log: list[float] = []
         """When each API request arrived (clock seconds), for rate measurements."""
+        self.api_kinds: list[str] = []
+        """Beside ``api_log``, the kind of each request: ``v1`` (the listing) or ``v3``."""
         self._lock = threading.Lock()
 
     # --- data --------------------------------------------------------------------------------
@@ -293,15 +299,18 @@ class Simulator:
         with self._lock:
             self.counters[name] = self.counters.get(name, 0) + amount
 
-    def note_api_request(self) -> None:
+    def note_api_request(self, kind: str = "v3") -> None:
         with self._lock:
             self.counters["api_requests"] = self.counters.get("api_requests", 0) + 1
             self.api_log.append(self.clock())
+            self.api_kinds.append(kind)
 
-    def busiest_minute(self, since: float = 0.0) -> int:
-        """The most API requests that arrived within any 60 seconds (from ``since`` on)."""
+    def busiest_minute(self, since: float = 0.0, kind: str | None = None) -> int:
+        """The most API requests (of ``kind`` only, if given) that arrived within any 60
+        seconds (from ``since`` on)."""
         with self._lock:
-            times = sorted(t for t in self.api_log if t >= since)
+            logged = zip(self.api_log, self.api_kinds, strict=True)
+            times = sorted(t for t, k in logged if t >= since and kind in (None, k))
         best, first = 0, 0
         for last, t in enumerate(times):
             while t - times[first] >= 60:
