@@ -26,28 +26,15 @@ import pytest
 from archiver.exotel.models import IST
 from archiver.simulator import Simulator, SimulatorServer
 from tests.seaweed import SeaweedFS
-from tests.support import exotel_env, invoke, ledger_rows, outcomes, wait_for, worker_env
-
-PREFIX = "calls"
+from tests.support import invoke, ledger_rows, outcomes, wait_for, worker_env
+from tests.test_rescue import PREFIX, objects, the_day
+from tests.test_rescue import lane_env as rescue_env
 
 
 def lane_env(
     sim: Simulator, server: SimulatorServer, bucket: str, tmp_path: Path, **extra: str
 ) -> dict[str, str]:
-    env = exotel_env(sim, server.base_url, f"s3://{bucket}/{PREFIX}", tmp_path / "state")
-    return {
-        **env,
-        "ARCHIVER_RESCUE": "on",
-        "ARCHIVER_ALLOW_PRIVATE_ADDRESSES": "on",
-        "EXOTEL_RATE_LIMIT": "6000",
-        "ARCHIVER_CONCURRENCY": "1",
-        **extra,
-    }
-
-
-def the_day() -> date:
-    """Three days back: settled, whatever the hour (midnight IST is 18:30 UTC)."""
-    return datetime.now(IST).date() - timedelta(days=3)
+    return rescue_env(sim, server, bucket, tmp_path, ARCHIVER_CONCURRENCY="1", **extra)
 
 
 def noon() -> datetime:
@@ -92,17 +79,6 @@ def crashing_backfill(
     )
     assert done.returncode == 137, done.stderr
     return done
-
-
-def objects(seaweed: SeaweedFS, bucket: str) -> dict[str, bytes]:
-    s3 = seaweed.client()
-    out: dict[str, bytes] = {}
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{PREFIX}/"):
-        for item in page.get("Contents", []):
-            key = item["Key"]
-            if "/_manifest/" not in key:
-                out[key] = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-    return out
 
 
 def sha(data: bytes) -> str:
