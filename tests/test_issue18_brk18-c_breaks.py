@@ -249,3 +249,36 @@ def test_a_class_renamed_between_rescue_and_enrichment_is_never_raised_to_v3s_cl
         f"recording-1 of an `orders` call in class {classes['recording']!r}, locked until "
         f"{lock['RetainUntilDate']}; `orders` says {due}"
     )
+
+
+# --- call-v1.json read back for recording-1 ----------------------------------------------------
+
+
+def test_a_rescue_whose_v1_url_is_gone_for_good_archives_v3s_only_recording_as_recording_2(
+    sim: Simulator,
+    server: SimulatorServer,
+    s3_env: None,
+    bucket: str,
+    seaweed: SeaweedFS,
+    tmp_path: Path,
+) -> None:
+    """v1 lists a recording URL that 404s for good (another file than v3's: Exotel's pages do
+    not say the two URL forms match); v3's recording is fine. The rescue stores call-v1.json
+    first, its download fails, the call falls back to the v3 way in the same process — which
+    now sees a v1 record and no recording-1, reserves index 1 for "v1's file" (matched by file
+    only, and no bytes to match by content), finds none, and stores v3's one recording as
+    `recording-2`: the archived call has no recording-1, its only recording under index 2 (v3
+    calls it 1), and nothing says why. A v1 file that never arrived must not hold index 1
+    hostage: v3's recording 1 is recording-1."""
+    call = sim.add_call(created=noon(), size=4096)
+    gone = sim.presign_token(server.base_url, "no-such-recording", "mp3", ttl=3600)
+    sim.faults.bulk_item_patches[call.sid] = {"PreSignedRecordingUrl": gone, "RecordingUrl": gone}
+    env = lane_env(sim, server, bucket, tmp_path)
+
+    result = backfill(env)
+
+    assert result.exit_code == 0, result.output
+    assert outcomes(tmp_path / "state", call.sid)[call.sid] == "archived"
+    names = sorted(k.rsplit("/", 1)[1] for k in objects(seaweed, bucket))
+    rows = ledger_rows(tmp_path / "state", "SELECT kind, idx FROM objects ORDER BY kind, idx")
+    assert "recording-1.mp3" in names and ("recording", 1) in rows, (names, rows)
