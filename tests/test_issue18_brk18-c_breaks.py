@@ -7,6 +7,7 @@ says something false or loses something silently and fails on main as it stands 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -88,6 +89,10 @@ def lock_of(seaweed: SeaweedFS, bucket: str, key: str) -> dict[str, Any] | None:
         if "NoSuchObjectLockConfiguration" in str(exc) or "ObjectLockConfiguration" in str(exc):
             return None
         raise
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def recording_key(seaweed: SeaweedFS, bucket: str) -> str:
@@ -282,3 +287,38 @@ def test_a_rescue_whose_v1_url_is_gone_for_good_archives_v3s_only_recording_as_r
     names = sorted(k.rsplit("/", 1)[1] for k in objects(seaweed, bucket))
     rows = ledger_rows(tmp_path / "state", "SELECT kind, idx FROM objects ORDER BY kind, idx")
     assert "recording-1.mp3" in names and ("recording", 1) in rows, (names, rows)
+
+
+def test_guard_a_rescue_falling_back_on_an_expired_url_stores_each_file_once_at_its_index(
+    sim: Simulator,
+    server: SimulatorServer,
+    s3_env: None,
+    bucket: str,
+    seaweed: SeaweedFS,
+    tmp_path: Path,
+) -> None:
+    """GUARD (holds on main). A three-recording call whose v1 URL (v3's *second* file) is
+    expired: the rescue stores call-v1.json, then falls back to the v3 way in the same process.
+    Each of v3's three files is stored once; v1's file is recording-1 (the index the lane
+    gives it), the others follow; call-v1.json is kept, without a signature."""
+    call = sim.add_call(created=noon(), recordings=3, size=4096)
+    real = sim.clock
+    sim.clock = lambda: real() - 3600  # signed an hour ago, valid 10 minutes
+    expired = sim.presign(server.base_url, call, 2, ttl=600)
+    sim.clock = real
+    sim.faults.bulk_item_patches[call.sid] = {
+        "PreSignedRecordingUrl": expired,
+        "RecordingUrl": expired.split("?")[0],
+    }
+    env = lane_env(sim, server, bucket, tmp_path)
+
+    result = backfill(env)
+
+    assert result.exit_code == 0, result.output
+    assert outcomes(tmp_path / "state", call.sid)[call.sid] == "archived"
+    stored = {k.rsplit("/", 1)[1]: v for k, v in objects(seaweed, bucket).items()}
+    audio = {k: sha(v) for k, v in stored.items() if k.startswith("recording-")}
+    want = {n: sha(sim.recording_asset(call, n).body()) for n in (1, 2, 3)}
+    assert sorted(audio.values()) == sorted(want.values()), audio
+    assert audio["recording-1.mp3"] == want[2]
+    assert b"X-Amz-Signature" not in stored["call-v1.json"]
