@@ -457,7 +457,7 @@ class Archiver:
         matched: set[int] = set()
         by_file = {file_of(r.source): r for r in have}
         v1_pending = not any(r.idx == 1 for r in have)
-        v1_file = await self._v1file_of(details.sid, known) if v1_pending else set()
+        v1_file = await self._v1_file_of(details.sid, known) if v1_pending else set()
         todo: list[tuple[Recording, int | None]] = []  # None: the next free index
         for recording in details.recordings or ():
             file = file_of(recording.url)
@@ -470,7 +470,10 @@ class Archiver:
                 todo.insert(0, (recording, 1))
             else:
                 todo.append((recording, None))
-        next_idx = max({r.idx for r in have} | {1 if v1_pending else 0}) + 1
+        # Index 1 is held for v1's file only while it may be at its key unrecorded (a rescue
+        # cut off between its PUT and its commit); otherwise v3's first unmatched takes it.
+        hold_first = v1_pending and (1 in matched or await self._at_key(details, "recording-1"))
+        next_idx = max({r.idx for r in have} | {1 if hold_first else 0}) + 1
         for recording, fixed in todo:
             idx = fixed if fixed is not None else next_idx
 
@@ -516,7 +519,16 @@ class Archiver:
             log.warning("call %s: %s is none of the recordings v3 lists for it", details.sid, names)
             result.objects += stray
 
-    async def _v1file_of(self, sid: str, known: Known) -> set[tuple[str, str, str]]:
+    async def _at_key(self, details: CallDetails, stem: str) -> bool:
+        """Whether an object of the call's folder named ``stem`` (any format) is in the
+        destination, recorded or not."""
+        folder = self._folder(details)
+        for fmt in ("mp3", "wav"):
+            if await self.recorder.sink.stat(f"{folder}/{stem}.{fmt}") is not None:
+                return True
+        return False
+
+    async def _v1_file_of(self, sid: str, known: Known) -> set[tuple[str, str, str]]:
         """The files (scheme, host, path) of the recording URLs of the call's v1 record: from
         the rescue of this process, else read back from ``call-v1.json``."""
         if sid in self._v1_files:

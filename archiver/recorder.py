@@ -344,18 +344,13 @@ class Recorder:
             size += len(chunk)
         return self.sink.location(key), size, digest.hexdigest()
 
-    async def bind_retention(
-        self, key: str, version_id: str | None, details: CallDetails
-    ) -> tuple[str | None, str | None, str | None, str | None]:
-        """The class ``details`` give an object stored earlier without one (a rescued call's,
-        bound at enrichment: ``archiver.retention.binding``), with its lock brought up to that
-        class as ``store`` brings up an object it finds at its key: an unlocked object is
-        locked, a shorter date of the same mode extended; never a date shortened or a mode
-        weakened, so an object locked longer keeps its lock. Returns (class, retain-until,
-        the lock mode the store reports now, version id); all but the version None without
-        a policy. Raises the store's errors (nothing is changed then but what the store did)."""
-        lock, retention_class, retain_until = self._retention(details)
-        if retention_class is None:
-            return None, None, None, version_id
-        lock_mode, version = await self._adopt_lock(key, version_id, lock)
-        return retention_class, retain_until, lock_mode, version
+    async def bind_lock(
+        self, key: str, version_id: str | None, wanted: Lock | None
+    ) -> tuple[str | None, str | None]:
+        """Bring the lock of an object stored earlier up to ``wanted`` (a rescued call's, bound
+        at enrichment: ``archiver.retention.binding``), as ``store`` brings up an object it
+        finds at its key: only strengthened, never a date shortened or a mode weakened.
+        Returns (the lock mode the store reports now, version id)."""
+        if wanted is not None and wanted.until <= datetime.now(UTC):
+            wanted = None  # the date has passed: nothing to lock
+        return await self._adopt_lock(key, version_id, wanted)

@@ -9,7 +9,7 @@ lock. ``bind_rescued`` binds them once enrichment has the v3 details:
 * the class ``policy.classify(details)`` gives, its retain-until date from the call's creation;
 * the class's Object Lock put on the stored version (S3 sets retention on an existing version
   in an Object Lock bucket), only ever strengthening: an object already locked longer or
-  stronger keeps its lock (``Recorder.bind_retention``);
+  stronger keeps its lock (``Recorder.bind_lock``);
 * a ``class_bound`` event in the ledger and so in the manifest chain (``retention_class``,
   ``retain_until``, ``lock_mode``, ``rescued_at``, ``bound_at``).
 
@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from archiver.ledger import EventRecord, Ledger, ObjectRecord, utc_now
 from archiver.report import RESCUED
+from archiver.sinks import Lock
 
 if TYPE_CHECKING:
     from archiver.exotel.models import CallDetails
@@ -85,7 +86,7 @@ async def bind_rescued(
 
     Without a retention policy, nothing to do. A record stored at enrichment (classified from
     v3) is returned unchanged, as is one bound by an earlier attempt, and one the v1 fields
-    bound at rescue that v3's class would not raise (``_raises``: never lower). For each other
+    bound at rescue that v3's class would not raise (``_raised``: never lower). For each other
     — unbound, or bound at rescue to a class v3 contradicts or dates later — its lock brought
     up to the class first, then the ``class_bound`` event committed — so a crash between the
     two leaves the object unbound, and the next enrichment binds it again (the lock is then
@@ -94,19 +95,18 @@ async def bind_rescued(
     if policy is None:
         return list(records)
     target = policy.classify(details)
-    target_until = target.retain_until(details.created_time).isoformat().replace("+00:00", "Z")
+    target_until = target.retain_until(details.created_time)
     done = bindings(recorder.ledger, [r.key for r in records])
     out = []
     for record in records:
-        if record.key in done or not _raises(record, target, target_until, policy):
+        raised = None if record.key in done else _raised(record, target, target_until, policy)
+        if raised is None:
             out.append(bound_record(record, done.get(record.key)))
             continue
-        name, until, mode, version = await recorder.bind_retention(
-            record.key, record.version_id, details
-        )
-        if name is None:  # no policy (it was checked above; for the type checker)
-            out.append(record)
-            continue
+        name, until_at, lock_mode = raised
+        until = until_at.isoformat().replace("+00:00", "Z")
+        wanted = Lock(lock_mode, until_at) if lock_mode is not None else None
+        mode, version = await recorder.bind_lock(record.key, record.version_id, wanted)
         now = utc_now()
         binding = {
             "retention_class": name,
@@ -138,24 +138,42 @@ async def bind_rescued(
     return out
 
 
-def _raises(
-    record: ObjectRecord, target: RetentionClass, until: str, policy: RetentionPolicy
-) -> bool:
-    """Whether binding ``record`` to ``target`` (the class v3's details give, kept ``until``)
-    raises what it has: always for an unbound object; for one bound at rescue from the v1
-    fields, when v3 gives a later date (v1's ``DateCreated`` read in another time zone, or a
-    rule v1 misjudged) and does not turn a class kept at its end into one deleted. Never
-    lower: a class v1 decided that outlasts v3's stays."""
+def _raised(
+    record: ObjectRecord, target: RetentionClass, target_until: datetime, policy: RetentionPolicy
+) -> tuple[str, datetime, str | None] | None:
+    """What binding ``record`` at enrichment gives it — (class, retain-until, lock mode) — or
+    None when that raises nothing. ``target`` is the class v3's details give, to
+    ``target_until``.
+
+    Unbound: the target. Bound at rescue from the v1 fields: both floors at once, never
+    lowered — the later of the two dates, the stronger lock, and a class kept at its end if
+    either is (``at_end = "keep"`` wins over a date: a call one class keeps is never deleted
+    because another deletes it later). A class since renamed or removed gives no rule of its
+    own but its date, and counts as kept (the jobs never delete an object of a class they do
+    not know)."""
     if record.retention_class is None:
-        return True
-    if record.retention_class == target.name and (record.retain_until or "") >= until:
-        return False
+        return target.name, target_until, target.lock
     current = policy.classes.get(record.retention_class)
-    if current is None:  # a class since renamed or removed: kept as bound, never touched
-        return False
-    if current.at_end == "keep" and target.at_end != "keep":
-        return False
-    return _instant(until) > _instant(record.retain_until)
+    current_until = _instant(record.retain_until)
+    current_keeps = current is None or current.at_end == "keep"
+    until = max(current_until, target_until)
+    if target.at_end == "keep" or not current_keeps:
+        # v3's class keeps, or neither does: v3's class (the rules' answer), the later date.
+        name = target.name if target.at_end == "keep" or target_until >= current_until else None
+    else:
+        name = None  # only the bound class keeps: it stays, with the later date
+    name = name or record.retention_class
+    mode = _stronger(current.lock if current is not None else None, target.lock)
+    if name == record.retention_class and until <= current_until:
+        return None
+    return name, until, mode
+
+
+_STRENGTH = {None: 0, "GOVERNANCE": 1, "COMPLIANCE": 2}
+
+
+def _stronger(a: str | None, b: str | None) -> str | None:
+    return a if _STRENGTH.get(a, 0) >= _STRENGTH.get(b, 0) else b
 
 
 def _instant(text: str | None) -> datetime:
