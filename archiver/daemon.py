@@ -363,8 +363,8 @@ class Daemon:
         cut_off = len(in_flight) - self._finished_meanwhile(in_flight)
         if cut_off:
             log.warning(
-                "%d call(s) cut off at shutdown: they stay pending and are redone at the next "
-                "start",
+                "%d call(s) cut off at shutdown: they stay pending (or rescued, an enrichment "
+                "cut off) and are redone at the next start",
                 cut_off,
             )
         return self._force.is_set()
