@@ -250,3 +250,29 @@ def test_a_dry_run_into_a_new_local_directory_creates_nothing(
     assert dry.exit_code == 0, dry.output
     assert not (tmp_path / "out").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state"]
+
+
+async def test_a_probe_left_open_by_a_killed_run_is_aborted_by_the_next_check(
+    seaweed: SeaweedFS, s3_env: None, bucket: str
+) -> None:
+    """A run killed between the writability probe's start and its abort leaves an upload of
+    nothing open under _manifest/; no later run writes that key, so the next check aborts it
+    (the crash suite found one left after its final clean run)."""
+    from archiver.retry import RetryPolicy
+    from archiver.sinks import open_sink
+
+    client = seaweed.client()
+    left = client.create_multipart_upload(Bucket=bucket, Key="pre/_manifest/.probe-killed")
+    other = client.create_multipart_upload(Bucket=bucket, Key="pre/2026/01/01/CA1/recording-1.mp3")
+    sink = open_sink(f"s3://{bucket}/pre", retry=RetryPolicy(attempts=2, max_wait=0.2))
+    try:
+        await sink.check_writable()
+    finally:
+        await sink.close()
+    uploads = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    open_ids = {u["UploadId"] for u in uploads}
+    assert left["UploadId"] not in open_ids
+    assert other["UploadId"] in open_ids  # only probes: a recording's upload is its key's run's
+    client.abort_multipart_upload(
+        Bucket=bucket, Key="pre/2026/01/01/CA1/recording-1.mp3", UploadId=other["UploadId"]
+    )

@@ -112,16 +112,17 @@ async def test_storage_requests_per_archived_call_are_counted_and_few(
     report = await archive_calls(settings, [sim.add_call().sid for _ in range(5)])
     objects = sum(len(r.objects) for r in report.results)  # 5 recordings + 5 call.json
     # per object one PUT (the store's answer confirms the checksum it verified: no HEAD); one
-    # preflight (HeadBucket, and a multipart upload started and aborted: the write probe, 3
-    # requests); one PUT per segment; claiming the destination (archiver.identity): HEAD for
-    # a marker, LIST for segments, PUT the marker, HEAD + GET to read it back
-    assert report.storage_requests == objects + 3 + report.segments_sealed + 5
+    # preflight (HeadBucket, a multipart upload started and aborted: the write probe, and the
+    # listing of probes killed runs left open: 4 requests); one PUT per segment; claiming the
+    # destination (archiver.identity): HEAD for a marker, LIST for segments, PUT the marker,
+    # HEAD + GET to read it back
+    assert report.storage_requests == objects + 4 + report.segments_sealed + 5
     assert report.segments_sealed == 1  # the manifest costs 2 requests per run, not per entry
     assert report.as_dict()["storage_requests"] == report.storage_requests
     # Later runs: the marker read (HEAD + GET) and the HEAD after the last segment.
     again = await archive_calls(settings, [sim.add_call().sid for _ in range(5)])
     objects = sum(len(r.objects) for r in again.results)
-    assert again.storage_requests == objects + 3 + again.segments_sealed + 3
+    assert again.storage_requests == objects + 4 + again.segments_sealed + 3
 
 
 async def test_a_versioned_bucket_records_version_ids(

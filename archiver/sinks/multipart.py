@@ -181,6 +181,26 @@ async def _abort_leftovers(sink: S3Sink, full_key: str) -> None:
             await _abort(sink, full_key, str(item["UploadId"]))
 
 
+async def abort_probes(sink: S3Sink, prefix: str) -> None:
+    """Abort the writability probes (``S3Sink.check_writable``) under ``prefix`` that runs
+    killed between their start and their abort left open: uploads of nothing, which no later
+    run would otherwise touch. A listing refused is logged; the lifecycle rule cleans up."""
+    try:
+        listed = await sink.call(
+            f"list unfinished probe uploads under {prefix}",
+            sink.client.list_multipart_uploads,
+            Bucket=sink.bucket,
+            Prefix=prefix,
+        )
+    except StorageError as exc:
+        log.warning("could not look for unfinished probe uploads under %s: %s", prefix, exc)
+        return
+    for item in listed.get("Uploads") or []:
+        key, upload_id = item.get("Key"), item.get("UploadId")
+        if isinstance(key, str) and key.startswith(prefix) and upload_id:
+            await _abort(sink, key, str(upload_id))
+
+
 async def _abort(sink: S3Sink, full_key: str, upload_id: str) -> None:
     """Abort the upload so its parts are freed (retried like a part; an upload already gone
     counts as aborted); a failure that outlasts the retries is logged, not raised."""

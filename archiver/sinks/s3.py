@@ -383,7 +383,8 @@ class S3Sink:
         bucket policy denying writes, is refused here), yet no part is sent: no object, no
         version, nothing Object Lock could keep. An abort that fails leaves only an incomplete
         upload, never an object: it is logged, and the lifecycle rule of docs/storage.md ends
-        it."""
+        it. The probes of earlier runs killed between their start and their abort are aborted
+        here too (``multipart.abort_probes``), so none is left open for long."""
         await self.check()
         full = self._full(f"{PROBE_FOLDER}/.probe-{uuid.uuid4().hex}")
         created = await self.call(
@@ -395,6 +396,7 @@ class S3Sink:
             ContentType="application/octet-stream",
         )
         await multipart._abort(self, full, str(created["UploadId"]))  # retried, logged
+        await multipart.abort_probes(self, self._full(f"{PROBE_FOLDER}/.probe-"))
 
     async def _head(self, key: str, **extra: str) -> dict[str, Any] | None:
         """HEAD the object at ``key``; None if there is none."""
