@@ -48,6 +48,7 @@ from archiver.exotel.v1 import rescue_url
 from archiver.ledger import UNFINISHED, Ledger, utc_text
 from archiver.preflight import preflight
 from archiver.ratelimit import RateLimiter
+from archiver.recorder import UNBOUND, Binding
 from archiver.recording_auth import RecordingAuth
 from archiver.report import ALREADY_ARCHIVED, ARCHIVED, NO_RECORDING, RESCUED, CallResult, Report
 
@@ -277,7 +278,11 @@ async def plan_backfill(settings: Settings, since: date, until: date) -> Plan:
                     on_skip=plan.skipped.append,
                 ):
                     listing.append((call.sid, call.date_created.isoformat(), call.has_recording))
-                    if settings.rescue and rescue_url(call, auth) and _rescued_v1(settings, call):
+                    if (
+                        settings.rescue
+                        and rescue_url(call, auth)
+                        and binding_for(settings, call) is not False
+                    ):
                         rescuable.add(call.sid)
                 plan.listing_requests = c.requests
             listing = one_per_call(listing)
@@ -313,13 +318,19 @@ async def plan_backfill(settings: Settings, since: date, until: date) -> Plan:
     return plan
 
 
-def _rescued_v1(settings: Settings, call: ListedCall) -> bool:
-    """Whether the lane rescues ``call`` (given a URL): not when its retention class needs v3
-    fields and rescued calls are never enriched (``archiver.rescue.binding_for``)."""
+def binding_for(settings: Settings, listed: ListedCall) -> Binding | bool:
+    """The retention class a rescue of ``listed`` stores its objects under: None without rules;
+    the class the v1 fields decide; ``UNBOUND`` when a rule needs v3 fields (bound at
+    enrichment) — or False with ``enrich = never``: then the call is not rescued."""
     policy = settings.retention
-    if policy is None or settings.enrich != "never":
-        return True
-    return policy.classify_v1(call.direction, call.status, call.phone_number_sid) is not None
+    if policy is None:
+        return None
+    decided = policy.classify_v1(listed.direction, listed.status, listed.phone_number_sid)
+    if decided is not None:
+        return decided
+    if settings.enrich == "never":
+        return False
+    return UNBOUND
 
 
 async def backfill(

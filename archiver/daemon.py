@@ -63,6 +63,7 @@ from typing import Any
 
 from archiver import identity
 from archiver.archive import Archiver, address_policy
+from archiver.backfill import binding_for
 from archiver.config import Settings
 from archiver.discovery import DiscoveryReports
 from archiver.errors import ArchiverError, CertificateError, ConfigError, ExotelAuthError
@@ -78,7 +79,7 @@ from archiver.ratelimit import RateLimiter, lane
 from archiver.rechecks import Rechecks, duration
 from archiver.recorder import Binding
 from archiver.report import ARCHIVED, FAILED, NOT_READY, RESCUED, CallResult
-from archiver.rescue import ENRICH_LANE, binding_for, enrich_per_minute, list_for_rescue
+from archiver.rescue import ENRICH_LANE, enrich_per_minute, list_for_rescue
 from archiver.schedule import Schedule
 from archiver.serving import listen, metrics_app
 from archiver.sinks import Sink

@@ -45,6 +45,7 @@ from datetime import date, datetime, time, timedelta
 from archiver.archive import Archiver, first_error, open_run, sink_for
 from archiver.backfill import (
     Plan,
+    binding_for,
     check_range,
     listing_complete,
     listing_key,
@@ -58,7 +59,7 @@ from archiver.exotel.listing import ListedCall, SkippedItem, list_calls
 from archiver.exotel.v1 import rescue_url
 from archiver.ledger import UNFINISHED, Ledger, writer_lock
 from archiver.ratelimit import RateLimiter, lane
-from archiver.recorder import UNBOUND, Binding
+from archiver.recorder import Binding
 from archiver.report import (
     ALREADY_ARCHIVED,
     ARCHIVED,
@@ -128,21 +129,6 @@ async def list_for_rescue(
                 minutes,
                 configured,
             )
-
-
-def binding_for(settings: Settings, listed: ListedCall) -> Binding | bool:
-    """The retention class a rescue of ``listed`` stores its objects under: None without rules;
-    the class the v1 fields decide; ``UNBOUND`` when a rule needs v3 fields (bound at
-    enrichment) — or False with ``enrich = never``: then the call is not rescued."""
-    policy = settings.retention
-    if policy is None:
-        return None
-    decided = policy.classify_v1(listed.direction, listed.status, listed.phone_number_sid)
-    if decided is not None:
-        return decided
-    if settings.enrich == "never":
-        return False
-    return UNBOUND
 
 
 async def rescue_backfill(
