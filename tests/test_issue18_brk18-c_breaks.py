@@ -7,92 +7,31 @@ says something false or loses something silently and fails on main as it stands 
 
 from __future__ import annotations
 
-import hashlib
-import json
-from datetime import UTC, date, datetime, timedelta
+import importlib
+from datetime import UTC, timedelta
 from pathlib import Path
-from typing import Any
 
-from archiver.exotel.models import IST
 from archiver.simulator import Simulator, SimulatorServer
 from tests.seaweed import SeaweedFS
-from tests.support import exotel_env, invoke, ledger_rows, outcomes
+from tests.support import invoke, ledger_rows, outcomes
 
-PREFIX = "calls"
+# --- helpers: breaker A's (its module's name has a hyphen: imported by name) -------------------
 
-# --- helpers (as breaker A's) -------------------------------------------------------------
-
-
-def lane_env(
-    sim: Simulator, server: SimulatorServer, bucket: str, tmp_path: Path, **extra: str
-) -> dict[str, str]:
-    env = exotel_env(sim, server.base_url, f"s3://{bucket}/{PREFIX}", tmp_path / "state")
-    return {
-        **env,
-        "ARCHIVER_RESCUE": "on",
-        "ARCHIVER_ALLOW_PRIVATE_ADDRESSES": "on",
-        "EXOTEL_RATE_LIMIT": "6000",
-        "ARCHIVER_CONCURRENCY": "1",
-        **extra,
-    }
-
-
-def the_day() -> date:
-    """Three days back: settled, whatever the hour (midnight IST is 18:30 UTC)."""
-    return datetime.now(IST).date() - timedelta(days=3)
-
-
-def noon() -> datetime:
-    return datetime.combine(the_day(), datetime.min.time(), IST) + timedelta(hours=12)
-
-
-def backfill(env: dict[str, str], day: date | None = None) -> Any:
-    day = day or the_day()
-    return invoke(["backfill", "--since", str(day), "--until", str(day)], env)
-
-
-def objects(seaweed: SeaweedFS, bucket: str) -> dict[str, bytes]:
-    s3 = seaweed.client()
-    out: dict[str, bytes] = {}
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{PREFIX}/"):
-        for item in page.get("Contents", []):
-            key = item["Key"]
-            if "/_manifest/" not in key:
-                out[key] = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-    return out
-
-
-def effective_classes(state: Path) -> dict[str, str | None]:
-    """Each object kind's class as it stands: its ledger row's, or the one a ``class_bound``
-    event (the binding at enrichment, archiver.retention.binding) gave it."""
-    rows = ledger_rows(state, "SELECT kind, key, retention_class FROM objects")
-    bound = {
-        key: json.loads(details)["retention_class"]
-        for key, details in ledger_rows(
-            state, "SELECT key, details FROM events WHERE kind = 'class_bound' ORDER BY seq DESC"
-        )
-    }
-    return {kind: bound.get(key, cls) for kind, key, cls in rows}
-
-
-def with_rules(env: dict[str, str], tmp_path: Path, config: str) -> dict[str, str]:
-    path = tmp_path / "archiver.toml"
-    path.write_text(config)
-    return {**env, "ARCHIVER_CONFIG": str(path)}
-
-
-def lock_of(seaweed: SeaweedFS, bucket: str, key: str) -> dict[str, Any] | None:
-    s3 = seaweed.client()
-    try:
-        return dict(s3.get_object_retention(Bucket=bucket, Key=key)["Retention"])
-    except s3.exceptions.ClientError as exc:
-        if "NoSuchObjectLockConfiguration" in str(exc) or "ObjectLockConfiguration" in str(exc):
-            return None
-        raise
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+_A = importlib.import_module("tests.test_issue18_brk18-a_breaks")
+PREFIX = _A.PREFIX
+lane_env, the_day, noon, backfill, objects = (
+    _A.lane_env,
+    _A.the_day,
+    _A.noon,
+    _A.backfill,
+    _A.objects,
+)
+effective_classes, with_rules, lock_of, sha = (
+    _A.effective_classes,
+    _A.with_rules,
+    _A.lock_of,
+    _A.sha,
+)
 
 
 def recording_key(seaweed: SeaweedFS, bucket: str) -> str:
