@@ -142,8 +142,6 @@ class Archiver:
         self.recording_auth = RecordingAuth.from_settings(settings)
         self.url_refreshes = 0
         """Fresh URLs fetched, after a 403 or ahead of a deadline: API requests they cost."""
-        self.rescued = 0
-        """Calls rescued from their v1 listing item by this process."""
         self.rescue_fallbacks = 0
         """Rescues whose URL could not serve the call, archived through v3 instead."""
         self._reject_streak: tuple[str, set[str]] = ("", set())
@@ -236,7 +234,6 @@ class Archiver:
                 result.stored += 1
             result.objects += [record, snapshot]
             await self._set_call(sid, RESCUED, created_time=seen.created, detail=None)
-            self.rescued += 1
             log.info("call %s rescued from the v1 listing: %d object(s)", sid, len(result.objects))
             return result
 

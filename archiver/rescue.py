@@ -193,7 +193,6 @@ class _Lane:
         self.results: dict[str, CallResult] = {}
         """The last result of each call (a rescue, then its enrichment)."""
         self.queue: asyncio.Queue[_Job | None] = asyncio.Queue(maxsize=settings.concurrency)
-        self.listing_done = asyncio.Event()
         self.rescues_done = asyncio.Event()
         self.listing: list[tuple[str, str, bool]] = []
         self.to_enrich: deque[str] = deque()
@@ -243,22 +242,19 @@ class _Lane:
     async def _list(self) -> None:
         plan, recent = self.plan, OrderedDict[str, bool]()
         settle = timedelta(seconds=self.settings.listing_settle)
-        try:
-            with lane(LIST_LANE):
-                async for listed in self._listed():
-                    if listed.sid in recent:  # a repeat of paging: once is enough
-                        continue
-                    recent[listed.sid] = True
-                    if len(recent) > _RECENT:
-                        recent.popitem(last=False)
-                    created = listed.date_created.isoformat()
-                    self.listing.append((listed.sid, created, listed.has_recording))
-                    plan.listed += 1
-                    job = self._job(listed, settle)
-                    if job is not None:
-                        await self.queue.put(job)
-        finally:
-            self.listing_done.set()
+        with lane(LIST_LANE):
+            async for listed in self._listed():
+                if listed.sid in recent:  # a repeat of paging: once is enough
+                    continue
+                recent[listed.sid] = True
+                if len(recent) > _RECENT:
+                    recent.popitem(last=False)
+                created = listed.date_created.isoformat()
+                self.listing.append((listed.sid, created, listed.has_recording))
+                plan.listed += 1
+                job = self._job(listed, settle)
+                if job is not None:
+                    await self.queue.put(job)
         for _ in range(self.settings.concurrency):  # not after an error: the run stops then
             await self.queue.put(None)
 
