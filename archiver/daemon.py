@@ -494,6 +494,8 @@ class Daemon:
             since = min(since, datetime.fromisoformat(last) - SWEEP_OVERLAP)
         since = max(since, now - API_WINDOW + timedelta(days=1))
         until = min(now, since + max(lookback, SWEEP_STEP) + SWEEP_OVERLAP)
+        if now - until < SWEEP_OVERLAP:  # the last step takes the remainder: not one more sweep
+            until = now
         young = timedelta(seconds=self.config.recording_grace) + timedelta(hours=2)
         found = 0
         backing_off: list[datetime] = []  # when each failed call listed may be looked at
