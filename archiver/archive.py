@@ -955,4 +955,5 @@ def sink_for(settings: Settings) -> Sink:
         part_size=settings.part_size,
         part_concurrency=settings.part_concurrency,
         concurrency=settings.concurrency,
+        sse=settings.sse,
     )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import difflib
 import ipaddress
+import json
 import os
 import re
 import tomllib
@@ -45,7 +46,9 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from archiver.envelope import Recipient
     from archiver.retention.policy import RetentionPolicy
+    from archiver.sinks.base import ServerSideEncryption
 
 _ACCOUNT_SID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -155,6 +158,11 @@ class Settings:
     """``background`` (fetch the v3 details of rescued calls later) or ``never``."""
     enrich_share: int = 50
     """Percent of the rate limit the enrichment of rescued calls may use."""
+    sse: ServerSideEncryption | None = None
+    """The server-side encryption every write asks of the store (None: none asked)."""
+    encrypt_to: Recipient | None = None
+    """The public key recordings are encrypted to before they are stored (None: they are
+    stored as they came). Loaded and checked when the settings are read."""
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
     retention: RetentionPolicy | None = None
     """Compliance retention classes and rules (config file only), or None."""
@@ -321,6 +329,59 @@ def _auth_hosts(origin: str, value: str) -> tuple[str, ...]:
                 f"https on port 443 only); got {host[:80]!r}"
             )
     return hosts
+
+
+_KMS_KEY = re.compile(r"^[A-Za-z0-9:/_.+=,@-]{1,2048}$")
+
+
+def _sse(origins: Mapping[str, str], values: Mapping[str, Any]) -> ServerSideEncryption | None:
+    """``sse``, ``sse_kms_key_id`` and ``sse_kms_context`` as one ``ServerSideEncryption``."""
+    from archiver.sinks.base import ServerSideEncryption
+
+    mode = str(values["sse"])
+    key = str(values["sse_kms_key_id"] or "").strip()
+    context_text = str(values["sse_kms_context"] or "").strip()
+    if mode != "aws:kms" and (key or context_text):
+        which = origins["sse_kms_key_id"] if key else origins["sse_kms_context"]
+        raise ConfigError(
+            f"{which} is set but {origins['sse']} is {mode!r}: a KMS key and context apply only "
+            "with --sse aws:kms (set it, or unset the KMS setting)"
+        )
+    if mode == "none":
+        return None
+    if mode == "aes256":
+        return ServerSideEncryption("AES256")
+    if key and not _KMS_KEY.match(key):
+        raise ConfigError(
+            f"{origins['sse_kms_key_id']} must be a KMS key id, key ARN, alias/NAME or alias "
+            f"ARN; got {key[:80]!r}"
+        )
+    context = None
+    if context_text:
+        try:
+            parsed = json.loads(context_text)
+        except ValueError:
+            parsed = None
+        if (
+            not isinstance(parsed, dict)
+            or not parsed
+            or not all(isinstance(k, str) and isinstance(v, str) and k for k, v in parsed.items())
+        ):
+            raise ConfigError(
+                f"{origins['sse_kms_context']} must be a JSON object of strings, such as "
+                '{"app": "exotel-archiver"}'
+            )
+        context = json.dumps(parsed, sort_keys=True, separators=(",", ":"))
+    return ServerSideEncryption("aws:kms", kms_key_id=key or None, context=context)
+
+
+def _recipient(origin: str, value: str) -> Recipient | None:
+    """The public key file of ``encrypt_to``, loaded and checked (``archiver.envelope``)."""
+    if not value.strip():
+        return None
+    from archiver.envelope import Recipient
+
+    return Recipient.from_file(Path(value.strip()).expanduser(), origin=origin)
 
 
 def _listen(origin: str, value: str | None) -> tuple[str, int] | None:
@@ -506,6 +567,8 @@ def load_settings(
         rescue=values["rescue"] == "on",
         enrich=values["enrich"],
         enrich_share=values["enrich_share"],
+        sse=_sse(origins, values),
+        encrypt_to=_recipient(origins["encrypt_to"], str(values["encrypt_to"])),
         daemon=daemon,
         retention=from_file.get(RETENTION),
         secrets=tuple(s for s in secrets if s),

@@ -43,6 +43,17 @@ from archiver.files import create_private, make_dirs
 from archiver.state_errors import state_problem
 
 SCHEMA_VERSION = 1
+_OBJECT_COLUMNS = (
+    ("retention_class", "TEXT"),
+    ("retain_until", "TEXT"),
+    ("lock_mode", "TEXT"),
+    ("sse", "TEXT"),
+    ("sse_kms_key_id", "TEXT"),
+    ("plaintext_sha256", "TEXT"),
+    ("plaintext_size", "INTEGER"),
+    ("encrypted_to", "TEXT"),
+)
+"""Columns of ``objects`` added after its first form (ALTER TABLE on an older ledger)."""
 
 PAGE = 500
 """Rows a paged read returns at a time (and keys one ``events_of`` query takes)."""
@@ -244,6 +255,16 @@ class ObjectRecord:
     """Until when the class keeps the object (UTC, ISO 8601)."""
     lock_mode: str | None = None
     """The Object Lock mode it was written with: COMPLIANCE, GOVERNANCE or None."""
+    sse: str | None = None
+    """The server-side encryption the store confirmed (``AES256``, ``aws:kms``), else None."""
+    sse_kms_key_id: str | None = None
+    """The KMS key the store confirmed (``aws:kms``), else None."""
+    plaintext_sha256: str | None = None
+    """Client-side encrypted (``encrypted_to`` set): ``size`` and ``sha256`` are the stored
+    ciphertext's, these the recording's own bytes'."""
+    plaintext_size: int | None = None
+    encrypted_to: str | None = None
+    """The fingerprint of the public key the object was encrypted to, else None."""
     seq: int | None = None
     segment: int | None = None
     """Number of the sealed manifest segment in the destination that holds this entry."""
@@ -364,9 +385,9 @@ class Ledger:
                 if statement.strip():
                     self._db.execute(statement)
             have = {str(r["name"]) for r in self._db.execute("PRAGMA table_info(objects)")}
-            for column in ("retention_class", "retain_until", "lock_mode"):
-                if column not in have:  # a ledger from before retention classes
-                    self._db.execute(f"ALTER TABLE objects ADD COLUMN {column} TEXT")
+            for column, kind in _OBJECT_COLUMNS:
+                if column not in have:  # a ledger from before retention classes, encryption
+                    self._db.execute(f"ALTER TABLE objects ADD COLUMN {column} {kind}")
             have = {str(r["name"]) for r in self._db.execute("PRAGMA table_info(calls)")}
             for column, kind in _RETRY_COLUMNS:
                 if column not in have:  # a ledger from before failed calls' backoff, reasons

@@ -24,6 +24,13 @@ With compliance retention rules configured (docs/compliance.md), object lines al
 ``retention_class``, ``retain_until`` (UTC, ISO 8601) and ``lock_mode`` (COMPLIANCE, GOVERNANCE
 or null). Lines without them predate the rules.
 
+Where the store confirmed server-side encryption, object lines carry ``sse`` (``AES256`` or
+``aws:kms``) and ``sse_kms_key_id`` (the key the store answered with, or null). A recording
+encrypted client-side to a public key (``archiver.encryption``) carries ``encrypted_to`` (the
+key's fingerprint), ``plaintext_sha256`` and ``plaintext_size``: its ``size`` and ``sha256`` are
+then those of the stored ciphertext — what ``verify`` checks without any key — and these the
+recording's own, what ``exotel-archiver decrypt`` checks.
+
 Events about stored objects are lines of the same sequence, told apart by their ``kind``
 (``EVENT_KINDS``): ``legal_hold`` and ``legal_hold_release`` (with ``reason``),
 ``retention_extended`` (``lock_mode``, ``retain_until`` and the ``previous_*`` values) and
@@ -67,6 +74,8 @@ EVENT_KINDS = frozenset(
 SYNC_BATCH = 10_000
 """Ledger entries ``ManifestWriter.sync`` reads and appends at a time."""
 _RETENTION_FIELDS = ("retention_class", "retain_until", "lock_mode")
+_SSE_FIELDS = ("sse", "sse_kms_key_id")
+_CLIENT_FIELDS = ("plaintext_sha256", "plaintext_size", "encrypted_to")
 
 
 def entry(record: Entry) -> dict[str, Any]:
@@ -103,6 +112,10 @@ def entry(record: Entry) -> dict[str, Any]:
     }
     if record.retention_class is not None:
         line.update({name: getattr(record, name) for name in _RETENTION_FIELDS})
+    if record.sse is not None:
+        line.update({name: getattr(record, name) for name in _SSE_FIELDS})
+    if record.encrypted_to is not None:
+        line.update({name: getattr(record, name) for name in _CLIENT_FIELDS})
     return line
 
 
@@ -155,6 +168,11 @@ def record_from_entry(e: dict[str, Any], *, segment: int | None = None) -> Entry
         retention_class=e.get("retention_class"),
         retain_until=e.get("retain_until"),
         lock_mode=e.get("lock_mode"),
+        sse=e.get("sse"),
+        sse_kms_key_id=e.get("sse_kms_key_id"),
+        plaintext_sha256=e.get("plaintext_sha256"),
+        plaintext_size=e.get("plaintext_size"),
+        encrypted_to=e.get("encrypted_to"),
         seq=e["seq"],
         segment=segment,
     )

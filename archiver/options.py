@@ -528,6 +528,61 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "archiver",
+        "sse",
+        "ARCHIVER_SSE",
+        "--sse",
+        "Server-side encryption asked of the store for every object: none (the bucket's "
+        "default applies), aes256 (SSE-S3) or aws:kms (SSE-KMS, with --sse-kms-key-id). The "
+        "store's answer must confirm it, or the write fails; the manifest records what it "
+        "confirmed. S3 destinations only.",
+        default="none",
+        kind="choice",
+        choices=("none", "aes256", "aws:kms"),
+        commands=WRITING,
+        group=DESTINATION,
+    ),
+    Option(
+        "archiver",
+        "sse_kms_key_id",
+        "ARCHIVER_SSE_KMS_KEY_ID",
+        "--sse-kms-key-id",
+        "The KMS key for --sse aws:kms: key id, key ARN, alias/NAME or alias ARN. Empty: the "
+        "store's default key (aws/s3 on AWS). The credentials need kms:GenerateDataKey and "
+        "kms:Decrypt on it (docs/storage.md).",
+        default="",
+        kind="str",
+        commands=WRITING,
+        group=DESTINATION,
+    ),
+    Option(
+        "archiver",
+        "sse_kms_context",
+        "ARCHIVER_SSE_KMS_CONTEXT",
+        "--sse-kms-context",
+        "An encryption context for --sse aws:kms, a JSON object of strings such as "
+        '{"app": "exotel-archiver"}; KMS binds it to each data key (and logs it in '
+        "CloudTrail). Empty: none.",
+        default="",
+        kind="str",
+        commands=WRITING,
+        group=DESTINATION,
+    ),
+    Option(
+        "archiver",
+        "encrypt_to",
+        "ARCHIVER_ENCRYPT_TO",
+        "--encrypt-to",
+        "A public key file (PEM: X25519, or RSA of 3072 bits or more): every recording and "
+        "voice-log file is encrypted to it before it leaves the worker (AES-256-GCM, a fresh "
+        "data key each), so only the holder of the private key can play it back "
+        "(exotel-archiver decrypt). Never give the private key here. Empty: off.",
+        default="",
+        kind="str",
+        commands=FETCHING,
+        group=DESTINATION,
+    ),
+    Option(
+        "archiver",
         "log_level",
         "ARCHIVER_LOG_LEVEL",
         "--log-level",

@@ -109,6 +109,8 @@ READ_AS: dict[str, tuple[str, ...]] = {
     "attempts": ("retry.attempts",),
     "max_wait": ("retry.max_wait",),
     "key_template": ("key_layout",),
+    "sse_kms_key_id": ("sse",),
+    "sse_kms_context": ("sse",),
 }
 """Where a setting is read in ``Settings``, when not under its own name (or ``daemon.KEY``)."""
 

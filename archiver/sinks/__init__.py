@@ -17,6 +17,7 @@ from archiver.sinks.base import (
     LockStatus,
     ObjectInfo,
     PutResult,
+    ServerSideEncryption,
     Sink,
     Upload,
     put_bytes,
@@ -30,6 +31,7 @@ __all__ = [
     "ObjectInfo",
     "PutResult",
     "RetryingSink",
+    "ServerSideEncryption",
     "Sink",
     "Upload",
     "open_sink",
@@ -50,12 +52,19 @@ def open_sink(
     part_size: int = 8 * 1024 * 1024,
     part_concurrency: int = 2,
     concurrency: int = 16,
+    sse: ServerSideEncryption | None = None,
 ) -> Sink:
     """The sink for ``destination``, wrapped in the retry policy."""
     destination = destination.strip()
     if not destination:
         raise ConfigError(f"empty destination: {_FORMS}")
     backend: Sink
+    if sse is not None and not destination.startswith("s3://"):
+        raise ConfigError(
+            f"--sse {sse.mode.lower()} asks the store for server-side encryption, but the "
+            "destination is a local directory: use an s3:// destination, or --sse none (a "
+            "directory is as safe as its disk; --encrypt-to encrypts before anything is stored)"
+        )
     if destination.startswith("s3://"):
         from archiver.sinks.s3 import S3Sink, parse_s3_url
 
@@ -70,6 +79,7 @@ def open_sink(
             part_retry=retry,
             part_concurrency=part_concurrency,
             concurrency=concurrency,
+            sse=sse,
         )
     elif destination.startswith("file:"):
         from archiver.sinks.local import LocalSink

@@ -85,6 +85,24 @@ class ObjectInfo:
     ``ChecksumSHA256``, not a multipart ``...-N`` composite), when it keeps one; else None, and
     only reading the object tells. Never a value from the object's metadata."""
     version_id: str | None = None
+    sse: str | None = None
+    """The server-side encryption the store reports for the object (``AES256``, ``aws:kms``),
+    None when it reports none."""
+    sse_kms_key_id: str | None = None
+    """The KMS key the store reports it encrypted the object with (``aws:kms``), else None."""
+
+
+@dataclass(frozen=True)
+class ServerSideEncryption:
+    """What every write asks the store to encrypt with (settings ``sse``, ``sse_kms_key_id``,
+    ``sse_kms_context``); see the module docstring, item 11."""
+
+    mode: str
+    """``AES256`` (SSE-S3) or ``aws:kms`` (SSE-KMS)."""
+    kms_key_id: str | None = None
+    """Key id, key ARN, alias (``alias/name``) or alias ARN; None: the store's default key."""
+    context: str | None = None
+    """The encryption context, a JSON object text as configured (sent base64), or None."""
 
 
 @dataclass(frozen=True)
@@ -119,6 +137,17 @@ class PutResult:
     location: str
     """Where the object is, for people: ``s3://bucket/prefix/key`` or an absolute path."""
     version_id: str | None = None
+    sse: str | None = None
+    """The server-side encryption the store answered with (``AES256``, ``aws:kms``), checked
+    against the one asked (item 11); None: the store reports none (a local directory)."""
+    sse_kms_key_id: str | None = None
+    """The KMS key the store answered with (``aws:kms``), else None."""
+    plaintext_sha256: str | None = None
+    """Client-side encryption (``archiver.encryption``): ``size``/``sha256`` are the stored
+    ciphertext's, these the recording's own; None when the object is stored as it came."""
+    plaintext_size: int | None = None
+    encrypted_to: str | None = None
+    """The recipient's fingerprint (``archiver.envelope.Recipient.fingerprint``), or None."""
 
 
 class Upload(Protocol):

@@ -79,7 +79,15 @@ from archiver.errors import (
 )
 from archiver.retry import RetryPolicy
 from archiver.sinks import multipart
-from archiver.sinks.base import Lock, LockStatus, ObjectInfo, PutResult, Upload, validate_key
+from archiver.sinks.base import (
+    Lock,
+    LockStatus,
+    ObjectInfo,
+    PutResult,
+    ServerSideEncryption,
+    Upload,
+    validate_key,
+)
 from archiver.sinks.streaming import PartStream
 from archiver.tls import certificate_message
 
@@ -232,8 +240,11 @@ class S3Sink:
         part_concurrency: int = 2,
         concurrency: int = 16,
         max_workers: int | None = None,
+        sse: ServerSideEncryption | None = None,
     ) -> None:
         self.bucket, self.prefix = bucket, prefix.strip("/")
+        self.sse = sse
+        """The server-side encryption every write asks for (None: none asked)."""
         self.conditional_writes = conditional_writes
         if checksum not in ("sha256", "md5"):
             raise ConfigError(f"S3 checksum must be sha256 or md5, not {checksum!r}")
