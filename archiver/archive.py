@@ -134,6 +134,8 @@ class Archiver:
             socket.gethostname(),
             segment_size=settings.segment_entries,
             policy=settings.retention,
+            encrypt_to=settings.encrypt_to,
+            spool_dir=settings.state_dir / "spool",
         )
         self.spool_dir = settings.state_dir / "spool"
         make_dirs(self.spool_dir)  # 0700: the spool files hold recordings
@@ -475,7 +477,9 @@ class Archiver:
             idx = fixed if fixed is not None else next_idx
 
             def same(sha256: str) -> ObjectRecord | None:
-                return next((r for r in have if r.idx not in matched and r.sha256 == sha256), None)
+                return next(
+                    (r for r in have if r.idx not in matched and r.content_sha256 == sha256), None
+                )
 
             async def fresh(d: CallDetails, _idx: int, n: int = recording.index) -> str:
                 return await self._recording_url(d, n)

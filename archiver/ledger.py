@@ -121,6 +121,16 @@ CREATE TABLE IF NOT EXISTS worker_state (
     name         TEXT PRIMARY KEY,
     value        TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS encrypted_writes (
+    key              TEXT NOT NULL,
+    sha256           TEXT NOT NULL,
+    size             INTEGER NOT NULL,
+    plaintext_sha256 TEXT NOT NULL,
+    plaintext_size   INTEGER NOT NULL,
+    encrypted_to     TEXT NOT NULL,
+    at               TEXT NOT NULL,
+    PRIMARY KEY (key, sha256)
+);
 CREATE TABLE IF NOT EXISTS segments (
     number       INTEGER PRIMARY KEY,
     key          TEXT NOT NULL,
@@ -269,6 +279,16 @@ class ObjectRecord:
     segment: int | None = None
     """Number of the sealed manifest segment in the destination that holds this entry."""
 
+    @property
+    def content_sha256(self) -> str:
+        """The SHA-256 of the recording's own bytes: the plaintext's when it is stored
+        encrypted, else the stored bytes'."""
+        return self.plaintext_sha256 or self.sha256
+
+    @property
+    def content_size(self) -> int:
+        return self.plaintext_size if self.plaintext_size is not None else self.size
+
 
 @dataclass(frozen=True)
 class EventRecord:
@@ -288,6 +308,20 @@ class EventRecord:
 
 Entry = ObjectRecord | EventRecord
 """A line of the manifest: an object, or an event about one."""
+
+
+@dataclass(frozen=True)
+class EncryptedWrite:
+    """A ciphertext about to be stored at ``key`` (``archiver.encryption``): committed before
+    the store can complete it, so an object found there later is recognised as this one."""
+
+    key: str
+    sha256: str
+    size: int
+    plaintext_sha256: str
+    plaintext_size: int
+    encrypted_to: str
+    at: str
 
 
 @dataclass(frozen=True)
@@ -785,7 +819,31 @@ class Ledger:
         with self._transaction():
             seq = self._next_seq()
             self._insert("objects", {**fields, "seq": seq})
+            if record.encrypted_to is not None:  # recorded: its intents are spent
+                self._db.execute("DELETE FROM encrypted_writes WHERE key = ?", (record.key,))
         return ObjectRecord(**fields, seq=seq)
+
+    def add_encrypted_write(self, write: EncryptedWrite) -> None:
+        """Record a ciphertext about to be stored (``archiver.encryption``)."""
+        with self._transaction():
+            self._db.execute(
+                "INSERT OR IGNORE INTO encrypted_writes (key, sha256, size, plaintext_sha256, "
+                "plaintext_size, encrypted_to, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    write.key,
+                    write.sha256,
+                    write.size,
+                    write.plaintext_sha256,
+                    write.plaintext_size,
+                    write.encrypted_to,
+                    write.at,
+                ),
+            )
+
+    def encrypted_writes(self, key: str) -> list[EncryptedWrite]:
+        """The ciphertexts recorded as about to be stored at ``key`` and not recorded since."""
+        rows = self._read.execute("SELECT * FROM encrypted_writes WHERE key = ?", (key,))
+        return [EncryptedWrite(**dict(r)) for r in rows]
 
     def add_event(self, event: EventRecord) -> EventRecord:
         """Record an event about stored objects; returns it with its manifest sequence number."""

@@ -39,11 +39,14 @@ import asyncio
 import hashlib
 import io
 import logging
+import tempfile
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Literal, Union
 
+from archiver.encryption import AUDIO_KINDS, STORED_TYPE, Encryption, adopt
 from archiver.errors import StorageConflict, StoragePermanent, StorageRejected
 from archiver.exotel.models import CallDetails
 from archiver.group_commit import GroupCommit
@@ -54,6 +57,7 @@ from archiver.sinks import Lock, PutResult, Sink
 from archiver.sinks.streaming import Tap, mime_of
 
 if TYPE_CHECKING:
+    from archiver.envelope import Recipient
     from archiver.retention.policy import RetentionClass, RetentionPolicy
 
 UNBOUND: Literal["unbound"] = "unbound"
@@ -78,6 +82,8 @@ class Recorder:
         *,
         segment_size: int = 1000,
         policy: RetentionPolicy | None = None,
+        encrypt_to: Recipient | None = None,
+        spool_dir: Path | None = None,
     ) -> None:
         self.sink, self.ledger, self.manifest, self.worker = sink, ledger, manifest, worker
         self.segment_size = segment_size
@@ -86,6 +92,12 @@ class Recorder:
         self._recording = threading.Lock()
         self.writes = GroupCommit(ledger, after_commit=self._append)
         """The ledger's writer thread: every write of a run goes through it (group commits)."""
+        self.encryption = (
+            Encryption(encrypt_to, self.writes, spool_dir or Path(tempfile.gettempdir()))
+            if encrypt_to is not None
+            else None
+        )
+        """Client-side encryption of the audio (``archiver.encryption``), or None."""
         self.stored = 0
         """Recordings and voice logs (not JSON snapshots) recorded by this process so far."""
 
@@ -115,15 +127,22 @@ class Recorder:
         mime = mime_of(content_type)
         lock, retention_class, retain_until = self._retention(details, binding)
         lock_mode = None
+        put: PutResult | None = None
         try:
-            put, lock = await self._put(key, body, size, sha256, mime, lock, upload)
+            put, lock = await self._put(key, body, size, sha256, mime, lock, upload, kind=kind)
+        except StorageConflict:
+            if kind in AUDIO_KINDS:  # ours, encrypted by an earlier attempt? else a conflict
+                put = await adopt(self.sink, self.ledger, key, size=size, sha256=sha256)
+                if put is None:
+                    raise
+            elif kind not in SNAPSHOT_KINDS:
+                raise
+        if put is not None:
             location, size, sha256, version = put.location, put.size, put.sha256, put.version_id
             adopted = not put.created
             if put.created and lock is not None:
                 lock_mode = lock.mode
-        except StorageConflict:
-            if kind not in SNAPSHOT_KINDS:
-                raise
+        else:
             location, size, sha256 = await self._existing(key)
             version, adopted = None, True
         if adopted and self.policy is not None:
@@ -148,6 +167,11 @@ class Recorder:
             retention_class=retention_class,
             retain_until=retain_until,
             lock_mode=lock_mode,
+            sse=put.sse if put is not None else None,
+            sse_kms_key_id=put.sse_kms_key_id if put is not None else None,
+            plaintext_sha256=put.plaintext_sha256 if put is not None else None,
+            plaintext_size=put.plaintext_size if put is not None else None,
+            encrypted_to=put.encrypted_to if put is not None else None,
         )
         record = await self._record(row)
         if self.ledger.unsealed_count() >= self.segment_size:
@@ -188,7 +212,7 @@ class Recorder:
         if threshold is None:
             return None
         lock = self._retention(details, binding)[0]
-        return Tap(self.sink, key_for, threshold=threshold, lock=lock)
+        return Tap(self.sink, key_for, threshold=threshold, lock=lock, encryption=self.encryption)
 
     async def _record(self, row: ObjectRecord) -> ObjectRecord:
         """Commit the ledger row and append the manifest line: on the writer thread, in one
@@ -254,16 +278,36 @@ class Recorder:
         mime: str,
         lock: Lock | None,
         upload: Tap | None = None,
+        *,
+        kind: str = "",
     ) -> tuple[PutResult, Lock | None]:
         """The streamed upload's result if it completed, else ``sink.put``; and the lock it was
         written with. If the class's date passed while the PUT was retried, the store refuses
         the lock (a date in the past): the object is then written unlocked, as any call
-        archived after its date is."""
-        try:
-            if upload is not None:
+        archived after its date is. Audio is encrypted first with ``--encrypt-to``
+        (``archiver.encryption``): a streamed upload as it went, a spool into a spool of its
+        own."""
+        if upload is not None:
+            try:
                 streamed = await upload.finish(key, size=size, sha256=sha256)
-                if streamed is not None:
-                    return streamed, upload.lock
+            except (StoragePermanent, StorageRejected):  # a date passed: see _put_file
+                if upload.lock is None or upload.lock.until > datetime.now(UTC):
+                    raise
+                streamed = None
+            if streamed is not None:
+                return streamed, upload.lock
+        if self.encryption is None or kind not in AUDIO_KINDS:
+            return await self._put_file(key, body, size, sha256, mime, lock)
+        async with self.encryption.seal(key, body, size=size, sha256=sha256) as sealed:
+            put, lock = await self._put_file(
+                key, sealed.file, sealed.size, sealed.sha256, STORED_TYPE, lock
+            )
+            return sealed.result(put), lock
+
+    async def _put_file(
+        self, key: str, body: BinaryIO, size: int, sha256: str, mime: str, lock: Lock | None
+    ) -> tuple[PutResult, Lock | None]:
+        try:
             put = await self.sink.put(
                 key, body, size=size, sha256=sha256, content_type=mime, lock=lock
             )

@@ -51,6 +51,7 @@ from archiver.sinks import multipart
 from archiver.sinks.base import Lock, PutResult, Sink, Upload
 
 if TYPE_CHECKING:
+    from archiver.encryption import Encryption
     from archiver.sinks.s3 import S3Sink
 
 log = logging.getLogger("archiver.sinks.streaming")
@@ -71,8 +72,12 @@ class Tap:
         *,
         threshold: int,
         lock: Lock | None,
+        encryption: Encryption | None = None,
     ) -> None:
         self.sink = sink
+        self.encryption = encryption
+        """Client-side encryption (``archiver.encryption``): the upload is fed plaintext and
+        stores ciphertext."""
         self.key_for = key_for
         """The key for the body's first bytes, or None if they are not audio (no upload)."""
         self.threshold = threshold
@@ -120,6 +125,8 @@ class Tap:
         if self.upload is None:  # the sink does not stream
             self.off, self.pending = True, []
             return
+        if self.encryption is not None:
+            self.upload = self.encryption.wrap(self.upload, key)
         self.key = key
         pending, self.pending = self.pending, []
         try:
