@@ -393,3 +393,40 @@ def recording_key(sim: Simulator, sid: str, prefix: str = STREAM_PREFIX) -> str:
 
     day = sim.calls[sid].created.astimezone(IST)
     return f"{prefix}/{day:%Y/%m/%d}/{sid}/recording-1.mp3"
+
+
+# --- client-side encryption (issue 19) ---------------------------------------------------------
+
+
+def write_keys(folder: Path, kind: str = "x25519") -> tuple[Path, Path]:
+    """A fresh key pair as PEM files: (public, private)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa, x25519
+
+    private: Any = (
+        x25519.X25519PrivateKey.generate()
+        if kind == "x25519"
+        else rsa.generate_private_key(public_exponent=65537, key_size=3072)
+    )
+    public_path, private_path = folder / f"{kind}-public.pem", folder / f"{kind}-private.pem"
+    public_path.write_bytes(
+        private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    private_path.write_bytes(
+        private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return public_path, private_path
+
+
+def decrypt(private: Path, data: bytes) -> bytes:
+    """``data`` (an envelope) decrypted with the private key file ``private``, checked."""
+    from archiver.envelope import Decryptor, Identity
+
+    decryptor = Decryptor(Identity.from_file(private, None))
+    return decryptor.update(data) + decryptor.finish()

@@ -40,7 +40,7 @@ from archiver.identity import MARKER_KEY
 from archiver.manifest import read_manifest
 from archiver.simulator import Simulator, SimulatorServer
 from tests.seaweed import SeaweedFS
-from tests.support import exotel_env
+from tests.support import decrypt, exotel_env, write_keys
 
 PREFIX = "archive"
 SEG_PREFIX = f"{PREFIX}/{segments.PREFIX}"
@@ -173,7 +173,7 @@ def workload(sim: Simulator) -> tuple[date, date, list[Any]]:
     return since, until, calls
 
 
-@pytest.mark.parametrize("lane", ["v3", "rescue"])
+@pytest.mark.parametrize("lane", ["v3", "rescue", "v3-encrypted"])
 def test_sigkilled_at_random_moments_then_restarted_archives_everything_exactly_once(
     lane: str,
     sim: Simulator,
@@ -199,6 +199,10 @@ def test_sigkilled_at_random_moments_then_restarted_archives_everything_exactly_
         # The rescue lane (issue 18): kills land in rescues and in enrichments too.
         "ARCHIVER_RESCUE": "on" if lane == "rescue" else "off",
     }
+    private_key = None
+    if lane.endswith("encrypted"):  # issue 19: kills land in sealing, intents, adoptions
+        public_key, private_key = write_keys(tmp_path)
+        env["ARCHIVER_ENCRYPT_TO"] = str(public_key)
     args = [sys.executable, "-m", "archiver", "backfill", "--since", str(since)]
     args += ["--until", str(until)]
     # 2 MB/s per download: a clean run takes ~15 s, a 6 MiB recording alone ~3 s.
@@ -266,6 +270,8 @@ def test_sigkilled_at_random_moments_then_restarted_archives_everything_exactly_
     for key, source in expected.items():
         data = _get(client, bucket, key)
         if "/recording-" in key:
+            if private_key is not None:
+                data = decrypt(private_key, data)
             assert hashlib.sha256(data).digest() == hashlib.sha256(source).digest(), (
                 f"{context}: {key} is not the source's bytes"
             )
@@ -278,6 +284,12 @@ def test_sigkilled_at_random_moments_then_restarted_archives_everything_exactly_
     assert sorted(f"{PREFIX}/{r['key']}" for r in rows) == sorted(expected), context
     manifest = read_manifest(state / "manifest.jsonl")
     assert [(e["key"], e["sha256"]) for e in manifest] == [(r["key"], r["sha256"]) for r in rows]
+    for e in manifest:  # encrypted: both hashes, the plaintext's the source's
+        if private_key is not None and "/recording-" in e["key"]:
+            call_sid, name = e["key"].split("/")[-2:]
+            source = sim.recording_bytes(call_sid, int(name.split("-")[1].split(".")[0]))
+            assert e["plaintext_sha256"] == hashlib.sha256(source).hexdigest(), context
+            assert e["encrypted_to"] and e["sha256"] != e["plaintext_sha256"], context
     in_segments = [
         e["key"]
         for k in sorted(k for k in stored if k.startswith(SEG_PREFIX))

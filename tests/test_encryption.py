@@ -16,49 +16,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa, x25519
 
 from archiver.config import load_settings
-from archiver.envelope import Decryptor, Identity, Recipient
+from archiver.envelope import Recipient
 from archiver.exotel.models import IST
 from archiver.ledger import Ledger
 from archiver.manifest import read_manifest
 from archiver.simulator import Simulator, SimulatorServer
 from tests.seaweed import SeaweedFS
-from tests.support import exotel_env, invoke, outcome
+from tests.support import decrypt, exotel_env, invoke, outcome, write_keys
 
 MAGIC = b"EXARENC1"
 PREFIX = "calls"
 BIG = 12 * 1024 * 1024  # over 2 x 5 MiB parts: a streamed multipart upload
-
-
-def write_keys(folder: Path, kind: str = "x25519") -> tuple[Path, Path]:
-    """A fresh key pair as PEM files: (public, private)."""
-    private: Any = (
-        x25519.X25519PrivateKey.generate()
-        if kind == "x25519"
-        else rsa.generate_private_key(public_exponent=65537, key_size=3072)
-    )
-    public_path, private_path = folder / f"{kind}-public.pem", folder / f"{kind}-private.pem"
-    public_path.write_bytes(
-        private.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    private_path.write_bytes(
-        private.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return public_path, private_path
-
-
-def decrypt(private: Path, data: bytes) -> bytes:
-    decryptor = Decryptor(Identity.from_file(private, None))
-    return decryptor.update(data) + decryptor.finish()
 
 
 def settled_day() -> Any:

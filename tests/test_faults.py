@@ -34,7 +34,7 @@ import pytest
 from archiver.exotel.models import IST
 from archiver.simulator import Simulator, SimulatorServer
 from tests.s3proxy import FaultyS3Proxy
-from tests.support import exotel_env
+from tests.support import decrypt, exotel_env, write_keys
 
 KiB, MiB = 1024, 1024 * 1024
 PREFIX = "faults"
@@ -118,9 +118,12 @@ def _assert_archived_exactly_once(
     state: Path,
     *,
     rescued: frozenset[str] | set[str] = frozenset(),
+    private_key: Path | None = None,
 ) -> None:
     """The bucket holds what it should, once, byte for byte; the ledger agrees. ``rescued``:
-    calls rescued from the listing, which have their v1 item beside them (call-v1.json)."""
+    calls rescued from the listing, which have their v1 item beside them (call-v1.json).
+    ``private_key``: recordings are stored encrypted to its public key (issue 19): each is
+    decrypted, and its plaintext is the source's byte for byte."""
     client = seaweed.client()
     expected = {}
     for sid, size in sizes.items():
@@ -151,6 +154,8 @@ def _assert_archived_exactly_once(
     for key, (kind, sid, size) in expected.items():
         data = client.get_object(Bucket=bucket, Key=key)["Body"].read()
         if kind == "recording":
+            if private_key is not None:
+                data = decrypt(private_key, data)
             assert len(data) == size, key
             source = sim.recording_bytes(sid, 1)
             assert hashlib.sha256(data).hexdigest() == hashlib.sha256(source).hexdigest(), key
@@ -165,12 +170,16 @@ def _assert_archived_exactly_once(
 
     with sqlite3.connect(state / "ledger.sqlite3") as db:
         outcomes = dict(db.execute("SELECT outcome, count(*) FROM calls GROUP BY outcome"))
-        rows = db.execute("SELECT key, sha256 FROM objects WHERE kind = 'recording'").fetchall()
+        rows = db.execute(
+            "SELECT key, COALESCE(plaintext_sha256, sha256), encrypted_to FROM objects "
+            "WHERE kind = 'recording'"
+        ).fetchall()
     assert outcomes == {"archived": len(sizes)}
     assert len(rows) == len(sizes)
-    for key, sha in rows:
+    for key, sha, encrypted_to in rows:
         sid = expected[f"{PREFIX}/{key}"][1]
         assert sha == hashlib.sha256(sim.recording_bytes(sid, 1)).hexdigest()
+        assert (encrypted_to is not None) == (private_key is not None), key
 
 
 def _set_faults(sim: Simulator, proxy: FaultyS3Proxy, matrix: Matrix, seed: int) -> None:
@@ -322,7 +331,7 @@ def test_fault_matrix_quick_failures_are_honest_and_a_second_run_finishes(
     _verify(env)
 
 
-@pytest.mark.parametrize("lane", ["v3", "rescue"])
+@pytest.mark.parametrize("lane", ["v3", "rescue", "v3-encrypted"])
 def test_fault_matrix_1000_calls(
     lane: str,
     sim: Simulator,
@@ -351,6 +360,10 @@ def test_fault_matrix_1000_calls(
         "ARCHIVER_ATTEMPTS": "8",
         "ARCHIVER_RESCUE": "on" if lane == "rescue" else "off",  # issue 18's lane
     }
+    private_key = None
+    if lane.endswith("encrypted"):  # issue 19: every recording encrypted to a public key
+        public_key, private_key = write_keys(tmp_path)
+        env["ARCHIVER_ENCRYPT_TO"] = str(public_key)
     report = tmp_path / "report.json"
     run = _backfill(env, day, report)
     output = run.stdout + run.stderr
@@ -366,7 +379,9 @@ def test_fault_matrix_1000_calls(
             sid for (sid,) in db.execute("SELECT call_sid FROM objects WHERE kind = 'v1_record'")
         }
     assert bool(rescued) == (lane == "rescue")
-    _assert_archived_exactly_once(seaweed, bucket, sim, sizes, state, rescued=rescued)
+    _assert_archived_exactly_once(
+        seaweed, bucket, sim, sizes, state, rescued=rescued, private_key=private_key
+    )
     _verify(env)
     print(f"1000-call matrix: injected {dict(proxy.injected)}, simulator {sim.counters}")
 
