@@ -205,3 +205,34 @@ async def test_without_its_intent_another_ciphertext_at_the_key_is_a_conflict(
     assert result.outcome == "failed", result
     assert "conflict" in (result.detail or "")
     assert seaweed.client().get_object(Bucket=bucket, Key=key)["Body"].read() == planted
+
+
+def test_a_rescued_encrypted_recording_is_matched_at_enrichment_by_its_plaintext(
+    sim: Simulator,
+    server: SimulatorServer,
+    s3_env: None,
+    seaweed: SeaweedFS,
+    bucket: str,
+    tmp_path: Path,
+    keys: tuple[Path, Path],
+) -> None:
+    """The rescue lane on encrypted objects: v3 names the rescued file otherwise, so the
+    enrichment matches it by the SHA-256 of its bytes — the plaintext's, since the stored
+    ciphertext's is another every time. It is not stored a second time."""
+    from tests.test_rescue import by_call, lane_env, objects, the_day
+
+    public, private = keys
+    day = the_day()
+    noon = datetime.combine(day, datetime.min.time(), IST) + timedelta(hours=12)
+    call = sim.add_call(created=noon, recordings=2)
+    sim.faults.details_recordings = lambda url: url.replace("127.0.0.1", "localhost")
+    env = lane_env(sim, server, bucket, tmp_path, ARCHIVER_ENCRYPT_TO=str(public))
+
+    result = invoke(["backfill", "--since", str(day), "--until", str(day)], env)
+
+    assert result.exit_code == 0, result.output
+    files = by_call(objects(seaweed, bucket))[call.sid]
+    assert set(files) == {"recording-1.mp3", "recording-2.mp3", "call-v1.json", "call.json"}
+    assert decrypt(private, files["recording-1.mp3"]) == sim.recording_asset(call, 1).body()
+    assert decrypt(private, files["recording-2.mp3"]) == sim.recording_asset(call, 2).body()
+    assert outcome(tmp_path / "state", call.sid) == "archived"
