@@ -6,7 +6,9 @@ without a gap, each header's ``prev_sha256`` equal to the SHA-256 of the segment
 line canonical JSON, each header agreeing with the entries that follow it, each entry complete,
 ``seq`` running 1, 2, 3 ... across all segments without a repeat or a gap, no key named by two
 object entries, every event about an object an earlier entry names, and every erasure receipt or
-``repaired`` event matching that entry (``sha256``, ``size``, ``call_sid``).
+``repaired`` event matching that entry (``sha256``, ``size``, ``call_sid``). A ``repaired``
+event about a client-side encrypted object also names the ciphertext it put back
+(``stored_sha256``, ``stored_size``): ``stored_as`` says which bytes each key must hold now.
 
 With the local ledger (opened read-only: it may run beside the worker), the destination and the
 ledger must agree both ways: every segment the ledger sealed is there with its SHA-256 (this
@@ -247,6 +249,12 @@ def entry_problem(e: Any) -> str | None:
         isinstance(e["sha256"], str) and _HEX64.fullmatch(e["sha256"])
     ):
         return f"sha256 {e['sha256']!r} is not 64 lower-case hex digits"
+    if kind == "repaired" and ("stored_sha256" in e or "stored_size" in e):
+        stored_sha, stored_size = e.get("stored_sha256"), _int(e.get("stored_size"))
+        if not (isinstance(stored_sha, str) and _HEX64.fullmatch(stored_sha)):
+            return f"stored_sha256 {stored_sha!r} is not 64 lower-case hex digits"
+        if stored_size is None or stored_size < 0:
+            return f"stored_size {e.get('stored_size')!r} is not a whole number of bytes"
     return None
 
 
@@ -297,6 +305,13 @@ def cross_check(entries: Iterable[dict[str, Any]]) -> tuple[list[str], dict[str,
             for name in ("call_sid", *(("sha256", "size") if kind in RECEIPTS else ()))
             if e.get(name) != original.get(name)
         ]
+        if kind == "repaired" and "stored_sha256" in e:
+            # A new ciphertext of the same recording: only for an object stored encrypted.
+            differ += [
+                name
+                for name in ("encrypted_to", "plaintext_sha256")
+                if original.get(name) is None or e.get(name, original[name]) != original[name]
+            ]
         if differ:
             problems.append(
                 f"{kind} event seq {seq} about {key} does not match its object entry (seq "
@@ -305,6 +320,25 @@ def cross_check(entries: Iterable[dict[str, Any]]) -> tuple[list[str], dict[str,
         elif kind == "erasure" and key not in erased:
             erased[key] = e
     return problems, erased
+
+
+def stored_as(entries: Iterable[dict[str, Any]]) -> dict[str, tuple[str, int]]:
+    """The bytes a key must hold where they are not its object entry's: key → (SHA-256, size) of
+    the ciphertext the latest ``repaired`` event put back for a client-side encrypted object
+    (its entry's ciphertext cannot be made again: a fresh data key each time). Keys absent here
+    hold their entry's ``sha256``/``size`` (a ``repaired`` event without ``stored_*``, of a
+    plaintext object, put back exactly those). What ``verify``, ``manifest export`` and
+    ``export-bag`` check stored bytes against, with ``expected``."""
+    out: dict[str, tuple[str, int]] = {}
+    for e in entries:
+        if e.get("kind") == "repaired" and "stored_sha256" in e:
+            out[str(e["key"])] = (str(e["stored_sha256"]), int(e["stored_size"]))
+    return out
+
+
+def expected(e: dict[str, Any], stored: dict[str, tuple[str, int]]) -> tuple[str, int]:
+    """(SHA-256, size) the object of entry ``e`` must have in the store (see ``stored_as``)."""
+    return stored.get(str(e["key"]), (str(e["sha256"]), int(e["size"])))
 
 
 def _compare(

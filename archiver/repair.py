@@ -18,6 +18,18 @@ hold them again, where that can be done without guessing:
    object was archived with. Each object put back gets a ``repaired`` event in the manifest
    chain (``sha256``, ``size``, ``previous``: missing|altered, ``quarantined_as``).
 
+   A recording stored **encrypted client-side** (its entry has ``encrypted_to``) is compared by
+   its plaintext (``plaintext_sha256``/``plaintext_size``): its recorded ciphertext cannot be
+   made again (a fresh data key each time), so the download is encrypted afresh — only to the
+   key the entry names, which ``--encrypt-to`` must then give (else the object is reported and
+   nothing is fetched) — recorded as an intent (``archiver.encryption``) and put write-once.
+   Its ``repaired`` event keeps the entry's ``sha256``/``size`` (the chain matches an event to
+   its entry) and adds ``stored_sha256``/``stored_size`` (the new ciphertext: what ``verify``
+   and the exports expect at the key from then on, ``chain.stored_as``), ``plaintext_sha256``
+   and ``encrypted_to``. A repair cut off between that PUT and its event leaves a ciphertext
+   ``verify`` calls altered; the next repair recognises it by its intent and records it, without
+   fetching it again or setting it aside.
+
 What cannot be repaired is reported, and the command exits 1: recordings Exotel no longer has,
 recordings whose bytes at the source differ from the recorded ones, and the JSON snapshots
 (``call.json``, ``legs.json``, ``voice-log.json``) — Exotel answers with new bytes each time (a
@@ -40,6 +52,7 @@ from typing import Any
 from archiver import identity
 from archiver.archive import Archiver, address_policy, sink_for
 from archiver.config import Settings
+from archiver.encryption import STORED_TYPE, Encryption
 from archiver.errors import (
     ArchiverError,
     ConfigError,
@@ -60,9 +73,9 @@ from archiver.redact import strip_url
 from archiver.retention.archive import default_actor
 from archiver.retention.binding import bindings, bound_record
 from archiver.segments import read_segment, render, seal
-from archiver.sinks import Lock, Sink, put_bytes
+from archiver.sinks import Lock, PutResult, Sink, put_bytes
 from archiver.transfer import Partial, recording_session
-from archiver.verify import ALTERED, MISSING, verify
+from archiver.verify import ALTERED, MISSING, ObjectCheck, verify
 
 log = logging.getLogger("archiver.repair")
 
@@ -201,7 +214,7 @@ async def _repair(
                 if record is None:
                     item.outcome, item.detail = CANNOT, "the ledger has no row for this key"
                 else:
-                    await _repair_object(archiver, sink, ledger, record, item)
+                    await _repair_object(archiver, sink, ledger, record, item, check)
                 done(item)
         finally:
             report.api_requests = exotel.requests
@@ -258,8 +271,35 @@ async def _restore_segment(sink: Sink, ledger: Ledger, segment: SegmentRecord, i
     log.info("manifest segment %d put back at %s", segment.number, sink.location(segment.key))
 
 
+def _encryption_for(archiver: Archiver, record: ObjectRecord) -> Encryption | str | None:
+    """How ``record``'s object is encrypted again: None for a plaintext object, else the run's
+    ``Encryption`` if its key is the one the entry names, else why it cannot be."""
+    if record.encrypted_to is None:
+        return None
+    encryption = archiver.recorder.encryption
+    if encryption is None:
+        return (
+            f"stored encrypted to {record.encrypted_to}; its ciphertext cannot be made again, "
+            "and no --encrypt-to key is set to encrypt the recording afresh: set --encrypt-to "
+            "(ARCHIVER_ENCRYPT_TO) to the public key with that fingerprint"
+        )
+    have = encryption.recipient.fingerprint
+    if have != record.encrypted_to:
+        return (
+            f"stored encrypted to {record.encrypted_to}, but --encrypt-to is {have}: nothing "
+            "was fetched; set --encrypt-to (ARCHIVER_ENCRYPT_TO) to the public key with "
+            f"fingerprint {record.encrypted_to}"
+        )
+    return encryption
+
+
 async def _repair_object(
-    archiver: Archiver, sink: Sink, ledger: Ledger, record: ObjectRecord, item: Item
+    archiver: Archiver,
+    sink: Sink,
+    ledger: Ledger,
+    record: ObjectRecord,
+    item: Item,
+    check: ObjectCheck,
 ) -> None:
     if record.kind in SNAPSHOT_KINDS:
         item.outcome = CANNOT
@@ -267,6 +307,16 @@ async def _repair_object(
             f"a JSON snapshot ({record.kind}): Exotel answers with new bytes each time (a new "
             "request_id), so the recorded bytes cannot be fetched again"
         )
+        return
+    encryption = _encryption_for(archiver, record)
+    if isinstance(encryption, str):
+        item.outcome, item.detail = CANNOT, encryption
+        return
+    if (
+        encryption is not None
+        and item.found == ALTERED
+        and await _adopt_own(sink, ledger, record, item, check)
+    ):
         return
     what = f"{record.kind} {record.idx} of call {record.call_sid}"
     refresh: Callable[[CallDetails, int], Awaitable[str]]
@@ -305,11 +355,12 @@ async def _repair_object(
             item.outcome = CANNOT
             item.detail = f"Exotel no longer has it, or would not give it: {exc}"
             return
-        if got.sha256 != record.sha256 or got.size != record.size:
+        if got.sha256 != record.content_sha256 or got.size != record.content_size:
             item.outcome = CANNOT
             item.detail = (
                 f"Exotel now serves other bytes ({got.size} bytes, SHA-256 {got.sha256}) than "
-                f"were archived ({record.size} bytes, SHA-256 {record.sha256}); nothing was put"
+                f"were archived ({record.content_size} bytes, SHA-256 {record.content_sha256}); "
+                "nothing was put"
             )
             return
         quarantined = None
@@ -319,15 +370,65 @@ async def _repair_object(
             except StorageLocked as exc:
                 item.outcome, item.detail = CANNOT, f"the altered version is locked: {exc}"
                 return
-        mime = record.content_type.split(";")[0].strip() or "application/octet-stream"
-        put = await sink.put(
-            record.key,
-            spool,
-            size=record.size,
-            sha256=record.sha256,
-            content_type=mime,
-            # A rescued call's object bound at enrichment: the lock its binding gave.
-            lock=_lock_of(bound_record(record, bindings(ledger, [record.key]).get(record.key))),
+        # A rescued call's object bound at enrichment: the lock its binding gave.
+        lock = _lock_of(bound_record(record, bindings(ledger, [record.key]).get(record.key)))
+        if encryption is None:
+            mime = record.content_type.split(";")[0].strip() or "application/octet-stream"
+            put = await sink.put(
+                record.key,
+                spool,
+                size=record.size,
+                sha256=record.sha256,
+                content_type=mime,
+                lock=lock,
+            )
+        else:
+            async with encryption.seal(
+                record.key, spool, size=got.size, sha256=got.sha256
+            ) as sealed:
+                put = await sink.put(
+                    record.key,
+                    sealed.file,
+                    size=sealed.size,
+                    sha256=sealed.sha256,
+                    content_type=STORED_TYPE,
+                    lock=lock,
+                )
+    _record_repair(ledger, record, item, put, quarantined=quarantined, source=strip_url(url))
+    item.outcome = REPAIRED
+    item.detail = (
+        f"put back from Exotel ({record.content_size} bytes, SHA-256 {record.content_sha256})"
+    )
+    if encryption is not None:
+        item.detail += (
+            f", encrypted afresh to {record.encrypted_to} ({put.size} bytes, SHA-256 {put.sha256})"
+        )
+    log.info("%s put back at %s", record.key, put.location)
+
+
+def _record_repair(
+    ledger: Ledger,
+    record: ObjectRecord,
+    item: Item,
+    put: PutResult,
+    *,
+    quarantined: str | None,
+    source: str,
+) -> None:
+    """The ``repaired`` event of ``record``'s object, now the version ``put`` describes."""
+    details: dict[str, Any] = {
+        "sha256": record.sha256,
+        "size": record.size,
+        "previous": item.found,
+        "quarantined_as": quarantined,
+        "source": source,
+    }
+    if record.encrypted_to is not None:  # a new ciphertext: the bytes at the key from now on
+        details.update(
+            stored_sha256=put.sha256,
+            stored_size=put.size,
+            plaintext_sha256=record.plaintext_sha256,
+            encrypted_to=record.encrypted_to,
         )
     ledger.add_event(
         EventRecord(
@@ -337,21 +438,43 @@ async def _repair_object(
             at=utc_now(),
             actor=default_actor(),
             version_id=put.version_id,
-            details=json.dumps(
-                {
-                    "sha256": record.sha256,
-                    "size": record.size,
-                    "previous": item.found,
-                    "quarantined_as": quarantined,
-                    "source": strip_url(url),
-                },
-                sort_keys=True,
-            ),
+            details=json.dumps(details, sort_keys=True),
         )
     )
+
+
+async def _adopt_own(
+    sink: Sink, ledger: Ledger, record: ObjectRecord, item: Item, check: ObjectCheck
+) -> bool:
+    """An "altered" encrypted object that is the ciphertext an earlier repair put back and was
+    cut off before recording (its intent for this recording is in the ledger): recorded now."""
+    own = [
+        w
+        for w in ledger.encrypted_writes(record.key)
+        if (w.sha256, w.size) == (check.found_sha256, check.found_size)
+        and (w.plaintext_sha256, w.plaintext_size)
+        == (record.plaintext_sha256, record.plaintext_size)
+        and w.encrypted_to == record.encrypted_to
+    ]
+    info = await sink.stat(record.key) if own else None
+    if info is None:
+        return False
+    put = PutResult(
+        key=record.key,
+        size=own[0].size,
+        sha256=own[0].sha256,
+        created=False,
+        location=sink.location(record.key),
+        version_id=info.version_id,
+    )
+    _record_repair(ledger, record, item, put, quarantined=None, source=record.source)
     item.outcome = REPAIRED
-    item.detail = f"put back from Exotel ({record.size} bytes, SHA-256 {record.sha256})"
-    log.info("%s put back at %s", record.key, put.location)
+    item.detail = (
+        "the ciphertext an earlier repair put back (its intent recorded, its event not): "
+        f"recorded ({put.size} bytes, SHA-256 {put.sha256})"
+    )
+    log.info("%s: the ciphertext an earlier repair put back, recorded", record.key)
+    return True
 
 
 async def _set_aside(sink: Sink, key: str, spool_dir: Path) -> str:

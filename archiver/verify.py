@@ -6,7 +6,9 @@
    and, with the local ledger (opened read-only: it may run beside the worker), the two against
    each other, both ways.
 2. It re-reads the objects (all, those of a date range, or a sample) and compares size and
-   SHA-256: ``ok``, ``missing`` or ``altered``; ``erased``/``not_erased`` for objects with a valid
+   SHA-256 — the entry's, or for a client-side encrypted object that ``repair`` put back as a
+   new ciphertext, its latest ``repaired`` event's ``stored_*`` (``chain.stored_as``) —:
+   ``ok``, ``missing`` or ``altered``; ``erased``/``not_erased`` for objects with a valid
    erasure receipt. With the ledger, the entries it checks are the ledger's (the chain must equal
    them, step 1): an entry only the destination has vouches for nothing, and entries the worker
    recorded but has not sealed yet are checked too and reported ``pending_seal``.
@@ -38,7 +40,7 @@ from typing import Any
 
 from archiver import identity
 from archiver.archive import sink_for
-from archiver.chain import Chain, cross_check, load_chain
+from archiver.chain import Chain, cross_check, expected, load_chain, stored_as
 from archiver.config import Settings
 from archiver.ledger import Ledger
 from archiver.manifest import entry, is_event
@@ -162,6 +164,7 @@ async def verify(
             on_object(check)
 
     erased = cross_check(chain.checked)[1]
+    stored = stored_as(chain.checked)
     named = {str(e["key"]) for e in chain.checked}
     gone: dict[str, tuple[dict[str, Any], ObjectCheck]] = {}
     stray: dict[str, ObjectCheck] = {}
@@ -176,7 +179,7 @@ async def verify(
             status = NOT_ERASED if present else PENDING_SEAL if waiting else ERASED
             add(ObjectCheck(key, status, e.get("call_sid")))
             continue
-        check = await _check(sink, e)
+        check = await _check(sink, e, stored)
         if check.status == OK and e["seq"] in chain.pending:
             check.status = PENDING_SEAL
         elif check.status == MISSING and chain.ledger_used:
@@ -204,7 +207,7 @@ async def verify(
                 continue
             del stray[key]
             if selected(entry(late), since, until, sample, seed):  # archived as verify ran
-                check = await _check(sink, entry(late))
+                check = await _check(sink, entry(late), stored)
                 if check.status == OK:
                     check.status = PENDING_SEAL
                 add(check)
@@ -229,14 +232,17 @@ def _erased_since(ledger: Ledger | None, original: dict[str, Any]) -> bool:
     )
 
 
-async def _check(sink: Sink, entry: dict[str, Any]) -> ObjectCheck:
+async def _check(
+    sink: Sink, entry: dict[str, Any], stored: dict[str, tuple[str, int]]
+) -> ObjectCheck:
     key = str(entry.get("key"))
+    sha256, size = expected(entry, stored)
     check = ObjectCheck(
         key,
         OK,
         call_sid=entry.get("call_sid"),
-        expected_size=entry.get("size"),
-        expected_sha256=entry.get("sha256"),
+        expected_size=size,
+        expected_sha256=sha256,
     )
     if await sink.stat(key) is None:
         check.status = MISSING

@@ -162,16 +162,25 @@ def export_manifest_cmd(
 ) -> None:
     """Write the manifest of a date range as JSON lines and as a sha256sum listing.
 
-    In a downloaded mirror of the destination, `sha256sum -c SHA256SUMS` checks every object.
+    In a downloaded mirror of the destination, `sha256sum -c SHA256SUMS` checks every object:
+    SHA256SUMS lists the bytes as stored, the ciphertext of recordings encrypted with
+    --encrypt-to. With encrypted objects in the range, SHA256SUMS.plaintext lists the
+    recordings' own hashes too, for a mirror restored with `exotel-archiver decrypt`.
     """
-    from archiver.export import export_manifest
+    from archiver.export import PLAINTEXT_SUMS, export_manifest
 
     settings = make_settings(ctx, cli)
     done = run(export_manifest(settings, out, since=day(since), until=day(until)))
     click.echo(
         f"{done.entries} entries ({human(done.bytes)}) written to {out}/manifest.jsonl "
-        f"and {out}/SHA256SUMS"
+        f"and {out}/SHA256SUMS (the bytes as stored)"
     )
+    if done.encrypted:
+        click.echo(
+            f"{done.encrypted} of them are encrypted to {', '.join(done.encrypted_to)}: "
+            f"SHA256SUMS has their ciphertext's SHA-256; {out}/{PLAINTEXT_SUMS} has every "
+            "object's plaintext SHA-256, to check a mirror after exotel-archiver decrypt"
+        )
 
 
 @main.command("export-bag", example=f"exotel-archiver export-bag ./bag {LAST_WEEK}")
@@ -183,12 +192,23 @@ def export_manifest_cmd(
 def export_bag_cmd(
     ctx: click.Context, /, directory: Path, since: Any, until: Any, sha512: bool, **cli: Any
 ) -> None:
-    """Write a BagIt 1.0 bag (RFC 8493) of a date range into DIRECTORY (new or empty)."""
-    from archiver.export import export_bag
+    """Write a BagIt 1.0 bag (RFC 8493) of a date range into DIRECTORY (new or empty).
+
+    The payload is the objects as stored: recordings encrypted with --encrypt-to are in it as
+    ciphertext, and manifest-sha256.txt hashes that; the tag file plaintext-sha256.txt then has
+    their plaintext SHA-256 and bag-info.txt says how many are encrypted, to which keys.
+    """
+    from archiver.export import PLAINTEXT_TAG, export_bag
 
     settings = make_settings(ctx, cli)
     done = run(export_bag(settings, directory, since=day(since), until=day(until), sha512=sha512))
     click.echo(f"bag written to {directory}: {done.entries} objects, {human(done.bytes)}")
+    if done.encrypted:
+        click.echo(
+            f"{done.encrypted} payload files are encrypted to {', '.join(done.encrypted_to)}: "
+            f"the payload manifests hash their ciphertext; {PLAINTEXT_TAG} has their plaintext "
+            "SHA-256"
+        )
 
 
 @main.command(
