@@ -48,6 +48,11 @@ def repair(
     is kept aside under _manifest/quarantine/ first; a locked one is never touched. Each object
     put back gets a `repaired` event in the manifest chain.
 
+    A recording encrypted with --encrypt-to is compared by its plaintext and encrypted afresh
+    (a new ciphertext, which its `repaired` event names): only to the key its manifest entry
+    names, so --encrypt-to must be that public key; otherwise it is named, with both
+    fingerprints, and nothing is fetched.
+
     Exotel credentials are needed only when recordings are to be fetched again (not for a dry
     run, nor for the marker and segments). Exit code 0 when everything is whole again, 1 when
     something cannot be repaired (each is named with the reason).
