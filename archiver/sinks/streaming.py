@@ -205,6 +205,7 @@ class PartStream:
                 if lock
                 else {}
             ),
+            **sink._sse_params,  # the encryption asked (checked on the completed object's HEAD)
         )
         return cls(sink, key, full, str(created["UploadId"]), concurrency)
 
