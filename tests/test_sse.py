@@ -21,6 +21,7 @@ from aiohttp import web
 
 from archiver.errors import StorageConflict, StoragePermanent
 from archiver.exotel.models import IST
+from archiver.manifest import read_manifest
 from archiver.retry import RetryPolicy
 from archiver.simulator import Simulator, SimulatorServer
 from archiver.sinks import PutResult, RetryingSink, ServerSideEncryption
@@ -295,6 +296,9 @@ def test_an_archive_with_sse_kms_stores_every_object_encrypted(
     for key in keys:
         head = client.head_object(Bucket=bucket, Key=key)
         assert (head.get("ServerSideEncryption"), head.get("SSEKMSKeyId")) == ("aws:kms", key_id)
+    # The manifest records what the store confirmed, for every object.
+    lines = read_manifest(Path(env["ARCHIVER_STATE_DIR"]) / "manifest.jsonl")
+    assert lines and {(e["sse"], e["sse_kms_key_id"]) for e in lines} == {("aws:kms", key_id)}
 
 
 class _DropsSseOnObjects(FaultyS3Proxy):
