@@ -10,6 +10,9 @@ The tree::
     │                             (changed destination, another archive's destination, a second
     │                             writer, a wiped destination): stops before any API request
     ├── InvalidCallSid            a call SID that cannot safely become part of an object key
+    ├── DecryptionError           ``exotel-archiver decrypt`` refuses an object: not an envelope,
+    │                             encrypted to another key, altered, cut or extended
+    │                             (archiver.envelope); not retryable; nothing written for it
     ├── UnsafeAddress             a URL Exotel handed us (recording, voice log) whose scheme or
     │   │                         address the address policy refuses (archiver.addresses);
     │   │                         not retryable; fails that call only
@@ -114,6 +117,12 @@ class CertificateError(ConfigError):
 
 class InvalidCallSid(ArchiverError):
     """A call SID that is not of the expected shape (slashes, '..', control characters, empty)."""
+
+
+class DecryptionError(ArchiverError):
+    """An encrypted object (``archiver.envelope``) that cannot be restored: not an envelope,
+    encrypted to another key (the message names both fingerprints), or its ciphertext altered,
+    reordered, cut or extended. Never retryable; the message holds no key material."""
 
 
 class UnsafeAddress(ArchiverError):
