@@ -104,7 +104,8 @@ def test_a_backfill_stores_only_ciphertext_that_the_private_key_restores_byte_fo
             assert decrypt(private, data) == source  # byte for byte
             recordings += 1
         details, _ = stored[f"{folder}/call.json"]
-        assert json.loads(details)["response"]["call_details"]["sid"] == call.sid  # snapshots stay plain
+        # The snapshots stay plain: retention, audits and repairs read them back.
+        assert json.loads(details)["response"]["call_details"]["sid"] == call.sid
         assert "encrypted_to" not in manifest[f"{folder}/call.json"]
     assert recordings == 4
     verified = invoke(["verify"], env)  # checks the ciphertext without any key
