@@ -139,6 +139,11 @@ class Archiver:
         )
         self.spool_dir = settings.state_dir / "spool"
         make_dirs(self.spool_dir)  # 0700: the spool files hold recordings
+        if settings.encrypt_to is not None:
+            log.info(
+                "recordings and voice-log files are encrypted to %s before they are stored",
+                settings.encrypt_to.fingerprint,
+            )
         self.rates = RateMeter()
         self.addresses = address_policy(settings)
         self.recording_auth = RecordingAuth.from_settings(settings)

@@ -50,8 +50,11 @@ from archiver.sinks import PutResult, Sink, Upload
 
 AUDIO_KINDS = frozenset({"recording", "voice_log_audio"})
 """The kinds of objects encrypted client-side: the audio. JSON snapshots are stored as they are."""
-STORED_TYPE = "application/octet-stream"
-"""The Content-Type of an encrypted object in the store (the manifest keeps the source's)."""
+STORED_TYPE = "application/vnd.exotel-archiver.encrypted"
+"""The Content-Type of an encrypted object in the store (the manifest keeps the source's): not
+the audio's (the key's extension tells mp3 or wav; the Content-Type says it is not playable),
+and not ``application/octet-stream``, which some stores (SeaweedFS) replace by a guess from the
+key's extension."""
 _READ = 1024 * 1024
 _OFF_LOOP = 256 * 1024
 """Pieces at least this large are encrypted in a thread, off the event loop."""
@@ -94,6 +97,9 @@ def _intent(key: str, enc: Encryptor, recipient: Recipient) -> EncryptedWrite:
 
 class Encryption:
     """Encrypts a run's audio to one recipient; records each ciphertext before it is stored."""
+
+    content_type = STORED_TYPE
+    """What the store is told the encrypted objects are."""
 
     def __init__(self, recipient: Recipient, writes: GroupCommit, spool_dir: Path) -> None:
         self.recipient = recipient

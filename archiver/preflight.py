@@ -15,7 +15,12 @@ any request is made or anything written. In order:
 3. **The destination** is reachable and takes new objects — proven without leaving anything
    behind (``Sink.check_writable``: for S3, HeadBucket and a multipart upload started and
    aborted at once; for a local directory, a probe file created and removed), so a dry run may
-   run it. ``write=False`` (a ``repair --dry-run``) only checks it is reachable.
+   run it. ``write=False`` (a ``repair --dry-run``) only checks it is reachable. With
+   server-side encryption asked (``--sse``), the probe upload also sends a 1-byte part, encrypted
+   as asked, before it is aborted: a KMS key the store refuses (missing, disabled, not these
+   credentials' to use) or a store that does not encrypt as asked stops the command here
+   (``ConfigError``, naming the key and kms:GenerateDataKey / kms:Decrypt), and an alias is
+   resolved to the key every later write must name (``archiver.sinks.base``, item 11).
 4. **Object Lock** is enabled when a retention class locks its objects.
 5. **The destination's identity** (``archiver.identity``): the state directory belongs to this
    destination. A command holding the writer lock passes its ``ledger`` (and ``claim`` to

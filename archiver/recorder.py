@@ -46,7 +46,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Literal, Union
 
-from archiver.encryption import AUDIO_KINDS, STORED_TYPE, Encryption, adopt
+from archiver.encryption import AUDIO_KINDS, STORED_TYPE, Encryption, adopt, proven_sha256
 from archiver.errors import StorageConflict, StoragePermanent, StorageRejected
 from archiver.exotel.models import CallDetails
 from archiver.group_commit import GroupCommit
@@ -379,14 +379,11 @@ class Recorder:
     async def _existing(self, key: str) -> tuple[str, int, str]:
         """Location, size and SHA-256 of the object already at ``key``: the SHA-256 the store
         computed of it (``ObjectInfo.sha256`` is never a metadata claim), else its bytes hashed."""
-        info = await self.sink.stat(key)
-        if info is not None and info.sha256:
-            return self.sink.location(key), info.size, info.sha256
-        digest, size = hashlib.sha256(), 0
-        async for chunk in self.sink.read(key):
-            digest.update(chunk)
-            size += len(chunk)
-        return self.sink.location(key), size, digest.hexdigest()
+        there = await proven_sha256(self.sink, key)
+        if there is None:
+            raise StoragePermanent(f"{self.sink.location(key)}: refused as a conflict, then gone")
+        size, sha256, found = there
+        return found.location, size, sha256
 
     async def bind_lock(
         self, key: str, version_id: str | None, wanted: Lock | None

@@ -91,7 +91,10 @@ class SeaweedFS:
                                 "GetBucketObjectLockConfiguration",
                             ],
                         },
-                    ]
+                    ],
+                    # SSE-KMS needs a KMS provider: SeaweedFS's local one keeps one key, alias
+                    # ``alias/seaweedfs-default`` (tests/test_sse.py).
+                    "kms": {"default_provider": "local", "providers": {"local": {"type": "local"}}},
                 }
             )
         )

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from archiver.config import load_settings
+from archiver.encryption import STORED_TYPE
 from archiver.envelope import Recipient
 from archiver.exotel.models import IST
 from archiver.ledger import Ledger
@@ -65,6 +66,7 @@ def test_a_backfill_stores_only_ciphertext_that_the_private_key_restores_byte_fo
     sim: Simulator,
     server: SimulatorServer,
     seaweed: SeaweedFS,
+    s3_env: None,
     bucket: str,
     tmp_path: Path,
 ) -> None:
@@ -92,7 +94,7 @@ def test_a_backfill_stores_only_ciphertext_that_the_private_key_restores_byte_fo
             data, content_type = stored[key]
             assert data.startswith(MAGIC)
             assert source[1000:1064] not in data  # nothing of the audio readable
-            assert content_type == "application/octet-stream"  # not even its format
+            assert content_type == STORED_TYPE  # not even its format
             entry = manifest[key]
             assert entry["sha256"] == hashlib.sha256(data).hexdigest()  # what verify checks
             assert entry["size"] == len(data)
@@ -102,7 +104,8 @@ def test_a_backfill_stores_only_ciphertext_that_the_private_key_restores_byte_fo
             assert decrypt(private, data) == source  # byte for byte
             recordings += 1
         details, _ = stored[f"{folder}/call.json"]
-        assert json.loads(details)["call_details"]["sid"] == call.sid  # snapshots stay plain
+        # The snapshots stay plain: retention, audits and repairs read them back.
+        assert json.loads(details)["response"]["call_details"]["sid"] == call.sid
         assert "encrypted_to" not in manifest[f"{folder}/call.json"]
     assert recordings == 4
     verified = invoke(["verify"], env)  # checks the ciphertext without any key
@@ -113,6 +116,7 @@ def test_a_private_key_given_to_the_worker_is_refused_and_not_echoed(
     sim: Simulator,
     server: SimulatorServer,
     seaweed: SeaweedFS,
+    s3_env: None,
     bucket: str,
     tmp_path: Path,
     keys: tuple[Path, Path],
@@ -133,6 +137,7 @@ async def test_an_encrypted_object_left_by_a_crash_before_its_commit_is_adopted_
     sim: Simulator,
     server: SimulatorServer,
     seaweed: SeaweedFS,
+    s3_env: None,
     bucket: str,
     tmp_path: Path,
     keys: tuple[Path, Path],
@@ -171,7 +176,7 @@ async def test_an_encrypted_object_left_by_a_crash_before_its_commit_is_adopted_
     await sink.close()
     assert first.created
 
-    [result] = await archive_calls(settings, [call.sid])
+    [result] = (await archive_calls(settings, [call.sid])).results
     assert result.outcome == "archived", result
     rows = Ledger(tmp_path / "state" / "ledger.sqlite3").objects_of(call.sid)
     [row] = [r for r in rows if r.kind == "recording"]
@@ -186,6 +191,7 @@ async def test_without_its_intent_another_ciphertext_at_the_key_is_a_conflict(
     sim: Simulator,
     server: SimulatorServer,
     seaweed: SeaweedFS,
+    s3_env: None,
     bucket: str,
     tmp_path: Path,
     keys: tuple[Path, Path],
@@ -201,7 +207,7 @@ async def test_without_its_intent_another_ciphertext_at_the_key_is_a_conflict(
     key = f"{PREFIX}/{call.created.astimezone(IST):%Y/%m/%d}/{call.sid}/recording-1.mp3"
     planted = MAGIC + b"\x00" * 200
     seaweed.client().put_object(Bucket=bucket, Key=key, Body=planted)
-    [result] = await archive_calls(settings, [call.sid])
+    [result] = (await archive_calls(settings, [call.sid])).results
     assert result.outcome == "failed", result
     assert "conflict" in (result.detail or "")
     assert seaweed.client().get_object(Bucket=bucket, Key=key)["Body"].read() == planted

@@ -60,6 +60,21 @@ each backend to hold them to it.
     ``abort``, leaves no upload open and nothing at the key. Its only difference: the object has
     no ``x-amz-meta-sha256`` (unknown when the upload begins; it is never proof anyway). A sink
     that cannot keep these promises while streaming does not stream (``begin`` returns None).
+11. **Encryption at rest is the store's, confirmed, or refused.** A sink given a
+    ``ServerSideEncryption`` asks for it with every object it writes (``put``, ``begin``,
+    ``put_bytes``: each PUT and multipart start), and ``put``/``finish`` return only once the
+    store's answer (a PUT's, else the object's HEAD; after a multipart upload, the completed
+    object's HEAD) confirms the mode asked and, with ``aws:kms``, the key asked (an ARN equal, a
+    key id equal or the id of the ARN answered; an alias or the default key: the key the
+    sink's first answer named). An answer without it, or with another mode or key, is a failed
+    write (``StoragePermanent``: the store ignores the setting for every object), and the
+    version just written is deleted unless Object Lock keeps it (the message says which).
+    ``PutResult.sse``/``sse_kms_key_id`` are what the store confirmed — also with none asked,
+    when the store reports a default. An object already at the key is adopted only if
+    ``stat`` (``ObjectInfo.sse``) shows the encryption asked; else ``StorageConflict``, and it
+    is kept. ``check_writable`` proves the store encrypts as asked (a 1-byte part of the probe
+    upload, aborted) or raises ``ConfigError`` naming the key and the permissions. A local
+    directory takes no ``ServerSideEncryption`` (``open_sink`` refuses it).
 """
 
 from __future__ import annotations

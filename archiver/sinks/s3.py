@@ -37,6 +37,14 @@ are ``StorageUnavailable``; any other 4xx is about the one object it was sent fo
 (InvalidArgument, InvalidRequest, 409, 411, KeyTooLongError...) and is ``StorageRejected``: that
 call fails, the run goes on.
 
+Server-side encryption (``sse``; ``archiver.sinks.base``, item 11): ``ServerSideEncryption``,
+``SSEKMSKeyId`` and ``SSEKMSEncryptionContext`` (base64 of the context JSON) go with every
+PutObject and CreateMultipartUpload, never with a GET or HEAD (SSE-S3 and SSE-KMS need none to
+read). ``sse_problem`` checks each answer; ``_confirm_sse`` fails the write (and deletes the
+version, unless it is locked) when the store did not encrypt as asked. KMS error codes
+(``KMS.*``, ``AccessDenied`` naming a ``kms:`` action) are ``StoragePermanent``, except KMS's
+own throttling and internal errors.
+
 Object Lock: ``x-amz-bypass-governance-retention`` is sent by ``set_retention`` only when its
 caller opts in, and then only for GOVERNANCE → COMPLIANCE with a date not earlier than the
 stored one; ``delete`` never sends it (``archiver.sinks.base``, item 9).
@@ -77,7 +85,7 @@ from archiver.errors import (
     StorageRejected,
     StorageUnavailable,
 )
-from archiver.retry import RetryPolicy
+from archiver.retry import RetryPolicy, retrying
 from archiver.sinks import multipart
 from archiver.sinks.base import (
     Lock,
@@ -155,6 +163,59 @@ def _lock_params(lock: Lock | None) -> dict[str, Any]:
     if lock is None:
         return {}
     return {"ObjectLockMode": lock.mode, "ObjectLockRetainUntilDate": lock.until}
+
+
+_KMS_PERMISSIONS = (
+    'kms:GenerateDataKey and kms:Decrypt on it (docs/storage.md, "Encryption at rest")'
+)
+_KMS_RETRYABLE = frozenset(
+    {"KMS.ThrottlingException", "KMS.LimitExceededException", "KMS.KMSInternalException"}
+)
+"""KMS errors an S3 PUT may pass on that a later attempt can get past; every other ``KMS*``
+code (KMS.NotFoundException, KMS.DisabledException, KMSKeyNotFoundException...) cannot."""
+
+
+def _sse_params(sse: ServerSideEncryption | None) -> dict[str, str]:
+    """The PutObject / CreateMultipartUpload parameters asking for ``sse`` (none for None)."""
+    if sse is None:
+        return {}
+    params = {"ServerSideEncryption": sse.mode}
+    if sse.kms_key_id:
+        params["SSEKMSKeyId"] = sse.kms_key_id
+    if sse.context:
+        params["SSEKMSEncryptionContext"] = base64.b64encode(sse.context.encode()).decode()
+    return params
+
+
+def _by_alias(key_id: str | None) -> bool:
+    """None (the store's default key), ``alias/NAME`` or an alias ARN: a name the store's answer
+    never repeats (it names the key), so only that answer tells which key it is."""
+    return key_id is None or key_id.startswith("alias/") or ":alias/" in key_id
+
+
+def kms_key_matches(asked: str, answered: str) -> bool:
+    """Whether the key the store answered is the key id or key ARN asked: an ARN must be equal;
+    a bare key id is equal, or the id of the key ARN answered (AWS answers ARNs)."""
+    if asked == answered:
+        return True
+    return not asked.startswith("arn:") and answered.endswith(f":key/{asked}")
+
+
+def _same_key(one: str, other: str) -> bool:
+    """Two answers name the same key (an ARN and the bare id of it count as the same)."""
+    return kms_key_matches(one, other) or kms_key_matches(other, one)
+
+
+def _described(mode: str | None, key_id: str | None) -> str:
+    """An encryption as the store reported it, for people."""
+    if mode is None:
+        return "without server-side encryption"
+    return f"with {mode}" + (f" (KMS key {key_id})" if key_id else "")
+
+
+def _locked(head: Mapping[str, Any]) -> bool:
+    """The HEAD shows a retention or legal hold on the version (it cannot be deleted)."""
+    return bool(head.get("ObjectLockMode")) or head.get("ObjectLockLegalHoldStatus") == "ON"
 
 
 def _s3_config(addressing_style: str | None, checksum: str) -> dict[str, Any] | None:
@@ -245,6 +306,11 @@ class S3Sink:
         self.bucket, self.prefix = bucket, prefix.strip("/")
         self.sse = sse
         """The server-side encryption every write asks for (None: none asked)."""
+        self._sse_params = _sse_params(sse)
+        """What every PutObject and CreateMultipartUpload carries for ``sse``."""
+        self._kms_key: str | None = None
+        """The key an alias (or the default key) was found to name by the first answer
+        (``sse_problem``); every later answer must name it too."""
         self.conditional_writes = conditional_writes
         if checksum not in ("sha256", "md5"):
             raise ConfigError(f"S3 checksum must be sha256 or md5, not {checksum!r}")
@@ -357,6 +423,14 @@ class S3Sink:
             code = str(error.get("Code", ""))
             status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
             message = str(error.get("Message", ""))[:200]
+            if (code.startswith("KMS") and code not in _KMS_RETRYABLE) or (
+                code == "AccessDenied" and "kms:" in message.lower()
+            ):
+                # The key is missing, disabled, or not these credentials' to use: the same for
+                # every object, not worth another attempt.
+                return StoragePermanent(
+                    f"{where}: {code} {message}".rstrip() + f"; {self._kms_fix()}"
+                )
             if code in _PERMANENT_CODES:
                 hint = _PERMANENT_CODES[code].format(bucket=self.bucket, endpoint=self.endpoint)
                 return StoragePermanent(f"{what}: {hint}")
@@ -385,6 +459,87 @@ class S3Sink:
             )
         return StorageUnavailable(f"{where}: {type(exc).__name__}")
 
+    def _kms_fix(self) -> str:
+        """What a KMS refusal asks of the operator (names the key, never a secret)."""
+        key = self.sse.kms_key_id if self.sse and self.sse.kms_key_id else None
+        named = f"the KMS key {key}" if key else "the store's default KMS key"
+        return (
+            f"{named} must exist and be enabled, and these credentials need {_KMS_PERMISSIONS}; "
+            "or set --sse to another mode"
+        )
+
+    def _asked(self) -> str:
+        """The encryption asked, for people."""
+        if self.sse is None:
+            return "no server-side encryption"
+        if self.sse.mode != "aws:kms":
+            return self.sse.mode
+        key = self.sse.kms_key_id
+        named = f"KMS key {key}" if key else "the store's default KMS key"
+        if _by_alias(key) and self._kms_key:
+            named += f", found to be {self._kms_key}"
+        return f"aws:kms ({named})"
+
+    def sse_problem(self, mode: str | None, key_id: str | None) -> str | None:
+        """Why an object the store reports stored with ``mode`` and ``key_id`` is not encrypted
+        as asked; None if it is. ``mode`` must be the mode asked; with ``aws:kms`` the store
+        must name a key, and that key must be the key id or ARN asked. An alias or the default
+        key cannot be compared by its text: the first answer checked here tells which key it
+        is, and every later one must name that same key."""
+        if self.sse is None:
+            return None
+        if mode != self.sse.mode:
+            return f"asked {self._asked()}, the store answered {_described(mode, key_id)}"
+        if mode != "aws:kms":
+            return None
+        asked = self.sse.kms_key_id
+        if not key_id:
+            return f"asked {self._asked()}, the store answered aws:kms but named no KMS key"
+        if not _by_alias(asked):
+            assert asked is not None
+            if kms_key_matches(asked, key_id):
+                return None
+            return f"asked {self._asked()}, the store answered with KMS key {key_id}"
+        if self._kms_key is None:
+            self._kms_key = key_id
+            return None
+        if _same_key(self._kms_key, key_id):
+            return None
+        return (
+            f"asked {self._asked()}, the store answered with KMS key {key_id}: another key "
+            f"than {asked or 'the default key'} named before"
+        )
+
+    async def _confirm_sse(
+        self,
+        key: str,
+        full: str,
+        mode: str | None,
+        key_id: str | None,
+        version: str | None,
+        *,
+        locked: bool,
+    ) -> None:
+        """The object just written is encrypted as asked (``sse_problem``), or the write failed:
+        the version is deleted (unless Object Lock keeps it) and ``StoragePermanent`` raised —
+        a store that ignores the setting ignores it for every object."""
+        problem = self.sse_problem(mode, key_id)
+        if problem is None:
+            return
+        if locked:
+            fate = "the object stays: its Object Lock retention keeps it (delete it when it ends)"
+        else:
+            try:
+                await self.delete(key, version_id=version)
+                fate = "the object was deleted"
+            except StorageError as exc:
+                fate = f"the object could not be deleted ({exc}): delete it by hand"
+        raise StoragePermanent(
+            f"PUT {full}: the store did not encrypt the object as asked ({problem}); {fate}. "
+            "The store does not honour the setting: check that it supports this server-side "
+            'encryption (docs/storage.md, "Encryption at rest"), or change --sse'
+        )
+
     async def check(self) -> None:
         await self.call("check the bucket", self.client.head_bucket, Bucket=self.bucket)
 
@@ -398,16 +553,81 @@ class S3Sink:
         here too (``multipart.abort_probes``), so none is left open for long."""
         await self.check()
         full = self._full(f"{PROBE_FOLDER}/.probe-{uuid.uuid4().hex}")
-        created = await self.call(
+        what = (
             f"check that {self.describe()} takes new objects (a multipart upload of {full}, "
-            "started and aborted at once)",
-            self.client.create_multipart_upload,
-            Bucket=self.bucket,
-            Key=full,
-            ContentType="application/octet-stream",
+            "started and aborted at once)"
         )
-        await multipart._abort(self, full, str(created["UploadId"]))  # retried, logged
+        try:
+            created = await self.call(
+                what,
+                self.client.create_multipart_upload,
+                Bucket=self.bucket,
+                Key=full,
+                ContentType="application/octet-stream",
+                **self._sse_params,
+            )
+        except StoragePermanent as exc:
+            if self.sse is None or self.sse.mode != "aws:kms" or "kms" not in str(exc).lower():
+                raise
+            raise ConfigError(self._sse_refused(exc)) from None
+        upload_id = str(created["UploadId"])
+        try:
+            if self.sse is not None:
+                await self._probe_sse(full, upload_id)
+        finally:
+            await asyncio.shield(multipart._abort(self, full, upload_id))  # retried, logged
         await multipart.abort_probes(self, self._full(f"{PROBE_FOLDER}/.probe-"))
+
+    async def _probe_sse(self, full: str, upload_id: str) -> None:
+        """One byte sent as part 1 of the probe upload: the store encrypts it as asked (with
+        SSE-KMS it asks KMS for a data key: kms:GenerateDataKey), and its answer says how —
+        which resolves an alias (``sse_problem``). A refusal that outlasts the retries (AWS:
+        KMS.NotFoundException, KMS.DisabledException, AccessDenied; SeaweedFS: 500) or an answer
+        without the encryption asked is a ``ConfigError``. The upload is aborted by the caller."""
+        what = f"send a 1-byte probe part to {full}"
+        check = (
+            {
+                "ContentMD5": base64.b64encode(
+                    hashlib.md5(b"\0", usedforsecurity=False).digest()
+                ).decode()
+            }
+            if self.checksum == "md5"
+            else {"ChecksumSHA256": base64.b64encode(hashlib.sha256(b"\0").digest()).decode()}
+        )
+        try:
+            async for attempt in retrying(self.part_retry, what=what):
+                with attempt:
+                    answer = await self.call(
+                        what,
+                        self.client.upload_part,
+                        Bucket=self.bucket,
+                        Key=full,
+                        UploadId=upload_id,
+                        PartNumber=1,
+                        Body=b"\0",
+                        ContentLength=1,
+                        **check,
+                    )
+        except StorageError as exc:
+            raise ConfigError(self._sse_refused(exc)) from None
+        problem = self.sse_problem(answer.get("ServerSideEncryption"), answer.get("SSEKMSKeyId"))
+        if problem is not None:
+            raise ConfigError(
+                f"{self.describe()} does not encrypt as asked: a probe part {problem}. Check that "
+                'the store supports this server-side encryption (docs/storage.md, "Encryption '
+                'at rest"), or change --sse. Nothing was archived.'
+            )
+
+    def _sse_refused(self, exc: StorageError) -> str:
+        """The preflight's message for a store that refused to encrypt as asked."""
+        if self.sse is not None and self.sse.mode == "aws:kms":
+            fix = self._kms_fix()
+        else:
+            fix = "the store must support SSE-S3 (AES256), or set --sse none"
+        return (
+            f"{self.describe()} refused to store a probe encrypted with {self._asked()} ({exc}): "
+            f"{fix}. Nothing was archived."
+        )
 
     async def _head(self, key: str, **extra: str) -> dict[str, Any] | None:
         """HEAD the object at ``key``; None if there is none."""
@@ -429,6 +649,8 @@ class S3Sink:
             size=int(head["ContentLength"]),
             sha256=_store_sha256(head),
             version_id=head.get("VersionId"),
+            sse=head.get("ServerSideEncryption"),
+            sse_kms_key_id=head.get("SSEKMSKeyId"),
         )
 
     async def _read_back(self, full: str, version_id: str | None = None) -> tuple[int, str]:
@@ -505,6 +727,7 @@ class S3Sink:
             "ContentType": content_type,
             "Metadata": {"sha256": sha256},
             **locking,
+            **self._sse_params,
         }
         if self.checksum == "md5":
             params["ContentMD5"] = await self._content_md5(full, io.BytesIO(data), size, sha256)
@@ -516,6 +739,7 @@ class S3Sink:
         if answer is None:  # If-None-Match: * refused: something is already at the key
             return await self._already_there(key, full, size, sha256)
         version = answer.get("VersionId")
+        stored: ObjectInfo | None = None
         if answer.get("ChecksumSHA256") != params.get("ChecksumSHA256", "-"):
             # No echo of the SHA-256 the store verified (md5 mode, or a store that does not
             # say): the store's own checksum on HEAD, else the bytes read back, must be ours.
@@ -532,7 +756,14 @@ class S3Sink:
                     f"PUT {full}: the store accepted the upload but holds {length} bytes, "
                     f"sha256 {found or 'unknown'}, instead of {size} bytes, sha256 {sha256}"
                 )
-        return self._created(key, size, sha256, version)
+        # The encryption: the answer's, else (asked, and not in the answer) the HEAD's.
+        mode, key_id = answer.get("ServerSideEncryption"), answer.get("SSEKMSKeyId")
+        if mode is None and self.sse is not None:
+            stored = stored or await self._info(key, version)
+            if stored is not None:
+                mode, key_id = stored.sse, stored.sse_kms_key_id
+        await self._confirm_sse(key, full, mode, key_id, version, locked=lock is not None)
+        return self._created(key, size, sha256, version, mode, key_id)
 
     async def _content_md5(self, full: str, body: BinaryIO, size: int, sha256: str) -> str:
         """The body's Content-MD5, after checking that its SHA-256 is the one announced."""
@@ -572,7 +803,7 @@ class S3Sink:
             content_type=content_type,
             part_size=self.part_size,
             retry=self.part_retry,
-            extra=locking,
+            extra={**locking, **self._sse_params},
         )
         if done is None:  # If-None-Match: * refused the completion: something is already there
             return await self._already_there(key, full, size, sha256)
@@ -617,9 +848,22 @@ class S3Sink:
                 f"{reported or found or 'unknown'}, instead of {size} bytes, checksum "
                 f"{done.composite} (sha256 {sha256})"
             )
-        return self._created(key, size, sha256, version)
+        # The create and complete answers need not say how the object is encrypted (SeaweedFS:
+        # they do not); the HEAD of the completed object does.
+        mode, key_id = head.get("ServerSideEncryption"), head.get("SSEKMSKeyId")
+        version = version or head.get("VersionId")
+        await self._confirm_sse(key, full, mode, key_id, version, locked=_locked(head))
+        return self._created(key, size, sha256, version, mode, key_id)
 
-    def _created(self, key: str, size: int, sha256: str, version_id: str | None) -> PutResult:
+    def _created(
+        self,
+        key: str,
+        size: int,
+        sha256: str,
+        version_id: str | None,
+        sse: str | None,
+        sse_kms_key_id: str | None,
+    ) -> PutResult:
         return PutResult(
             key=key,
             size=size,
@@ -627,6 +871,8 @@ class S3Sink:
             created=True,
             location=self.location(key),
             version_id=version_id,
+            sse=sse,
+            sse_kms_key_id=sse_kms_key_id,
         )
 
     async def _already_there(self, key: str, full: str, size: int, sha256: str) -> PutResult:
@@ -641,11 +887,22 @@ class S3Sink:
     ) -> PutResult:
         """An object is already at the key. It is ours (nothing is written) only on proof: the
         SHA-256 the store computed of it, else its bytes read back and hashed. Metadata, ours
-        or anyone's, proves nothing. Anything else is a conflict, and the object is kept."""
+        or anyone's, proves nothing. Anything else is a conflict, and the object is kept.
+        Our bytes stored without the encryption asked (``sse_problem``) are a conflict too: the
+        object is kept, not re-written."""
         found_size, found = existing.size, existing.sha256
         if found_size == size and found is None:
             found_size, found = await self._read_back(full, existing.version_id)
         if found_size == size and found == sha256:
+            problem = self.sse_problem(existing.sse, existing.sse_kms_key_id)
+            if problem is not None:
+                raise StorageConflict(
+                    f"conflict at {self.location(key)}: an object with our bytes is already "
+                    f"there, stored {_described(existing.sse, existing.sse_kms_key_id)}, but "
+                    f"{self._asked()} is asked ({problem}). It was kept, not replaced: copy it "
+                    "onto itself with the encryption asked (aws s3 cp --sse ...), or archive "
+                    "with the setting it has"
+                )
             return PutResult(
                 key=key,
                 size=size,
@@ -653,6 +910,8 @@ class S3Sink:
                 created=False,
                 location=self.location(key),
                 version_id=existing.version_id,
+                sse=existing.sse,
+                sse_kms_key_id=existing.sse_kms_key_id,
             )
         raise StorageConflict(
             f"conflict at {self.location(key)}: an object with other content is already there "

@@ -116,9 +116,12 @@ class Tap:
             self.off, self.pending = True, []
             return
         try:
-            self.upload = await self.sink.begin(
-                key, content_type=mime_of(content_type), lock=self.lock
+            stored_as = (
+                self.encryption.content_type
+                if self.encryption is not None
+                else mime_of(content_type)
             )
+            self.upload = await self.sink.begin(key, content_type=stored_as, lock=self.lock)
         except StorageUnavailable as exc:
             await self._stop(f"the upload could not begin ({exc})")
             return
@@ -205,6 +208,7 @@ class PartStream:
                 if lock
                 else {}
             ),
+            **sink._sse_params,  # the encryption asked (checked on the completed object's HEAD)
         )
         return cls(sink, key, full, str(created["UploadId"]), concurrency)
 

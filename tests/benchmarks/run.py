@@ -5,6 +5,7 @@
     python -m tests.benchmarks.run --only 1,3       # some figures
     python -m tests.benchmarks.run --only 17        # issue 17's rows: 1B, 6B, 2B, 2P (issue17.py)
     python -m tests.benchmarks.run --only 18        # issue 18's rows: 18A-18D, 18P (issue18.py)
+    python -m tests.benchmarks.run --only 19        # issue 19's rows: 19A, 19B (issue19.py)
     python -m tests.benchmarks.run --json out.json  # where the JSON result goes
     python -m tests.benchmarks.run --latency 0.2    # figure 1L's simulated source latency
     python -m tests.benchmarks.run --only 1B --bare-latency 0.05 --repeat 3
@@ -30,7 +31,7 @@ from datetime import datetime
 from pathlib import Path
 
 from archiver.simulator import SimulatorServer
-from tests.benchmarks import issue17, issue18
+from tests.benchmarks import issue17, issue18, issue19
 from tests.benchmarks.harness import (
     Bench,
     MiB,
@@ -412,8 +413,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="ten times smaller")
     parser.add_argument(
         "--only",
-        default="1,2,3,4,5,6,7,17,18",
-        help="figures to run, e.g. 1,3; 17 is issue 17's 1B,6B,2B,2P; 18 is issue 18's rows",
+        default="1,2,3,4,5,6,7,17,18,19",
+        help="figures to run, e.g. 1,3; 17 is issue 17's 1B,6B,2B,2P; 18 and 19 those issues' rows",
     )
     parser.add_argument(
         "--scale-sizes", default="1000,10000,100000", help="call counts of figure 5"
@@ -443,6 +444,8 @@ def main() -> None:
         selected |= set(issue17.FIGURES)
     if "18" in selected:
         selected |= set(issue18.FIGURES)
+    if "19" in selected:
+        selected |= set(issue19.FIGURES)
     if selected & {"18B", "18P"}:  # 18B's ratio is to 18A's rate, 18P uses every rate
         selected |= {"18A"} | ({"18B", "18D"} if "18P" in selected else set())
     work = Path(tempfile.mkdtemp(prefix="exotel-bench-"))
@@ -482,6 +485,7 @@ def main() -> None:
             ("7", lambda: figure_7(bench)),
             *issue17.steps(bench, args.bare_latency, args.repeat),
             *issue18.steps(bench, args.lane_calls),
+            *issue19.steps(bench),
         ]
         for name, step in steps:
             wanted = name in selected or (name == "1" and "6" in selected)
