@@ -332,6 +332,8 @@ def _auth_hosts(origin: str, value: str) -> tuple[str, ...]:
 
 
 _KMS_KEY = re.compile(r"^[A-Za-z0-9:/_.+=,@-]{1,2048}$")
+_MAX_CONTEXT_VALUE = 256
+_MAX_CONTEXT = 2048
 
 
 def _sse(origins: Mapping[str, str], values: Mapping[str, Any]) -> ServerSideEncryption | None:
@@ -372,6 +374,16 @@ def _sse(origins: Mapping[str, str], values: Mapping[str, Any]) -> ServerSideEnc
                 '{"app": "exotel-archiver"}'
             )
         context = json.dumps(parsed, sort_keys=True, separators=(",", ":"))
+        texts = [*parsed, *parsed.values()]
+        if len(context) > _MAX_CONTEXT or any(
+            len(t) > _MAX_CONTEXT_VALUE or not t.isprintable() for t in texts
+        ):
+            raise ConfigError(
+                f"{origins['sse_kms_context']}: each key and value must be printable text of at "
+                f"most {_MAX_CONTEXT_VALUE} characters (no control characters), the whole "
+                f"context at most {_MAX_CONTEXT} characters; stores refuse more (some with a "
+                "500 that would be retried forever)"
+            )
     return ServerSideEncryption("aws:kms", kms_key_id=key or None, context=context)
 
 

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from archiver.envelope import Encryptor, Recipient
-from archiver.errors import StorageUnavailable
+from archiver.errors import StorageConflict, StorageUnavailable
 from archiver.group_commit import GroupCommit
 from archiver.ledger import EncryptedWrite, Ledger, utc_now
 from archiver.sinks import PutResult, Sink, Upload
@@ -193,10 +193,15 @@ class EncryptingUpload:
 
 async def proven_sha256(sink: Sink, key: str) -> tuple[int, str, PutResult] | None:
     """Size and SHA-256 of the object at ``key`` as the store computed them (else its bytes
-    read back and hashed), and a ``PutResult`` describing it as found; None if there is none."""
+    read back and hashed), and a ``PutResult`` describing it as found; None if there is none.
+    Raises ``StorageConflict`` if it is not encrypted at rest as the sink asks
+    (``Sink.encryption_problem``): such an object is never adopted, whatever its bytes."""
     info = await sink.stat(key)
     if info is None:
         return None
+    problem = sink.encryption_problem(info)
+    if problem is not None:
+        raise StorageConflict(not_as_asked(sink, key, problem))
     size, sha = info.size, info.sha256
     if sha is None:
         digest, size = hashlib.sha256(), 0
@@ -215,6 +220,17 @@ async def proven_sha256(sink: Sink, key: str) -> tuple[int, str, PutResult] | No
         sse_kms_key_id=info.sse_kms_key_id,
     )
     return size, sha, found
+
+
+def not_as_asked(sink: Sink, key: str, problem: str) -> str:
+    """The message for an object found at ``key`` that the store keeps with other server-side
+    encryption than asked."""
+    return (
+        f"{sink.location(key)} is already stored, but not with the server-side encryption asked "
+        f"({problem}): it was kept, neither adopted nor replaced. Copy it onto itself with the "
+        "encryption asked (aws s3 cp SRC SRC --sse ...), or run with the setting it was written "
+        "under; its call is archived by the next run"
+    )
 
 
 async def adopt(

@@ -42,6 +42,7 @@ import logging
 import tempfile
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Literal, Union
@@ -127,7 +128,7 @@ class Recorder:
         mime = mime_of(content_type)
         lock, retention_class, retain_until = self._retention(details, binding)
         lock_mode = None
-        put: PutResult | None = None
+        put: PutResult | None
         try:
             put, lock = await self._put(key, body, size, sha256, mime, lock, upload, kind=kind)
         except StorageConflict:
@@ -135,16 +136,14 @@ class Recorder:
                 put = await adopt(self.sink, self.ledger, key, size=size, sha256=sha256)
                 if put is None:
                     raise
-            elif kind not in SNAPSHOT_KINDS:
+            elif kind in SNAPSHOT_KINDS:  # kept as it is: recorded as the store holds it
+                put = await self._existing(key)
+            else:
                 raise
-        if put is not None:
-            location, size, sha256, version = put.location, put.size, put.sha256, put.version_id
-            adopted = not put.created
-            if put.created and lock is not None:
-                lock_mode = lock.mode
-        else:
-            location, size, sha256 = await self._existing(key)
-            version, adopted = None, True
+        location, size, sha256, version = put.location, put.size, put.sha256, put.version_id
+        adopted = not put.created
+        if put.created and lock is not None:
+            lock_mode = lock.mode
         if adopted and self.policy is not None:
             # Not written by this PUT (e.g. left by a run that crashed before its ledger commit,
             # or put by someone else): its lock is whatever the store holds.
@@ -167,11 +166,11 @@ class Recorder:
             retention_class=retention_class,
             retain_until=retain_until,
             lock_mode=lock_mode,
-            sse=put.sse if put is not None else None,
-            sse_kms_key_id=put.sse_kms_key_id if put is not None else None,
-            plaintext_sha256=put.plaintext_sha256 if put is not None else None,
-            plaintext_size=put.plaintext_size if put is not None else None,
-            encrypted_to=put.encrypted_to if put is not None else None,
+            sse=put.sse,
+            sse_kms_key_id=put.sse_kms_key_id,
+            plaintext_sha256=put.plaintext_sha256,
+            plaintext_size=put.plaintext_size,
+            encrypted_to=put.encrypted_to,
         )
         record = await self._record(row)
         if self.ledger.unsealed_count() >= self.segment_size:
@@ -376,14 +375,15 @@ class Recorder:
         after = await self.sink.lock_status(key, version)
         return (after.mode if after is not None else None), version
 
-    async def _existing(self, key: str) -> tuple[str, int, str]:
-        """Location, size and SHA-256 of the object already at ``key``: the SHA-256 the store
-        computed of it (``ObjectInfo.sha256`` is never a metadata claim), else its bytes hashed."""
+    async def _existing(self, key: str) -> PutResult:
+        """The object already at ``key`` as found: the SHA-256 the store computed of it
+        (``ObjectInfo.sha256`` is never a metadata claim), else its bytes hashed, and the
+        server-side encryption the store reports (one other than asked: ``StorageConflict``).
+        Its version is left to ``_adopt_lock`` to find."""
         there = await proven_sha256(self.sink, key)
         if there is None:
             raise StoragePermanent(f"{self.sink.location(key)}: refused as a conflict, then gone")
-        size, sha256, found = there
-        return found.location, size, sha256
+        return replace(there[2], version_id=None)
 
     async def bind_lock(
         self, key: str, version_id: str | None, wanted: Lock | None

@@ -430,6 +430,8 @@ def _record_repair(
             plaintext_sha256=record.plaintext_sha256,
             encrypted_to=record.encrypted_to,
         )
+    if put.sse is not None:  # what the store confirmed for the version put back
+        details.update(sse=put.sse, sse_kms_key_id=put.sse_kms_key_id)
     ledger.add_event(
         EventRecord(
             kind="repaired",
@@ -466,6 +468,8 @@ async def _adopt_own(
         created=False,
         location=sink.location(record.key),
         version_id=info.version_id,
+        sse=info.sse,
+        sse_kms_key_id=info.sse_kms_key_id,
     )
     _record_repair(ledger, record, item, put, quarantined=None, source=record.source)
     item.outcome = REPAIRED

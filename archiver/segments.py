@@ -136,6 +136,16 @@ async def adopt(
     them.
     """
     key = segment_key(number)
+    info = await sink.stat(key)
+    problem = sink.encryption_problem(info) if info is not None else None
+    if problem is not None:  # our bytes, maybe, but not encrypted at rest as asked
+        raise ManifestConflict(
+            f"the manifest segment {sink.location(key)} is already stored (by a run cut off "
+            f"before it recorded the seal), but not with the server-side encryption asked "
+            f"({problem}). Nothing was marked sealed; the entries wait in the ledger. Copy it "
+            "onto itself with the encryption asked (aws s3 cp SRC SRC --sse ...), or run once "
+            "with the setting it was written under"
+        )
     stored = await read_segment(sink, key)
     try:
         header = json.loads(stored.split(b"\n", 1)[0])

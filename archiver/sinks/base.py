@@ -200,6 +200,12 @@ class Sink(Protocol):
         """Where ``key`` is (or would be) stored, for people."""
         ...
 
+    def encryption_problem(self, info: ObjectInfo) -> str | None:
+        """Why the object ``info`` describes (as ``stat`` found it) is not encrypted as this sink
+        asks of every write (item 11); None if it is, or nothing is asked. Every caller that
+        would take an object found at its key as its own (an adoption) asks this first."""
+        ...
+
     async def check(self) -> None:
         """The destination exists and can be reached (a local folder is made if missing).
         Raises ``StorageError``."""

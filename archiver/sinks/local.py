@@ -268,6 +268,9 @@ class LocalSink:
             "replaced: investigate before archiving this call"
         )
 
+    def encryption_problem(self, info: ObjectInfo) -> str | None:
+        return None  # a directory is asked for no server-side encryption (open_sink refuses it)
+
     async def stat(self, key: str) -> ObjectInfo | None:
         try:
             st = await aiofiles.os.stat(self._path(key))

@@ -37,6 +37,9 @@ class RetryingSink:
     def describe(self) -> str:
         return self.inner.describe()
 
+    def encryption_problem(self, info: ObjectInfo) -> str | None:
+        return self.inner.encryption_problem(info)
+
     def location(self, key: str) -> str:
         return self.inner.location(key)
 

@@ -480,6 +480,9 @@ class S3Sink:
             named += f", found to be {self._kms_key}"
         return f"aws:kms ({named})"
 
+    def encryption_problem(self, info: ObjectInfo) -> str | None:
+        return self.sse_problem(info.sse, info.sse_kms_key_id)
+
     def sse_problem(self, mode: str | None, key_id: str | None) -> str | None:
         """Why an object the store reports stored with ``mode`` and ``key_id`` is not encrypted
         as asked; None if it is. ``mode`` must be the mode asked; with ``aws:kms`` the store
