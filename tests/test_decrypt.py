@@ -15,6 +15,7 @@ import os
 import stat
 import tempfile
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -27,11 +28,13 @@ from archiver import identity as marker
 from archiver.archive import sink_for
 from archiver.config import Settings, load_settings
 from archiver.envelope import Recipient, encrypt_file
+from archiver.exotel.models import IST
 from archiver.ledger import Ledger, ObjectRecord
 from archiver.manifest import ManifestWriter
 from archiver.segments import seal
+from archiver.simulator import Simulator, SimulatorServer
 from tests.seaweed import SeaweedFS
-from tests.support import invoke
+from tests.support import exotel_env, invoke, write_keys
 
 SID = "c0ffee0000000000000000000000019a"
 OTHER_SID = "c0ffee0000000000000000000000019b"
@@ -405,3 +408,43 @@ def test_only_the_decrypt_command_reads_a_private_key() -> None:
         words = set(option.key.split("_"))
         assert not words & {"identity", "passphrase"}, option.key
         assert not {"private", "key"} <= words, option.key
+
+
+# --- end to end: a real backfill encrypting to the key, then decrypt ---------------------------
+
+
+def test_a_backfill_encrypted_to_the_key_is_restored_by_decrypt(
+    sim: Simulator,
+    server: SimulatorServer,
+    seaweed: SeaweedFS,
+    s3_env: None,
+    bucket: str,
+    tmp_path: Path,
+) -> None:
+    public, private = write_keys(tmp_path)
+    day = (datetime.now(IST) - timedelta(days=3)).date()
+    start = datetime(day.year, day.month, day.day, 10, tzinfo=IST)
+    calls = [
+        sim.add_call(recordings=[40_000, 70_000], created=start),
+        sim.add_call(recordings=[12 * 1024 * 1024], created=start + timedelta(minutes=9)),
+    ]
+    env = {
+        **seaweed.env(),
+        **exotel_env(sim, server.base_url, f"s3://{bucket}/calls", tmp_path / "state"),
+        "ARCHIVER_PART_SIZE": "5",
+        "ARCHIVER_ENCRYPT_TO": str(public),
+    }
+    result = invoke(["backfill", "--since", str(day), "--until", str(day)], env)
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "restored"
+    args = ["decrypt", "--identity", str(private), "--out", str(out)]
+    result = invoke([*args, *(a for c in calls for a in ("--call", c.sid))], env)
+    assert result.exit_code == 0, result.output
+    assert "3 restored and checked, 0 refused" in result.output
+    for call in calls:
+        folder = out / f"{call.created.astimezone(IST):%Y/%m/%d}" / call.sid
+        assert sorted(p.name for p in folder.iterdir()) == [
+            f"recording-{i}.mp3" for i in range(1, len(call.recordings) + 1)
+        ]  # call.json is stored plain: not decrypted
+        for i in range(1, len(call.recordings) + 1):
+            assert (folder / f"recording-{i}.mp3").read_bytes() == sim.recording_bytes(call.sid, i)
