@@ -336,6 +336,10 @@ def test_usage_and_configuration_errors_exit_2(made: Made, tmp_path: Path) -> No
         (["--identity", str(made.private), key], "give --out DIR"),
         (["--identity", str(made.private), "--input", str(made.private), key], "--input"),
         (["--identity", str(made.private), "--input", str(made.private)], "needs --output"),
+        (
+            ["--identity", str(made.private), "--input", str(tmp_path / "x"), "--output", "y"],
+            "is not a file",
+        ),
     ]
     for args, expected in cases:
         result = invoke(["decrypt", *args], made.env)

@@ -76,7 +76,7 @@ def read_passphrase(path: Path | None) -> bytes | None:
 @click.option(
     "--input",
     "input_file",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=click.Path(dir_okay=False, path_type=Path),
     help="Decrypt this file (an object downloaded by hand) instead of reading the destination.",
 )
 @click.option(
@@ -127,6 +127,11 @@ def decrypt(
             )
         if output_file is None:
             fail("error: --input needs --output FILE (where the recording is written)", EXIT_USAGE)
+        if not input_file.is_file():
+            fail(
+                f"error: --input: {input_file} is not a file (give the downloaded object)",
+                EXIT_USAGE,
+            )
     else:
         if output_file is not None or entry_key is not None:
             fail("error: --output and --key go with --input FILE", EXIT_USAGE)
