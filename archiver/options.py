@@ -35,6 +35,7 @@ SEALING = FETCHING | {"retention apply", "retention purge"}
 """Commands that seal manifest segments once ``segment_entries`` wait."""
 STATEFUL = WRITING | {
     "verify",
+    "decrypt",
     "reconcile",
     "status",
     "manifest rebuild",

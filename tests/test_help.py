@@ -23,6 +23,8 @@ from typing import Any
 import click
 import pytest
 from click.testing import CliRunner
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import x25519
 
 import archiver.cli._shared as shared
 from archiver.cli import main
@@ -220,6 +222,15 @@ def test_each_flag_a_command_shows_is_read_by_it(
     run("retention audit")
     if "status" in dict(commands()):
         run("status")
+    identity = tmp_path / "identity.pem"  # nothing is encrypted to it: each call is refused
+    identity.write_bytes(
+        x25519.X25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    run("decrypt", "--identity", str(identity), "--call", sids[0], "--out", str(tmp_path / "d"))
     sim.add_call(recordings=2)  # for the worker to archive
     sim.add_call(state="processing", created=sim.now() - timedelta(hours=1))  # stuck
     stop = threading.Timer(8.0, os.kill, (os.getpid(), signal.SIGTERM))
@@ -237,7 +248,7 @@ def test_each_flag_a_command_shows_is_read_by_it(
     finally:
         stop.cancel()
 
-    assert exits == {**{path: 0 for path in exits}, "verify": 1}, exits
+    assert exits == {**{path: 0 for path in exits}, "verify": 1, "decrypt": 1}, exits
     unread = [
         f"{path} shows {option.flag} but never reads {option.name}"
         for path, command in commands()

@@ -74,6 +74,25 @@ def main(ctx: click.Context, config: Path | None) -> None:
 
 
 # The command modules register themselves on ``main``.
-from archiver.cli import archive, audit, repair, retention, service, status, trial  # noqa: E402
+from archiver.cli import (  # noqa: E402
+    archive,
+    audit,
+    decrypt,
+    repair,
+    retention,
+    service,
+    status,
+    trial,
+)
 
-__all__ = ["archive", "audit", "main", "repair", "retention", "service", "status", "trial"]
+__all__ = [
+    "archive",
+    "audit",
+    "decrypt",
+    "main",
+    "repair",
+    "retention",
+    "service",
+    "status",
+    "trial",
+]

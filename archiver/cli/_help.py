@@ -87,6 +87,7 @@ COMMAND_SECTIONS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
         (
             ("manifest", "Rebuild the ledger from the destination, or export the manifest."),
             ("export-bag", "Write a BagIt bag of a date range for auditors."),
+            ("decrypt", "Restore recordings encrypted to a public key, checked."),
         ),
     ),
     ("Compliance", (("retention", "Retention classes, Object Lock, legal holds, purge."),)),
