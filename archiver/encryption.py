@@ -45,7 +45,7 @@ from typing import BinaryIO
 from archiver.envelope import Encryptor, Recipient
 from archiver.errors import StorageConflict, StorageUnavailable
 from archiver.group_commit import GroupCommit
-from archiver.ledger import EncryptedWrite, Ledger, utc_now
+from archiver.ledger import EncryptedWrite, utc_now
 from archiver.sinks import PutResult, Sink, Upload
 
 AUDIO_KINDS = frozenset({"recording", "voice_log_audio"})
@@ -234,22 +234,20 @@ def not_as_asked(sink: Sink, key: str, problem: str) -> str:
 
 
 async def adopt(
-    sink: Sink, ledger: Ledger, key: str, *, size: int, sha256: str
+    sink: Sink, writes: GroupCommit, key: str, *, size: int, sha256: str
 ) -> PutResult | None:
     """The object already at ``key``, if it is this recording (``size`` bytes of plaintext,
     SHA-256 ``sha256``) on proof: a ciphertext this worker recorded as an intent for it, or the
     plaintext itself (stored before encryption was turned on). None: a conflict."""
-    intents = [
-        w
-        for w in ledger.encrypted_writes(key)
-        if w.plaintext_sha256 == sha256 and w.plaintext_size == size
-    ]
+    ledger = writes.ledger
+    intents = ledger.encrypted_writes(key)
     there = await proven_sha256(sink, key)
     if there is None:
         return None
     found_size, found_sha, found = there
-    for intent in intents:
-        if intent.sha256 == found_sha and intent.size == found_size:
+    held = [w for w in intents if (w.sha256, w.size) == (found_sha, found_size)]
+    for intent in held:
+        if (intent.plaintext_sha256, intent.plaintext_size) == (sha256, size):
             log.info("%s: found at its key, encrypted by an earlier attempt; adopted", key)
             return replace(
                 found,
@@ -257,11 +255,15 @@ async def adopt(
                 plaintext_size=intent.plaintext_size,
                 encrypted_to=intent.encrypted_to,
             )
-    if found_sha == sha256 and found_size == size:
+    if (found_sha, found_size) == (sha256, size):
         log.warning(
             "%s was stored unencrypted (before --encrypt-to was set?): adopted as it is; it "
             "is recorded as not encrypted",
             sink.location(key),
         )
         return found
+    if intents and not held:
+        # The key is held, write-once, by bytes none of this worker's ciphertexts are: none of
+        # them can ever land there. Forgotten, so that failed retries do not pile up intents.
+        await writes.run(lambda: ledger.drop_encrypted_writes(key))
     return None

@@ -819,8 +819,8 @@ class Ledger:
         with self._transaction():
             seq = self._next_seq()
             self._insert("objects", {**fields, "seq": seq})
-            if record.encrypted_to is not None:  # recorded: its intents are spent
-                self._db.execute("DELETE FROM encrypted_writes WHERE key = ?", (record.key,))
+            # Recorded, encrypted or not (a plaintext adopted): the key's intents are spent.
+            self._db.execute("DELETE FROM encrypted_writes WHERE key = ?", (record.key,))
         return ObjectRecord(**fields, seq=seq)
 
     def add_encrypted_write(self, write: EncryptedWrite) -> None:
@@ -839,6 +839,11 @@ class Ledger:
                     write.at,
                 ),
             )
+
+    def drop_encrypted_writes(self, key: str) -> None:
+        """Forget the ciphertexts intended for ``key``: another object holds it for good."""
+        with self._transaction():
+            self._db.execute("DELETE FROM encrypted_writes WHERE key = ?", (key,))
 
     def encrypted_writes(self, key: str) -> list[EncryptedWrite]:
         """The ciphertexts recorded as about to be stored at ``key`` and not recorded since."""

@@ -133,7 +133,7 @@ class Recorder:
             put, lock = await self._put(key, body, size, sha256, mime, lock, upload, kind=kind)
         except StorageConflict:
             if kind in AUDIO_KINDS:  # ours, encrypted by an earlier attempt? else a conflict
-                put = await adopt(self.sink, self.ledger, key, size=size, sha256=sha256)
+                put = await adopt(self.sink, self.writes, key, size=size, sha256=sha256)
                 if put is None:
                     raise
             elif kind in SNAPSHOT_KINDS:  # kept as it is: recorded as the store holds it

@@ -30,7 +30,7 @@ from typing import IO, Any
 
 from archiver import identity as marker
 from archiver.archive import sink_for
-from archiver.chain import load_chain
+from archiver.chain import expected, load_chain, stored_as
 from archiver.config import Settings
 from archiver.envelope import READ, Decryptor, Identity
 from archiver.errors import DecryptionError, StoragePermanent
@@ -128,7 +128,15 @@ async def open_archive(settings: Settings, *, destination: bool = True) -> Async
 
 
 def _by_key(entries: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {str(e["key"]): e for e in present_objects(entries) if not is_event(e)}
+    """Object entries by key, each with the ``sha256``/``size`` its key must hold now: a repair
+    of an encrypted recording put back another ciphertext (``chain.stored_as``)."""
+    stored = stored_as(entries)
+    by_key: dict[str, dict[str, Any]] = {}
+    for e in present_objects(entries):
+        if not is_event(e):
+            sha256, size = expected(e, stored)
+            by_key[str(e["key"])] = {**e, "sha256": sha256, "size": size}
+    return by_key
 
 
 def _encrypted_entry(entry: dict[str, Any], identity: Identity) -> str | None:

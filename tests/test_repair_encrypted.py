@@ -118,6 +118,13 @@ def test_a_deleted_encrypted_recording_is_encrypted_afresh_put_back_and_verifies
     assert from_chain.exit_code == 0, from_chain.output
     again = invoke(["repair"], env)
     assert again.exit_code == 0 and "nothing to repair" in again.output, again.output
+    # The key holds the repair's ciphertext now: decrypt checks it against the repaired event.
+    out = tmp_path / "restored"
+    restored = invoke(
+        ["decrypt", "--identity", str(archived["private"]), "--out", str(out), lost["key"]], env
+    )
+    assert restored.exit_code == 0, restored.output
+    assert (out / lost["key"]).read_bytes() == source_of(sim, lost)
 
 
 def test_repair_with_another_key_is_refused_naming_both_fingerprints(
