@@ -259,7 +259,39 @@ def _check_chunk_size(chunk_size: int) -> None:
         raise ValueError(f"chunk_size must be 1..{MAX_CHUNK}, not {chunk_size}")
 
 
-class Encryptor:
+class _Tally:
+    """The sizes and SHA-256s of an envelope's two sides, kept as its bytes pass: ``size`` and
+    ``sha256`` of the ciphertext (what is stored, what ``verify`` checks), ``plaintext_size``
+    and ``plaintext_sha256`` of the recording (what ``decrypt`` checks)."""
+
+    def __init__(self) -> None:
+        self._size = 0
+        self._hash = hashlib.sha256()
+        self._plain_size = 0
+        self._plain_hash = hashlib.sha256()
+
+    @property
+    def size(self) -> int:
+        """Ciphertext bytes so far."""
+        return self._size
+
+    @property
+    def sha256(self) -> str:
+        """Hex SHA-256 of the ciphertext so far (the whole envelope's after ``finish``)."""
+        return self._hash.hexdigest()
+
+    @property
+    def plaintext_size(self) -> int:
+        """Plaintext bytes so far (a decryptor's: of verified chunks only)."""
+        return self._plain_size
+
+    @property
+    def plaintext_sha256(self) -> str:
+        """Hex SHA-256 of the plaintext so far."""
+        return self._plain_hash.hexdigest()
+
+
+class Encryptor(_Tally):
     """Encrypts one object while it streams: a fresh data key, the header first.
 
     Feed the plaintext to ``update`` in pieces of any size, then call ``finish`` once; the
@@ -289,10 +321,7 @@ class Encryptor:
         self._pending = bytearray()
         self._started = False
         self._finished = False
-        self._size = 0
-        self._hash = hashlib.sha256()
-        self._plain_size = 0
-        self._plain_hash = hashlib.sha256()
+        super().__init__()
 
     @property
     def header_size(self) -> int:
@@ -345,26 +374,6 @@ class Encryptor:
         last = self._seal(self._pending, last=True)
         self._pending = bytearray()
         return head + self._emit([last])
-
-    @property
-    def size(self) -> int:
-        """Ciphertext bytes produced so far."""
-        return self._size
-
-    @property
-    def sha256(self) -> str:
-        """Hex SHA-256 of the ciphertext produced (complete after ``finish``)."""
-        return self._hash.hexdigest()
-
-    @property
-    def plaintext_size(self) -> int:
-        """Plaintext bytes given so far."""
-        return self._plain_size
-
-    @property
-    def plaintext_sha256(self) -> str:
-        """Hex SHA-256 of the plaintext given so far."""
-        return self._plain_hash.hexdigest()
 
 
 def encrypted_size(plaintext_size: int, recipient: Recipient, *, chunk_size: int = CHUNK) -> int:
@@ -471,7 +480,7 @@ class Identity:
         return data_key
 
 
-class Decryptor:
+class Decryptor(_Tally):
     """Decrypts one envelope while it streams, checking every chunk.
 
     ``update`` returns the plaintext of the chunks whose tag verified; only ``finish`` knows the
@@ -493,10 +502,7 @@ class Decryptor:
         self._finished = False
         self.encrypted_to: str | None = None
         """The fingerprint the envelope's header names (once the header is read)."""
-        self._size = 0
-        self._hash = hashlib.sha256()
-        self._plain_size = 0
-        self._plain_hash = hashlib.sha256()
+        super().__init__()
 
     def _fail(self, message: str) -> DecryptionError:
         self._broken = DecryptionError(message)
@@ -646,26 +652,6 @@ class Decryptor:
         self._pending = bytearray()
         self._finished = True
         return last
-
-    @property
-    def size(self) -> int:
-        """Ciphertext bytes given so far."""
-        return self._size
-
-    @property
-    def sha256(self) -> str:
-        """Hex SHA-256 of the ciphertext given so far."""
-        return self._hash.hexdigest()
-
-    @property
-    def plaintext_size(self) -> int:
-        """Plaintext bytes returned so far (verified chunks)."""
-        return self._plain_size
-
-    @property
-    def plaintext_sha256(self) -> str:
-        """Hex SHA-256 of the plaintext returned so far."""
-        return self._plain_hash.hexdigest()
 
 
 def decrypt_file(src: IO[bytes], dst: IO[bytes], identity: Identity) -> Decryptor:
