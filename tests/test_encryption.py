@@ -242,3 +242,41 @@ def test_a_rescued_encrypted_recording_is_matched_at_enrichment_by_its_plaintext
     assert decrypt(private, files["recording-1.mp3"]) == sim.recording_asset(call, 1).body()
     assert decrypt(private, files["recording-2.mp3"]) == sim.recording_asset(call, 2).body()
     assert outcome(tmp_path / "state", call.sid) == "archived"
+
+
+def test_a_flipped_byte_in_a_stored_recording_is_refused_by_decrypt_and_named_by_verify(
+    sim: Simulator,
+    server: SimulatorServer,
+    seaweed: SeaweedFS,
+    s3_env: None,
+    bucket: str,
+    tmp_path: Path,
+    keys: tuple[Path, Path],
+) -> None:
+    """Nothing takes an altered ciphertext silently: verify (no key) names the object altered,
+    decrypt refuses it and writes nothing, whichever byte was flipped."""
+    public, private = keys
+    env = {**_env(sim, server, seaweed, bucket, tmp_path), "ARCHIVER_ENCRYPT_TO": str(public)}
+    day = settled_day()
+    call = sim.add_call(
+        recordings=[200_000], created=datetime(day.year, day.month, day.day, 11, tzinfo=IST)
+    )
+    assert invoke(["backfill", "--since", str(day), "--until", str(day)], env).exit_code == 0
+    key = f"{call.created.astimezone(IST):%Y/%m/%d}/{call.sid}/recording-1.mp3"
+    client = seaweed.client()
+    original = stored = _stored(seaweed, bucket)[key][0]
+    for offset in (3, 40, len(stored) // 2, len(stored) - 1):  # magic, header, a chunk, a tag
+        flipped = bytearray(original)
+        flipped[offset] ^= 0x01
+        client.put_object(Bucket=bucket, Key=f"{PREFIX}/{key}", Body=bytes(flipped))
+        verified = invoke(["verify"], env)
+        assert verified.exit_code == 1 and "altered" in verified.output, (offset, verified.output)
+        out = tmp_path / f"out-{offset}"
+        refused = invoke(["decrypt", "--identity", str(private), "--out", str(out), key], env)
+        assert refused.exit_code == 1, (offset, refused.output)
+        assert not out.exists() or not any(p.is_file() for p in out.rglob("*")), offset
+    client.put_object(Bucket=bucket, Key=f"{PREFIX}/{key}", Body=original)
+    out = tmp_path / "out"
+    restored = invoke(["decrypt", "--identity", str(private), "--out", str(out), key], env)
+    assert restored.exit_code == 0, restored.output
+    assert (out / key).read_bytes() == sim.recording_bytes(call.sid, 1)
