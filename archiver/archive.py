@@ -107,6 +107,10 @@ REJECT_STREAK = 5
 after which it is taken to refuse every object (``Archiver._rejected``)."""
 
 
+ENCRYPTED_TO = "encrypted_to"
+"""The ledger's worker state: the fingerprint the last run encrypted audio to ("" for none)."""
+
+
 class Archiver:
     """The resources of one run (clients, sink, ledger, manifest) and the per-call logic."""
 
@@ -139,11 +143,7 @@ class Archiver:
         )
         self.spool_dir = settings.state_dir / "spool"
         make_dirs(self.spool_dir)  # 0700: the spool files hold recordings
-        if settings.encrypt_to is not None:
-            log.info(
-                "recordings and voice-log files are encrypted to %s before they are stored",
-                settings.encrypt_to.fingerprint,
-            )
+        self._say_encryption(settings, ledger)
         self.rates = RateMeter()
         self.addresses = address_policy(settings)
         self.recording_auth = RecordingAuth.from_settings(settings)
@@ -160,6 +160,27 @@ class Archiver:
         self._rescued: set[str] = set()
         """Calls being enriched now (rescued before): any outcome short of archived keeps them
         rescued in the ledger."""
+
+    @staticmethod
+    def _say_encryption(settings: Settings, ledger: Ledger) -> None:
+        """Say what this run encrypts the audio to; warn when it is not what the run before
+        encrypted to (``--encrypt-to`` dropped or changed between runs: a setting that a
+        compliance policy may depend on, changed silently)."""
+        now = settings.encrypt_to.fingerprint if settings.encrypt_to is not None else ""
+        before = ledger.state(ENCRYPTED_TO)
+        if now:
+            log.info(
+                "recordings and voice-log files are encrypted to %s before they are stored", now
+            )
+        if before and before != now:
+            log.warning(
+                "the run before encrypted recordings to %s; this one %s: if that is not meant, "
+                "stop and set --encrypt-to (ARCHIVER_ENCRYPT_TO) to that public key",
+                before,
+                f"encrypts them to {now}" if now else "stores them UNENCRYPTED",
+            )
+        if before != now and (before or now):
+            ledger.set_state(ENCRYPTED_TO, now)
 
     async def archive_call(self, call_sid: str) -> CallResult:
         """Archive one call. Never raises for a per-call failure: the result says ``failed``.

@@ -280,3 +280,31 @@ def test_a_flipped_byte_in_a_stored_recording_is_refused_by_decrypt_and_named_by
     restored = invoke(["decrypt", "--identity", str(private), "--out", str(out), key], env)
     assert restored.exit_code == 0, restored.output
     assert (out / key).read_bytes() == sim.recording_bytes(call.sid, 1)
+
+
+def test_a_run_without_the_encrypt_to_of_the_run_before_says_so(
+    sim: Simulator,
+    server: SimulatorServer,
+    seaweed: SeaweedFS,
+    s3_env: None,
+    bucket: str,
+    tmp_path: Path,
+    keys: tuple[Path, Path],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A setting changed between runs: --encrypt-to dropped from the service's environment. The
+    run goes on (it may be meant) but warns, naming the key the run before encrypted to."""
+    public, _private = keys
+    env = _env(sim, server, seaweed, bucket, tmp_path)
+    first = invoke(["archive", sim.add_call().sid], {**env, "ARCHIVER_ENCRYPT_TO": str(public)})
+    assert first.exit_code == 0, first.output
+    caplog.clear()
+    second = invoke(["archive", sim.add_call().sid], env)
+    assert second.exit_code == 0, second.output
+    fingerprint = Recipient.from_file(public).fingerprint
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(fingerprint in m and "UNENCRYPTED" in m for m in warned), warned
+    caplog.clear()
+    third = invoke(["archive", sim.add_call().sid], env)  # said once, not at every run
+    assert third.exit_code == 0, third.output
+    assert not [r for r in caplog.records if "UNENCRYPTED" in r.getMessage()]
