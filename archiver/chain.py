@@ -310,7 +310,7 @@ def cross_check(entries: Iterable[dict[str, Any]]) -> tuple[list[str], dict[str,
             differ += [
                 name
                 for name in ("encrypted_to", "plaintext_sha256")
-                if original.get(name) is None or e.get(name, original[name]) != original[name]
+                if original.get(name) is None or e.get(name) != original[name]
             ]
         if differ:
             problems.append(

@@ -69,6 +69,7 @@ import binascii
 import hashlib
 import json
 import os
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,6 +114,7 @@ WRAP_INFO = b"exotel-archiver EXARENC1 x25519 data key"
 READ = 1 << 20
 """Bytes ``encrypt_file``/``decrypt_file`` read at a time."""
 _NONCE_PREFIX = 7
+_UNSAFE = re.compile(r"[^A-Za-z0-9:._-]")
 _MAX_CHUNKS = 1 << 32
 _KEY_FILE_LIMIT = 1 << 20
 _PUBKEY_HELP = (
@@ -138,6 +140,13 @@ def _unb64(value: Any, *, length: int | None = None) -> bytes:
     if length is not None and len(raw) != length:
         raise binascii.Error("wrong length")
     return raw
+
+
+def _shown(value: Any) -> str:
+    """A value from an unverified header, as a message may show it: short, escaped."""
+    if isinstance(value, str | int | float | bool) or value is None:
+        return repr(value)[:40]
+    return f"a JSON {type(value).__name__}"
 
 
 def _canonical(header: dict[str, Any]) -> bytes:
@@ -511,13 +520,14 @@ class Decryptor(_Tally):
     def _read_header(self, body: bytes) -> None:
         try:
             header = json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
+        except (UnicodeDecodeError, ValueError, RecursionError):  # nested [[[[...: hostile
             raise self._fail("the envelope's header is not JSON: it was altered") from None
         if not isinstance(header, dict):
             raise self._fail("the envelope's header is not a JSON object: it was altered")
         if header.get("version") != VERSION or header.get("alg") != ALG:
             raise self._fail(
-                f"the envelope is version {header.get('version')!r} / {header.get('alg')!r}; "
+                f"the envelope is version {_shown(header.get('version'))} / "
+                f"{_shown(header.get('alg'))}; "
                 f"this reads version {VERSION} / {ALG} (altered, or a newer exotel-archiver)"
             )
         recipient = header.get("recipient")
@@ -535,7 +545,8 @@ class Decryptor(_Tally):
             self._prefix = _unb64(header["nonce_prefix"], length=_NONCE_PREFIX)
         except (binascii.Error, UnicodeError):
             raise self._fail("the envelope's nonce prefix is malformed: it was altered") from None
-        self.encrypted_to = recipient["fingerprint"][:200]
+        # The header is anyone's text until its chunks verify: only safe characters are shown.
+        self.encrypted_to = _UNSAFE.sub("?", recipient["fingerprint"][:200])
         own = self._identity.recipient.fingerprint
         if self.encrypted_to != own:
             raise self._fail(

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -63,6 +63,8 @@ class _Selected:
     entries: list[dict[str, Any]]
     stored: dict[str, tuple[str, int]]
     """``chain.stored_as``: the ciphertext ``repair`` put back, where it is not the entry's."""
+    repairs: list[dict[str, Any]] = field(default_factory=list)
+    """The ``repaired`` events that say so (``stored_sha256``), of the entries' keys."""
 
     def as_stored(self, e: dict[str, Any]) -> tuple[str, int]:
         return expected(e, self.stored)
@@ -89,10 +91,14 @@ async def _entries(sink: Sink, since: date | None, until: date | None) -> _Selec
             "exotel-archiver verify): " + "; ".join(chain.problems)
         )
     # The objects still stored; events (holds, erasure receipts) stay in the chain itself.
-    return _Selected(
-        [e for e in present_objects(chain.entries) if selected(e, since, until, None, "")],
-        stored_as(chain.entries),
-    )
+    entries = [e for e in present_objects(chain.entries) if selected(e, since, until, None, "")]
+    keys = {e["key"] for e in entries}
+    repairs = [
+        e
+        for e in chain.entries
+        if e.get("kind") == "repaired" and "stored_sha256" in e and e.get("key") in keys
+    ]
+    return _Selected(entries, stored_as(chain.entries), repairs)
 
 
 async def export_manifest(
@@ -105,8 +111,11 @@ async def export_manifest(
     finally:
         await sink.close()
     entries = chosen.entries
+    # The entries, then the repairs that put another ciphertext at their keys: with them, the
+    # lines say what SHA256SUMS lists (docs/manifest.md, "Which bytes a key holds").
+    lines = [*entries, *chosen.repairs]
     write_atomic(
-        out / "manifest.jsonl", "".join(json.dumps(e, sort_keys=True) + "\n" for e in entries)
+        out / "manifest.jsonl", "".join(json.dumps(e, sort_keys=True) + "\n" for e in lines)
     )
     sums = "".join(f"{chosen.as_stored(e)[0]}  {e['key']}\n" for e in entries)
     write_atomic(out / "SHA256SUMS", sums)

@@ -20,6 +20,7 @@ The promises:
 
 from __future__ import annotations
 
+import glob
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterable
@@ -68,12 +69,20 @@ class Archive:
     problems: list[str] = field(default_factory=list)
     """What is wrong with the manifest chain (``exotel-archiver verify`` tells more)."""
 
+    def entry(self, key: str) -> dict[str, Any] | str | None:
+        """The entry of ``key`` to check its object against; a refusal reason when the chain is
+        damaged (nothing it holds proves what belongs at a key: anyone holding the public key
+        can make a valid envelope); None when no entry names it."""
+        if self.problems:
+            return DAMAGED
+        return self.entries.get(key)
+
     def targets(self, keys: Iterable[str], calls: Iterable[str]) -> list[tuple[str, Any]]:
         """(key, entry or a refusal reason) for each key given, then every encrypted object of
-        each call given, in key order; each key once."""
+        each call given, in key order; each key once. With a damaged chain, each is refused."""
         out: dict[str, Any] = {}
         for key in keys:
-            found = self.entries.get(key)
+            found = self.entry(key)
             out.setdefault(
                 key,
                 found
@@ -88,11 +97,18 @@ class Archive:
             )
             encrypted = [e for e in of_call if e.get("encrypted_to")]
             for e in encrypted:
-                out.setdefault(str(e["key"]), e)
+                out.setdefault(str(e["key"]), DAMAGED if self.problems else e)
             if not encrypted:
                 why = "it has no encrypted objects" if of_call else "no manifest entry names it"
                 out.setdefault(f"call {sid}", why)
         return list(out.items())
+
+
+DAMAGED = (
+    "the manifest chain in the destination is damaged (`exotel-archiver verify` names what is "
+    "wrong): an entry from it proves nothing about the object at its key, so none is restored "
+    "from it"
+)
 
 
 def _local_entries(settings: Settings) -> list[dict[str, Any]]:
@@ -119,7 +135,13 @@ async def open_archive(settings: Settings, *, destination: bool = True) -> Async
             )
         chain = await load_chain(sink, ledger)
         seqs = {e.get("seq") for e in chain.checked}
-        local = [e for e in _local_entries(settings) if e.get("seq") not in seqs]
+        named = {e.get("key") for e in chain.checked}
+        # manifest.jsonl only for what neither holds: a line never stands in for their entry
+        local = [
+            e
+            for e in _local_entries(settings)
+            if e.get("seq") not in seqs and e.get("key") not in named
+        ]
         yield Archive(sink, _by_key([*chain.checked, *local]), list(chain.problems))
     finally:
         if ledger is not None:
@@ -179,6 +201,8 @@ class _Pending:
 
     def __init__(self, target: Path) -> None:
         make_dirs(target.parent)
+        for stale in target.parent.glob(f".{glob.escape(target.name)}.*.decrypting"):
+            stale.unlink(missing_ok=True)  # a run killed mid-way: unverified plaintext, dropped
         self.target = target
         self.tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.decrypting")
         fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
@@ -219,11 +243,22 @@ async def restore_object(
         target = _place(out_dir, key)
     except DecryptionError as exc:
         return Outcome(key, REFUSED, str(exc))
-    if await archive.sink.stat(key) is None:
+    info = await archive.sink.stat(key)
+    if info is None:
         return Outcome(
             key, REFUSED, "it is missing from the destination (`exotel-archiver repair`)"
         )
-    pending = _Pending(target)
+    if info.size != entry.get("size"):  # not downloaded at all: it cannot be the recorded one
+        return Outcome(
+            key,
+            REFUSED,
+            f"the stored object ({info.size} bytes) is not what the manifest recorded "
+            f"({entry.get('size')} bytes): it was replaced (`exotel-archiver verify`, `repair`)",
+        )
+    try:
+        pending = _Pending(target)
+    except OSError as exc:
+        return Outcome(key, REFUSED, _cannot_write(target, exc))
     try:
         dec = Decryptor(identity)
         async for piece in archive.sink.read(key):
@@ -237,10 +272,20 @@ async def restore_object(
     except DecryptionError as exc:
         pending.drop()
         return Outcome(key, REFUSED, str(exc))
+    except OSError as exc:  # the output place (a folder there, a full disk): this object only
+        pending.drop()
+        return Outcome(key, REFUSED, _cannot_write(target, exc))
     except BaseException:
         pending.drop()
         raise
     return Outcome(key, RESTORED, "", target, dec.plaintext_size, dec.plaintext_sha256)
+
+
+def _cannot_write(target: Path, exc: OSError) -> str:
+    return (
+        f"cannot write {target} ({exc.strerror or type(exc).__name__}): nothing was written "
+        "for it; free the place (or the disk) and run again"
+    )
 
 
 def restore_file(

@@ -383,6 +383,33 @@ def test_a_downloaded_object_is_decrypted_checked_with_its_key(made: Made, tmp_p
     assert not target.exists() and not leftovers(tmp_path)
 
 
+def test_a_plaintext_left_by_a_killed_decrypt_is_removed_by_the_next(
+    made: Made, tmp_path: Path
+) -> None:
+    """A decrypt killed (SIGKILL) mid-way leaves its temp file of unverified plaintext; the next
+    decrypt of that object removes it, whatever it restores."""
+    key = next(iter(made.recordings))
+    out = tmp_path / "out"
+    stale = out / f"{key}".rsplit("/", 1)[0] / f".{key.rsplit('/', 1)[1]}.0badc0de.decrypting"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"unverified plaintext of a killed run")
+    result = decrypt(made, key, "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert not leftovers(out) and (out / key).read_bytes() == made.recordings[key]
+
+
+def test_an_output_that_is_the_input_is_refused_before_anything_is_written(
+    made: Made, tmp_path: Path
+) -> None:
+    key = next(iter(made.recordings))
+    downloaded = tmp_path / "downloaded.enc"
+    ciphertext = made.stored(key)
+    downloaded.write_bytes(ciphertext)
+    result = decrypt(made, "--input", str(downloaded), "--output", str(downloaded), "--key", key)
+    assert result.exit_code == 2 and "--output is the --input file" in result.output
+    assert downloaded.read_bytes() == ciphertext
+
+
 # --- the worker never holds the private key ----------------------------------------------------
 
 

@@ -10,6 +10,7 @@ ciphertext its `repaired` event names, not its entry's.
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -108,6 +109,17 @@ def test_sha256sums_checks_the_bucket_and_the_plaintext_listing_the_decrypted_mi
     assert checked.stdout.count(": OK") == 5
     wrong = sha256sum(out / "SHA256SUMS.plaintext", tmp_path / "mirror")  # not interchangeable
     assert wrong.returncode != 0 and wrong.stdout.count("FAILED") == 3
+    # The exported lines agree with SHA256SUMS: the repair that put another ciphertext back is
+    # among them, and its stored_sha256 is the line SHA256SUMS has for that key.
+    lines = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    repairs = [e for e in lines if e.get("kind") == "repaired"]
+    assert len(repairs) == 1, repairs
+    sums = dict(
+        reversed(line.split("  ", 1))
+        for line in (out / "SHA256SUMS").read_text().split("\n")
+        if line
+    )
+    assert sums[repairs[0]["key"]] == repairs[0]["stored_sha256"]
 
 
 def test_a_bag_of_ciphertext_validates_and_carries_the_plaintext_hashes(

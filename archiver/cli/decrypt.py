@@ -132,6 +132,12 @@ def decrypt(
                 f"error: --input: {input_file} is not a file (give the downloaded object)",
                 EXIT_USAGE,
             )
+        if output_file.resolve() == input_file.resolve():
+            fail(
+                "error: --output is the --input file: the encrypted object would be replaced "
+                "by its plaintext; give another --output",
+                EXIT_USAGE,
+            )
     else:
         if output_file is not None or entry_key is not None:
             fail("error: --output and --key go with --input FILE", EXIT_USAGE)
@@ -162,8 +168,8 @@ async def _objects(
             click.echo(f"  WARNING    manifest chain: {problem}", err=True)
         if archive.problems:
             click.echo(
-                "  WARNING    the manifest chain has problems (`exotel-archiver verify`): the "
-                "entries objects are checked against may not be the worker's",
+                "  WARNING    the manifest chain has problems (`exotel-archiver verify`): "
+                "nothing is restored from it",
                 err=True,
             )
         targets = archive.targets(keys, calls)
@@ -198,7 +204,11 @@ async def _one_file(
     entry = None
     if entry_key is not None:
         async with open_archive(settings, destination=False) as archive:
-            entry = archive.entries.get(entry_key)
+            found = archive.entry(entry_key)
+        if isinstance(found, str):
+            click.echo(f"  REFUSED    {entry_key}: {found}", err=True)
+            return EXIT_FAILURES
+        entry = found
         if entry is None:
             click.echo(
                 f"  REFUSED    {entry_key}: no manifest entry names it (check the key, the "
