@@ -124,6 +124,7 @@ class Archiver:
         exotel: ExotelClient,
         http: aiohttp.ClientSession,
         stop_on_refusals: bool = True,
+        archiving: bool = True,
     ) -> None:
         self.settings = settings
         self.stop_on_refusals = stop_on_refusals
@@ -143,7 +144,8 @@ class Archiver:
         )
         self.spool_dir = settings.state_dir / "spool"
         make_dirs(self.spool_dir)  # 0700: the spool files hold recordings
-        self._say_encryption(settings, ledger)
+        if archiving:  # a run that archives (not repair): what it encrypts to is said, kept
+            self._say_encryption(settings, ledger)
         self.rates = RateMeter()
         self.addresses = address_policy(settings)
         self.recording_auth = RecordingAuth.from_settings(settings)

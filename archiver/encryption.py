@@ -191,17 +191,29 @@ class EncryptingUpload:
         await self.inner.abort()
 
 
-async def proven_sha256(sink: Sink, key: str) -> tuple[int, str, PutResult] | None:
-    """Size and SHA-256 of the object at ``key`` as the store computed them (else its bytes
-    read back and hashed), and a ``PutResult`` describing it as found; None if there is none.
-    Raises ``StorageConflict`` if it is not encrypted at rest as the sink asks
-    (``Sink.encryption_problem``): such an object is never adopted, whatever its bytes."""
+@dataclass(frozen=True)
+class Found:
+    """An object found at its key: its size and SHA-256 on proof (the store's checksum, else
+    its bytes read back and hashed), as a ``PutResult`` (``created`` False), and why it is not
+    encrypted at rest as the sink asks (``Sink.encryption_problem``; None: it is). An object
+    with a ``problem`` is never adopted, whatever its bytes."""
+
+    size: int
+    sha256: str
+    result: PutResult
+    problem: str | None
+
+    def refuse(self, sink: Sink) -> None:
+        """Raise ``StorageConflict`` if it is not encrypted at rest as asked."""
+        if self.problem is not None:
+            raise StorageConflict(not_as_asked(sink, self.result.key, self.problem))
+
+
+async def found_at(sink: Sink, key: str) -> Found | None:
+    """What is at ``key`` (``Found``), or None if nothing is."""
     info = await sink.stat(key)
     if info is None:
         return None
-    problem = sink.encryption_problem(info)
-    if problem is not None:
-        raise StorageConflict(not_as_asked(sink, key, problem))
     size, sha = info.size, info.sha256
     if sha is None:
         digest, size = hashlib.sha256(), 0
@@ -209,7 +221,7 @@ async def proven_sha256(sink: Sink, key: str) -> tuple[int, str, PutResult] | No
             digest.update(chunk)
             size += len(chunk)
         sha = digest.hexdigest()
-    found = PutResult(
+    result = PutResult(
         key=key,
         size=size,
         sha256=sha,
@@ -219,7 +231,7 @@ async def proven_sha256(sink: Sink, key: str) -> tuple[int, str, PutResult] | No
         sse=info.sse,
         sse_kms_key_id=info.sse_kms_key_id,
     )
-    return size, sha, found
+    return Found(size, sha, result, sink.encryption_problem(info))
 
 
 def not_as_asked(sink: Sink, key: str, problem: str) -> str:
@@ -241,11 +253,18 @@ async def adopt(
     plaintext itself (stored before encryption was turned on). None: a conflict."""
     ledger = writes.ledger
     intents = ledger.encrypted_writes(key)
-    there = await proven_sha256(sink, key)
+    there = await found_at(sink, key)
     if there is None:
         return None
-    found_size, found_sha, found = there
+    found_size, found_sha, found = there.size, there.sha256, there.result
     held = [w for w in intents if (w.sha256, w.size) == (found_sha, found_size)]
+    if intents and not held:
+        # The key is held, write-once, by bytes none of this worker's ciphertexts are: none of
+        # them can ever land there. Forgotten, so that failed retries do not pile up intents.
+        await writes.run(lambda: ledger.drop_encrypted_writes(key, keep=None))
+    elif len(held) < len(intents):  # the one there is kept (it may be adopted once fixed)
+        await writes.run(lambda: ledger.drop_encrypted_writes(key, keep=found_sha))
+    there.refuse(sink)  # not encrypted at rest as asked: never adopted
     for intent in held:
         if (intent.plaintext_sha256, intent.plaintext_size) == (sha256, size):
             log.info("%s: found at its key, encrypted by an earlier attempt; adopted", key)
@@ -262,8 +281,4 @@ async def adopt(
             sink.location(key),
         )
         return found
-    if intents and not held:
-        # The key is held, write-once, by bytes none of this worker's ciphertexts are: none of
-        # them can ever land there. Forgotten, so that failed retries do not pile up intents.
-        await writes.run(lambda: ledger.drop_encrypted_writes(key))
     return None

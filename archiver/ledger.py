@@ -840,10 +840,13 @@ class Ledger:
                 ),
             )
 
-    def drop_encrypted_writes(self, key: str) -> None:
-        """Forget the ciphertexts intended for ``key``: another object holds it for good."""
+    def drop_encrypted_writes(self, key: str, *, keep: str | None = None) -> None:
+        """Forget the ciphertexts intended for ``key`` (but the one whose SHA-256 is ``keep``):
+        the object at the key holds it for good, write-once, so no other can land there."""
         with self._transaction():
-            self._db.execute("DELETE FROM encrypted_writes WHERE key = ?", (key,))
+            self._db.execute(
+                "DELETE FROM encrypted_writes WHERE key = ? AND sha256 IS NOT ?", (key, keep)
+            )
 
     def encrypted_writes(self, key: str) -> list[EncryptedWrite]:
         """The ciphertexts recorded as about to be stored at ``key`` and not recorded since."""

@@ -47,7 +47,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Literal, Union
 
-from archiver.encryption import AUDIO_KINDS, STORED_TYPE, Encryption, adopt, proven_sha256
+from archiver.encryption import AUDIO_KINDS, STORED_TYPE, Encryption, adopt, found_at
 from archiver.errors import StorageConflict, StoragePermanent, StorageRejected
 from archiver.exotel.models import CallDetails
 from archiver.group_commit import GroupCommit
@@ -380,10 +380,11 @@ class Recorder:
         (``ObjectInfo.sha256`` is never a metadata claim), else its bytes hashed, and the
         server-side encryption the store reports (one other than asked: ``StorageConflict``).
         Its version is left to ``_adopt_lock`` to find."""
-        there = await proven_sha256(self.sink, key)
+        there = await found_at(self.sink, key)
         if there is None:
             raise StoragePermanent(f"{self.sink.location(key)}: refused as a conflict, then gone")
-        return replace(there[2], version_id=None)
+        there.refuse(self.sink)
+        return replace(there.result, version_id=None)
 
     async def bind_lock(
         self, key: str, version_id: str | None, wanted: Lock | None

@@ -52,7 +52,7 @@ from typing import Any
 from archiver import identity
 from archiver.archive import Archiver, address_policy, sink_for
 from archiver.config import Settings
-from archiver.encryption import STORED_TYPE, Encryption
+from archiver.encryption import STORED_TYPE, Encryption, found_at, not_as_asked
 from archiver.errors import (
     ArchiverError,
     ConfigError,
@@ -203,7 +203,13 @@ async def _repair(
         recording_session(policy=address_policy(settings)) as http,
     ):
         archiver = Archiver(
-            settings, sink=sink, ledger=ledger, manifest=manifest, exotel=exotel, http=http
+            settings,
+            sink=sink,
+            ledger=ledger,
+            manifest=manifest,
+            exotel=exotel,
+            http=http,
+            archiving=False,  # puts back only what was recorded: the runs' key is not its
         )
         try:
             for check in damaged:
@@ -370,6 +376,28 @@ async def _repair_object(
             except StorageLocked as exc:
                 item.outcome, item.detail = CANNOT, f"the altered version is locked: {exc}"
                 return
+        if quarantined and encryption is not None:
+            # In a versioned bucket, deleting the altered version makes the one before it
+            # current again: the recorded ciphertext itself, if it was not deleted too.
+            back = await found_at(sink, record.key)
+            if (
+                back is not None
+                and back.problem is None
+                and (back.sha256, back.size)
+                == (
+                    check.expected_sha256,
+                    check.expected_size,
+                )
+            ):
+                _record_repair(
+                    ledger, record, item, back.result, quarantined=quarantined, source=record.source
+                )
+                item.outcome = REPAIRED
+                item.detail = (
+                    "the altered version was set aside; the recorded one under it is current "
+                    f"again ({back.size} bytes, SHA-256 {back.sha256})"
+                )
+                return
         # A rescued call's object bound at enrichment: the lock its binding gave.
         lock = _lock_of(bound_record(record, bindings(ledger, [record.key]).get(record.key)))
         if encryption is None:
@@ -432,6 +460,7 @@ def _record_repair(
         )
     if put.sse is not None:  # what the store confirmed for the version put back
         details.update(sse=put.sse, sse_kms_key_id=put.sse_kms_key_id)
+    ledger.drop_encrypted_writes(record.key)  # recorded: the key's intents are spent
     ledger.add_event(
         EventRecord(
             kind="repaired",
@@ -461,6 +490,10 @@ async def _adopt_own(
     info = await sink.stat(record.key) if own else None
     if info is None:
         return False
+    problem = sink.encryption_problem(info)
+    if problem is not None:  # its bytes, but not encrypted at rest as asked: not taken
+        item.outcome, item.detail = CANNOT, not_as_asked(sink, record.key, problem)
+        return True
     put = PutResult(
         key=record.key,
         size=own[0].size,

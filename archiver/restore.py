@@ -28,6 +28,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import unquote, urlsplit
 
 from archiver import identity as marker
 from archiver.archive import sink_for
@@ -38,8 +39,9 @@ from archiver.errors import DecryptionError, StoragePermanent
 from archiver.files import FILE_MODE, fsync_dir, make_dirs
 from archiver.ledger import Ledger
 from archiver.manifest import is_event, present_objects, read_manifest
-from archiver.sinks import Sink
+from archiver.sinks import RetryingSink, Sink
 from archiver.sinks.base import validate_key
+from archiver.sinks.local import LocalSink
 
 RESTORED, REFUSED, UNCHECKED = "restored", "refused", "unchecked"
 
@@ -68,6 +70,9 @@ class Archive:
     """Object entries by key (erased objects left out)."""
     problems: list[str] = field(default_factory=list)
     """What is wrong with the manifest chain (``exotel-archiver verify`` tells more)."""
+    root: Path | None = None
+    """A local destination's directory: nothing is ever restored into it (the plaintext would
+    replace the archived ciphertext)."""
 
     def entry(self, key: str) -> dict[str, Any] | str | None:
         """The entry of ``key`` to check its object against; a refusal reason when the chain is
@@ -111,6 +116,17 @@ DAMAGED = (
 )
 
 
+def inside_destination(settings: Settings, path: Path) -> Path | None:
+    """The local destination's directory if ``path`` is in it (or is it), else None: nothing is
+    restored there — the plaintext would replace the archive's own objects."""
+    destination = (settings.destination or "").strip()
+    if not destination or ("://" in destination and not destination.startswith("file:")):
+        return None
+    raw = unquote(urlsplit(destination).path) if destination.startswith("file:") else destination
+    root = Path(raw).expanduser().resolve()
+    return root if path.expanduser().resolve().is_relative_to(root) else None
+
+
 def _local_entries(settings: Settings) -> list[dict[str, Any]]:
     return read_manifest(settings.state_dir / "manifest.jsonl")
 
@@ -142,7 +158,9 @@ async def open_archive(settings: Settings, *, destination: bool = True) -> Async
             for e in _local_entries(settings)
             if e.get("seq") not in seqs and e.get("key") not in named
         ]
-        yield Archive(sink, _by_key([*chain.checked, *local]), list(chain.problems))
+        backend = sink.inner if isinstance(sink, RetryingSink) else sink
+        root = backend.root if isinstance(backend, LocalSink) else None
+        yield Archive(sink, _by_key([*chain.checked, *local]), list(chain.problems), root)
     finally:
         if ledger is not None:
             ledger.close()
@@ -243,6 +261,14 @@ async def restore_object(
         target = _place(out_dir, key)
     except DecryptionError as exc:
         return Outcome(key, REFUSED, str(exc))
+    root = archive.root
+    if root is not None and target.resolve().is_relative_to(root):
+        return Outcome(
+            key,
+            REFUSED,
+            f"{target} is inside the destination ({root}): the plaintext would replace the "
+            "archive's own objects; give an --out outside it",
+        )
     info = await archive.sink.stat(key)
     if info is None:
         return Outcome(

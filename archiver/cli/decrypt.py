@@ -146,6 +146,16 @@ def decrypt(
         if out_dir is None:
             fail("error: give --out DIR, the folder to restore into", EXIT_USAGE)
     settings = make_settings(ctx, cli)
+    from archiver.restore import inside_destination
+
+    place = out_dir if out_dir is not None else output_file
+    root = inside_destination(settings, place) if place is not None else None
+    if root is not None:
+        fail(
+            f"error: {place} is inside the destination ({root}): the plaintext would replace "
+            "the archive's own objects; restore into a folder outside it",
+            EXIT_USAGE,
+        )
     try:
         identity = Identity.from_file(identity_file, read_passphrase(passphrase_file))
     except ConfigError as exc:
