@@ -938,7 +938,7 @@ async def open_run(
         try:
             yield worker
         finally:
-            worker.recorder.writes.close()  # writes of calls cut off end before the ledger closes
+            worker.recorder.close()  # writes of calls cut off end before the ledger closes
             report.api_requests = exotel.requests
             report.url_refreshes = worker.url_refreshes
     manifest.sync(ledger)

@@ -274,7 +274,7 @@ class Daemon:
                     return await self._serve()
             finally:
                 if self.archiver is not None:  # writes of calls cut off end before it closes
-                    self.archiver.recorder.writes.close()
+                    self.archiver.recorder.close()
                 self.ledger.close()
                 await self.sink.close()
 
@@ -377,7 +377,7 @@ class Daemon:
         archived are counted so, not as cut off. Returns how many."""
         if self.archiver is None or self.ledger is None or not cut_off:
             return 0
-        self.archiver.recorder.writes.close()  # the writes begun before the cancellation
+        self.archiver.recorder.close()  # the writes begun before the cancellation
         archived = [sid for sid in cut_off if self.ledger.call_outcome(sid) == ARCHIVED]
         self.metrics.calls[ARCHIVED] += len(archived)
         return len(archived)

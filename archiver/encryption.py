@@ -37,6 +37,7 @@ import hashlib
 import logging
 import tempfile
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -57,7 +58,7 @@ and not ``application/octet-stream``, which some stores (SeaweedFS) replace by a
 key's extension."""
 _READ = 1024 * 1024
 _OFF_LOOP = 256 * 1024
-"""Pieces at least this large are encrypted in a thread, off the event loop."""
+"""Pieces at least this large are encrypted in the encryption thread, off the event loop."""
 
 log = logging.getLogger("archiver.encryption")
 
@@ -102,9 +103,17 @@ class Encryption:
     """What the store is told the encrypted objects are."""
 
     def __init__(self, recipient: Recipient, writes: GroupCommit, spool_dir: Path) -> None:
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encrypt")
+        """One thread for every encryption of the run: a pool of several (asyncio's default)
+        gives each its own malloc arena, and the chunks freed there raised the peak RSS of a
+        1 GiB streamed recording by 31 MiB (a fifth); with one, by under 5 (benchmark 19A)."""
         self.recipient = recipient
         self.writes = writes
         self.spool_dir = spool_dir
+
+    def close(self) -> None:
+        """Let the encryption thread go (after the encryptions under way)."""
+        self.pool.shutdown(wait=True)
 
     async def _intend(self, key: str, enc: Encryptor) -> None:
         """Commit that ``key`` may now receive this ciphertext (before it can be completed)."""
@@ -118,7 +127,8 @@ class Encryption:
         """``body`` (the plaintext spool: ``size`` bytes whose SHA-256 is ``sha256``) encrypted
         into a spool file of its own, its ciphertext recorded as an intent for ``key``."""
         with tempfile.TemporaryFile(dir=self.spool_dir, prefix="sealed-") as out:
-            enc = await asyncio.to_thread(_encrypt_file, body, out, self.recipient)
+            loop = asyncio.get_running_loop()
+            enc = await loop.run_in_executor(self.pool, _encrypt_file, body, out, self.recipient)
             if enc.plaintext_size != size or enc.plaintext_sha256 != sha256:
                 raise StorageUnavailable(  # the spool changed under us: not stored, retried
                     f"{key}: the spool holds {enc.plaintext_size} bytes, sha256 "
@@ -159,7 +169,8 @@ class EncryptingUpload:
 
     async def _encrypt(self, data: bytes) -> bytes:
         if len(data) >= _OFF_LOOP:
-            return await asyncio.to_thread(self.enc.update, data)
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self.encryption.pool, self.enc.update, data)
         return self.enc.update(data)
 
     async def send(self, data: bytes) -> None:

@@ -337,52 +337,62 @@ class Encryptor(_Tally):
         """Bytes of the preamble (magic, length, header) before the first chunk."""
         return len(self._preamble)
 
-    def _seal(self, plaintext: bytes | bytearray | memoryview, last: bool) -> bytes:
-        if self._counter >= _MAX_CHUNKS:
+    def _seal(self, head: bytes, chunks: list[bytes | bytearray | memoryview], last: bool) -> bytes:
+        """``head`` then each of ``chunks`` sealed (the final one flagged ``last``), written into
+        one buffer: one allocation per call, not one per chunk (many small blocks, freed in
+        another order than taken, fragment the heap and raise the peak RSS)."""
+        if self._counter + len(chunks) > _MAX_CHUNKS:
             raise ValueError("too many chunks for one envelope")
-        out = self._aead.encrypt(
-            _nonce(self._prefix, self._counter, last), plaintext, self._preamble
-        )
-        self._counter += 1
-        return out
-
-    def _emit(self, parts: list[bytes]) -> bytes:
-        out = b"".join(parts)
+        out = bytearray(len(head) + sum(len(c) + TAG for c in chunks))
+        view = memoryview(out)
+        view[: len(head)] = head
+        at = len(head)
+        for n, chunk in enumerate(chunks, start=1):
+            nonce = _nonce(self._prefix, self._counter, last and n == len(chunks))
+            self._aead.encrypt_into(nonce, chunk, self._preamble, view[at : at + len(chunk) + TAG])
+            self._counter += 1
+            at += len(chunk) + TAG
         self._size += len(out)
         self._hash.update(out)
-        return out
+        return bytes(out)
 
     def update(self, data: bytes) -> bytes:
         """Ciphertext ready so far for ``data`` (the header with the first call)."""
         if self._finished:
             raise ValueError("update after finish")
-        parts: list[bytes] = []
+        head = b""
         if not self._started:
             self._started = True
-            parts.append(self._preamble)
+            head = self._preamble
         view = memoryview(data)
         n = len(view)
         self._plain_size += n
         self._plain_hash.update(view)
         pos = min(self._chunk - len(self._pending), n)
         self._pending += view[:pos]
+        chunks: list[bytes | bytearray | memoryview] = []
         if pos < n:  # the pending chunk is full and more follows: it is not the last
-            parts.append(self._seal(self._pending, last=False))
+            chunks.append(self._pending)
             while n - pos > self._chunk:
-                parts.append(self._seal(view[pos : pos + self._chunk], last=False))
+                chunks.append(view[pos : pos + self._chunk])
                 pos += self._chunk
+        out = self._seal(head, chunks, last=False)
+        if pos < n:
             self._pending = bytearray(view[pos:])
-        return self._emit(parts)
+        return out
 
     def finish(self) -> bytes:
         """The rest of the ciphertext, the final chunk included."""
         if self._finished:
             raise ValueError("finish called twice")
-        head = b"" if self._started else self.update(b"")
+        head = b""
+        if not self._started:
+            self._started = True
+            head = self._preamble
         self._finished = True
-        last = self._seal(self._pending, last=True)
+        last = self._seal(head, [self._pending], last=True)
         self._pending = bytearray()
-        return head + self._emit([last])
+        return last
 
 
 def encrypted_size(plaintext_size: int, recipient: Recipient, *, chunk_size: int = CHUNK) -> int:

@@ -177,6 +177,13 @@ class Recorder:
             await self._seal_when_full()
         return record
 
+    def close(self) -> None:
+        """End the ledger's writes (those of calls cut off included) and the encryption thread:
+        before the ledger closes."""
+        self.writes.close()
+        if self.encryption is not None:
+            self.encryption.close()
+
     async def _seal_when_full(self) -> None:
         """Seal full segments once ``segment_size`` entries wait — looked at again under the
         seal's lock: the other calls in flight that saw the threshold passed meanwhile find

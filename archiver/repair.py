@@ -223,6 +223,7 @@ async def _repair(
                     await _repair_object(archiver, sink, ledger, record, item, check)
                 done(item)
         finally:
+            archiver.recorder.close()
             report.api_requests = exotel.requests
     manifest.sync(ledger)
     manifest.fsync()
