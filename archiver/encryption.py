@@ -275,21 +275,22 @@ async def adopt(
         await writes.run(lambda: ledger.drop_encrypted_writes(key, keep=None))
     elif len(held) < len(intents):  # the one there is kept (it may be adopted once fixed)
         await writes.run(lambda: ledger.drop_encrypted_writes(key, keep=found_sha))
-    there.refuse(sink)  # not encrypted at rest as asked: never adopted
-    for intent in held:
-        if (intent.plaintext_sha256, intent.plaintext_size) == (sha256, size):
-            log.info("%s: found at its key, encrypted by an earlier attempt; adopted", key)
-            return replace(
-                found,
-                plaintext_sha256=intent.plaintext_sha256,
-                plaintext_size=intent.plaintext_size,
-                encrypted_to=intent.encrypted_to,
-            )
-    if (found_sha, found_size) == (sha256, size):
-        log.warning(
-            "%s was stored unencrypted (before --encrypt-to was set?): adopted as it is; it "
-            "is recorded as not encrypted",
-            sink.location(key),
+    ours = next((w for w in held if (w.plaintext_sha256, w.plaintext_size) == (sha256, size)), None)
+    plain = (found_sha, found_size) == (sha256, size)
+    if ours is None and not plain:
+        return None  # not this recording: a conflict, whatever its encryption at rest
+    there.refuse(sink)  # this recording, but not encrypted at rest as asked: never adopted
+    if ours is not None:
+        log.info("%s: found at its key, encrypted by an earlier attempt; adopted", key)
+        return replace(
+            found,
+            plaintext_sha256=ours.plaintext_sha256,
+            plaintext_size=ours.plaintext_size,
+            encrypted_to=ours.encrypted_to,
         )
-        return found
-    return None
+    log.warning(
+        "%s was stored unencrypted (before --encrypt-to was set?): adopted as it is; it is "
+        "recorded as not encrypted",
+        sink.location(key),
+    )
+    return found

@@ -47,7 +47,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from archiver import identity
 from archiver.archive import Archiver, address_policy, sink_for
@@ -58,6 +58,7 @@ from archiver.errors import (
     ConfigError,
     DestinationMismatch,
     ExotelNotFound,
+    StorageConflict,
     StorageLocked,
 )
 from archiver.exotel.client import ExotelClient
@@ -401,28 +402,25 @@ async def _repair_object(
                 return
         # A rescued call's object bound at enrichment: the lock its binding gave.
         lock = _lock_of(bound_record(record, bindings(ledger, [record.key]).get(record.key)))
-        if encryption is None:
-            mime = record.content_type.split(";")[0].strip() or "application/octet-stream"
-            put = await sink.put(
-                record.key,
-                spool,
-                size=record.size,
-                sha256=record.sha256,
-                content_type=mime,
-                lock=lock,
+        try:
+            put = await _put_back(sink, record, spool, got.size, got.sha256, lock, encryption)
+        except StorageConflict:
+            # Another object holds the key: in a versioned bucket, the version under the one
+            # set aside (not the recorded bytes, or it was taken above). This key only.
+            if encryption is not None:
+                ledger.drop_encrypted_writes(record.key)  # the one put cannot land: forgotten
+            under = (
+                " after the altered version was set aside (a versioned bucket: the version "
+                "under it is not the recorded one either)"
+                if quarantined
+                else ""
             )
-        else:
-            async with encryption.seal(
-                record.key, spool, size=got.size, sha256=got.sha256
-            ) as sealed:
-                put = await sink.put(
-                    record.key,
-                    sealed.file,
-                    size=sealed.size,
-                    sha256=sealed.sha256,
-                    content_type=STORED_TYPE,
-                    lock=lock,
-                )
+            item.outcome = CANNOT
+            item.detail = (
+                f"another object is at the key{under}; nothing was put. Run `exotel-archiver "
+                "repair` again to set that one aside too, or look at the key's versions"
+            )
+            return
     _record_repair(ledger, record, item, put, quarantined=quarantined, source=strip_url(url))
     item.outcome = REPAIRED
     item.detail = (
@@ -433,6 +431,34 @@ async def _repair_object(
             f", encrypted afresh to {record.encrypted_to} ({put.size} bytes, SHA-256 {put.sha256})"
         )
     log.info("%s put back at %s", record.key, put.location)
+
+
+async def _put_back(
+    sink: Sink,
+    record: ObjectRecord,
+    spool: BinaryIO,
+    size: int,
+    sha256: str,
+    lock: Lock | None,
+    encryption: Encryption | None,
+) -> PutResult:
+    """Put the recording downloaded into ``spool`` back at its key, write-once: the recorded
+    bytes, or (encrypted client-side) a fresh ciphertext of them, its intent recorded first.
+    Raises ``StorageConflict`` if another object holds the key."""
+    if encryption is None:
+        mime = record.content_type.split(";")[0].strip() or "application/octet-stream"
+        return await sink.put(
+            record.key, spool, size=record.size, sha256=record.sha256, content_type=mime, lock=lock
+        )
+    async with encryption.seal(record.key, spool, size=size, sha256=sha256) as sealed:
+        return await sink.put(
+            record.key,
+            sealed.file,
+            size=sealed.size,
+            sha256=sealed.sha256,
+            content_type=STORED_TYPE,
+            lock=lock,
+        )
 
 
 def _record_repair(
@@ -461,7 +487,6 @@ def _record_repair(
         )
     if put.sse is not None:  # what the store confirmed for the version put back
         details.update(sse=put.sse, sse_kms_key_id=put.sse_kms_key_id)
-    ledger.drop_encrypted_writes(record.key)  # recorded: the key's intents are spent
     ledger.add_event(
         EventRecord(
             kind="repaired",
@@ -473,6 +498,9 @@ def _record_repair(
             details=json.dumps(details, sort_keys=True),
         )
     )
+    # Recorded (first: a crash between the two keeps the intent, and the next repair takes
+    # its own ciphertext back by it): the key's intents are spent.
+    ledger.drop_encrypted_writes(record.key)
 
 
 async def _adopt_own(
