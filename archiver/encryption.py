@@ -43,7 +43,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
-from archiver.envelope import Encryptor, Recipient
+from archiver.envelope import Encryptor, Recipient, encrypt_file
 from archiver.errors import StorageConflict, StorageUnavailable
 from archiver.group_commit import GroupCommit
 from archiver.ledger import EncryptedWrite, utc_now
@@ -56,7 +56,6 @@ STORED_TYPE = "application/vnd.exotel-archiver.encrypted"
 the audio's (the key's extension tells mp3 or wav; the Content-Type says it is not playable),
 and not ``application/octet-stream``, which some stores (SeaweedFS) replace by a guess from the
 key's extension."""
-_READ = 1024 * 1024
 _OFF_LOOP = 256 * 1024
 """Pieces at least this large are encrypted in the encryption thread, off the event loop."""
 
@@ -150,11 +149,9 @@ class Encryption:
 
 
 def _encrypt_file(src: BinaryIO, dst: BinaryIO, recipient: Recipient) -> Encryptor:
-    enc = Encryptor(recipient)
+    """``envelope.encrypt_file`` of the whole spool ``src``, ``dst`` left flushed and rewound."""
     src.seek(0)
-    while piece := src.read(_READ):
-        dst.write(enc.update(piece))
-    dst.write(enc.finish())
+    enc = encrypt_file(src, dst, recipient)
     dst.flush()
     dst.seek(0)
     return enc
