@@ -47,7 +47,7 @@ from archiver.keys import QUARANTINE
 from archiver.ledger import PAGE, EventRecord, Ledger, ObjectRecord, utc_now, writer_lock
 from archiver.manifest import ManifestWriter
 from archiver.report import RESCUED
-from archiver.retention.binding import CLASS_BOUND, bound_record
+from archiver.retention.binding import CLASS_BOUND, REPAIRED, bound_record
 from archiver.retention.policy import Period, RetentionClass, RetentionPolicy
 from archiver.segments import seal
 from archiver.sinks import Sink
@@ -55,7 +55,7 @@ from archiver.sinks import Sink
 log = logging.getLogger("archiver.retention")
 
 HOLD, RELEASE = "legal_hold", "legal_hold_release"
-EXTENDED, ERASURE, REPAIRED = "retention_extended", "erasure", "repaired"
+EXTENDED, ERASURE = "retention_extended", "erasure"
 
 
 def parse_time(value: str) -> datetime:

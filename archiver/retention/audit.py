@@ -49,13 +49,12 @@ from archiver.retention.archive import (
     HOLD,
     NOT_BOUND_YET,
     RELEASE,
-    REPAIRED,
     Item,
     RetentionArchive,
     iso,
     parse_time,
 )
-from archiver.retention.binding import CLASS_BOUND, bound_record
+from archiver.retention.binding import CLASS_BOUND, REPAIRED, bound_record
 from archiver.retention.jobs import SLACK
 from archiver.retention.policy import RetentionClass
 from archiver.retention.reports import AuditReport

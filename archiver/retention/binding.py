@@ -48,6 +48,8 @@ if TYPE_CHECKING:
 
 CLASS_BOUND = "class_bound"
 """The event kind of a binding at enrichment."""
+REPAIRED = "repaired"
+"""``repair``'s event (``archiver.repair``): the object put back, as a new version."""
 
 log = logging.getLogger("archiver.retention")
 
@@ -77,6 +79,13 @@ def bindings(ledger: Ledger, keys: list[str]) -> dict[str, dict[str, Any]]:
     return found
 
 
+def current_versions(ledger: Ledger, keys: list[str]) -> dict[str, str | None]:
+    """The version each of ``keys`` is now where ``repair`` put it back (its newest
+    ``repaired`` event's version), as the retention jobs read it: the row's own version is then
+    an older one, hidden under a delete marker or a stranger's version."""
+    return {e.key: e.version_id for e in ledger.events_of(keys) if e.kind == REPAIRED}
+
+
 async def bind_rescued(
     recorder: Recorder, details: CallDetails, records: list[ObjectRecord]
 ) -> list[ObjectRecord]:
@@ -97,6 +106,7 @@ async def bind_rescued(
     target = policy.classify(details)
     target_until = target.retain_until(details.created_time)
     done = bindings(recorder.ledger, [r.key for r in records])
+    now_at = current_versions(recorder.ledger, [r.key for r in records])
     out = []
     for record in records:
         raised = None if record.key in done else _raised(record, target, target_until, policy)
@@ -106,7 +116,9 @@ async def bind_rescued(
         name, until_at, lock_mode = raised
         until = until_at.isoformat().replace("+00:00", "Z")
         wanted = Lock(lock_mode, until_at) if lock_mode is not None else None
-        mode, version = await recorder.bind_lock(record.key, record.version_id, wanted)
+        # The version the key holds now: one repair put back, else the one first stored.
+        version_now = now_at.get(record.key, record.version_id)
+        mode, version = await recorder.bind_lock(record.key, version_now, wanted)
         now = utc_now()
         binding = {
             "retention_class": name,
