@@ -44,6 +44,7 @@ import aiohttp
 
 from archiver.addresses import AddressPolicy
 from archiver.config import Settings
+from archiver.encryption import found_at
 from archiver.errors import (
     ArchiverError,
     CertificateError,
@@ -500,6 +501,14 @@ class Archiver:
         # Index 1 is held for v1's file only while it may be at its key unrecorded (a rescue
         # cut off between its PUT and its commit); otherwise v3's first unmatched takes it.
         hold_first = v1_pending and (1 in matched or await self._at_key(details, "recording-1"))
+        # v1's file is none of v3's (by file): the bytes a cut-off rescue left at recording-1
+        # are matched against each of v3's as they download, so they are adopted, not stored
+        # a second time under the next index.
+        first = await self._unrecorded_first(details) if hold_first and 1 not in matched else set()
+
+        def claim(sha256: str) -> int | None:
+            return 1 if 1 not in matched and sha256 in first else None
+
         next_idx = max({r.idx for r in have} | {1 if hold_first else 0}) + 1
         for recording, fixed in todo:
             idx = fixed if fixed is not None else next_idx
@@ -521,11 +530,20 @@ class Archiver:
                 fresh,
                 stem=f"recording-{idx}",
                 same_as=same if fixed is None else None,
+                claim=claim if fixed is None else None,
             )
             if record.idx == idx:  # stored now (a match by content has its own index)
                 result.stored += 1
                 if fixed is None:
                     next_idx += 1
+            elif record.idx == 1 and 1 not in matched:  # claimed: the rescue's bytes adopted
+                result.stored += 1
+                log.info(
+                    "recording %d v3 lists for call %s is the one a cut-off rescue left at "
+                    "recording-1 (the same SHA-256): adopted there",
+                    recording.index,
+                    details.sid,
+                )
             else:
                 log.info(
                     "recording %d v3 lists for call %s is the rescued recording-%d (the same "
@@ -548,6 +566,24 @@ class Archiver:
             log.warning("call %s: %s is none of the recordings v3 lists for it", details.sid, names)
             result.objects += stray
 
+    async def _unrecorded_first(self, details: CallDetails) -> set[str]:
+        """The SHA-256 of the recording an unrecorded object at ``recording-1`` holds, on
+        proof: the store's (or its bytes') SHA-256 — the recording itself, stored plain — and,
+        for a ciphertext, the plaintext SHA-256 of the intent this worker committed for exactly
+        those bytes (``archiver.encryption``). Empty: nothing there, or nothing provable."""
+        folder = self._folder(details)
+        for fmt in ("mp3", "wav"):
+            key = f"{folder}/recording-1.{fmt}"
+            there = await found_at(self.recorder.sink, key)
+            if there is None:
+                continue
+            shas = {there.sha256}
+            for intent in self.ledger.encrypted_writes(key):
+                if (intent.sha256, intent.size) == (there.sha256, there.size):
+                    shas.add(intent.plaintext_sha256)
+            return shas
+        return set()
+
     async def _at_key(self, details: CallDetails, stem: str) -> bool:
         """Whether an object of the call's folder named ``stem`` (any format) is in the
         destination, recorded or not."""
@@ -564,6 +600,17 @@ class Archiver:
             return self._v1_files[sid]
         record = known.get(("v1_record", 0))
         if record is None:
+            return set()
+        if await self.recorder.sink.stat(record.key) is None:
+            # Recorded, yet gone from the destination (deleted out of band; ``verify`` names
+            # it): v1's file is unknown, so v3's recordings are matched to a rescued one by
+            # their bytes alone. Not a reason to stop this call, nor every other.
+            log.warning(
+                "call %s: %s is recorded but missing from the destination; v1's recording "
+                "file is unknown (run verify, then repair)",
+                sid,
+                self.recorder.sink.location(record.key),
+            )
             return set()
         data = b"".join([chunk async for chunk in self.recorder.sink.read(record.key)])
         try:
@@ -705,6 +752,7 @@ class Archiver:
         *,
         stem: str,
         same_as: Callable[[str], ObjectRecord | None] | None = None,
+        claim: Callable[[str], int | None] | None = None,
         binding: Binding = None,
     ) -> ObjectRecord:
         """Download an audio file into a spool file and store it under ``{stem}.{format}``.
@@ -716,7 +764,10 @@ class Archiver:
         ``refresh`` fetches a fresh URL when this one has expired (None: the expiry is raised,
         ``RecordingExpired``). ``same_as`` may name an object recorded already with the
         downloaded bytes' SHA-256: that one is returned and nothing is stored (a streamed
-        upload begun meanwhile is aborted). ``binding``: see ``Recorder.store``.
+        upload begun meanwhile is aborted). ``claim`` may name, from that SHA-256, another
+        index whose key holds these bytes unrecorded (a rescue cut off before its commit): the
+        file is stored there instead (so adopted, never stored twice) as ``recording-N``.
+        ``binding``: see ``Recorder.store``.
         """
         what = f"{stem} of call {details.sid}"
         folder = self._folder(details)
@@ -734,6 +785,12 @@ class Archiver:
                 same = same_as(got.sha256) if same_as is not None else None
                 if same is not None:
                     return same
+                moved = claim(got.sha256) if claim is not None else None
+                if moved is not None and moved != idx:
+                    idx, stem = moved, f"recording-{moved}"
+                    if tap is not None:  # its upload went to the other key: aborted
+                        await tap.close()
+                        tap = None
                 record = await self.recorder.store(
                     details,
                     kind=kind,
