@@ -16,6 +16,7 @@ import base64
 import difflib
 import ipaddress
 import json
+import math
 import os
 import re
 import tomllib
@@ -262,14 +263,16 @@ def _convert(opt: Option, raw: Any, origin: str) -> Any:
     key in a file) into the option's type, or explain what is wrong. A secret is not shown."""
     got = "" if opt.secret else f", got {raw!r}"
     if opt.kind in ("int", "float"):
+        whole = "whole " if opt.kind == "int" else ""
+        if opt.kind == "int" and isinstance(raw, float) and not raw.is_integer():
+            # int() would cut 12.9 to 12 (and 100.5 to 100, inside the range): never guessed
+            raise ConfigError(f"{origin} must be a whole number{got}")
         try:
             number: float = int(raw) if opt.kind == "int" else float(raw)
-        except (TypeError, ValueError):
-            raise ConfigError(
-                f"{origin} must be a {'whole ' if opt.kind == 'int' else ''}number{got}"
-            ) from None
-        if isinstance(raw, bool):
-            raise ConfigError(f"{origin} must be a number{got}")
+        except (TypeError, ValueError, OverflowError):
+            raise ConfigError(f"{origin} must be a {whole}number{got}") from None
+        if isinstance(raw, bool) or not math.isfinite(number):  # nan passes any range check
+            raise ConfigError(f"{origin} must be a {whole}number{got}")
         if (opt.minimum is not None and number < opt.minimum) or (
             opt.maximum is not None and number > opt.maximum
         ):
@@ -475,7 +478,7 @@ def load_settings(
     for opt in OPTIONS:
         if opt.flag and cli.get(opt.key) is not None:
             origin, raw = opt.flag, cli[opt.key]
-        elif env.get(opt.env, "") != "":
+        elif env.get(opt.env, "") != "" or (opt.empty_is_value and opt.env in env):
             origin, raw = opt.env, env[opt.env]
         elif (credential := _credential(opt, env)) is not None:
             origin, raw = credential

@@ -89,6 +89,9 @@ class Option:
     flag, and ``--help`` shows it only there (every command reads the environment and TOML)."""
     group: str = "Behaviour"
     """The section of ``--help`` it is shown in: one of ``GROUPS``."""
+    empty_is_value: bool = False
+    """An empty environment variable is this option's value (its help says what empty means),
+    not "unset, take the default" as for every other option."""
 
     @property
     def name(self) -> str:
@@ -289,6 +292,7 @@ OPTIONS: tuple[Option, ...] = (
         kind="str",
         commands=FETCHING,
         group=EXOTEL,
+        empty_is_value=True,
     ),
     Option(
         "archiver",
