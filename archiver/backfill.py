@@ -126,11 +126,11 @@ class Plan:
 
     def minutes_at(self, rate_limit: int) -> float:
         """Minutes the archiving takes at ``rate_limit`` requests a minute, when the API is
-        what limits it (the listing is done by then): the calls through v3 at the rate left
-        to them, the enrichment at its share, side by side."""
+        what limits it (the listing is done by then): the calls through v3 and the enrichment
+        side by side in the one budget, the enrichment never more than its share. (The share
+        is a cap, not a reservation: the calls through v3 take whatever it leaves.)"""
         direct = len(self.to_archive) * self.requests_per_call
-        left = max(1, rate_limit - (self.enrich_share if self.enrichment_estimate else 0))
-        return max(direct / left, self.enrich_minutes())
+        return max((direct + self.enrichment_estimate) / rate_limit, self.enrich_minutes())
 
     def as_dict(self, rate_limit: int) -> dict[str, object]:
         return {

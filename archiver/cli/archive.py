@@ -267,6 +267,11 @@ def _print_plan(plan: Plan, settings: Settings, dry_run: bool) -> None:
             f"(enrich_share {settings.enrich_share} %)"
             + ("" if plan.enrich else " — enrich = never: not enriched")
         )
+        if direct and plan.enrichment_estimate:
+            click.echo(
+                f"in all: about {direct + plan.enrichment_estimate} API requests, "
+                f"{duration_text(plan.minutes_at(limit))} at {limit}/min"
+            )
     if plan.skipped:
         click.echo(
             f"{len(plan.skipped)} malformed item(s) skipped in Exotel's listing (the rest of "
