@@ -176,18 +176,24 @@ class EncryptingUpload:
             await self.inner.send(out)
 
     async def finish(self, *, size: int, sha256: str) -> PutResult:
+        """Complete the inner upload with the ciphertext's tail, once its intent is committed.
+        Any failure on the way (the tail's part, the intent's commit — a locked or full ledger
+        —, cancellation) aborts the inner upload: nothing is left open."""
         enc = self.enc
-        if enc.plaintext_size != size or enc.plaintext_sha256 != sha256:
-            await self.inner.abort()
-            raise StorageUnavailable(  # the tap's fallback: stored from the spool instead
-                f"{self.key}: {enc.plaintext_size} bytes were encrypted while streaming, not the "
-                f"{size} downloaded"
-            )
-        tail = enc.finish()
-        if tail:
-            await self.inner.send(tail)
-        await self.encryption._intend(self.key, enc)
-        put = await self.inner.finish(size=enc.size, sha256=enc.sha256)
+        try:
+            if enc.plaintext_size != size or enc.plaintext_sha256 != sha256:
+                raise StorageUnavailable(  # the tap's fallback: stored from the spool instead
+                    f"{self.key}: {enc.plaintext_size} bytes were encrypted while streaming, "
+                    f"not the {size} downloaded"
+                )
+            tail = enc.finish()
+            if tail:
+                await self.inner.send(tail)
+            await self.encryption._intend(self.key, enc)
+            put = await self.inner.finish(size=enc.size, sha256=enc.sha256)
+        except BaseException:
+            await asyncio.shield(self.inner.abort())
+            raise
         return replace(
             put,
             plaintext_sha256=enc.plaintext_sha256,

@@ -43,9 +43,10 @@ import base64
 import hashlib
 import logging
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from archiver.errors import StorageUnavailable
+from archiver.errors import StoragePermanent, StorageRejected, StorageUnavailable
 from archiver.retry import retrying
 from archiver.sinks import multipart
 from archiver.sinks.base import Lock, PutResult, Sink, Upload
@@ -125,6 +126,13 @@ class Tap:
         except StorageUnavailable as exc:
             await self._stop(f"the upload could not begin ({exc})")
             return
+        except (StoragePermanent, StorageRejected):
+            if self.lock is None or self.lock.until > datetime.now(UTC):
+                raise
+            # The class's date passed while the recording downloaded: the store refuses a
+            # date in the past. The spool's PUT stores it as any call archived after its date.
+            await self._stop("its retention date passed while it downloaded")
+            return
         if self.upload is None:  # the sink does not stream
             self.off, self.pending = True, []
             return
@@ -163,7 +171,11 @@ class Tap:
             return await upload.finish(size=size, sha256=sha256)
         except StorageUnavailable as exc:
             log.warning("%s: the streamed upload failed (%s); storing it from the spool", key, exc)
+            await asyncio.shield(upload.abort())  # (an upload aborts itself; said once more)
             return None
+        except BaseException:  # any other failure, or cancellation: nothing is left open
+            await asyncio.shield(upload.abort())
+            raise
 
     async def close(self) -> None:
         """Abort an upload not completed (a failed download, cancellation); never raises."""
