@@ -37,7 +37,8 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 
 import aiohttp
@@ -402,9 +403,19 @@ class Archiver:
             return CallResult(sid, NOT_READY, detail="call is still active (state 'active')")
         # The call's objects the ledger has already, read once (not once per object).
         known = {(r.kind, r.idx): r for r in self.ledger.objects_of(sid)}
+        self._keep_folder(sid, known)
         if not details.recordings:
-            if rescued:  # v1 listed a recording, v3 lists none: the rescued one is kept
+            if rescued or ("v1_record", 0) in known:
+                # v1 listed a recording, v3 lists none: the rescued one is kept — also when the
+                # rescue was cut off before the call was marked rescued (its call-v1.json is
+                # recorded; its recording-1 may be at its key unrecorded: a rescue from the
+                # listing records it). Never "no recording": v1 said there is one.
                 detail = "rescued; its v3 details list no recording: not enriched"
+                if ("recording", 1) not in known and await self._at_key(details, "recording-1"):
+                    detail += (
+                        " (recording-1 is in the destination but not recorded: a rescue cut "
+                        "off; a backfill of its day rescues it again from the listing)"
+                    )
                 await self._set_call(sid, RESCUED, detail=detail, reason="v3_no_recording")
                 log.warning("call %s: %s", sid, detail)
                 return CallResult(sid, RESCUED, list(known.values()), detail=detail)
@@ -416,7 +427,6 @@ class Archiver:
                 ended=details.end_time,
             )
         result = CallResult(sid, ARCHIVED)
-        self._keep_folder(sid, known)
         if ("v1_record", 0) in known:
             await self._enrich_recordings(result, details, known, fetched_at)
         else:
@@ -505,9 +515,12 @@ class Archiver:
         # are matched against each of v3's as they download, so they are adopted, not stored
         # a second time under the next index.
         first = await self._unrecorded_first(details) if hold_first and 1 not in matched else set()
+        # v1's own recording (by file, or claimed by its bytes) is stored as the rescue would
+        # have stored it: under the class its call-v1.json was bound to, from v1's creation.
+        as_rescued = self._as_rescued(details, known.get(("v1_record", 0)))
 
-        def claim(sha256: str) -> int | None:
-            return 1 if 1 not in matched and sha256 in first else None
+        def claim(sha256: str) -> _Claim | None:
+            return _Claim(1, *as_rescued) if 1 not in matched and sha256 in first else None
 
         next_idx = max({r.idx for r in have} | {1 if hold_first else 0}) + 1
         for recording, fixed in todo:
@@ -521,8 +534,9 @@ class Archiver:
             async def fresh(d: CallDetails, _idx: int, n: int = recording.index) -> str:
                 return await self._recording_url(d, n)
 
+            for_details, binding = as_rescued if fixed == 1 else (details, None)
             record = await self._archive_file(
-                details,
+                for_details,
                 "recording",
                 idx,
                 recording.url,
@@ -531,6 +545,7 @@ class Archiver:
                 stem=f"recording-{idx}",
                 same_as=same if fixed is None else None,
                 claim=claim if fixed is None else None,
+                binding=binding,
             )
             if record.idx == idx:  # stored now (a match by content has its own index)
                 result.stored += 1
@@ -565,6 +580,27 @@ class Archiver:
             )
             log.warning("call %s: %s is none of the recordings v3 lists for it", details.sid, names)
             result.objects += stray
+
+    def _as_rescued(
+        self, details: CallDetails, v1_row: ObjectRecord | None
+    ) -> tuple[CallDetails, Binding]:
+        """The details and class v1's recording of a rescued call is stored under at
+        enrichment: the class its ``call-v1.json`` was stored under at rescue (the v1 fields
+        decided it), its date from v1's creation, as the rescue would have stored it; then
+        ``bind_rescued`` raises it if v3's class outlasts it, never lowers it. v3's details and
+        class (None) when that row had no class (bound at enrichment) or it is configured no
+        longer."""
+        policy = self.recorder.policy
+        if policy is None or v1_row is None or v1_row.retention_class is None:
+            return details, None
+        cls = policy.classes.get(v1_row.retention_class)
+        if cls is None:
+            return details, None
+        try:
+            created = datetime.fromisoformat(v1_row.call_created)
+        except (TypeError, ValueError):
+            return details, cls
+        return replace(details, created_time=created), cls
 
     async def _unrecorded_first(self, details: CallDetails) -> set[str]:
         """The SHA-256 of the recording an unrecorded object at ``recording-1`` holds, on
@@ -752,7 +788,7 @@ class Archiver:
         *,
         stem: str,
         same_as: Callable[[str], ObjectRecord | None] | None = None,
-        claim: Callable[[str], int | None] | None = None,
+        claim: Callable[[str], _Claim | None] | None = None,
         binding: Binding = None,
     ) -> ObjectRecord:
         """Download an audio file into a spool file and store it under ``{stem}.{format}``.
@@ -766,7 +802,8 @@ class Archiver:
         downloaded bytes' SHA-256: that one is returned and nothing is stored (a streamed
         upload begun meanwhile is aborted). ``claim`` may name, from that SHA-256, another
         index whose key holds these bytes unrecorded (a rescue cut off before its commit): the
-        file is stored there instead (so adopted, never stored twice) as ``recording-N``.
+        file is stored there instead (so adopted, never stored twice) as ``recording-N``, with
+        the details and class the claim gives.
         ``binding``: see ``Recorder.store``.
         """
         what = f"{stem} of call {details.sid}"
@@ -786,8 +823,9 @@ class Archiver:
                 if same is not None:
                     return same
                 moved = claim(got.sha256) if claim is not None else None
-                if moved is not None and moved != idx:
-                    idx, stem = moved, f"recording-{moved}"
+                if moved is not None and moved.idx != idx:
+                    idx, stem = moved.idx, f"recording-{moved.idx}"
+                    details, binding = moved.details, moved.binding
                     if tap is not None:  # its upload went to the other key: aborted
                         await tap.close()
                         tap = None
@@ -1013,6 +1051,16 @@ class _Attempt:
     """The call's creation time, once known (a failure keeps the call's age)."""
     known_failed: bool = False
     """The ledger had the call failed before (not counted again in a refusal streak)."""
+
+
+@dataclass(frozen=True)
+class _Claim:
+    """Where a downloaded recording goes instead (``Archiver._archive_file``'s ``claim``): the
+    index whose key holds its bytes unrecorded, and the details and class it is stored under."""
+
+    idx: int
+    details: CallDetails
+    binding: Binding
 
 
 class _FallBack(Exception):
