@@ -59,6 +59,30 @@ at_end = "keep"
 """
 """A [retention] table whose one class asks for Object Lock (GOVERNANCE, 30 days)."""
 
+ORDERS_APP = "233516"
+ORDERS_BY_APP = f"""
+[retention]
+default = "general"
+
+[retention.classes.general]
+period = "30d"
+lock = "governance"
+at_end = "delete"
+
+[retention.classes.orders]
+period = "3y"
+lock = "compliance"
+at_end = "keep"
+
+[[retention.rules]]
+class = "orders"
+app_id = "{ORDERS_APP}"
+"""
+"""Two locked classes — ``general`` (30 days, GOVERNANCE, then deleted) and ``orders`` (3 years,
+COMPLIANCE, kept) — and one rule only the v3 details decide (``app_id``): a rescued call's objects
+are stored unbound and bound at enrichment. ``.replace(f'app_id = "{ORDERS_APP}"', ...)`` makes
+it a rule the v1 fields decide."""
+
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 """Metric samples as scraped: (sample name, labels) -> value."""
 

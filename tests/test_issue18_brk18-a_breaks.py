@@ -26,7 +26,15 @@ import pytest
 from archiver.exotel.models import IST
 from archiver.simulator import Simulator, SimulatorServer
 from tests.seaweed import SeaweedFS
-from tests.support import invoke, ledger_rows, outcomes, wait_for, worker_env
+from tests.support import (
+    ORDERS_APP,
+    ORDERS_BY_APP,
+    invoke,
+    ledger_rows,
+    outcomes,
+    wait_for,
+    worker_env,
+)
 from tests.test_rescue import PREFIX, objects, the_day
 from tests.test_rescue import lane_env as rescue_env
 
@@ -128,25 +136,7 @@ def test_half_rescued_call_then_a_v3_run_loses_v3s_first_recording_and_stores_on
     assert {sha(a) for a in audio} == wanted, "a recording v3 lists was never archived"
 
 
-ORDERS_APP = "233516"
-RULES_NEED_V3 = f"""
-[retention]
-default = "general"
-
-[retention.classes.general]
-period = "30d"
-lock = "governance"
-at_end = "delete"
-
-[retention.classes.orders]
-period = "3y"
-lock = "compliance"
-at_end = "keep"
-
-[[retention.rules]]
-class = "orders"
-app_id = "{ORDERS_APP}"
-"""
+RULES_NEED_V3 = ORDERS_BY_APP
 
 
 def effective_classes(state: Path) -> dict[str, str | None]:

@@ -20,29 +20,19 @@ from typing import Any
 from archiver.exotel.models import IST
 from archiver.simulator import Simulator, SimulatorServer
 from tests.seaweed import SeaweedFS
-from tests.support import decrypt, invoke, ledger_rows, outcomes, write_keys
+from tests.support import (
+    ORDERS_APP,
+    ORDERS_BY_APP,
+    decrypt,
+    invoke,
+    ledger_rows,
+    outcomes,
+    write_keys,
+)
 from tests.test_rescue import PREFIX, objects, the_day
 from tests.test_rescue import lane_env as rescue_env
 
-ORDERS_APP = "233516"
-RULES_NEED_V3 = f"""
-[retention]
-default = "general"
-
-[retention.classes.general]
-period = "30d"
-lock = "governance"
-at_end = "delete"
-
-[retention.classes.orders]
-period = "3y"
-lock = "compliance"
-at_end = "keep"
-
-[[retention.rules]]
-class = "orders"
-app_id = "{ORDERS_APP}"
-"""
+RULES_NEED_V3 = ORDERS_BY_APP
 """Rules v1 cannot decide (app_id is v3's): a rescued recording is stored unbound, no lock,
 and bound (locked COMPLIANCE, 3 years) at enrichment."""
 

@@ -16,7 +16,7 @@ import pytest
 
 from archiver.simulator import Simulator, SimulatorServer
 from tests.seaweed import SeaweedFS
-from tests.support import invoke, ledger_rows, outcomes
+from tests.support import ORDERS_APP, ORDERS_BY_APP, invoke, ledger_rows, outcomes
 from tests.test_rescue import objects
 
 BRK18_D = importlib.import_module("tests.test_issue18_brk18-d_breaks")
@@ -70,24 +70,9 @@ def test_a_cut_off_rescue_whose_v3_details_list_no_recording_is_reported_no_reco
 
 # --- the class a cut-off rescue locked its recording under is dropped at enrichment ------------
 
-RULES_V1_DECIDES = """
-[retention]
-default = "general"
-
-[retention.classes.general]
-period = "30d"
-lock = "governance"
-at_end = "delete"
-
-[retention.classes.orders]
-period = "3y"
-lock = "compliance"
-at_end = "keep"
-
-[[retention.rules]]
-class = "orders"
-virtual_number = "+911400000001"
-"""
+RULES_V1_DECIDES = ORDERS_BY_APP.replace(
+    f'app_id = "{ORDERS_APP}"', 'virtual_number = "+911400000001"'
+)
 """A rule the v1 fields decide (``PhoneNumberSid``): a rescue binds its call at once."""
 
 
