@@ -83,6 +83,19 @@ COMPLIANCE, kept) — and one rule only the v3 details decide (``app_id``): a re
 are stored unbound and bound at enrichment. ``.replace(f'app_id = "{ORDERS_APP}"', ...)`` makes
 it a rule the v1 fields decide."""
 
+
+def current_lock(seaweed: SeaweedFS, bucket: str, key: str) -> dict[str, Any] | None:
+    """The Object Lock retention (``Mode``, ``RetainUntilDate``) of the key's current version —
+    what protects the object — or None if it has none."""
+    s3 = seaweed.client()
+    try:
+        return dict(s3.get_object_retention(Bucket=bucket, Key=key)["Retention"])
+    except s3.exceptions.ClientError as exc:
+        if "NoSuchObjectLockConfiguration" in str(exc) or "ObjectLockConfiguration" in str(exc):
+            return None
+        raise
+
+
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 """Metric samples as scraped: (sample name, labels) -> value."""
 

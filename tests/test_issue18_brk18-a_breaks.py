@@ -29,6 +29,7 @@ from tests.seaweed import SeaweedFS
 from tests.support import (
     ORDERS_APP,
     ORDERS_BY_APP,
+    current_lock,
     invoke,
     ledger_rows,
     outcomes,
@@ -158,16 +159,6 @@ def with_rules(env: dict[str, str], tmp_path: Path, config: str) -> dict[str, st
     return {**env, "ARCHIVER_CONFIG": str(path)}
 
 
-def lock_of(seaweed: SeaweedFS, bucket: str, key: str) -> dict[str, Any] | None:
-    s3 = seaweed.client()
-    try:
-        return dict(s3.get_object_retention(Bucket=bucket, Key=key)["Retention"])
-    except s3.exceptions.ClientError as exc:
-        if "NoSuchObjectLockConfiguration" in str(exc) or "ObjectLockConfiguration" in str(exc):
-            return None
-        raise
-
-
 @pytest.mark.parametrize(
     "then", [{"ARCHIVER_RESCUE": "off"}, {"ARCHIVER_ENRICH": "never"}], ids=["rescue-off", "never"]
 )
@@ -201,7 +192,7 @@ def test_half_rescued_unbound_recording_stays_unlocked_forever_once_a_v3_run_arc
     assert outcomes(tmp_path / "state", call.sid)[call.sid] == "archived"
     key = next(k for k in objects(seaweed, lock_bucket) if k.endswith("/recording-1.mp3"))
     rows = [(effective_classes(tmp_path / "state")["recording"],)]
-    lock = lock_of(seaweed, lock_bucket, key)
+    lock = current_lock(seaweed, lock_bucket, key)
     assert rows == [("orders",)] and lock is not None and lock["Mode"] == "COMPLIANCE", (
         f"an archived call's recording without its class: ledger {rows}, lock {lock}"
     )
@@ -285,7 +276,7 @@ def test_a_class_v1_decided_that_v3_contradicts_is_never_corrected_so_the_record
     classes = effective_classes(tmp_path / "state")
     assert classes["call_details"] == "orders"  # v3's class for the complete call
     key = next(k for k in objects(seaweed, lock_bucket) if k.endswith("/recording-1.mp3"))
-    lock = lock_of(seaweed, lock_bucket, key)
+    lock = current_lock(seaweed, lock_bucket, key)
     # Since the fix: raised to `orders` and its date; a GOVERNANCE lock keeps its mode until
     # `retention apply --strengthen-governance` (the bypass is never taken by itself: the
     # recorder warns and the plan lists it), so the mode is not asserted here.
@@ -328,7 +319,7 @@ def test_a_v1_date_earlier_than_v3s_gives_the_rescued_recording_a_lock_shorter_t
     assert result.exit_code == 0, result.output
     assert outcomes(tmp_path / "state", call.sid)[call.sid] == "archived"
     key = next(k for k in objects(seaweed, lock_bucket) if k.endswith("/recording-1.mp3"))
-    lock = lock_of(seaweed, lock_bucket, key)
+    lock = current_lock(seaweed, lock_bucket, key)
     assert lock is not None
     created = call.created.replace(microsecond=0).astimezone(UTC)
     due = created.replace(year=created.year + 3)
@@ -585,7 +576,7 @@ def test_the_worker_restarted_after_a_crash_mid_rescue_leaves_the_recording_with
 
     rows = [(effective_classes(state)["recording"],)]
     key = next(k for k in objects(seaweed, lock_bucket) if k.endswith("/recording-1.mp3"))
-    lock = lock_of(seaweed, lock_bucket, key)
+    lock = current_lock(seaweed, lock_bucket, key)
     assert rows == [("orders",)] and lock is not None and lock["Mode"] == "COMPLIANCE", (
         f"an archived call's recording without its class: ledger {rows}, lock {lock}"
     )
@@ -615,7 +606,7 @@ def test_guard_a_crash_after_call_json_before_the_binding_binds_at_the_next_run(
     stored = objects(seaweed, lock_bucket)
     assert len(stored) == 3
     for key in stored:
-        lock = lock_of(seaweed, lock_bucket, key)
+        lock = current_lock(seaweed, lock_bucket, key)
         assert lock is not None and lock["Mode"] == "COMPLIANCE", (key, lock)
     manifest = (tmp_path / "state" / "manifest.jsonl").read_text().splitlines()
     keys = [json.loads(line)["key"] for line in manifest if '"index"' in line]

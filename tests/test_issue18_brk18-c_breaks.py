@@ -13,7 +13,7 @@ from pathlib import Path
 
 from archiver.simulator import Simulator, SimulatorServer
 from tests.seaweed import SeaweedFS
-from tests.support import invoke, ledger_rows, outcomes
+from tests.support import current_lock, invoke, ledger_rows, outcomes
 
 # --- helpers: breaker A's (its module's name has a hyphen: imported by name) -------------------
 
@@ -26,12 +26,8 @@ lane_env, the_day, noon, backfill, objects = (
     _A.backfill,
     _A.objects,
 )
-effective_classes, with_rules, lock_of, sha = (
-    _A.effective_classes,
-    _A.with_rules,
-    _A.lock_of,
-    _A.sha,
-)
+effective_classes, with_rules, sha = (_A.effective_classes, _A.with_rules, _A.sha)
+lock_of = current_lock
 
 
 def recording_key(seaweed: SeaweedFS, bucket: str) -> str:

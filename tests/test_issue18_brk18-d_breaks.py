@@ -23,6 +23,7 @@ from tests.seaweed import SeaweedFS
 from tests.support import (
     ORDERS_APP,
     ORDERS_BY_APP,
+    current_lock,
     decrypt,
     invoke,
     ledger_rows,
@@ -69,17 +70,6 @@ def full_key(seaweed: SeaweedFS, bucket: str, name: str) -> str:
 def ledger_key(key: str) -> str:
     """The ledger's key of a bucket key (the destination's prefix left off)."""
     return key.removeprefix(f"{PREFIX}/")
-
-
-def current_lock(seaweed: SeaweedFS, bucket: str, key: str) -> dict[str, Any] | None:
-    """The Object Lock retention of the key's *current* version (what protects the object)."""
-    s3 = seaweed.client()
-    try:
-        return dict(s3.get_object_retention(Bucket=bucket, Key=key)["Retention"])
-    except s3.exceptions.ClientError as exc:
-        if "ObjectLockConfiguration" in str(exc) or "NoSuchObjectLock" in str(exc):
-            return None
-        raise
 
 
 def version_locks(seaweed: SeaweedFS, bucket: str, key: str) -> list[tuple[bool, str | None]]:
