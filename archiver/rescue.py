@@ -198,9 +198,13 @@ class _Lane:
         self.to_enrich: deque[str] = deque()
         """This run's rescued calls not enriched yet, oldest first (the listing's order)."""
 
-    def _report(self, result: CallResult) -> None:
+    def _report(self, result: CallResult, *, enrich: bool = True) -> None:
+        """Record a call's result; a rescued call is queued for its enrichment (``enrich``),
+        but never by the result of its enrichment: a call that stays rescued then (v3 lists
+        no recording, a voice log still processing, a failure) is enriched once a run, not
+        again and again until the run is stopped."""
         self.results[result.call_sid] = result
-        if result.outcome == RESCUED and self.settings.enrich == "background":
+        if enrich and result.outcome == RESCUED and self.settings.enrich == "background":
             self.to_enrich.append(result.call_sid)
         if self.on_result is not None:
             self.on_result(result)
@@ -311,4 +315,4 @@ class _Lane:
             sid = self.to_enrich.popleft()
             with lane(ENRICH_LANE):
                 result = await self.worker.archive_call(sid)
-            self._report(result)
+            self._report(result, enrich=False)
