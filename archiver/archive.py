@@ -227,7 +227,7 @@ class Archiver:
             before = self.ledger.call_outcome(sid)
             if before == ARCHIVED:
                 return CallResult(sid, ALREADY_ARCHIVED, self.ledger.objects_of(sid))
-            if before == RESCUED:
+            if before == RESCUED and rescued_whole(self.ledger, sid):
                 return CallResult(
                     sid, RESCUED, self.ledger.objects_of(sid), detail="rescued already"
                 )
@@ -411,10 +411,10 @@ class Archiver:
                 # recorded; its recording-1 may be at its key unrecorded: a rescue from the
                 # listing records it). Never "no recording": v1 said there is one.
                 detail = "rescued; its v3 details list no recording: not enriched"
-                if ("recording", 1) not in known and await self._at_key(details, "recording-1"):
+                if ("recording", 1) not in known:
                     detail += (
-                        " (recording-1 is in the destination but not recorded: a rescue cut "
-                        "off; a backfill of its day rescues it again from the listing)"
+                        " (a rescue cut off before its recording was recorded: a backfill of "
+                        "its day rescues it again from the listing, while Exotel serves its URL)"
                     )
                 await self._set_call(sid, RESCUED, detail=detail, reason="v3_no_recording")
                 log.warning("call %s: %s", sid, detail)
@@ -1041,6 +1041,13 @@ async def open_run(
     await seal(ledger, sink)
     report.segments_sealed = len(ledger.segments()) - segments_before
     report.storage_requests = sink.requests
+
+
+def rescued_whole(ledger: Ledger, sid: str) -> bool:
+    """Whether a call the ledger has as rescued holds its recording-1: not so for a rescue cut
+    off before that row (its call-v1.json recorded; the recording missing, or at its key
+    unrecorded), which a rescue from the listing takes up again (adopting what is there)."""
+    return ledger.object_for(sid, "recording", 1) is not None
 
 
 @dataclass

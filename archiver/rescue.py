@@ -42,7 +42,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 
-from archiver.archive import Archiver, first_error, open_run, sink_for
+from archiver.archive import Archiver, first_error, open_run, rescued_whole, sink_for
 from archiver.backfill import (
     Plan,
     binding_for,
@@ -270,7 +270,7 @@ class _Lane:
             plan.already_archived.append(sid)
             self._report(CallResult(sid, ALREADY_ARCHIVED, self.ledger.objects_of(sid)))
             return None
-        if outcome == RESCUED:
+        if outcome == RESCUED and rescued_whole(self.ledger, sid):
             plan.rescued_before.append(sid)
             self._report(CallResult(sid, RESCUED, detail="rescued by an earlier run"))
             return None
