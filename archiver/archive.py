@@ -86,7 +86,7 @@ from archiver.report import (
     CallResult,
     Report,
 )
-from archiver.retention.binding import bind_rescued
+from archiver.retention.binding import bind_rescued, bindings, both_floors, bound_record
 from archiver.retry import retrying
 from archiver.segments import seal
 from archiver.sinks import Sink, open_sink
@@ -534,7 +534,8 @@ class Archiver:
             async def fresh(d: CallDetails, _idx: int, n: int = recording.index) -> str:
                 return await self._recording_url(d, n)
 
-            for_details, binding = as_rescued if fixed == 1 else (details, None)
+            # Index 1 is v1's recording's: whichever of v3's takes it is stored as the rescue's.
+            for_details, binding = as_rescued if idx == 1 and v1_pending else (details, None)
             record = await self._archive_file(
                 for_details,
                 "recording",
@@ -584,23 +585,25 @@ class Archiver:
     def _as_rescued(
         self, details: CallDetails, v1_row: ObjectRecord | None
     ) -> tuple[CallDetails, Binding]:
-        """The details and class v1's recording of a rescued call is stored under at
-        enrichment: the class its ``call-v1.json`` was stored under at rescue (the v1 fields
-        decided it), its date from v1's creation, as the rescue would have stored it; then
-        ``bind_rescued`` raises it if v3's class outlasts it, never lowers it. v3's details and
-        class (None) when that row had no class (bound at enrichment) or it is configured no
-        longer."""
+        """The details and class v1's recording of a rescued call (index 1) is stored under at
+        enrichment, when the rescue was cut off before recording it: the binding its
+        ``call-v1.json`` got at rescue (the v1 fields decided it) raised to v3's class —
+        ``both_floors``: the later date, the stronger lock, kept if either keeps; a class since
+        renamed keeps its own date and lock — with v1's creation time, as the rescue would have
+        stored it and enrichment then raised it. v3's details and class (None) when that row
+        was stored unbound (the class needs v3)."""
         policy = self.recorder.policy
-        if policy is None or v1_row is None or v1_row.retention_class is None:
+        if policy is None or v1_row is None:
             return details, None
-        cls = policy.classes.get(v1_row.retention_class)
-        if cls is None:
+        row = bound_record(v1_row, bindings(self.ledger, [v1_row.key]).get(v1_row.key))
+        binding = both_floors(policy, row, details)
+        if binding is None:
             return details, None
         try:
             created = datetime.fromisoformat(v1_row.call_created)
         except (TypeError, ValueError):
-            return details, cls
-        return replace(details, created_time=created), cls
+            return details, binding
+        return replace(details, created_time=created), binding
 
     async def _unrecorded_first(self, details: CallDetails) -> set[str]:
         """The SHA-256 of the recording an unrecorded object at ``recording-1`` holds, on

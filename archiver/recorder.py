@@ -42,7 +42,7 @@ import logging
 import tempfile
 import threading
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Literal, Union
@@ -63,8 +63,22 @@ if TYPE_CHECKING:
 
 UNBOUND: Literal["unbound"] = "unbound"
 """``Recorder.store(binding=UNBOUND)``: the object gets no class and no lock yet."""
-Binding = Union["RetentionClass", Literal["unbound"], None]
-"""What class an object is stored under: the rules' (None), a given one, or none yet."""
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A class already decided with its date and lock (``Recorder.store(binding=...)``): what a
+    rescued call's own recording is stored under at enrichment — the class its ``call-v1.json``
+    was bound to, raised to v3's (``archiver.retention.binding.both_floors``)."""
+
+    name: str
+    until: datetime
+    lock: str | None
+
+
+Binding = Union["RetentionClass", Bound, Literal["unbound"], None]
+"""What class an object is stored under: the rules' (None), a given one (a class, or a class
+with its date and lock decided), or none yet."""
 
 SNAPSHOT_KINDS = frozenset({"call_details", "legs", "voice_log", "v1_record"})
 _STRENGTH = {None: 0, "GOVERNANCE": 1, "COMPLIANCE": 2}
@@ -201,6 +215,10 @@ class Recorder:
         one, or when ``binding`` is ``UNBOUND``."""
         if self.policy is None or isinstance(binding, str):  # UNBOUND
             return None, None, None
+        if isinstance(binding, Bound):
+            locked = binding.lock is not None and binding.until > datetime.now(UTC)
+            lock = Lock(binding.lock, binding.until) if locked and binding.lock else None
+            return lock, binding.name, binding.until.isoformat().replace("+00:00", "Z")
         cls = binding if binding is not None else self.policy.classify(details)
         until = cls.retain_until(details.created_time)
         lock = Lock(cls.lock, until) if cls.lock is not None and until > datetime.now(UTC) else None

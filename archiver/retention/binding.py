@@ -38,6 +38,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from archiver.ledger import EventRecord, Ledger, ObjectRecord, utc_now
+from archiver.recorder import Bound
 from archiver.report import RESCUED
 from archiver.sinks import Lock
 
@@ -168,6 +169,7 @@ def _raised(
     current = policy.classes.get(record.retention_class)
     current_until = _instant(record.retain_until)
     current_keeps = current is None or current.at_end == "keep"
+    held = current.lock if current is not None else record.lock_mode  # a class gone: its lock
     until = max(current_until, target_until)
     if target.at_end == "keep" or not current_keeps:
         # v3's class keeps, or neither does: v3's class (the rules' answer), the later date.
@@ -175,10 +177,28 @@ def _raised(
     else:
         name = None  # only the bound class keeps: it stays, with the later date
     name = name or record.retention_class
-    mode = _stronger(current.lock if current is not None else None, target.lock)
+    mode = _stronger(held, target.lock)
     if name == record.retention_class and until <= current_until:
         return None
     return name, until, mode
+
+
+def both_floors(policy: RetentionPolicy, row: ObjectRecord, details: CallDetails) -> Bound | None:
+    """The class, date and lock a rescued call's own recording is stored under when enrichment
+    stores it (a rescue cut off before its recording was recorded): the binding ``row`` (its
+    ``call-v1.json``, with any ``class_bound`` applied) got at rescue, raised to v3's class
+    as ``bind_rescued`` raises a bound object — the later date, the stronger lock, kept if
+    either keeps — so a PUT made now is locked to both floors at once. None when the row was
+    stored unbound (the class needs v3: the rules' class for ``details``)."""
+    if row.retention_class is None or row.retain_until is None:
+        return None
+    target = policy.classify(details)
+    raised = _raised(row, target, target.retain_until(details.created_time), policy)
+    if raised is None:
+        current = policy.classes.get(row.retention_class)
+        held = current.lock if current is not None else row.lock_mode
+        return Bound(row.retention_class, _instant(row.retain_until), held)
+    return Bound(*raised)
 
 
 _STRENGTH = {None: 0, "GOVERNANCE": 1, "COMPLIANCE": 2}
