@@ -39,7 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, tzinfo
 
-from archiver.archive import archive_calls, sink_for
+from archiver.archive import archive_calls, rescued_whole, sink_for
 from archiver.config import Settings
 from archiver.errors import ConfigError
 from archiver.exotel.client import ExotelClient
@@ -299,6 +299,8 @@ async def plan_backfill(settings: Settings, since: date, until: date) -> Plan:
             outcome = ledger.call_outcome(sid)
             if outcome == ARCHIVED:
                 plan.already_archived.append(sid)
+            elif outcome == RESCUED and sid in rescuable and not rescued_whole(ledger, sid):
+                plan.to_rescue.append(sid)  # a rescue cut off before its recording: again
             elif outcome == RESCUED and (settings.rescue or not plan.enrich):
                 plan.rescued_before.append(sid)  # the lane enriches it (or nothing does)
             elif outcome == RESCUED:
