@@ -86,7 +86,13 @@ from archiver.report import (
     CallResult,
     Report,
 )
-from archiver.retention.binding import bind_rescued, bindings, both_floors, bound_record
+from archiver.retention.binding import (
+    as_bound,
+    bind_rescued,
+    bindings,
+    both_floors,
+    bound_record,
+)
 from archiver.retry import retrying
 from archiver.segments import seal
 from archiver.sinks import Sink, open_sink
@@ -261,7 +267,7 @@ class Archiver:
                     listed.fetched_at or time.time(),
                     None,
                     stem="recording-1",
-                    binding=binding,
+                    binding=self._rescue_binding(known, snapshot, binding),
                 )
                 result.stored += 1
             result.objects += [record, snapshot]
@@ -274,10 +280,23 @@ class Archiver:
         except _FallBack as why:
             self.rescue_fallbacks += 1
             log.info("call %s: %s; archiving it through its v3 details", sid, why)
-            return await self.archive_call(sid)
+            result = await self.archive_call(sid)
+            result.through_v3 = True
+            return result
         finally:
             self._v1_files.pop(sid, None)
             self._folders.pop(sid, None)
+
+    def _rescue_binding(self, known: Known, snapshot: ObjectRecord, binding: Binding) -> Binding:
+        """The binding of a rescue's recording-1: ``binding`` (the rules on the v1 fields now),
+        unless its ``call-v1.json`` was recorded by an earlier rescue cut off before the
+        recording — then that one's class, date and lock (``as_bound``): a class once bound is
+        a floor, whatever the rules say now."""
+        policy = self.recorder.policy
+        if policy is None or ("v1_record", 0) not in known:
+            return binding
+        row = bound_record(snapshot, bindings(self.ledger, [snapshot.key]).get(snapshot.key))
+        return as_bound(policy, row)
 
     def _v1_source(self) -> str:
         exotel = self.settings.exotel

@@ -65,6 +65,9 @@ class CallResult:
     ended: datetime | None = None
     """For ``no_recording``: the call's end as Exotel reports it (recordings may still come for
     ``recording_grace`` after it: ``archive --wait`` waits for them)."""
+    through_v3: bool = False
+    """The call's v3 details were fetched for this result (a rescue that fell back to v3): one
+    still rescued is not enriched again in the same run."""
 
     def note(self, text: str) -> None:
         """Add a remark (an optional artifact that could not be had, ...) to ``detail``."""

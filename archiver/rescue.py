@@ -299,9 +299,9 @@ class _Lane:
         while (job := await self.queue.get()) is not None:
             if isinstance(job, _Rescue):
                 result = await self.worker.rescue_call(job.listed, job.url, job.binding)
-            else:
-                result = await self.worker.archive_call(job.sid)
-            self._report(result)
+                self._report(result, enrich=not result.through_v3)
+            else:  # through v3 already: a call that stays rescued is not enriched again
+                self._report(await self.worker.archive_call(job.sid), enrich=False)
 
     async def _enrich(self) -> None:
         """Enrich this run's rescued calls (rescued now, or by an earlier run and listed now),

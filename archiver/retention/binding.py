@@ -35,10 +35,10 @@ import logging
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from archiver.ledger import EventRecord, Ledger, ObjectRecord, utc_now
-from archiver.recorder import Bound
+from archiver.recorder import UNBOUND, Bound
 from archiver.report import RESCUED
 from archiver.sinks import Lock
 
@@ -178,8 +178,8 @@ def _raised(
         name = None  # only the bound class keeps: it stays, with the later date
     name = name or record.retention_class
     mode = _stronger(held, target.lock)
-    if name == record.retention_class and until <= current_until:
-        return None
+    if name == record.retention_class and until <= current_until and mode == held:
+        return None  # nothing raised: not the class, nor the date, nor the lock
     return name, until, mode
 
 
@@ -194,11 +194,24 @@ def both_floors(policy: RetentionPolicy, row: ObjectRecord, details: CallDetails
         return None
     target = policy.classify(details)
     raised = _raised(row, target, target.retain_until(details.created_time), policy)
-    if raised is None:
-        current = policy.classes.get(row.retention_class)
-        held = current.lock if current is not None else row.lock_mode
-        return Bound(row.retention_class, _instant(row.retain_until), held)
-    return Bound(*raised)
+    return _as_it_was(policy, row, row.retention_class) if raised is None else Bound(*raised)
+
+
+def as_bound(policy: RetentionPolicy, row: ObjectRecord) -> Bound | Literal["unbound"]:
+    """The binding ``row`` (a rescued call's ``call-v1.json``, with any ``class_bound``
+    applied) got, for another object of the same rescue — its recording-1, when a rescue is taken
+    up again after it was cut off before recording it: the same class, date and lock (a class
+    since renamed keeps the lock it was stored with), whatever the rules say of the v1 fields
+    now; ``UNBOUND`` if the row was stored unbound. A class once bound is a floor."""
+    if row.retention_class is None or row.retain_until is None:
+        return UNBOUND
+    return _as_it_was(policy, row, row.retention_class)
+
+
+def _as_it_was(policy: RetentionPolicy, row: ObjectRecord, name: str) -> Bound:
+    current = policy.classes.get(name)
+    held = current.lock if current is not None else row.lock_mode
+    return Bound(name, _instant(row.retain_until), held)
 
 
 _STRENGTH = {None: 0, "GOVERNANCE": 1, "COMPLIANCE": 2}
