@@ -86,13 +86,7 @@ from archiver.report import (
     CallResult,
     Report,
 )
-from archiver.retention.binding import (
-    as_bound,
-    bind_rescued,
-    bindings,
-    both_floors,
-    bound_record,
-)
+from archiver.retention.binding import as_bound, bind_rescued, both_floors, bound_now
 from archiver.retry import retrying
 from archiver.segments import seal
 from archiver.sinks import Sink, open_sink
@@ -295,8 +289,7 @@ class Archiver:
         policy = self.recorder.policy
         if policy is None or ("v1_record", 0) not in known:
             return binding
-        row = bound_record(snapshot, bindings(self.ledger, [snapshot.key]).get(snapshot.key))
-        return as_bound(policy, row)
+        return as_bound(policy, bound_now(self.ledger, snapshot))
 
     def _v1_source(self) -> str:
         exotel = self.settings.exotel
@@ -614,8 +607,7 @@ class Archiver:
         policy = self.recorder.policy
         if policy is None or v1_row is None:
             return details, None
-        row = bound_record(v1_row, bindings(self.ledger, [v1_row.key]).get(v1_row.key))
-        binding = both_floors(policy, row, details)
+        binding = both_floors(policy, bound_now(self.ledger, v1_row), details)
         if binding is None:
             return details, None
         try:

@@ -72,7 +72,7 @@ from archiver.ratelimit import RateLimiter
 from archiver.recorder import SNAPSHOT_KINDS
 from archiver.redact import strip_url
 from archiver.retention.archive import default_actor
-from archiver.retention.binding import bindings, bound_record
+from archiver.retention.binding import bound_now
 from archiver.segments import read_segment, render, seal
 from archiver.sinks import Lock, PutResult, Sink, put_bytes
 from archiver.transfer import Partial, recording_session
@@ -401,7 +401,7 @@ async def _repair_object(
                 )
                 return
         # A rescued call's object bound at enrichment: the lock its binding gave.
-        lock = _lock_of(bound_record(record, bindings(ledger, [record.key]).get(record.key)))
+        lock = _lock_of(bound_now(ledger, record))
         try:
             put = await _put_back(sink, record, spool, got.size, got.sha256, lock, encryption)
         except StorageConflict:

@@ -80,6 +80,11 @@ def bindings(ledger: Ledger, keys: list[str]) -> dict[str, dict[str, Any]]:
     return found
 
 
+def bound_now(ledger: Ledger, record: ObjectRecord) -> ObjectRecord:
+    """``record`` as it stands now: with its ``class_bound`` event applied, if it has one."""
+    return bound_record(record, bindings(ledger, [record.key]).get(record.key))
+
+
 def current_versions(ledger: Ledger, keys: list[str]) -> dict[str, str | None]:
     """The version each of ``keys`` is now where ``repair`` put it back (its newest
     ``repaired`` event's version), as the retention jobs read it: the row's own version is then
